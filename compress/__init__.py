@@ -1,0 +1,1 @@
+"""compress stage (see docs and issues)."""

@@ -1,0 +1,1 @@
+"""ragcore: attention-driven retrieval-augmented generation."""

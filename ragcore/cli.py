@@ -1,0 +1,158 @@
+"""Command line: ``ragcore index | search | ask | eval``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from ragcore.errors import RagcoreError
+
+logger = logging.getLogger("ragcore")
+
+DEFAULT_INDEX = os.environ.get("RAGCORE_INDEX", ".ragcore/index")
+
+
+def _cmd_index(a: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from ragcore.chunking import chunk_file, iter_files
+    from ragcore.errors import IndexNotFoundError
+    from retrieval.hybrid import HybridRetriever
+
+    try:
+        r = HybridRetriever.load(a.index, progress=True)
+        logger.info("adding to the index at %s (%d chunks)", a.index, len(r))
+    except IndexNotFoundError:
+        r = HybridRetriever(embedder=a.embedder, factory=a.faiss, progress=True)
+    files = list(iter_files(a.paths))
+    if not files:
+        raise RagcoreError(f"no .txt/.md files found under {a.paths!r}")
+    chunks = [c for f in tqdm(files, desc="chunking", unit="file") for c in chunk_file(f, a.max_chars)]
+    new = r.add(chunks)
+    if new == 0 and len(r) == 0:
+        raise RagcoreError(f"the files under {a.paths!r} hold no text to index")
+    version = r.save(a.index)
+    print(f"indexed {len(files)} files: {new} new chunks, {len(r)} in all; {a.index} -> {version}")
+    return 0
+
+
+def _cmd_search(a: argparse.Namespace) -> int:
+    from retrieval.hybrid import HybridRetriever
+
+    r = HybridRetriever.load(a.index, version=a.index_version)
+    res = r.search(a.question, a.k, a.mode)
+    if a.json:
+        print(json.dumps([x.to_dict() for x in res], indent=2, ensure_ascii=False))
+        return 0
+    for x in res:
+        scores = " ".join(f"{k}={v:.3f}" for k, v in x.scores.items())
+        snippet = " ".join(x.chunk.text.split())[:160]
+        print(f"{x.rank:>2}. [{x.chunk.source_id}:{x.chunk.start}-{x.chunk.end}] {scores}\n    {snippet}")
+    return 0
+
+
+def _cmd_ask(a: argparse.Namespace) -> int:
+    from ragcore.generator import GenerationConfig, Generator
+    from ragcore.pipeline import Pipeline
+    from retrieval.hybrid import HybridRetriever
+
+    cfg = GenerationConfig(max_new_tokens=a.max_new_tokens)
+    p = Pipeline(HybridRetriever.load(a.index, version=a.index_version), Generator(a.model, a.device), a.k, cfg)
+    ans = p.ask(a.question)
+    if a.json:
+        print(json.dumps(ans.to_dict(), indent=2, ensure_ascii=False))
+        return 0
+    print(f"Q: {ans.question}\nA: {ans.text}\n\nSources:")
+    for c in ans.citations:
+        snippet = " ".join(c.text.split())[:120]
+        print(f"  [{c.number}] {c.source_id}:{c.start}-{c.end} (score {c.score:.3f}) {snippet}")
+    return 0
+
+
+def _cmd_eval(a: argparse.Namespace) -> int:
+    from eval import runner
+    from eval.report import write_json
+
+    if a.suite == "retrieval":
+        res = runner.eval_retrieval(a.data, a.limit)
+    elif a.suite == "qa":
+        res = runner.eval_qa(a.setting, a.model, a.data, a.limit, a.device, a.max_new_tokens)
+    else:  # pragma: no cover - argparse restricts the choices
+        raise RagcoreError(f"unknown eval suite {a.suite!r}")
+    if a.out:
+        write_json(a.out, res)
+    shown = {k: v for k, v in res.items() if k != "predictions"}
+    print(json.dumps(shown, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ragcore", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def index_opts(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--index", default=DEFAULT_INDEX, help=f"index folder (default {DEFAULT_INDEX})")
+        sp.add_argument("--index-version", default=None, help="load this version (e.g. v000001) instead of CURRENT")
+
+    sp = sub.add_parser("index", help="index .txt/.md files or folders (adds to an existing index)")
+    sp.add_argument("paths", nargs="+")
+    sp.add_argument("--index", default=DEFAULT_INDEX)
+    sp.add_argument("--embedder", default="minilm")
+    sp.add_argument("--faiss", default="Flat", help="FAISS index factory: Flat (exact) or e.g. HNSW32")
+    sp.add_argument("--max-chars", type=int, default=800)
+    sp.set_defaults(fn=_cmd_index)
+
+    sp = sub.add_parser("search", help="retrieve passages for a question")
+    sp.add_argument("question")
+    index_opts(sp)
+    sp.add_argument("-k", type=int, default=5)
+    sp.add_argument("--mode", default="hybrid", choices=["hybrid", "bm25", "dense"])
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(fn=_cmd_search)
+
+    sp = sub.add_parser("ask", help="retrieve, then answer with the generator and list the sources")
+    sp.add_argument("question")
+    index_opts(sp)
+    sp.add_argument("-k", type=int, default=5)
+    sp.add_argument("--model", default="qwen2.5-0.5b", help="registered name, local folder or hub id")
+    sp.add_argument("--device", default=None)
+    sp.add_argument("--max-new-tokens", type=int, default=64)
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(fn=_cmd_ask)
+
+    sp = sub.add_parser("eval", help="offline evaluations")
+    sp.add_argument("suite", choices=["retrieval", "qa"])
+    sp.add_argument("--data", default=None, help="NQ-open file (format of nq_open_oracle_dev.jsonl.gz)")
+    sp.add_argument("--out", default=None, help="write results as JSON (and a Markdown table beside it)")
+    sp.add_argument("--limit", type=int, default=None)
+    sp.add_argument("--setting", default="top5", choices=["closed", "oracle", "top5", "top10"])
+    sp.add_argument("--model", default="smollm2-135m")
+    sp.add_argument("--device", default=None)
+    sp.add_argument("--max-new-tokens", type=int, default=32)
+    sp.set_defaults(fn=_cmd_eval)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+        return args.fn(args)
+    except (RagcoreError, FileNotFoundError) as e:
+        print(f"ragcore: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""Core data types shared by every stage: plain dataclasses with a JSON round trip."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ragcore.errors import ConfigError
+
+
+def chunk_id(source_id: str, start: int, text: str) -> str:
+    """Stable content-hash id: the same text at the same place in the same source gets the same id."""
+    h = hashlib.sha256(f"{source_id}\0{start}\0{text}".encode())
+    return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A passage of a source document. ``start``/``end`` are character offsets into the source."""
+
+    text: str
+    source_id: str = ""
+    start: int = 0
+    end: int = -1
+    metadata: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    id: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.text, str):
+            raise ConfigError(f"Chunk.text must be a str, got {type(self.text).__name__}: {self.text!r}")
+        if self.end == -1:
+            object.__setattr__(self, "end", self.start + len(self.text))
+        if self.start < 0 or self.end < self.start:
+            raise ConfigError(f"bad character span ({self.start}, {self.end}) for chunk of {self.source_id!r}")
+        if not self.id:
+            object.__setattr__(self, "id", chunk_id(self.source_id, self.start, self.text))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Chunk:
+        return cls(**d)
+
+
+@dataclass
+class ScoredChunk:
+    """A chunk with the score every stage gave it (``scores['bm25']``, ``scores['dense']``, ...)."""
+
+    chunk: Chunk
+    scores: dict[str, float] = field(default_factory=dict)
+    rank: int = 0
+
+    @property
+    def score(self) -> float:
+        """The score of the last stage that scored this chunk."""
+        return next(reversed(self.scores.values())) if self.scores else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"chunk": self.chunk.to_dict(), "scores": dict(self.scores), "rank": self.rank}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ScoredChunk:
+        return cls(chunk=Chunk.from_dict(d["chunk"]), scores=dict(d["scores"]), rank=int(d["rank"]))
+
+
+@dataclass
+class Citation:
+    """A passage the answer relies on; ``number`` is its [n] in the prompt."""
+
+    number: int
+    chunk_id: str
+    source_id: str
+    start: int
+    end: int
+    score: float = 0.0
+    text: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Citation:
+        return cls(**d)
+
+
+@dataclass
+class Answer:
+    """A generated answer with its citations and the passages that were in the prompt."""
+
+    question: str
+    text: str
+    citations: list[Citation] = field(default_factory=list)
+    passages: list[ScoredChunk] = field(default_factory=list)
+    model: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "question": self.question,
+            "text": self.text,
+            "citations": [c.to_dict() for c in self.citations],
+            "passages": [p.to_dict() for p in self.passages],
+            "model": self.model,
+            "timings": dict(self.timings),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Answer:
+        return cls(
+            question=d["question"],
+            text=d["text"],
+            citations=[Citation.from_dict(c) for c in d.get("citations", [])],
+            passages=[ScoredChunk.from_dict(p) for p in d.get("passages", [])],
+            model=d.get("model", ""),
+            timings=dict(d.get("timings", {})),
+        )

@@ -1,0 +1,52 @@
+import numpy as np
+import pytest
+from rank_bm25 import BM25Okapi
+
+from eval.datasets import load_nq_open
+from ragcore.errors import ConfigError, EmptyCorpusError
+from retrieval.bm25 import BM25Index, tokenize
+
+DATA = "tests/data/nq_small.jsonl.gz"
+
+
+def test_parity_with_rank_bm25():
+    """bm25s with Robertson's BM25 ranks exactly as rank-bm25's BM25Okapi (the reference implementation).
+
+    bm25s leaves out the constant (k1 + 1) factor of the numerator, so scores agree up to that factor.
+    """
+    ds = load_nq_open(DATA)
+    texts = [c.text for c in ds.corpus]
+    ours = BM25Index(k1=1.5, b=0.75, method="robertson")
+    ours.build(texts)
+    ref = BM25Okapi([tokenize(t) for t in texts], k1=1.5, b=0.75)
+    for ex in ds.examples:
+        s = ours.scores(ex.question)
+        r = ref.get_scores(tokenize(ex.question))
+        np.testing.assert_allclose(s * 2.5, r, rtol=1e-4, atol=1e-4)
+        top, _ = ours.search(ex.question, 10)
+        # same ranking: the reference's scores of our top 10 are its own 10 best, in order (ties aside)
+        np.testing.assert_allclose(r[top], np.sort(r)[::-1][:10], rtol=1e-5)
+        hits = r > 0
+        assert set(np.argsort(-s)[: hits.sum()]) == set(np.flatnonzero(hits))
+
+
+def test_default_lucene_ranks_gold_first_mostly():
+    ds = load_nq_open(DATA)
+    bm = BM25Index()
+    bm.build([c.text for c in ds.corpus])
+    ids = [c.id for c in ds.corpus]
+    hits = sum(ids[bm.search(ex.question, 1)[0][0]] in ex.gold_ids for ex in ds.examples)
+    assert hits / len(ds.examples) > 0.8
+
+
+def test_tokenize_stems_and_drops_stop_words():
+    assert tokenize("The cats are running in the garden") == ["cat", "run", "garden"]
+
+
+def test_errors():
+    with pytest.raises(ConfigError, match="'okapi'"):
+        BM25Index(method="okapi")
+    with pytest.raises(EmptyCorpusError):
+        BM25Index().build([])
+    with pytest.raises(EmptyCorpusError):
+        BM25Index().scores("anything")

@@ -1,0 +1,101 @@
+import json
+
+import pytest
+
+from ragcore.cli import main
+
+DATA = "tests/data/nq_small.jsonl.gz"
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    d = tmp_path / "docs"
+    d.mkdir()
+    (d / "jupiter.md").write_text("# Jupiter\n\nThe Great Red Spot is a giant storm on Jupiter, larger than Earth.\n")
+    (d / "mars.txt").write_text("Olympus Mons on Mars is the tallest volcano in the Solar System.\n")
+    return d
+
+
+def test_index_search_ask(tmp_path, corpus, capsys):
+    idx = str(tmp_path / "idx")
+    assert main(["index", str(corpus), "--index", idx]) == 0
+    assert "2 new chunks" in capsys.readouterr().out
+    assert main(["search", "tallest volcano", "--index", idx, "-k", "1", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res[0]["chunk"]["source_id"].endswith("mars.txt") and {"bm25", "dense", "hybrid"} <= set(res[0]["scores"])
+    assert (
+        main(
+            [
+                "ask",
+                "What is the tallest volcano?",
+                "--index",
+                idx,
+                "--model",
+                "smollm2-135m",
+                "-k",
+                "2",
+                "--max-new-tokens",
+                "16",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    ans = json.loads(capsys.readouterr().out)
+    assert ans["text"] and ans["citations"] and ans["model"] == "smollm2-135m"
+    assert all(c["source_id"] for c in ans["citations"])
+    # adding a file updates the index in place, as a new version
+    (corpus / "saturn.md").write_text("Saturn's rings are made of ice.\n")
+    assert main(["index", str(corpus), "--index", idx]) == 0
+    assert "1 new chunks, 3 in all" in capsys.readouterr().out
+
+
+def test_clear_errors(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["index", str(empty), "--index", str(tmp_path / "i")]) == 2
+    assert "no .txt/.md files" in capsys.readouterr().err
+    assert main(["search", "x", "--index", str(tmp_path / "none")]) == 2
+    assert "no index at" in capsys.readouterr().err
+    (empty / "blank.txt").write_text("   \n\n")
+    assert main(["index", str(empty), "--index", str(tmp_path / "i")]) == 2
+    assert "no text" in capsys.readouterr().err
+
+
+def test_ask_errors(tmp_path, corpus, capsys):
+    idx = str(tmp_path / "idx")
+    main(["index", str(corpus), "--index", idx])
+    capsys.readouterr()
+    assert main(["ask", "   ", "--index", idx, "--model", "smollm2-135m"]) == 2
+    assert "query must contain text" in capsys.readouterr().err
+    assert main(["ask", "hi", "--index", idx, "--model", "nope-model"]) == 2
+    assert "unknown model 'nope-model'" in capsys.readouterr().err
+
+
+def test_eval_retrieval_writes_the_stable_keys(tmp_path, monkeypatch):
+    monkeypatch.setattr("eval.runner.cache_dir", lambda: tmp_path / "cache")
+    out = tmp_path / "r.json"
+    assert main(["eval", "retrieval", "--data", DATA, "--limit", "20", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert set(res) == {"bm25", "dense", "hybrid"}
+    for m in res.values():
+        assert {"recall@1", "recall@5", "recall@20", "mrr", "ndcg@10"} <= set(m)
+        assert 0 <= m["recall@1"] <= m["recall@5"] <= m["recall@20"] <= 1
+    assert res["hybrid"]["recall@5"] >= 0.9
+    assert (tmp_path / "r.md").read_text().startswith("| |")
+
+
+@pytest.mark.parametrize("setting", ["closed", "oracle", "top5"])
+def test_eval_qa(tmp_path, monkeypatch, setting):
+    monkeypatch.setattr("eval.runner.cache_dir", lambda: tmp_path / "cache")
+    out = tmp_path / "qa.json"
+    args = ["eval", "qa", "--data", DATA, "--setting", setting, "--model", "smollm2-135m", "--limit", "3"]
+    assert main([*args, "--out", str(out), "--max-new-tokens", "8"]) == 0
+    res = json.loads(out.read_text())
+    assert res["n"] == 3 and {"accuracy", "em", "f1"} <= set(res)
+    assert 0 <= res["em"] <= res["accuracy"] <= 1 or res["em"] <= res["f1"]
+
+
+def test_eval_bad_limit(capsys):
+    assert main(["eval", "qa", "--data", DATA, "--limit", "0", "--model", "smollm2-135m"]) == 2
+    assert "--limit" in capsys.readouterr().err
