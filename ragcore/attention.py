@@ -1,0 +1,167 @@
+"""The one attention module: how much chosen query rows attend to each token and named span of a prompt.
+
+Attention probabilities are recomputed from the hidden states for the chosen rows only (query and key
+projections, rotary embedding, grouped-query heads, causal mask), so the model can run with SDPA or flash
+attention and memory stays linear in the context length: O(rows x tokens) per head instead of
+O(tokens^2). Eager attention (``output_attentions=True``) is the reference the tests compare against.
+
+Rerankers, context compressors, KV-cache compressors and AttnTrace all call this module:
+
+* ``rows_attention(attn, hidden, position_embeddings, rows)``: inside one layer (used by KV compressors from
+  their hooks, where the layer's normed input is at hand);
+* ``attention_to_spans(model, input_ids, spans, rows)``: a whole forward pass, every (chosen) layer, with
+  the attention mass per named span.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ragcore.errors import ConfigError
+
+
+def _heads(attn: nn.Module) -> tuple[int, int, int]:
+    cfg = attn.config
+    n_h = cfg.num_attention_heads
+    n_kv = getattr(cfg, "num_key_value_heads", None) or n_h
+    head_dim = getattr(attn, "head_dim", None) or cfg.hidden_size // n_h
+    return n_h, n_kv, head_dim
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2 :]
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding of ``x`` (B, H, T, D) with ``cos``/``sin`` (B, T, D) as the model's rotary_emb gives."""
+    return x * cos.unsqueeze(1) + _rotate_half(x) * sin.unsqueeze(1)
+
+
+def project_queries(
+    attn: nn.Module, hidden: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor], rows: torch.Tensor
+) -> torch.Tensor:
+    """Rotated query states (B, H, R, D) of the given rows of ``hidden`` (the layer's normed input)."""
+    n_h, _, d = _heads(attn)
+    h = hidden[:, rows]
+    q = attn.q_proj(h).view(h.shape[0], h.shape[1], n_h, d).transpose(1, 2)
+    if hasattr(attn, "q_norm"):  # Qwen3-style per-head query norm
+        q = attn.q_norm(q)
+    cos, sin = position_embeddings
+    return apply_rotary(q, cos[:, rows], sin[:, rows])
+
+
+def project_keys(
+    attn: nn.Module, hidden: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor]
+) -> torch.Tensor:
+    """Rotated key states (B, H_kv, T, D) of every row of ``hidden``."""
+    _, n_kv, d = _heads(attn)
+    k = attn.k_proj(hidden).view(hidden.shape[0], hidden.shape[1], n_kv, d).transpose(1, 2)
+    if hasattr(attn, "k_norm"):
+        k = attn.k_norm(k)
+    cos, sin = position_embeddings
+    return apply_rotary(k, cos, sin)
+
+
+def rows_attention(
+    attn: nn.Module,
+    hidden: torch.Tensor,
+    position_embeddings: tuple[torch.Tensor, torch.Tensor],
+    rows: torch.Tensor | Sequence[int],
+    keys: torch.Tensor | None = None,
+    key_offset: int = 0,
+) -> torch.Tensor:
+    """Attention probabilities (B, H, R, T) in float32 that the query ``rows`` pay to every key.
+
+    ``hidden`` is the attention layer's input (after the input layer norm), (B, T, d); ``rows`` index into it.
+    ``keys`` (B, H_kv, T_k, D), rotated, default: computed from ``hidden``. Row ``r`` sees keys at positions
+    ``<= r + key_offset`` (``key_offset`` = how many cached keys precede ``hidden``).
+    """
+    rows = torch.as_tensor(rows, device=hidden.device, dtype=torch.long)
+    n_h, n_kv, d = _heads(attn)
+    q = project_queries(attn, hidden, position_embeddings, rows).float()
+    k = (project_keys(attn, hidden, position_embeddings) if keys is None else keys).float()
+    k = k.repeat_interleave(n_h // n_kv, dim=1)  # grouped-query heads share keys
+    scale = getattr(attn, "scaling", d**-0.5)
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+    key_pos = torch.arange(k.shape[-2], device=hidden.device)
+    mask = key_pos[None, :] > (rows[:, None] + key_offset)
+    scores = scores.masked_fill(mask, float("-inf"))
+    return torch.softmax(scores, dim=-1)
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder layers of a causal LM (Llama, Qwen2, Mistral, ... share the ``model.model.layers`` shape)."""
+    inner = getattr(model, "model", model)
+    layers = getattr(inner, "layers", None)
+    if layers is None:
+        raise ConfigError(f"{type(model).__name__} has no model.layers; supported: Llama-style decoder models")
+    return layers
+
+
+@dataclass
+class SpanAttention:
+    """Attention of the chosen rows. ``tokens``: (L, H, R, T) or reduced; ``spans``: name -> (L, H) mass."""
+
+    rows: torch.Tensor
+    layers: list[int]
+    tokens: torch.Tensor
+    spans: dict[str, torch.Tensor]
+
+    def span_scores(self) -> dict[str, float]:
+        """Mass per span, averaged over layers, heads and rows."""
+        return {k: float(v.mean()) for k, v in self.spans.items()}
+
+
+@torch.inference_mode()
+def attention_to_spans(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    spans: dict[str, tuple[int, int]] | None = None,
+    rows: str | tuple[int, int] | Sequence[int] = "last",
+    layers: Sequence[int] | None = None,
+    reduce_rows: bool = True,
+) -> SpanAttention:
+    """Attention that ``rows`` pay to each token and span, per layer and head, from one forward pass.
+
+    ``rows``: ``"last"`` (the next-token position), a span name (e.g. ``"question"``), a (start, end) pair,
+    or explicit indices. The forward pass runs with the model's own attention implementation; probabilities
+    are recomputed for the chosen rows only. Returns tokens (L, H, R, T), or (L, H, T) averaged over rows.
+    """
+    spans = spans or {}
+    ids = input_ids.to(model.device)
+    T = ids.shape[-1]
+    if isinstance(rows, str):
+        if rows == "last":
+            row_idx = torch.tensor([T - 1])
+        elif rows in spans:
+            row_idx = torch.arange(*spans[rows])
+        else:
+            raise ConfigError(f"unknown rows {rows!r}; options: 'last', {', '.join(map(repr, spans))}")
+    elif isinstance(rows, tuple) and len(rows) == 2:
+        row_idx = torch.arange(*rows)
+    else:
+        row_idx = torch.as_tensor(list(rows), dtype=torch.long)
+    if row_idx.numel() == 0 or int(row_idx.min()) < 0 or int(row_idx.max()) >= T:
+        raise ConfigError(f"query rows {rows!r} are empty or outside the prompt of {T} tokens")
+    blocks = decoder_layers(model)
+    chosen = list(range(len(blocks))) if layers is None else [int(i) for i in layers]
+    out = model(input_ids=ids, output_hidden_states=True, use_cache=False, logits_to_keep=1)
+    pos = torch.arange(T, device=ids.device)[None]
+    per_layer = []
+    for li in chosen:
+        layer = blocks[li]
+        h = layer.input_layernorm(out.hidden_states[li])
+        pe = model.model.rotary_emb(h, pos)
+        a = rows_attention(layer.self_attn, h, pe, row_idx.to(ids.device))[0]  # (H, R, T)
+        per_layer.append(a.mean(1) if reduce_rows else a)
+    tokens = torch.stack(per_layer).cpu()
+    span_mass = {
+        name: tokens[..., a:b].sum(-1) if reduce_rows else tokens[..., a:b].sum(-1).mean(-1)
+        for name, (a, b) in spans.items()
+    }
+    return SpanAttention(row_idx, chosen, tokens, span_mass)
