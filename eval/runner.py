@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from pathlib import Path
@@ -48,9 +49,14 @@ def eval_retrieval(
     limit: int | None = None,
     ks: tuple[int, ...] = (1, 5, 20),
     progress: bool = True,
+    dump: str | Path | None = None,
     **retriever_kwargs: Any,
 ) -> dict[str, dict[str, float]]:
-    """Recall@k, MRR and nDCG@10 of BM25, dense and hybrid retrieval over the dataset's own corpus."""
+    """Recall@k, MRR and nDCG@10 of BM25, dense and hybrid retrieval over the dataset's own corpus.
+
+    ``dump``: also write the hybrid top-20 chunk ids of every question as JSON (``{example id: [chunk id]}``),
+    which ``eval_qa(retrieved=...)`` reads to evaluate generators on fixed retrieval results elsewhere.
+    """
     ds = load_nq_open(data)
     data_path = Path(data) if data else NQ_OPEN
     r = corpus_retriever(ds, data_path, progress, **retriever_kwargs)
@@ -58,6 +64,7 @@ def eval_retrieval(
     exs = _take(ds, limit)
     depth = max(max(ks), 10)
     out: dict[str, dict[str, float]] = {}
+    dumped: dict[str, list[str]] = {}
     for mode in MODES[1:] + MODES[:1]:  # bm25, dense, hybrid
         t0 = time.perf_counter()
         sums: dict[str, float] = {f"recall@{k}": 0.0 for k in ks} | {"mrr": 0.0, "ndcg@10": 0.0}
@@ -66,6 +73,8 @@ def eval_retrieval(
             part = exs[s : s + batch]
             for ex, res in zip(part, r.search_many([e.question for e in part], depth, mode)):
                 ranked = [x.chunk.id for x in res]
+                if mode == "hybrid":
+                    dumped[ex.id] = ranked[:20]
                 for k in ks:
                     sums[f"recall@{k}"] += metrics.recall_at(ranked, ex.gold_ids, k)
                 sums["mrr"] += metrics.mrr(ranked, ex.gold_ids)
@@ -73,6 +82,8 @@ def eval_retrieval(
         out[mode] = {k: v / len(exs) for k, v in sums.items()}
         out[mode]["n"] = len(exs)
         out[mode]["queries_per_s"] = len(exs) / (time.perf_counter() - t0)
+    if dump:
+        Path(dump).write_text(json.dumps(dumped))
     return out
 
 
@@ -84,8 +95,12 @@ def eval_qa(
     device: str | None = None,
     max_new_tokens: int = 32,
     progress: bool = True,
+    retrieved: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Accuracy, EM and F1 of a generator, closed-book, with the oracle passage, or with the top k retrieved."""
+    """Accuracy, EM and F1 of a generator, closed-book, with the oracle passage, or with the top k retrieved.
+
+    ``retrieved``: a file written by ``eval_retrieval(dump=...)``; the top k come from it instead of a retriever.
+    """
     if setting not in SETTINGS:
         raise ConfigError(f"unknown QA setting {setting!r}; options: {', '.join(SETTINGS)}")
     ds = load_nq_open(data)
@@ -93,11 +108,12 @@ def eval_qa(
     gen = Generator(model, device=device)
     gen.warm_up()
     retr = None
-    if setting.startswith("top"):
+    fixed = json.loads(Path(retrieved).read_text()) if retrieved else None
+    if setting.startswith("top") and fixed is None:
         data_path = Path(data) if data else NQ_OPEN
         retr = corpus_retriever(ds, data_path, progress)
     by_id = ds.by_id()
-    k = int(setting[3:]) if retr else 0
+    k = int(setting[3:]) if setting.startswith("top") else 0
     cfg = GenerationConfig(max_new_tokens=max_new_tokens)
     acc, em, f1, prompt_tok, secs = [], [], [], 0, 0.0
     rows = []
@@ -106,6 +122,10 @@ def eval_qa(
             passages = []
         elif setting == "oracle":
             passages = [by_id[i] for i in sorted(ex.gold_ids)]
+        elif fixed is not None:
+            if ex.id not in fixed:
+                raise ConfigError(f"question {ex.id!r} is missing from the retrieved file {str(retrieved)!r}")
+            passages = [by_id[i] for i in fixed[ex.id][:k]]
         else:
             passages = retr.search(ex.question, k)
         g = gen.generate(ex.question, passages, cfg)

@@ -77,9 +77,9 @@ def _cmd_eval(a: argparse.Namespace) -> int:
     from eval.report import write_json
 
     if a.suite == "retrieval":
-        res = runner.eval_retrieval(a.data, a.limit)
+        res = runner.eval_retrieval(a.data, a.limit, dump=a.dump_retrieved)
     elif a.suite == "qa":
-        res = runner.eval_qa(a.setting, a.model, a.data, a.limit, a.device, a.max_new_tokens)
+        res = runner.eval_qa(a.setting, a.model, a.data, a.limit, a.device, a.max_new_tokens, retrieved=a.retrieved)
     else:  # pragma: no cover - argparse restricts the choices
         raise RagcoreError(f"unknown eval suite {a.suite!r}")
     if a.out:
@@ -133,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--model", default="smollm2-135m")
     sp.add_argument("--device", default=None)
     sp.add_argument("--max-new-tokens", type=int, default=32)
+    sp.add_argument("--dump-retrieved", default=None, help="retrieval: write each question's hybrid top 20 ids")
+    sp.add_argument("--retrieved", default=None, help="qa: take the top k from a --dump-retrieved file")
     sp.set_defaults(fn=_cmd_eval)
     return p
 

@@ -28,7 +28,7 @@ def minmax(x: np.ndarray) -> np.ndarray:
 
 
 def fuse(
-    bm25: np.ndarray, dense: np.ndarray, fusion: str = "weighted", dense_weight: float = 0.8, rrf_k: int = 60
+    bm25: np.ndarray, dense: np.ndarray, fusion: str = "weighted", dense_weight: float = 0.9, rrf_k: int = 60
 ) -> np.ndarray:
     """Fused scores of a candidate pool, given both raw scores of every candidate.
 
@@ -48,7 +48,7 @@ def fuse(
 class HybridRetriever:
     """BM25 (bm25s) + dense (sentence-transformers + FAISS) retrieval over chunks.
 
-    The default fusion (``weighted``, dense weight 0.8, min-max over a pool of the top ``pool`` of each
+    The default fusion (``weighted``, dense weight 0.9, min-max over a pool of the top ``pool`` of each
     retriever) was chosen by ``bench/fusion_sweep.py`` on NQ-open; see docs/RESULTS.md.
     """
 
@@ -56,7 +56,7 @@ class HybridRetriever:
         self,
         embedder: str = DEFAULT_EMBEDDER,
         fusion: str = "weighted",
-        dense_weight: float = 0.8,
+        dense_weight: float = 0.9,
         pool: int = 100,
         rrf_k: int = 60,
         factory: str = "Flat",
@@ -116,8 +116,13 @@ class HybridRetriever:
     def search(self, query: str, k: int = 5, mode: str = "hybrid") -> list[ScoredChunk]:
         return self.search_many([query], k, mode)[0]
 
-    def search_many(self, queries: Sequence[str], k: int = 5, mode: str = "hybrid") -> list[list[ScoredChunk]]:
-        """Top ``k`` chunks per query. Each result keeps ``scores['bm25']``, ``['dense']`` and ``['hybrid']``."""
+    def search_many(
+        self, queries: Sequence[str], k: int = 5, mode: str = "hybrid", query_embeddings: np.ndarray | None = None
+    ) -> list[list[ScoredChunk]]:
+        """Top ``k`` chunks per query. Each result keeps ``scores['bm25']``, ``['dense']`` and ``['hybrid']``.
+
+        ``query_embeddings`` (one row per query, from ``embed_queries``) skips embedding the queries again.
+        """
         if mode not in MODES:
             raise ConfigError(f"unknown retrieval mode {mode!r}; options: {', '.join(MODES)}")
         if not isinstance(k, int) or k < 1:
@@ -127,11 +132,14 @@ class HybridRetriever:
                 raise EmptyQueryError(q)
         if not self.chunks:
             raise EmptyCorpusError("the index holds no documents; add some first (ragcore index PATH)")
-        q_emb = None
-        if mode != "bm25":
-            self.warm_up()
-            q_emb = embed(self._model, list(queries))
+        q_emb = query_embeddings
+        if mode != "bm25" and q_emb is None:
+            q_emb = self.embed_queries(queries)
         return [self._search_one(q, None if q_emb is None else q_emb[i], k, mode) for i, q in enumerate(queries)]
+
+    def embed_queries(self, queries: Sequence[str]) -> np.ndarray:
+        self.warm_up()
+        return embed(self._model, list(queries))
 
     def _search_one(self, query: str, q: np.ndarray | None, k: int, mode: str) -> list[ScoredChunk]:
         bm_all = self.bm25.scores(query)
