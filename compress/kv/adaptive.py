@@ -66,13 +66,11 @@ class AdaKV(KVCompressor):
     ) -> torch.Tensor:
         return self.inner.score(module, hidden, keys, values, position_embeddings, key_offset)
 
-    def head_budgets(self, scores: torch.Tensor, k: int, module: nn.Module) -> torch.Tensor:
+    def head_budgets(self, scores: torch.Tensor, protected: torch.Tensor, k: int, module: nn.Module) -> torch.Tensor:
         b, h, t = scores.shape
-        finite = torch.isfinite(scores)
-        s = scores.masked_fill(~finite, 0.0)
-        s = s - s.amin(-1, keepdim=True)  # comparable across heads: shift to >= 0, normalise to sum 1
+        s = scores - scores.amin(-1, keepdim=True)  # comparable across heads: shift to >= 0, normalise to sum 1
         s = s / s.sum(-1, keepdim=True).clamp_min(1e-12)
-        s = s.masked_fill(~finite, float("inf"))  # protected tokens come first
+        s = s.masked_fill(protected, float("inf"))  # protected tokens come first
         floor = min(int(self.safeguard * k), k)
         if floor:
             top = torch.topk(s, floor, dim=-1).indices

@@ -64,6 +64,15 @@ def group_mean(x: torch.Tensor, n_kv: int) -> torch.Tensor:
     return x.view(b, n_kv, h // n_kv, *x.shape[2:]).mean(2)
 
 
+def priority(scores: torch.Tensor, protected: torch.Tensor) -> torch.Tensor:
+    """Selection order: protected positions first (the most recent of them first, should the budget be smaller
+    than they are), then the others by score. Scores become ranks in [0, 1), so any scale works."""
+    t = scores.shape[-1]
+    ranks = scores.argsort(-1).argsort(-1).float() / t
+    pos = torch.arange(t, device=scores.device, dtype=torch.float32) / t
+    return ranks + protected.float() * (2 + 2 * pos)
+
+
 @dataclass
 class KVCompressor:
     """Base of KV-cache compressors. ``score()`` (B, H_kv, T): higher = keep.
@@ -124,7 +133,9 @@ class KVCompressor:
             keep[max(t - self.protect_last, 0) :] = True
         return keep
 
-    def head_budgets(self, scores: torch.Tensor, k: int, module: nn.Module) -> torch.Tensor | None:
+    def head_budgets(
+        self, scores: torch.Tensor, protected: torch.Tensor, k: int, module: nn.Module
+    ) -> torch.Tensor | None:
         """Tokens kept per head (B, H_kv), or None for ``k`` everywhere. Head-adaptive methods override."""
         return None
 
@@ -180,9 +191,8 @@ class KVCompressor:
         if tuple(scores.shape) != (b, h_kv, t):
             raise RuntimeError(f"{self.name}.score returned {tuple(scores.shape)}, expected {(b, h_kv, t)}")
         prot = self.protected(t, scores.device)
-        scores = scores.masked_fill(prot, float("inf"))
-        budgets = self.head_budgets(scores, k, module)
-        idx, mask = self.select(scores, k, budgets)
+        budgets = self.head_budgets(scores, prot, k, module)
+        idx, mask = self.select(priority(scores, prot), k, budgets)
         kvcache.prune(cache, layer, idx)
         if budgets is not None:  # lengths may differ between layers: every such layer gets a mask
             mask = mask if mask is not None else torch.ones_like(idx, dtype=torch.bool)

@@ -95,7 +95,7 @@ class Razor(KVCompressor):
         b, h, t = keys.shape[:3]
         return torch.arange(t, device=keys.device, dtype=torch.float32).expand(b, h, t)  # recency
 
-    def head_budgets(self, scores: torch.Tensor, k: int, module: nn.Module) -> torch.Tensor:
+    def head_budgets(self, scores: torch.Tensor, protected: torch.Tensor, k: int, module: nn.Module) -> torch.Tensor:
         b, h, t = scores.shape
         budgets = torch.full((b, h), k, dtype=torch.long, device=scores.device)
         for head in (self.retrieval_heads or {}).get(int(module.layer_idx), []):
