@@ -203,6 +203,25 @@ def test_pruned_cache_matches_masked_full_forward(tiny):
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
 
 
+def test_uneven_head_budgets_match_per_head_masked_forward(tiny_llama):
+    """Razor with kv head 1 a retrieval head in both layers == a full forward in which the question rows of
+    kv head 0 (query heads 0, 1) see only the sinks and recent window of the context."""
+    ids = _ids(T + Q)
+    comp = get_compressor("razor", budget=20, retrieval_heads={0: [1], 1: [1]})
+    cache = transformers.DynamicCache(config=tiny_llama.config)
+    with torch.inference_mode(), comp.apply(tiny_llama) as rep:
+        tiny_llama(input_ids=ids[:, :T], past_key_values=cache, use_cache=True)
+        got = _step(tiny_llama, ids[:, T:], cache, T)
+    assert rep.masks_only and rep.tokens_kept == {0: [20, T], 1: [20, T]} and rep.cache_len == {0: T, 1: T}
+    kept = torch.zeros(T, dtype=torch.bool)
+    kept[:4] = kept[T - 16 : T] = True
+    mask = torch.ones(1, 4, T + Q, T + Q, dtype=torch.bool).tril()
+    mask[:, :2, T:, :T] &= kept
+    with torch.inference_mode():
+        ref = tiny_llama(input_ids=ids, attention_mask=mask).logits[:, -1]
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+
+
 def test_head_masks_match_uniform_pruning(tiny_llama):
     """The masked path (razor with no retrieval heads: per-head masks, all visible) == plain pruning."""
     ids = _ids(T + Q)
@@ -228,10 +247,12 @@ def test_uneven_masks_same_under_eager_and_sdpa(tiny_llama):
             with torch.inference_mode(), comp.apply(tiny_llama) as rep:
                 tiny_llama(input_ids=ids[:, :T], past_key_values=cache, use_cache=True)
                 res.append(_step(tiny_llama, ids[:, T:], cache, T))
+                res.append(_step(tiny_llama, torch.tensor([[9]]), cache, T + Q))  # decoding: one query row
         finally:
             tiny_llama.config._attn_implementation = "sdpa"
         assert rep.masks_only and rep.tokens_kept == {0: [32, 64], 1: [64, 32]}
-    torch.testing.assert_close(res[0], res[1], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(res[0], res[2], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(res[1], res[3], rtol=1e-4, atol=1e-4)
 
 
 # ---- generator integration ----------------------------------------------------------------------------------
