@@ -1,1 +1,1 @@
-"""compress stage (see docs and issues)."""
+"""Compression of what the model reads: KV-cache compression (``compress.kv``)."""

@@ -79,7 +79,24 @@ def _cmd_eval(a: argparse.Namespace) -> int:
     if a.suite == "retrieval":
         res = runner.eval_retrieval(a.data, a.limit, dump=a.dump_retrieved)
     elif a.suite == "qa":
-        res = runner.eval_qa(a.setting, a.model, a.data, a.limit, a.device, a.max_new_tokens, retrieved=a.retrieved)
+        res = runner.eval_qa(
+            a.setting, a.model, a.data, a.limit, a.device, a.max_new_tokens or 32, retrieved=a.retrieved
+        )
+    elif a.suite == "kv":
+        from eval.kv import eval_kv
+
+        res = eval_kv(
+            a.data,
+            a.compressor,
+            a.ratio,
+            a.model,
+            a.limit,
+            a.device,
+            a.k,
+            a.max_tokens,
+            a.max_new_tokens,
+            a.query_aware,
+        )
     else:  # pragma: no cover - argparse restricts the choices
         raise RagcoreError(f"unknown eval suite {a.suite!r}")
     if a.out:
@@ -125,16 +142,25 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(fn=_cmd_ask)
 
     sp = sub.add_parser("eval", help="offline evaluations")
-    sp.add_argument("suite", choices=["retrieval", "qa"])
-    sp.add_argument("--data", default=None, help="NQ-open file (format of nq_open_oracle_dev.jsonl.gz)")
+    sp.add_argument("suite", choices=["retrieval", "qa", "kv"])
+    sp.add_argument(
+        "--data",
+        default=None,
+        help="NQ-open file (format of nq_open_oracle_dev.jsonl.gz); kv also takes key-value retrieval files",
+    )
     sp.add_argument("--out", default=None, help="write results as JSON (and a Markdown table beside it)")
     sp.add_argument("--limit", type=int, default=None)
     sp.add_argument("--setting", default="top5", choices=["closed", "oracle", "top5", "top10"])
     sp.add_argument("--model", default="smollm2-135m")
     sp.add_argument("--device", default=None)
-    sp.add_argument("--max-new-tokens", type=int, default=32)
     sp.add_argument("--dump-retrieved", default=None, help="retrieval: write each question's hybrid top 20 ids")
     sp.add_argument("--retrieved", default=None, help="qa: take the top k from a --dump-retrieved file")
+    sp.add_argument("--max-new-tokens", type=int, default=None, help="default 32 (kv: 64 for key-value files)")
+    sp.add_argument("--compressor", default="none", help="kv: KV-cache compressor name, 'wrapper:inner', or none")
+    sp.add_argument("--ratio", type=float, default=0.5, help="kv: fraction of the context's KV cache removed")
+    sp.add_argument("--k", type=int, default=5, help="kv: passages retrieved per NQ question")
+    sp.add_argument("--max-tokens", type=int, default=None, help="kv: prompt + answer token limit (cuts records)")
+    sp.add_argument("--query-aware", action="store_true", help="kv: compress after reading the question too")
     sp.set_defaults(fn=_cmd_eval)
     return p
 

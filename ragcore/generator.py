@@ -6,6 +6,7 @@ later stages can act between prefill and decoding (KV-cache compression) and rea
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ragcore import cache as kvcache
 from ragcore.errors import ConfigError
 from ragcore.models import DEFAULT_GENERATOR, load_generator
 from ragcore.prompt import Prompt, build_prompt
@@ -21,6 +23,8 @@ from ragcore.types import Chunk, ScoredChunk
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from compress.kv.base import KVCompressor
 
 logger = logging.getLogger(__name__)
 
@@ -103,10 +107,20 @@ class Generator:
         passages: Sequence[Chunk | ScoredChunk] | None = None,
         config: GenerationConfig | None = None,
         on_prefill: PrefillHook | None = None,
+        compressor: KVCompressor | None = None,
+        query_aware: bool = False,
     ) -> Generation:
-        """Generate an answer; ``question`` may be a ready ``Prompt``."""
+        """Generate an answer; ``question`` may be a ready ``Prompt``.
+
+        ``compressor`` compresses the KV cache after prefill. By default (question-agnostic) only the prompt
+        before the ``question`` span is prefilled under compression, so the compressed context does not depend
+        on the question; the question tokens are then fed on the compressed cache. ``query_aware=True``
+        prefills the whole prompt under compression. ``Generation.stats`` gets ``kv_bytes`` (held after
+        prefill), ``kv_bytes_full`` (an uncompressed cache of the same prompt), ``masks_only`` and, with a
+        compressor, ``kv_report``.
+        """
         out: list[int] = []
-        stream = self._decode(question, passages, config or GenerationConfig(), on_prefill)
+        stream = self._decode(question, passages, config or GenerationConfig(), on_prefill, compressor, query_aware)
         for tok in stream:
             out.append(tok)
         return self._last
@@ -117,12 +131,16 @@ class Generator:
         passages: Sequence[Chunk | ScoredChunk] | None = None,
         config: GenerationConfig | None = None,
         on_prefill: PrefillHook | None = None,
+        compressor: KVCompressor | None = None,
+        query_aware: bool = False,
     ) -> Iterator[str]:
-        """Yield the answer as text pieces, token by token (pieces are decoded so multi-byte text stays whole)."""
+        """Yield the answer as text pieces, token by token (pieces are decoded so multi-byte text stays whole).
+
+        ``compressor`` and ``query_aware`` as in :meth:`generate`."""
         self.warm_up()
         ids: list[int] = []
         shown = ""
-        for tok in self._decode(question, passages, config or GenerationConfig(), on_prefill):
+        for tok in self._decode(question, passages, config or GenerationConfig(), on_prefill, compressor, query_aware):
             ids.append(tok)
             text = self.tokenizer.decode(ids, skip_special_tokens=True)
             if text.endswith("\ufffd"):
@@ -137,6 +155,8 @@ class Generator:
         passages: Sequence[Chunk | ScoredChunk] | None,
         cfg: GenerationConfig,
         on_prefill: PrefillHook | None,
+        compressor: KVCompressor | None = None,
+        query_aware: bool = False,
     ) -> Iterator[int]:
         from transformers import DynamicCache
 
@@ -151,36 +171,79 @@ class Generator:
             gen.manual_seed(cfg.seed)
         t0 = time.perf_counter()
         cache = DynamicCache(config=model.config)
-        logits = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
-        stats = on_prefill(model, cache, prompt) if on_prefill else {}
-        _sync(dev)
-        t1 = time.perf_counter()
-        out: list[int] = []
-        stopped = "max_new_tokens"
-        for step in range(cfg.max_new_tokens):
-            tok = _pick(logits[0].float(), cfg, gen)
-            if tok in self.eos_ids:
-                stopped = "eos"
-                break
-            out.append(tok)
-            yield tok
-            if cfg.max_time is not None and time.perf_counter() - t0 > cfg.max_time:
-                stopped = "max_time"
-                break
-            if step + 1 == cfg.max_new_tokens:
-                break
-            pos = torch.tensor([[n + step]], device=dev)
-            logits = model(
-                input_ids=torch.tensor([[tok]], device=dev),
-                past_key_values=cache,
-                position_ids=pos,
-                cache_position=pos[0],
-                use_cache=True,
-            ).logits[:, -1]
+        with contextlib.ExitStack() as hooks:  # the compressor's hooks live until decoding ends, then go
+            report = None
+            if compressor is None:
+                logits = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+            else:
+                report = hooks.enter_context(compressor.apply(model))
+                split = n if query_aware else _question_start(prompt)
+                logits = model(input_ids=ids[:, :split], past_key_values=cache, use_cache=True, logits_to_keep=1)
+                logits = logits.logits[:, -1]
+                if split < n:  # the question, on the compressed cache, at its absolute positions
+                    logits = _step(model, ids[:, split:], cache, split)
+            stats: dict[str, Any] = {
+                "kv_bytes": kvcache.kv_bytes(cache),
+                "kv_bytes_full": kvcache.bytes_per_token(cache) * n,
+                "masks_only": bool(report.masks_only) if report is not None else False,
+            }
+            if report is not None:
+                stats["kv_report"] = report.to_dict()
+            stats.update((on_prefill(model, cache, prompt) if on_prefill else None) or {})
+            _sync(dev)
+            t1 = time.perf_counter()
+            out: list[int] = []
+            stopped = "max_new_tokens"
+            for step in range(cfg.max_new_tokens):
+                tok = _pick(logits[0].float(), cfg, gen)
+                if tok in self.eos_ids:
+                    stopped = "eos"
+                    break
+                out.append(tok)
+                yield tok
+                if cfg.max_time is not None and time.perf_counter() - t0 > cfg.max_time:
+                    stopped = "max_time"
+                    break
+                if step + 1 == cfg.max_new_tokens:
+                    break
+                if compressor is not None:
+                    logits = _step(model, torch.tensor([[tok]], device=dev), cache, n + step)
+                    continue
+                pos = torch.tensor([[n + step]], device=dev)
+                logits = model(
+                    input_ids=torch.tensor([[tok]], device=dev),
+                    past_key_values=cache,
+                    position_ids=pos,
+                    cache_position=pos[0],
+                    use_cache=True,
+                ).logits[:, -1]
         _sync(dev)
         t2 = time.perf_counter()
         text = self.tokenizer.decode(out, skip_special_tokens=True).strip()
-        self._last = Generation(text, out, n, t1 - t0, t2 - t1, stopped, dict(stats or {}))
+        self._last = Generation(text, out, n, t1 - t0, t2 - t1, stopped, stats)
+
+
+def _question_start(prompt: Prompt) -> int:
+    """Where the question starts: the compressed context is everything before it (all of it if unknown)."""
+    n = len(prompt)
+    start = prompt.spans.get("question", (n, n))[0]
+    return start if 1 < start < n else n
+
+
+def _step(model: PreTrainedModel, ids: torch.Tensor, cache: Any, first_pos: int) -> torch.Tensor:
+    """Feed ``ids`` (1, q) on a possibly compressed cache: rotary positions are absolute (``first_pos`` on),
+    cache slots follow the cache's own length (shorter than the absolute position after pruning)."""
+    q = ids.shape[1]
+    slot = kvcache.seq_len(cache, 0)
+    pos = torch.arange(first_pos, first_pos + q, device=ids.device)[None]
+    return model(
+        input_ids=ids,
+        past_key_values=cache,
+        position_ids=pos,
+        cache_position=torch.arange(slot, slot + q, device=ids.device),
+        use_cache=True,
+        logits_to_keep=1,
+    ).logits[:, -1]
 
 
 def _pick(logits: torch.Tensor, cfg: GenerationConfig, gen: torch.Generator) -> int:

@@ -1,0 +1,151 @@
+"""KV-cache compression matrix: every compressor x ratio in one process, one JSON, one accuracy-vs-ratio plot.
+
+The model, the retriever and the prompts are built once. Ratio 0 removes nothing, so it is run once (as
+``none``) and shared by every compressor's curve (marked ``"shared_baseline": true`` in the JSON).
+
+    python bench/kv_matrix.py --data eval/data/nq_open_oracle_dev.jsonl.gz --limit 100 --out results/kv.json
+    python bench/kv_matrix.py --data kv_retrieval_75_keys.jsonl.gz --max-tokens 2048 --compressors snapkv,tova
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from compress.kv import COMPRESSORS, get_compressor  # noqa: E402
+from eval.kv import load_items, run_items  # noqa: E402
+from eval.report import write_json  # noqa: E402
+from ragcore.errors import ConfigError  # noqa: E402
+from ragcore.generator import Generator  # noqa: E402
+
+logger = logging.getLogger("bench.kv_matrix")
+
+RATIOS = (0.0, 0.25, 0.5, 0.75, 0.9)
+
+
+def run_matrix(
+    data: str | None,
+    model: str,
+    compressors: list[str],
+    ratios: list[float],
+    limit: int | None,
+    k: int,
+    max_tokens: int | None,
+    max_new_tokens: int | None,
+    device: str | None,
+    query_aware: bool,
+    progress: bool = True,
+) -> dict[str, Any]:
+    for name in compressors:  # fail on a bad name before loading anything
+        get_compressor(name, ratio=0.5)
+    for r in ratios:
+        if not 0 <= r < 1:
+            raise ConfigError(f"ratios must be in [0, 1), got {r!r}")
+    t0 = time.perf_counter()
+    gen = Generator(model, device=device)
+    fmt, items = load_items(gen, data, k, limit, max_tokens, max_new_tokens, progress)
+    logger.info("%d %s items ready in %.1fs", len(items), fmt, time.perf_counter() - t0)
+    runs: list[dict[str, Any]] = []
+    baseline = run_items(gen, fmt, items, "none", 0.0, max_new_tokens, query_aware, progress)
+    runs.append(baseline)
+    for name in compressors:
+        for r in ratios:
+            if r == 0:
+                runs.append({**baseline, "compressor": get_compressor(name).label, "shared_baseline": True})
+                continue
+            res = run_items(gen, fmt, items, name, r, max_new_tokens, query_aware, progress)
+            logger.info(
+                "%s ratio %.2f: accuracy %.3f, kv %.0f / %.0f bytes",
+                name,
+                r,
+                res["accuracy"],
+                res["kv_bytes"],
+                res["kv_bytes_full"],
+            )
+            runs.append(res)
+    return {
+        "data": str(data),
+        "format": fmt,
+        "model": model,
+        "n": len(items),
+        "query_aware": query_aware,
+        "ratios": ratios,
+        "compressors": compressors,
+        "seconds": time.perf_counter() - t0,
+        "runs": runs,
+    }
+
+
+def plot(result: dict[str, Any], path: str | Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    by_name: dict[str, list[tuple[float, float, float]]] = {}
+    for r in result["runs"]:
+        if r["compressor"] != "none":
+            by_name.setdefault(r["compressor"], []).append((r["ratio"], r["accuracy"], r["accuracy_ci95"]))
+    for name, pts in by_name.items():
+        pts.sort()
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+    base = next(r for r in result["runs"] if r["compressor"] == "none")
+    ax.axhline(base["accuracy"], color="grey", linestyle=":", label=f"no compression (±{base['accuracy_ci95']:.2f})")
+    ax.set_xlabel("fraction of the context's KV cache removed")
+    ax.set_ylabel("accuracy")
+    mode = "query-aware" if result["query_aware"] else "question-agnostic"
+    ax.set_title(f"{result['model']} on {Path(result['data']).name} (n={result['n']}, {mode})", fontsize=10)
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=None, help="NQ-open or key-value retrieval file (default: bundled NQ-open)")
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--compressors", default=",".join(COMPRESSORS), help="comma-separated names (wrapper:inner allowed)")
+    p.add_argument("--ratios", default=",".join(map(str, RATIOS)))
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--max-tokens", type=int, default=None)
+    p.add_argument("--max-new-tokens", type=int, default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--query-aware", action="store_true")
+    p.add_argument("--out", default="results/kv_matrix.json")
+    p.add_argument("--plot", default=None, help="PNG path (default: beside --out)")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        ratios = [float(x) for x in a.ratios.split(",") if x.strip()]
+    except ValueError as e:
+        print(f"kv_matrix: error: bad --ratios {a.ratios!r}: {e}", file=sys.stderr)
+        return 2
+    names = [x.strip() for x in a.compressors.split(",") if x.strip()]
+    try:
+        res = run_matrix(
+            a.data, a.model, names, ratios, a.limit, a.k, a.max_tokens, a.max_new_tokens, a.device, a.query_aware
+        )
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"kv_matrix: error: {e}", file=sys.stderr)
+        return 2
+    out = write_json(a.out, res)
+    png = plot(res, a.plot or Path(a.out).with_suffix(".png"))
+    logger.info("wrote %s and %s", out, png)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Head-adaptive budgets (AdaKV, Feng et al., 2024), wrapped around any compressor.
+
+The layer's total budget (``k`` tokens x ``H_kv`` heads) is spread over the heads by score concentration:
+each head's scores are normalised to sum to 1, every head first gets a floor of ``safeguard * k`` of its best
+tokens, and the rest of the budget goes to the best remaining (head, token) pairs across all heads, so heads
+whose mass sits on few tokens give budget to heads whose mass is spread out.
+
+The budgets differ per head, so the cache keeps ``max_h k_h`` slots per head and masks the surplus
+(``masks_only=True`` in the report when the budgets are uneven; see ``compress.kv.base``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from compress.kv.base import KVCompressor
+from ragcore.errors import ConfigError
+
+
+@dataclass
+class AdaKV(KVCompressor):
+    inner: KVCompressor | str = "snapkv"
+    safeguard: float = 0.2
+    name: ClassVar[str] = "adaptive"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.inner, str):
+            from compress.kv import get_compressor
+
+            self.inner = get_compressor(self.inner)
+        if not isinstance(self.inner, KVCompressor) or isinstance(self.inner, AdaKV):
+            raise ConfigError(f"adaptive needs a non-adaptive inner compressor, got {self.inner!r}")
+        if (
+            isinstance(self.safeguard, bool)
+            or not isinstance(self.safeguard, (int, float))
+            or not 0 <= self.safeguard <= 1
+        ):
+            raise ConfigError(f"safeguard must be in [0, 1], got {self.safeguard!r}")
+        self.attention_based = self.inner.attention_based
+
+    @property
+    def label(self) -> str:
+        inner = self.inner.label if isinstance(self.inner, KVCompressor) else self.inner
+        return f"{self.name}:{inner}"
+
+    def protected(self, t: int, device: torch.device) -> torch.Tensor:
+        return super().protected(t, device) | self.inner.protected(t, device)
+
+    def prepare(self, model: nn.Module) -> None:
+        self.inner._model = model
+        self.inner.prepare(model)
+
+    def score(
+        self,
+        module: nn.Module,
+        hidden: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        key_offset: int = 0,
+    ) -> torch.Tensor:
+        return self.inner.score(module, hidden, keys, values, position_embeddings, key_offset)
+
+    def head_budgets(self, scores: torch.Tensor, protected: torch.Tensor, k: int, module: nn.Module) -> torch.Tensor:
+        b, h, t = scores.shape
+        s = scores - scores.amin(-1, keepdim=True)  # comparable across heads: shift to >= 0, normalise to sum 1
+        s = s / s.sum(-1, keepdim=True).clamp_min(1e-12)
+        s = s.masked_fill(protected, float("inf"))  # protected tokens come first
+        floor = min(int(self.safeguard * k), k)
+        if floor:
+            top = torch.topk(s, floor, dim=-1).indices
+            s = s.scatter(-1, top, float("inf"))
+        chosen = torch.topk(s.reshape(b, h * t), k * h, dim=-1).indices  # the layer's whole budget
+        return torch.bincount(
+            (chosen // t + torch.arange(b, device=s.device)[:, None] * h).flatten(), minlength=b * h
+        ).view(b, h)

@@ -1,0 +1,97 @@
+"""The one adapter over transformers' KV cache API.
+
+transformers 5.x ``DynamicCache`` holds one layer object per decoder layer with ``.keys``/``.values`` tensors
+(B, H_kv, T, D); 4.x held two lists ``key_cache``/``value_cache``. Everything else in ragcore reads and
+writes caches through the small functions here, so a change of that API is fixed in one place.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ragcore.errors import ConfigError
+
+
+def n_layers(cache: Any) -> int:
+    """Number of layers the cache has storage for."""
+    if hasattr(cache, "layers"):
+        return len(cache.layers)
+    if hasattr(cache, "key_cache"):
+        return len(cache.key_cache)
+    raise ConfigError(f"unsupported KV cache type {type(cache).__name__!r}: expected a transformers DynamicCache")
+
+
+def _check(cache: Any, layer: int) -> None:
+    if not 0 <= layer < n_layers(cache):
+        raise ConfigError(f"layer {layer!r} is outside the cache's {n_layers(cache)} layers")
+
+
+def get_kv(cache: Any, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(keys, values) of ``layer``, each (B, H_kv, T, D); rotated keys as the model stored them."""
+    _check(cache, layer)
+    if hasattr(cache, "layers"):
+        lay = cache.layers[layer]
+        return lay.keys, lay.values
+    return cache.key_cache[layer], cache.value_cache[layer]
+
+
+def set_kv(cache: Any, layer: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+    """Replace the keys and values of ``layer`` (the old tensors are released)."""
+    _check(cache, layer)
+    if keys.shape[:-1] != values.shape[:-1]:
+        raise ConfigError(f"keys {tuple(keys.shape)} and values {tuple(values.shape)} disagree")
+    if hasattr(cache, "layers"):
+        lay = cache.layers[layer]
+        lay.keys, lay.values = keys, values
+    else:
+        cache.key_cache[layer], cache.value_cache[layer] = keys, values
+
+
+def _initialised(cache: Any, layer: int) -> bool:
+    k, _ = get_kv(cache, layer)
+    return isinstance(k, torch.Tensor) and k.dim() == 4
+
+
+def seq_len(cache: Any, layer: int = 0) -> int:
+    """Tokens held by ``layer`` (0 when the layer is still empty)."""
+    return int(get_kv(cache, layer)[0].shape[-2]) if _initialised(cache, layer) else 0
+
+
+def kv_bytes(cache: Any) -> int:
+    """Bytes actually held by the key and value tensors of every layer (views count at their own size)."""
+    total = 0
+    for i in range(n_layers(cache)):
+        if _initialised(cache, i):
+            k, v = get_kv(cache, i)
+            total += k.numel() * k.element_size() + v.numel() * v.element_size()
+    return total
+
+
+def bytes_per_token(cache: Any) -> int:
+    """Bytes one more token costs across all layers (batch included), from the cache's tensor shapes."""
+    total = 0
+    for i in range(n_layers(cache)):
+        if _initialised(cache, i):
+            k, v = get_kv(cache, i)
+            total += k.shape[0] * k.shape[1] * (k.shape[-1] * k.element_size() + v.shape[-1] * v.element_size())
+    return total
+
+
+def prune(cache: Any, layer: int, indices: torch.Tensor) -> None:
+    """Keep only the positions ``indices`` (B, H_kv, k) of ``layer``, per head, in the given order.
+
+    The kept entries are gathered into new contiguous tensors, so the memory of the dropped ones is freed.
+    """
+    keys, values = get_kv(cache, layer)
+    if indices.dim() != 3 or tuple(indices.shape[:2]) != tuple(keys.shape[:2]):
+        raise ConfigError(
+            f"indices must be (B, H_kv, k) = ({keys.shape[0]}, {keys.shape[1]}, k), got {tuple(indices.shape)}"
+        )
+    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= keys.shape[-2]):
+        raise ConfigError(f"indices outside the layer's {keys.shape[-2]} positions")
+    idx = indices.to(keys.device, torch.long).unsqueeze(-1)
+    k = torch.gather(keys, 2, idx.expand(-1, -1, -1, keys.shape[-1])).contiguous()
+    v = torch.gather(values, 2, idx.expand(-1, -1, -1, values.shape[-1])).contiguous()
+    set_kv(cache, layer, k, v)

@@ -1,0 +1,384 @@
+"""KV-cache compression: the cache adapter, every compressor on tiny Llama / Qwen2 models, generator integration."""
+
+import pytest
+import torch
+import transformers
+
+from compress.kv import COMPRESSORS, KVCompressor, get_compressor
+from ragcore import cache as kvcache
+from ragcore.attention import decoder_layers
+from ragcore.errors import ConfigError
+from ragcore.generator import GenerationConfig, Generator, _step
+from ragcore.prompt import Prompt
+
+NAMES = list(COMPRESSORS)
+T, Q = 64, 8  # context and question tokens of the synthetic prompts
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """The test machine has 2 shared cores; one intra-op thread avoids oversubscription (10x faster here)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _tiny(kind: str) -> transformers.PreTrainedModel:
+    torch.manual_seed(0)
+    kw = dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=256,
+        max_position_embeddings=512,
+    )
+    cfg = transformers.LlamaConfig(**kw) if kind == "llama" else transformers.Qwen2Config(**kw)
+    return transformers.AutoModelForCausalLM.from_config(cfg).eval()
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2"])
+def tiny(request):
+    return _tiny(request.param)
+
+
+@pytest.fixture(scope="module")
+def tiny_llama():
+    return _tiny("llama")
+
+
+def _ids(n: int = T + Q, seed: int = 1) -> torch.Tensor:
+    return torch.randint(3, 256, (1, n), generator=torch.Generator().manual_seed(seed))
+
+
+def _tiny_generator(model, tokenizer) -> Generator:
+    g = Generator("tiny")
+    g.model, g.tokenizer, g.eos_ids = model, tokenizer, set()
+    return g
+
+
+def _no_hooks(model) -> bool:
+    """None of a compressor's hooks left (transformers may add its own output-capturing hooks)."""
+
+    def ours(hooks) -> bool:
+        return any(isinstance(getattr(h, "__self__", None), KVCompressor) for h in hooks.values())
+
+    return not any(
+        ours(ly.self_attn._forward_hooks) or ours(ly.self_attn._forward_pre_hooks) for ly in decoder_layers(model)
+    )
+
+
+def _prefill(model, comp: KVCompressor, ids: torch.Tensor):
+    cache = transformers.DynamicCache(config=model.config)
+    with torch.inference_mode(), comp.apply(model) as rep:
+        model(input_ids=ids, past_key_values=cache, use_cache=True)
+        logits = _step(model, _ids(Q, seed=2), cache, ids.shape[1])  # question on the compressed cache
+        assert torch.isfinite(logits).all()
+        assert not _no_hooks(model)
+    return cache, rep
+
+
+# ---- the cache adapter ------------------------------------------------------------------------------------
+
+
+def test_cache_adapter_prune_and_bytes(tiny_llama):
+    cache = transformers.DynamicCache(config=tiny_llama.config)
+    with torch.inference_mode():
+        tiny_llama(input_ids=_ids(20), past_key_values=cache, use_cache=True)
+    assert kvcache.n_layers(cache) == 2 and kvcache.seq_len(cache, 1) == 20
+    k, v = kvcache.get_kv(cache, 0)
+    full = kvcache.kv_bytes(cache)
+    assert full == 2 * 2 * k.numel() * k.element_size() == kvcache.bytes_per_token(cache) * 20
+    idx = torch.tensor([[[0, 3, 7], [1, 2, 19]]])
+    kvcache.prune(cache, 0, idx)
+    k2, v2 = kvcache.get_kv(cache, 0)
+    assert (
+        k2.shape == (1, 2, 3, k.shape[-1])
+        and torch.equal(k2[0, 1, 2], k[0, 1, 19])
+        and torch.equal(v2[0, 0, 1], v[0, 0, 3])
+    )
+    assert kvcache.kv_bytes(cache) == full // 2 + full // 2 * 3 // 20
+    with pytest.raises(ConfigError, match="indices"):
+        kvcache.prune(cache, 1, torch.tensor([[[0, 25], [0, 1]]]))
+    with pytest.raises(ConfigError, match="layer 5"):
+        kvcache.get_kv(cache, 5)
+
+
+def test_cache_adapter_legacy_lists():
+    class Legacy:  # transformers 4.x DynamicCache layout
+        key_cache = [torch.zeros(1, 2, 10, 4)]
+        value_cache = [torch.ones(1, 2, 10, 4)]
+
+    c = Legacy()
+    assert kvcache.seq_len(c) == 10 and kvcache.kv_bytes(c) == 2 * 80 * 4
+    kvcache.prune(c, 0, torch.tensor([[[1, 2], [3, 4]]]))
+    assert c.key_cache[0].shape == (1, 2, 2, 4) and kvcache.kv_bytes(c) == 2 * 16 * 4
+
+
+# ---- every compressor, both architectures -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("spec", [{"ratio": 0.5}, {"budget": 20}], ids=["ratio", "budget"])
+def test_matrix(tiny, name, spec):
+    comp = get_compressor(name, **spec)
+    ids = _ids(T)
+    cache, rep = _prefill(tiny, comp, ids)
+    assert _no_hooks(tiny)
+    k = 32 if "ratio" in spec else 20
+    n_kv = tiny.config.num_key_value_heads
+    full = kvcache.bytes_per_token(cache) * T
+    assert rep.kv_bytes_before == full and set(rep.tokens_kept) == {0, 1}
+    for layer in range(2):
+        keys, values = kvcache.get_kv(cache, layer)
+        assert keys.shape[:2] == values.shape[:2] == (1, n_kv)
+        phys = keys.shape[2] - Q  # the question's tokens were appended after compression
+        assert phys == rep.cache_len[layer]
+        kept = rep.tokens_kept[layer]
+        if name == "razor":  # retrieval heads keep everything, the others the budget
+            assert all(x in (k, T) for x in kept)
+        elif name == "adaptive":  # the layer's total budget, spread unevenly
+            assert sum(kept) == k * n_kv and phys == max(kept)
+        else:
+            assert kept == [k] * n_kv and phys == k
+    if rep.masks_only:
+        assert name in ("adaptive", "razor")
+        assert rep.kv_bytes_after <= full
+    else:
+        assert rep.kv_bytes_after == full * k // T
+    assert kvcache.kv_bytes(cache) == rep.kv_bytes_after + kvcache.bytes_per_token(cache) * Q
+
+
+def test_hooks_removed_on_error():
+    model = _tiny("llama")
+    comp = get_compressor("snapkv", ratio=0.5)
+    with pytest.raises(RuntimeError, match="boom"), comp.apply(model):
+        assert not _no_hooks(model)
+        raise RuntimeError("boom")
+    for layer in decoder_layers(model):
+        assert not layer.self_attn._forward_hooks and not layer.self_attn._forward_pre_hooks
+
+
+def test_failing_score_still_removes_hooks(tiny_llama):
+    class Broken(KVCompressor):
+        def score(self, *a, **kw):
+            raise ValueError("bad score")
+
+    cache = transformers.DynamicCache(config=tiny_llama.config)
+    with pytest.raises(ValueError, match="bad score"), Broken(ratio=0.5).apply(tiny_llama):
+        tiny_llama(input_ids=_ids(T), past_key_values=cache, use_cache=True)
+    assert _no_hooks(tiny_llama)
+
+
+def test_decode_does_not_compress(tiny_llama):
+    comp = get_compressor("knorm", ratio=0.5)
+    cache = transformers.DynamicCache(config=tiny_llama.config)
+    with torch.inference_mode(), comp.apply(tiny_llama):
+        tiny_llama(input_ids=_ids(T), past_key_values=cache, use_cache=True)
+        for i in range(3):
+            _step(tiny_llama, torch.tensor([[5]]), cache, T + i)
+    assert kvcache.seq_len(cache) == 32 + 3
+
+
+# ---- correctness of the compressed cache ----------------------------------------------------------------
+
+
+def test_pruned_cache_matches_masked_full_forward(tiny):
+    """StreamingLLM-pruned context + question at absolute positions == one full forward whose question rows
+    cannot see the evicted context tokens (positions and causal masking of the question are right)."""
+    ids = _ids(T + Q)
+    comp = get_compressor("streaming_llm", budget=20, n_sink=4)
+    cache = transformers.DynamicCache(config=tiny.config)
+    with torch.inference_mode(), comp.apply(tiny):
+        tiny(input_ids=ids[:, :T], past_key_values=cache, use_cache=True)
+        got = _step(tiny, ids[:, T:], cache, T)
+    kept = torch.zeros(T, dtype=torch.bool)
+    kept[:4] = kept[T - 16 : T] = True
+    mask = torch.ones(T + Q, T + Q, dtype=torch.bool).tril()
+    mask[T:, :T] &= kept
+    with torch.inference_mode():
+        ref = tiny(input_ids=ids, attention_mask=mask[None, None]).logits[:, -1]
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_uneven_head_budgets_match_per_head_masked_forward(tiny_llama):
+    """Razor with kv head 1 a retrieval head in both layers == a full forward in which the question rows of
+    kv head 0 (query heads 0, 1) see only the sinks and recent window of the context."""
+    ids = _ids(T + Q)
+    comp = get_compressor("razor", budget=20, retrieval_heads={0: [1], 1: [1]})
+    cache = transformers.DynamicCache(config=tiny_llama.config)
+    with torch.inference_mode(), comp.apply(tiny_llama) as rep:
+        tiny_llama(input_ids=ids[:, :T], past_key_values=cache, use_cache=True)
+        got = _step(tiny_llama, ids[:, T:], cache, T)
+    assert rep.masks_only and rep.tokens_kept == {0: [20, T], 1: [20, T]} and rep.cache_len == {0: T, 1: T}
+    kept = torch.zeros(T, dtype=torch.bool)
+    kept[:4] = kept[T - 16 : T] = True
+    mask = torch.ones(1, 4, T + Q, T + Q, dtype=torch.bool).tril()
+    mask[:, :2, T:, :T] &= kept
+    with torch.inference_mode():
+        ref = tiny_llama(input_ids=ids, attention_mask=mask).logits[:, -1]
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_head_masks_match_uniform_pruning(tiny_llama):
+    """The masked path (razor with no retrieval heads: per-head masks, all visible) == plain pruning."""
+    ids = _ids(T + Q)
+    out = []
+    for comp in (get_compressor("razor", ratio=0.5, retrieval_heads={}), get_compressor("streaming_llm", ratio=0.5)):
+        cache = transformers.DynamicCache(config=tiny_llama.config)
+        with torch.inference_mode(), comp.apply(tiny_llama):
+            tiny_llama(input_ids=ids[:, :T], past_key_values=cache, use_cache=True)
+            out.append(_step(tiny_llama, ids[:, T:], cache, T))
+            out.append(_step(tiny_llama, torch.tensor([[7]]), cache, T + Q))
+    torch.testing.assert_close(out[0], out[2], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out[1], out[3], rtol=1e-4, atol=1e-4)
+
+
+def test_uneven_masks_same_under_eager_and_sdpa(tiny_llama):
+    ids = _ids(T + Q)
+    res = []
+    for impl in ("sdpa", "eager"):
+        tiny_llama.config._attn_implementation = impl
+        comp = get_compressor("razor", ratio=0.5, retrieval_heads={0: [1], 1: [0]})
+        cache = transformers.DynamicCache(config=tiny_llama.config)
+        try:
+            with torch.inference_mode(), comp.apply(tiny_llama) as rep:
+                tiny_llama(input_ids=ids[:, :T], past_key_values=cache, use_cache=True)
+                res.append(_step(tiny_llama, ids[:, T:], cache, T))
+                res.append(_step(tiny_llama, torch.tensor([[9]]), cache, T + Q))  # decoding: one query row
+        finally:
+            tiny_llama.config._attn_implementation = "sdpa"
+        assert rep.masks_only and rep.tokens_kept == {0: [32, 64], 1: [64, 32]}
+    torch.testing.assert_close(res[0], res[2], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(res[1], res[3], rtol=1e-4, atol=1e-4)
+
+
+# ---- generator integration ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_ratio_zero_generation_is_unchanged_tiny(tiny, smol, name):
+    g = _tiny_generator(tiny, smol.tokenizer)
+    p = Prompt("", _ids(T + Q), {"question": (T, T + Q)})
+    cfg = GenerationConfig(max_new_tokens=6)
+    ref = g.generate(p, config=cfg)
+    got = g.generate(p, config=cfg, compressor=get_compressor(name, ratio=0.0))
+    assert got.token_ids == ref.token_ids
+    assert got.stats["kv_bytes"] == got.stats["kv_bytes_full"] == ref.stats["kv_bytes"]
+    comp = get_compressor(name, ratio=0.5)
+    half = g.generate(p, config=cfg, compressor=comp)
+    assert len(half.token_ids) == 6 and _no_hooks(tiny)
+    assert half.stats["kv_bytes"] < half.stats["kv_bytes_full"] or half.stats["masks_only"]
+    assert half.stats["kv_report"]["tokens_before"] == {0: T, 1: T}  # only the context was compressed
+    aware = g.generate(p, config=cfg, compressor=comp, query_aware=True)
+    assert aware.stats["kv_report"]["tokens_before"] == {0: T + Q, 1: T + Q}
+
+
+def test_ratio_zero_generation_is_unchanged_smollm2(smol):
+    from tests.test_generator import PASSAGES
+    from tests.test_generator import Q as QUESTION
+
+    cfg = GenerationConfig(max_new_tokens=10)
+    p = smol.prompt(QUESTION, PASSAGES)
+    ref = smol.generate(p, config=cfg)
+    for name in ("snapkv", "adaptive"):
+        got = smol.generate(p, config=cfg, compressor=get_compressor(name, ratio=0.0))
+        assert got.token_ids == ref.token_ids
+    pieces = list(smol.stream(p, config=cfg, compressor=get_compressor("knorm", ratio=0.0)))
+    assert "".join(pieces).strip() == ref.text
+    half = smol.generate(p, config=cfg, compressor=get_compressor("streaming_llm", ratio=0.5))
+    assert half.stats["kv_bytes"] < 0.75 * half.stats["kv_bytes_full"] and half.token_ids
+    assert _no_hooks(smol.model)
+
+
+# ---- parameters ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "kw", "quoted"),
+    [
+        ("snapkv", {"ratio": 1.5}, "1.5"),
+        ("knorm", {"ratio": -0.1}, "-0.1"),
+        ("tova", {"budget": 0}, "budget must be a positive number of tokens per head, got 0"),
+        ("h2o", {"window": -3}, "-3"),
+        ("snapkv", {"kernel_size": 4}, "4"),
+        ("a2sf", {"forgetting": 1.2}, "1.2"),
+        ("adaptive", {"safeguard": 2.0}, "2.0"),
+        ("razor", {"top_frac": 7}, "7"),
+        ("random", {"seed": "x"}, "'x'"),
+        ("streaming_llm", {"n_sink": -1}, "-1"),
+        ("snapkv", {"nope": 1}, "nope"),
+    ],
+)
+def test_bad_params(name, kw, quoted):
+    with pytest.raises(ConfigError, match=quoted.replace("(", r"\(").replace(".", r"\.")):
+        get_compressor(name, **kw)
+
+
+def test_bad_names():
+    with pytest.raises(ConfigError, match="'pyramid'.*options: streaming_llm, snapkv"):
+        get_compressor("pyramid")
+    with pytest.raises(ConfigError, match="attention-based.*options:"):
+        get_compressor("caote:knorm")
+    with pytest.raises(ConfigError, match="'knorm' takes no inner"):
+        get_compressor("knorm:snapkv")
+    with pytest.raises(ConfigError, match="non-adaptive"):
+        get_compressor("adaptive:adaptive")
+    assert get_compressor("adaptive:h2o", ratio=0.25).label == "adaptive:h2o"
+
+
+def test_razor_calibration_finds_induction_heads(smol):
+    comp = get_compressor("razor", top_frac=0.05)
+    heads = comp.calibrate(smol.model, smol.tokenizer)
+    n = sum(len(v) for v in heads.values())
+    total = smol.model.config.num_hidden_layers * smol.model.config.num_key_value_heads
+    assert n == round(0.05 * total) and n > 0
+    assert comp.head_scores.shape == (smol.model.config.num_hidden_layers, smol.model.config.num_key_value_heads)
+    picked = [comp.head_scores[layer, h] for layer, hs in heads.items() for h in hs]
+    assert min(picked) >= comp.head_scores.median()
+
+
+# ---- ragcore eval kv ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "fmt", "compressor"),
+    [("tests/data/kv_small.jsonl.gz", "kv", "snapkv"), ("tests/data/nq_small.jsonl.gz", "nq", "none")],
+)
+def test_cli_eval_kv(tmp_path, monkeypatch, data, fmt, compressor):
+    import json
+
+    from ragcore.cli import main
+
+    monkeypatch.setattr("eval.runner.cache_dir", lambda: tmp_path / "cache")
+    out = tmp_path / "kv.json"
+    args = ["eval", "kv", "--data", data, "--compressor", compressor, "--ratio", "0.5", "--model", "smollm2-135m"]
+    args += ["--limit", "2", "--k", "2", "--max-tokens", "320", "--max-new-tokens", "6", "--out", str(out)]
+    assert main([*args, "--device", "cpu"]) == 0
+    res = json.loads(out.read_text())
+    assert res["n"] == 2 and res["format"] == fmt and res["model"] == "smollm2-135m"
+    assert {"accuracy", "accuracy_ci95", "kv_bytes", "kv_bytes_full", "prefill_s", "decode_tok_s"} <= set(res)
+    assert 0 <= res["accuracy"] <= 1 and res["prefill_s"] > 0
+    assert res["mean_prompt_tokens"] <= 320 - 6
+    if compressor == "none":
+        assert res["kv_bytes"] == res["kv_bytes_full"] and res["ratio"] == 0.0
+    else:
+        assert res["kv_bytes"] < 0.8 * res["kv_bytes_full"] and res["compressor"] == compressor
+
+
+def test_cli_eval_kv_errors(tmp_path, capsys):
+    from ragcore.cli import main
+
+    base = ["eval", "kv", "--data", "tests/data/kv_small.jsonl.gz", "--model", "smollm2-135m", "--limit", "1"]
+    assert main([*base, "--compressor", "pyramid"]) == 2
+    assert "'pyramid'" in capsys.readouterr().err
+    assert main([*base, "--compressor", "snapkv", "--ratio", "1.5"]) == 2
+    assert "1.5" in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"foo": 1}\n')
+    assert main([*base[:2], "--data", str(bad), "--model", "smollm2-135m"]) == 2
+    assert "unknown row format" in capsys.readouterr().err
+    assert main([*base, "--max-tokens", "60"]) == 2
+    assert "--max-tokens" in capsys.readouterr().err
