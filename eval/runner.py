@@ -139,6 +139,7 @@ def eval_qa(
     return {
         "setting": setting,
         "model": model,
+        "device": str(gen.model.device),
         "accuracy": a,
         "accuracy_ci95": ci,
         "em": sum(em) / len(em),

@@ -86,14 +86,31 @@ class Generator:
         self.model: PreTrainedModel | None = None
         self.tokenizer: PreTrainedTokenizerBase | None = None
 
+    @classmethod
+    def from_model(
+        cls, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None = None, name: str = "custom"
+    ) -> Generator:
+        """Wrap an already loaded model (e.g. a random-initialised one in a benchmark). Without a tokenizer,
+        prompts must be given as ``Prompt`` objects, there is no end-of-sequence stop and the text is empty."""
+        g = cls(name)
+        g.model, g.tokenizer = model.eval(), tokenizer
+        g._set_eos()
+        return g
+
     def warm_up(self) -> None:
         if self.model is None:
             self.model, self.tokenizer = load_generator(self.model_name, self.device, self.dtype)
-            eos = self.model.generation_config.eos_token_id
-            eos = [eos] if isinstance(eos, int) else list(eos or [])
-            if self.tokenizer.eos_token_id is not None:
-                eos.append(self.tokenizer.eos_token_id)
-            self.eos_ids = set(eos)
+            self._set_eos()
+
+    def _set_eos(self) -> None:
+        if self.tokenizer is None:
+            self.eos_ids: set[int] = set()
+            return
+        eos = self.model.generation_config.eos_token_id
+        eos = [eos] if isinstance(eos, int) else list(eos or [])
+        if self.tokenizer.eos_token_id is not None:
+            eos.append(self.tokenizer.eos_token_id)
+        self.eos_ids = set(eos)
 
     def prompt(
         self, question: str, passages: Sequence[Chunk | ScoredChunk] | None = None, system: str | None = None
@@ -219,7 +236,7 @@ class Generator:
                 ).logits[:, -1]
         _sync(dev)
         t2 = time.perf_counter()
-        text = self.tokenizer.decode(out, skip_special_tokens=True).strip()
+        text = self.tokenizer.decode(out, skip_special_tokens=True).strip() if self.tokenizer else ""
         self._last = Generation(text, out, n, t1 - t0, t2 - t1, stopped, stats)
 
 

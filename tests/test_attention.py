@@ -1,0 +1,97 @@
+"""The attention module against eager attention, on the bundled models and tiny random-init ones."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+
+from ragcore.attention import attention_to_spans, rows_attention
+from ragcore.errors import ConfigError
+from ragcore.models import load_generator
+from ragcore.prompt import build_prompt
+from ragcore.types import Chunk
+
+PASSAGES = [Chunk("The Eiffel Tower was completed in 1889.", "e"), Chunk("Bananas are yellow fruit.", "b")]
+Q = "When was the Eiffel Tower completed?"
+
+
+def _eager(model, ids):
+    model.config._attn_implementation = "eager"
+    try:
+        with torch.inference_mode():
+            att = model(ids, output_attentions=True).attentions
+    finally:
+        model.config._attn_implementation = "sdpa"
+    return torch.stack([a[0] for a in att])  # (L, H, T, T)
+
+
+@pytest.fixture(scope="module", params=["smollm2-135m", "qwen2.5-0.5b"])
+def bundled(request):
+    model, tok = load_generator(request.param, "cpu")
+    return model, tok
+
+
+@pytest.mark.parametrize("rows", ["last", "question"])
+def test_matches_eager_on_bundled_models(bundled, rows):
+    model, tok = bundled
+    p = build_prompt(tok, Q, PASSAGES)
+    ref = _eager(model, p.input_ids)
+    assert model.config._attn_implementation == "sdpa"
+    got = attention_to_spans(model, p.input_ids, p.spans, rows, reduce_rows=False)
+    a, b = (len(p) - 1, len(p)) if rows == "last" else p.spans["question"]
+    assert got.tokens.shape == (ref.shape[0], ref.shape[1], b - a, len(p))
+    assert (got.tokens - ref[:, :, a:b]).abs().max() < 1e-4
+    assert torch.allclose(got.tokens.sum(-1), torch.ones(()), atol=1e-4)
+    # span masses are sums over their tokens, averaged over rows when reduced
+    red = attention_to_spans(model, p.input_ids, p.spans, rows)
+    s0, s1 = p.spans["passage:1"]
+    assert torch.allclose(red.spans["passage:1"], ref[:, :, a:b, s0:s1].sum(-1).mean(-1), atol=1e-4)
+
+
+@pytest.mark.parametrize("cfg_cls", [LlamaConfig, Qwen2Config])
+def test_matches_eager_on_tiny_models_and_layer_subsets(cfg_cls):
+    torch.manual_seed(0)
+    cfg = cfg_cls(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=128,
+    )
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    model.config._attn_implementation = "sdpa"
+    ids = torch.randint(0, 128, (1, 40))
+    ref = _eager(model, ids)
+    got = attention_to_spans(model, ids, {"a": (0, 10)}, [5, 17, 39], layers=[0, 2], reduce_rows=False)
+    assert got.layers == [0, 2]
+    assert (got.tokens - ref[[0, 2]][:, :, [5, 17, 39]]).abs().max() < 1e-5
+    assert got.tokens[..., 0, 6:].abs().max() == 0  # causal: row 5 sees nothing after itself
+
+
+def test_rows_attention_with_cached_keys_offset():
+    """Rows fed after a cache see the cached keys plus themselves: key_offset shifts the causal mask."""
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        vocab_size=64,
+    )
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    attn = model.model.layers[0].self_attn
+    h = torch.randn(1, 12, 32)
+    pe = model.model.rotary_emb(h, torch.arange(12)[None])
+    full = rows_attention(attn, h, pe, torch.arange(12))
+    tail = rows_attention(attn, h, pe, torch.arange(8, 12))
+    assert torch.allclose(full[:, :, 8:], tail, atol=1e-6)
+
+
+def test_bad_rows(bundled):
+    model, tok = bundled
+    p = build_prompt(tok, Q, PASSAGES)
+    with pytest.raises(ConfigError, match="'answer'"):
+        attention_to_spans(model, p.input_ids, p.spans, "answer")
+    with pytest.raises(ConfigError, match="outside"):
+        attention_to_spans(model, p.input_ids, p.spans, [len(p) + 3])
