@@ -41,6 +41,7 @@ def run_matrix(
     device: str | None,
     query_aware: bool,
     progress: bool = True,
+    retrieved: str | None = None,
 ) -> dict[str, Any]:
     for name in compressors:  # fail on a bad name before loading anything
         get_compressor(name, ratio=0.5)
@@ -49,7 +50,7 @@ def run_matrix(
             raise ConfigError(f"ratios must be in [0, 1), got {r!r}")
     t0 = time.perf_counter()
     gen = Generator(model, device=device)
-    fmt, items = load_items(gen, data, k, limit, max_tokens, max_new_tokens, progress)
+    fmt, items = load_items(gen, data, k, limit, max_tokens, max_new_tokens, progress, retrieved)
     logger.info("%d %s items ready in %.1fs", len(items), fmt, time.perf_counter() - t0)
     runs: list[dict[str, Any]] = []
     baseline = run_items(gen, fmt, items, "none", 0.0, max_new_tokens, query_aware, progress)
@@ -124,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=None)
     p.add_argument("--device", default=None)
     p.add_argument("--query-aware", action="store_true")
+    p.add_argument("--retrieved", default=None, help="top k from a `ragcore eval retrieval --dump-retrieved` file")
     p.add_argument("--out", default="results/kv_matrix.json")
     p.add_argument("--plot", default=None, help="PNG path (default: beside --out)")
     a = p.parse_args(argv)
@@ -136,7 +138,17 @@ def main(argv: list[str] | None = None) -> int:
     names = [x.strip() for x in a.compressors.split(",") if x.strip()]
     try:
         res = run_matrix(
-            a.data, a.model, names, ratios, a.limit, a.k, a.max_tokens, a.max_new_tokens, a.device, a.query_aware
+            a.data,
+            a.model,
+            names,
+            ratios,
+            a.limit,
+            a.k,
+            a.max_tokens,
+            a.max_new_tokens,
+            a.device,
+            a.query_aware,
+            retrieved=a.retrieved,
         )
     except (ConfigError, FileNotFoundError) as e:
         print(f"kv_matrix: error: {e}", file=sys.stderr)

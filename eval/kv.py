@@ -105,9 +105,10 @@ def load_items(
     max_tokens: int | None = None,
     max_new_tokens: int | None = None,
     progress: bool = True,
+    retrieved: str | Path | None = None,
 ) -> tuple[str, list[KVItem]]:
     """Build the prompts once: returns the detected format and the items."""
-    from eval.runner import _take, corpus_retriever
+    from eval.runner import _take, passage_source
 
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ConfigError(f"--limit must be a positive integer, got {limit!r}")
@@ -126,9 +127,9 @@ def load_items(
             items.append(KVItem(str(row.get("id", i)), kv_prompt(gen, row, budget), [str(row["value"])]))
         return fmt, items
     ds = load_nq_open(path)
-    retr = corpus_retriever(ds, path, progress)
+    top = passage_source(ds, path, retrieved, progress)
     for ex in tqdm(_take(ds, limit), desc="retrieval", disable=not progress):
-        passages = retr.search(ex.question, k)
+        passages = top(ex, k)
         p = gen.prompt(ex.question, passages)
         while len(p) > budget and len(passages) > 1:  # drop the lowest-ranked passages until it fits
             passages = passages[:-1]
@@ -214,6 +215,7 @@ def eval_kv(
     max_new_tokens: int | None = None,
     query_aware: bool = False,
     progress: bool = True,
+    retrieved: str | Path | None = None,
 ) -> dict[str, Any]:
     """The ``ragcore eval kv`` suite: one compressor at one ratio over an NQ-open or key-value file."""
     if compressor != "none":  # fail on a bad name or ratio before loading anything
@@ -221,5 +223,5 @@ def eval_kv(
 
         get_compressor(compressor, ratio=ratio)
     gen = Generator(model, device=device)
-    fmt, items = load_items(gen, data, k, limit, max_tokens, max_new_tokens, progress)
+    fmt, items = load_items(gen, data, k, limit, max_tokens, max_new_tokens, progress, retrieved)
     return run_items(gen, fmt, items, compressor, ratio, max_new_tokens, query_aware, progress)

@@ -6,16 +6,18 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from eval import metrics
-from eval.datasets import NQ_OPEN, QADataset, load_nq_open
+from eval.datasets import NQ_OPEN, QADataset, QAExample, load_nq_open
 from ragcore.errors import ConfigError, IndexNotFoundError
 from ragcore.generator import GenerationConfig, Generator
 from ragcore.models import cache_dir
+from ragcore.types import Chunk, ScoredChunk
 from retrieval.hybrid import MODES, HybridRetriever
 
 logger = logging.getLogger(__name__)
@@ -42,6 +44,25 @@ def corpus_retriever(ds: QADataset, data_path: Path, progress: bool = True, **kw
     r.add(ds.corpus)
     r.save(path)
     return r
+
+
+def passage_source(
+    ds: QADataset, data_path: Path, retrieved: str | Path | None = None, progress: bool = True
+) -> Callable[[QAExample, int], list[Chunk | ScoredChunk]]:
+    """``f(example, k)`` -> the top ``k`` passages: from the hybrid retriever over the dataset's corpus, or
+    from a file of retrieved ids written by ``eval_retrieval(dump=...)`` (no embedder needed)."""
+    if retrieved is None:
+        retr = corpus_retriever(ds, data_path, progress)
+        return lambda ex, k: retr.search(ex.question, k)
+    fixed = json.loads(Path(retrieved).read_text())
+    by_id = ds.by_id()
+
+    def lookup(ex: QAExample, k: int) -> list[Chunk | ScoredChunk]:
+        if ex.id not in fixed:
+            raise ConfigError(f"question {ex.id!r} is missing from the retrieved file {str(retrieved)!r}")
+        return [by_id[i] for i in fixed[ex.id][:k]]
+
+    return lookup
 
 
 def eval_retrieval(
@@ -107,12 +128,10 @@ def eval_qa(
     exs = _take(ds, limit)
     gen = Generator(model, device=device)
     gen.warm_up()
-    retr = None
-    fixed = json.loads(Path(retrieved).read_text()) if retrieved else None
-    if setting.startswith("top") and fixed is None:
-        data_path = Path(data) if data else NQ_OPEN
-        retr = corpus_retriever(ds, data_path, progress)
     by_id = ds.by_id()
+    top = None
+    if setting.startswith("top"):
+        top = passage_source(ds, Path(data) if data else NQ_OPEN, retrieved, progress)
     k = int(setting[3:]) if setting.startswith("top") else 0
     cfg = GenerationConfig(max_new_tokens=max_new_tokens)
     acc, em, f1, prompt_tok, secs = [], [], [], 0, 0.0
@@ -122,12 +141,8 @@ def eval_qa(
             passages = []
         elif setting == "oracle":
             passages = [by_id[i] for i in sorted(ex.gold_ids)]
-        elif fixed is not None:
-            if ex.id not in fixed:
-                raise ConfigError(f"question {ex.id!r} is missing from the retrieved file {str(retrieved)!r}")
-            passages = [by_id[i] for i in fixed[ex.id][:k]]
         else:
-            passages = retr.search(ex.question, k)
+            passages = top(ex, k)
         g = gen.generate(ex.question, passages, cfg)
         acc.append(metrics.accuracy(g.text, ex.answers))
         em.append(metrics.exact_match(g.text, ex.answers))

@@ -96,6 +96,7 @@ def _cmd_eval(a: argparse.Namespace) -> int:
             a.max_tokens,
             a.max_new_tokens,
             a.query_aware,
+            retrieved=a.retrieved,
         )
     else:  # pragma: no cover - argparse restricts the choices
         raise RagcoreError(f"unknown eval suite {a.suite!r}")
@@ -154,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--model", default="smollm2-135m")
     sp.add_argument("--device", default=None)
     sp.add_argument("--dump-retrieved", default=None, help="retrieval: write each question's hybrid top 20 ids")
-    sp.add_argument("--retrieved", default=None, help="qa: take the top k from a --dump-retrieved file")
+    sp.add_argument("--retrieved", default=None, help="qa, kv: take the top k from a --dump-retrieved file")
     sp.add_argument("--max-new-tokens", type=int, default=None, help="default 32 (kv: 64 for key-value files)")
     sp.add_argument("--compressor", default="none", help="kv: KV-cache compressor name, 'wrapper:inner', or none")
     sp.add_argument("--ratio", type=float, default=0.5, help="kv: fraction of the context's KV cache removed")

@@ -99,3 +99,17 @@ def test_eval_qa(tmp_path, monkeypatch, setting):
 def test_eval_bad_limit(capsys):
     assert main(["eval", "qa", "--data", DATA, "--limit", "0", "--model", "smollm2-135m"]) == 2
     assert "--limit" in capsys.readouterr().err
+
+
+def test_eval_qa_on_dumped_retrieval(tmp_path, monkeypatch):
+    """`eval retrieval --dump-retrieved` then `eval qa --retrieved`: the same top k, with no retriever loaded."""
+    monkeypatch.setattr("eval.runner.cache_dir", lambda: tmp_path / "cache")
+    dump = tmp_path / "ids.json"
+    assert main(["eval", "retrieval", "--data", DATA, "--limit", "3", "--dump-retrieved", str(dump)]) == 0
+    ids = json.loads(dump.read_text())
+    assert len(ids) == 3 and all(len(v) == 20 for v in ids.values())
+    out = tmp_path / "qa.json"
+    args = ["eval", "qa", "--data", DATA, "--setting", "top5", "--model", "smollm2-135m", "--limit", "3"]
+    assert main([*args, "--retrieved", str(dump), "--max-new-tokens", "4", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["n"] == 3
+    assert main([*args[:-1], "5", "--retrieved", str(dump)]) == 2  # questions 4 and 5 are not in the file
