@@ -13,6 +13,7 @@ import argparse
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ def run_matrix(
     query_aware: bool,
     progress: bool = True,
     retrieved: str | None = None,
+    checkpoint: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     for name in compressors:  # fail on a bad name before loading anything
         get_compressor(name, ratio=0.5)
@@ -55,6 +57,22 @@ def run_matrix(
     runs: list[dict[str, Any]] = []
     baseline = run_items(gen, fmt, items, "none", 0.0, max_new_tokens, query_aware, progress)
     runs.append(baseline)
+
+    def result() -> dict[str, Any]:
+        return {
+            "data": str(data),
+            "format": fmt,
+            "model": model,
+            "n": len(items),
+            "query_aware": query_aware,
+            "ratios": ratios,
+            "compressors": compressors,
+            "seconds": time.perf_counter() - t0,
+            "runs": runs,
+        }
+
+    if checkpoint:
+        checkpoint(result())
     for name in compressors:
         for r in ratios:
             if r == 0:
@@ -70,17 +88,9 @@ def run_matrix(
                 res["kv_bytes_full"],
             )
             runs.append(res)
-    return {
-        "data": str(data),
-        "format": fmt,
-        "model": model,
-        "n": len(items),
-        "query_aware": query_aware,
-        "ratios": ratios,
-        "compressors": compressors,
-        "seconds": time.perf_counter() - t0,
-        "runs": runs,
-    }
+            if checkpoint:  # a run stopped by a time limit keeps every finished configuration
+                checkpoint(result())
+    return result()
 
 
 def plot(result: dict[str, Any], path: str | Path) -> Path:
@@ -149,11 +159,12 @@ def main(argv: list[str] | None = None) -> int:
             a.device,
             a.query_aware,
             retrieved=a.retrieved,
+            checkpoint=lambda partial: write_json(a.out, {**partial, "complete": False}),
         )
     except (ConfigError, FileNotFoundError) as e:
         print(f"kv_matrix: error: {e}", file=sys.stderr)
         return 2
-    out = write_json(a.out, res)
+    out = write_json(a.out, {**res, "complete": True})
     png = plot(res, a.plot or Path(a.out).with_suffix(".png"))
     logger.info("wrote %s and %s", out, png)
     return 0
