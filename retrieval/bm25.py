@@ -13,6 +13,7 @@ import numpy as np
 from ragcore.errors import ConfigError, EmptyCorpusError
 
 logger = logging.getLogger(__name__)
+logging.getLogger("bm25s").setLevel(logging.WARNING)  # bm25s logs every build at DEBUG through its own handler
 
 _TOKEN = re.compile(r"(?u)\b\w\w+\b")
 METHODS = ("lucene", "robertson", "atire", "bm25l", "bm25+")
