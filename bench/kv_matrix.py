@@ -20,6 +20,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from compress.kv import COMPRESSORS, get_compressor  # noqa: E402
+from eval.datasets import NQ_OPEN  # noqa: E402
 from eval.kv import load_items, run_items  # noqa: E402
 from eval.report import write_json  # noqa: E402
 from ragcore.errors import ConfigError  # noqa: E402
@@ -60,7 +61,7 @@ def run_matrix(
 
     def result() -> dict[str, Any]:
         return {
-            "data": str(data),
+            "data": str(data or NQ_OPEN),
             "format": fmt,
             "model": model,
             "n": len(items),
@@ -138,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--retrieved", default=None, help="top k from a `ragcore eval retrieval --dump-retrieved` file")
     p.add_argument("--out", default="results/kv_matrix.json")
     p.add_argument("--plot", default=None, help="PNG path (default: beside --out)")
+    p.add_argument("--write-results", default=None, metavar="SECTION", help="also write docs/RESULTS.md section")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -167,7 +169,37 @@ def main(argv: list[str] | None = None) -> int:
     out = write_json(a.out, {**res, "complete": True})
     png = plot(res, a.plot or Path(a.out).with_suffix(".png"))
     logger.info("wrote %s and %s", out, png)
+    if a.write_results:
+        write_results(a.write_results, {**res, "plot": str(png)})
     return 0
+
+
+def write_results(section: str, res: dict[str, Any]) -> None:
+    """A docs/RESULTS.md section: accuracy (with its interval) and the change against the full cache."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from results import table, write_section
+
+    base = next(r for r in res["runs"] if r["compressor"] == "none")
+    rows = [
+        {
+            "compressor": r["compressor"],
+            "ratio": r["ratio"],
+            "accuracy": f"{r['accuracy']:.3f} ± {r['accuracy_ci95']:.3f}",
+            "vs full cache": f"{r['accuracy'] - base['accuracy']:+.3f}",
+            "kv bytes / full": f"{r['kv_bytes'] / r['kv_bytes_full']:.3f}",
+            "masks_only": r.get("masks_only", False),
+            "prefill_s": r["prefill_s"],
+            "decode_tok_s": r["decode_tok_s"],
+        }
+        for r in res["runs"]
+        if not r.get("shared_baseline")
+    ]
+    mode = "query-aware" if res["query_aware"] else "question-agnostic (context compressed before the question)"
+    body = (
+        f"{res['model']} on {Path(res['data']).name} ({res['format']}), n = {res['n']} per row, {mode}; "
+        f"plot: `{res['plot']}`.\n\n" + table(rows, list(rows[0]), "{:.3f}")
+    )
+    write_section(section, f"KV-cache compression: {section} (issue #3)", body)
 
 
 if __name__ == "__main__":
