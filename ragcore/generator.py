@@ -10,6 +10,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Generator as Generator_
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -136,11 +137,12 @@ class Generator:
         prefill), ``kv_bytes_full`` (an uncompressed cache of the same prompt), ``masks_only`` and, with a
         compressor, ``kv_report``.
         """
-        out: list[int] = []
-        stream = self._decode(question, passages, config or GenerationConfig(), on_prefill, compressor, query_aware)
-        for tok in stream:
-            out.append(tok)
-        return self._last
+        tokens = self._decode(question, passages, config or GenerationConfig(), on_prefill, compressor, query_aware)
+        while True:  # the decode loop yields token ids and returns the Generation
+            try:
+                next(tokens)
+            except StopIteration as done:
+                return done.value
 
     def stream(
         self,
@@ -174,7 +176,7 @@ class Generator:
         on_prefill: PrefillHook | None,
         compressor: KVCompressor | None = None,
         query_aware: bool = False,
-    ) -> Iterator[int]:
+    ) -> Generator_[int, None, Generation]:
         from transformers import DynamicCache
 
         self.warm_up()
@@ -237,7 +239,7 @@ class Generator:
         _sync(dev)
         t2 = time.perf_counter()
         text = self.tokenizer.decode(out, skip_special_tokens=True).strip() if self.tokenizer else ""
-        self._last = Generation(text, out, n, t1 - t0, t2 - t1, stopped, stats)
+        return Generation(text, out, n, t1 - t0, t2 - t1, stopped, stats)
 
 
 def _question_start(prompt: Prompt) -> int:
