@@ -51,7 +51,7 @@ PRESSES = {
     "none": None,
 }
 
-# --- SQuAD normalisation and NQ-open accuracy (same definitions as ragcore's eval.metrics) -------------------
+# --- SQuAD normalisation and NQ-open accuracy: a copy of eval.metrics, since this runs in the peer venv without ragcore
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = set(string.punctuation)
 
