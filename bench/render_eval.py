@@ -53,8 +53,7 @@ def qa(paths: list[Path]) -> str:
     return (
         "NQ-open; accuracy = a normalised gold answer is contained in the normalised prediction (± 95% interval); "
         "greedy decoding, at most 32 new tokens; top5 = the hybrid retriever's top 5 from the split's own corpus. s/question is wall time; the CPU rows ran "
-        "beside other jobs on a 2-core machine, so their speed is not a benchmark.\n\n"
-        + table(rows, cols, "{:.3f}")
+        "beside other jobs on a 2-core machine, so their speed is not a benchmark.\n\n" + table(rows, cols, "{:.3f}")
     )
 
 

@@ -44,5 +44,10 @@ class H2O(KVCompressor):
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
         key_offset: int = 0,
     ) -> torch.Tensor:
-        acc = self.chunked_attention_sum(module, hidden, position_embeddings, keys, key_offset, chunk=self.chunk)
+        weights = self.row_weights(hidden.shape[1], hidden.device)
+        acc = self.chunked_attention_sum(module, hidden, position_embeddings, keys, key_offset, weights, self.chunk)
         return group_mean(acc, _heads(module)[1])
+
+    def row_weights(self, t_q: int, device: torch.device) -> torch.Tensor | None:
+        """Weight of each prefill query row in the accumulation (None: all equal)."""
+        return None
