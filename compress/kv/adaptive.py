@@ -17,22 +17,16 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from compress.kv.base import KVCompressor
+from compress.kv.base import KVCompressor, WrapperCompressor
 from ragcore.errors import ConfigError
 
 
 @dataclass
-class AdaKV(KVCompressor):
-    inner: KVCompressor | str = "snapkv"
+class AdaKV(WrapperCompressor):
     safeguard: float = 0.2
     name: ClassVar[str] = "adaptive"
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if isinstance(self.inner, str):
-            from compress.kv import get_compressor
-
-            self.inner = get_compressor(self.inner)
+    def check_inner(self) -> None:
         if not isinstance(self.inner, KVCompressor) or isinstance(self.inner, AdaKV):
             raise ConfigError(f"adaptive needs a non-adaptive inner compressor, got {self.inner!r}")
         if (
@@ -42,29 +36,6 @@ class AdaKV(KVCompressor):
         ):
             raise ConfigError(f"safeguard must be in [0, 1], got {self.safeguard!r}")
         self.attention_based = self.inner.attention_based
-
-    @property
-    def label(self) -> str:
-        inner = self.inner.label if isinstance(self.inner, KVCompressor) else self.inner
-        return f"{self.name}:{inner}"
-
-    def protected(self, t: int, device: torch.device) -> torch.Tensor:
-        return super().protected(t, device) | self.inner.protected(t, device)
-
-    def prepare(self, model: nn.Module) -> None:
-        self.inner._model = model
-        self.inner.prepare(model)
-
-    def score(
-        self,
-        module: nn.Module,
-        hidden: torch.Tensor,
-        keys: torch.Tensor,
-        values: torch.Tensor,
-        position_embeddings: tuple[torch.Tensor, torch.Tensor],
-        key_offset: int = 0,
-    ) -> torch.Tensor:
-        return self.inner.score(module, hidden, keys, values, position_embeddings, key_offset)
 
     def head_budgets(self, scores: torch.Tensor, protected: torch.Tensor, k: int, module: nn.Module) -> torch.Tensor:
         b, h, t = scores.shape

@@ -311,3 +311,46 @@ class KVCompressor:
             part = a.sum(2)
             total = part if total is None else total + part
         return total
+
+
+@dataclass
+class WrapperCompressor(KVCompressor):
+    """A compressor around an ``inner`` one (a name or an instance): it keeps what the inner one protects,
+    prepares it, and by default scores with it. Subclasses check the inner kind in ``check_inner``."""
+
+    inner: KVCompressor | str = "snapkv"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.inner, str):
+            from compress.kv import get_compressor
+
+            self.inner = get_compressor(self.inner)
+        self.check_inner()
+
+    def check_inner(self) -> None:
+        if not isinstance(self.inner, KVCompressor):
+            raise ConfigError(f"{self.name} needs an inner compressor, got {self.inner!r}")
+
+    @property
+    def label(self) -> str:
+        inner = self.inner.label if isinstance(self.inner, KVCompressor) else self.inner
+        return f"{self.name}:{inner}"
+
+    def protected(self, t: int, device: torch.device) -> torch.Tensor:
+        return super().protected(t, device) | self.inner.protected(t, device)
+
+    def prepare(self, model: nn.Module) -> None:
+        self.inner._model = model
+        self.inner.prepare(model)
+
+    def score(
+        self,
+        module: nn.Module,
+        hidden: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        key_offset: int = 0,
+    ) -> torch.Tensor:
+        return self.inner.score(module, hidden, keys, values, position_embeddings, key_offset)

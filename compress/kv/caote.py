@@ -14,22 +14,16 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from compress.kv.base import KVCompressor
+from compress.kv.base import KVCompressor, WrapperCompressor
 from ragcore.errors import ConfigError
 
 
 @dataclass
-class CAOTE(KVCompressor):
-    inner: KVCompressor | str = "snapkv"
+class CAOTE(WrapperCompressor):
     name: ClassVar[str] = "caote"
     attention_based: ClassVar[bool] = True
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if isinstance(self.inner, str):
-            from compress.kv import get_compressor
-
-            self.inner = get_compressor(self.inner)
+    def check_inner(self) -> None:
         if not isinstance(self.inner, KVCompressor) or not self.inner.attention_based:
             from compress.kv import COMPRESSORS
 
@@ -37,18 +31,6 @@ class CAOTE(KVCompressor):
             raise ConfigError(
                 f"caote needs an attention-based inner compressor, got {self.inner!r}; options: {', '.join(ok)}"
             )
-
-    @property
-    def label(self) -> str:
-        inner = self.inner.label if isinstance(self.inner, KVCompressor) else self.inner
-        return f"{self.name}:{inner}"
-
-    def protected(self, t: int, device: torch.device) -> torch.Tensor:
-        return super().protected(t, device) | self.inner.protected(t, device)
-
-    def prepare(self, model: nn.Module) -> None:
-        self.inner._model = model
-        self.inner.prepare(model)
 
     def score(
         self,
