@@ -42,6 +42,14 @@ def tokenize(text: str, stem: bool = True, stopwords: bool = True) -> list[str]:
     return _stemmer().stemWords(toks) if stem else toks
 
 
+def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and values of the ``k`` largest scores, best first (ties in index order)."""
+    k = min(k, len(scores))
+    top = np.argpartition(-scores, k - 1)[:k]
+    top = top[np.argsort(-scores[top], kind="stable")]
+    return top, scores[top]
+
+
 class BM25Index:
     """BM25 over a list of texts. Scores of every document are available for fusion."""
 
@@ -72,11 +80,7 @@ class BM25Index:
 
     def search(self, query: str, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top ``k`` (doc indices, scores), best first."""
-        s = self.scores(query)
-        k = min(k, len(s))
-        top = np.argpartition(-s, k - 1)[:k]
-        top = top[np.argsort(-s[top], kind="stable")]
-        return top, s[top]
+        return top_k(self.scores(query), k)
 
     def save(self, folder: Path) -> None:
         self._bm25.save(str(folder), show_progress=False)

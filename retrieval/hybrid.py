@@ -13,7 +13,7 @@ from ragcore.errors import ConfigError, EmptyCorpusError, EmptyQueryError, Index
 from ragcore.models import DEFAULT_EMBEDDER, load_embedder
 from ragcore.types import Chunk, ScoredChunk
 from retrieval import store
-from retrieval.bm25 import BM25Index
+from retrieval.bm25 import BM25Index, top_k
 from retrieval.dense import DenseIndex, embed
 
 logger = logging.getLogger(__name__)
@@ -144,12 +144,12 @@ class HybridRetriever:
     def _search_one(self, query: str, q: np.ndarray | None, k: int, mode: str) -> list[ScoredChunk]:
         bm_all = self.bm25.scores(query)
         if mode == "bm25":
-            ids, _ = self.bm25.search(query, k)
+            ids, _ = top_k(bm_all, k)
             return self._results(ids, {"bm25": bm_all[ids]})
         d_ids, d_scores = self.dense.search(q, max(k, self.pool) if mode == "hybrid" else k)
         if mode == "dense":
             return self._results(d_ids, {"bm25": bm_all[d_ids], "dense": d_scores})
-        b_ids, _ = self.bm25.search(query, self.pool)
+        b_ids, _ = top_k(bm_all, self.pool)
         cand = np.unique(np.concatenate([b_ids, d_ids]))
         bm, dn = bm_all[cand], self.dense.scores_for(q, cand)
         fused = fuse(bm, dn, self.fusion, self.dense_weight, self.rrf_k)
