@@ -95,7 +95,13 @@ def part_attention(device: str, tokens: int, rows: int) -> dict:
     }
 
 
-def part_kv(device: str, tokens: int, new_tokens: int, compressors: list[str], ratios: list[float]) -> list[dict]:
+def part_kv(
+    device: str, tokens: int, new_tokens: int, compressors: list[str], ratios: list[float], repeats: int = 3
+) -> list[dict]:
+    """Each configuration is generated ``repeats`` times (after one warm-up generation at full length);
+    prefill_s and decode_tok_s are the medians, every repeat's values are kept."""
+    import statistics
+
     import torch
 
     from compress.kv import get_compressor
@@ -109,21 +115,27 @@ def part_kv(device: str, tokens: int, new_tokens: int, compressors: list[str], r
     prompt = Prompt(text="", input_ids=ids, spans={"question": (tokens - 32, tokens)})
     cfg = GenerationConfig(max_new_tokens=new_tokens)
     rows = []
-    g.generate(Prompt(text="", input_ids=ids[:, :2048], spans={}), config=GenerationConfig(max_new_tokens=4))  # warm-up
+    g.generate(prompt, config=cfg)  # warm-up at full length: kernels, allocator, clocks
     for name in compressors:
         for r in ratios:
             comp = None if r == 0 else get_compressor(name, ratio=r)
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-            out = g.generate(prompt, config=cfg, compressor=comp)
+            outs = []
+            for _ in range(repeats):
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+                outs.append(g.generate(prompt, config=cfg, compressor=comp))
+            out = outs[0]
             rows.append(
                 {
                     "compressor": name,
                     "ratio": r,
                     "kv_gib": out.stats["kv_bytes"] / 2**30,
                     "kv_gib_full": out.stats["kv_bytes_full"] / 2**30,
-                    "prefill_s": out.prefill_s,
-                    "decode_tok_s": out.decode_tok_s,
+                    "prefill_s": statistics.median(o.prefill_s for o in outs),
+                    "decode_tok_s": statistics.median(o.decode_tok_s for o in outs),
+                    "prefill_s_all": [o.prefill_s for o in outs],
+                    "decode_tok_s_all": [o.decode_tok_s for o in outs],
+                    "repeats": repeats,
                     "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
                     "masks_only": out.stats["masks_only"],
                     "tokens": tokens,
@@ -157,7 +169,14 @@ def render(path: str, write: bool) -> None:
         body = (
             f"Random-initialised model with Llama-3.1-8B's shape (bf16) on {gpu}, {d['kv'][0]['tokens']} context "
             f"tokens, batch 1, greedy decoding of {d['new_tokens']} tokens, question-agnostic compression of the "
-            "context before the last 32 tokens.\n\n" + table(d["kv"], cols, "{:.3f}")
+            "context before the last 32 tokens"
+            + (
+                f"; prefill_s and decode_tok_s are medians of {d['kv'][0]['repeats']} runs after a warm-up"
+                if "repeats" in d["kv"][0]
+                else ""
+            )
+            + ".\n\n"
+            + table(d["kv"], cols, "{:.3f}")
         )
         print(body)
         if write:
@@ -176,6 +195,7 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--compressors", nargs="*", default=["snapkv", "streaming_llm", "knorm"])
     ap.add_argument("--ratios", nargs="*", type=float, default=[0.0, 0.5, 0.75])
+    ap.add_argument("--repeats", type=int, default=3, help="kv: generations per configuration (medians reported)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--render", default=None, help="render a JSON written by a run into tables")
     ap.add_argument("--write-results", action="store_true")
@@ -196,7 +216,7 @@ def main() -> None:
         res["attention"] = part_attention(a.device, a.attn_tokens, a.attn_rows)
         logger.info("%s", res["attention"])
     if "kv" in a.part:
-        res["kv"] = part_kv(a.device, a.kv_tokens, a.new_tokens, a.compressors, a.ratios)
+        res["kv"] = part_kv(a.device, a.kv_tokens, a.new_tokens, a.compressors, a.ratios, a.repeats)
     text = json.dumps(res, indent=1)
     if a.out:
         Path(a.out).write_text(text)

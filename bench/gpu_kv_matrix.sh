@@ -1,26 +1,58 @@
 #!/usr/bin/env bash
-# The KV-compression matrix on a GPU machine, many processes side by side (one per compressor), so that the
-# whole matrix fits one call. Needs the generator converted under $RAGCORE_CACHE and MODEL pointing at it
-# (a registry name, a local folder or a .gguf file), and a retrieval dump (eval retrieval --dump-retrieved).
-# Accuracy is per process and unaffected by the sharing; times (prefill_s, decode_tok_s) are not comparable
-# across rows of this run, since the processes share the GPU and the CPU.
-#   MODEL=/var/tmp/m/qwen2.5-0.5b.gguf RETRIEVED=out/retrieved.json bench/gpu_kv_matrix.sh OUTDIR
+# Issue #3's KV evaluation on one GPU machine, every part side by side as background processes that write
+# their JSON after each configuration (a process stopped early keeps what it finished):
+#   * the matrix (every compressor x ratios 0.25..0.9, n=100): NQ-open top 5 (question-agnostic and
+#     query-aware), NQ-open top 10 and key-value retrieval (question-agnostic); compressors split over two
+#     processes per matrix, merged afterwards with `bench/kv_matrix.py --merge`;
+#   * the headline: the strongest compressors at 0.5 and 0.75 on 300 questions, both modes;
+#   * kvpress 0.5.5 side by side (bench/kv_side_by_side.py, one process per method) in its own site folder
+#     KVP (transformers 5.2), with the model converted separately for that transformers.
+# Accuracy is per process and unaffected by the sharing. Times are not comparable across processes; the
+# side-by-side compares times within its process, item by item.
+#   MODEL=/var/tmp/m/qwen2.5-0.5b.gguf RETRIEVED=/var/tmp/m/retrieved.json KVP=/var/tmp/kvp \
+#     bench/gpu_kv_matrix.sh OUTDIR
 set -uo pipefail
 OUT=${1:?output folder}; mkdir -p "$OUT"
 PY=${PY:-python3}
-ALL="streaming_llm snapkv h2o knorm expected_attention tova a2sf caote adaptive razor random"
-run() { # name, then kv_matrix args
+: "${MODEL:?}" "${RETRIEVED:?}" "${KVP:?}" "${RAGCORE_CACHE:?}"
+B=${BATCH:-32}
+R=0.25,0.5,0.75,0.9
+SET_A=streaming_llm,snapkv,h2o,knorm,expected_attention,tova
+SET_B=a2sf,caote,adaptive,razor,random
+export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+NQ=(--k 5 --retrieved "$RETRIEVED")
+KV=(--data eval/data/kv_retrieval_75_keys.jsonl.gz)
+
+# convert the GGUF once for each transformers (ragcore's and kvpress's), side by side
+$PY -c "import sys; from ragcore.models import resolve; print(resolve(sys.argv[1], 'generator'))" "$MODEL" \
+  > "$OUT/convert.log" 2>&1 &
+PYTHONPATH="$KVP:${PYTHONPATH:-}" RAGCORE_CACHE="$RAGCORE_CACHE-kvp" \
+  $PY -c "import sys; from ragcore.models import resolve; print(resolve(sys.argv[1], 'generator'))" "$MODEL" \
+  > "$OUT/convert-kvp.log" 2>&1 &
+wait
+
+m() { # name, then kv_matrix arguments
   local name=$1; shift
-  timeout "${TIMEOUT:-520}" $PY bench/kv_matrix.py --model "$MODEL" --device cuda --out "$OUT/$name.json" "$@" \
+  $PY bench/kv_matrix.py --model "$MODEL" --device cuda --batch-size "$B" --out "$OUT/$name.json" "$@" \
     > "$OUT/$name.log" 2>&1 &
 }
-for c in $ALL; do  # (a) NQ-open top 5, full matrix, 100 questions
-  run "nq5-$c" --compressors "$c" --ratios 0.25,0.5,0.75,0.9 --limit 100 --k 5 --retrieved "$RETRIEVED"
-done
-for c in ${HEADLINE:-knorm expected_attention tova streaming_llm}; do  # headline: 300 questions at 0.5, 0.75
-  run "nq5h-$c" --compressors "$c" --ratios 0.5,0.75 --limit 300 --k 5 --retrieved "$RETRIEVED"
-done
-for c in ${KVSET:-snapkv knorm expected_attention streaming_llm tova}; do  # (b) key-value retrieval
-  run "kv-$c" --data eval/data/kv_retrieval_75_keys.jsonl.gz --compressors "$c" --ratios 0.25,0.5,0.75,0.9 --limit 50
+m head-qa --query-aware --compressors snapkv,h2o,tova,expected_attention --ratios 0.5,0.75 --limit 300 "${NQ[@]}"
+m head-agn --compressors h2o,knorm,expected_attention,tova --ratios 0.5,0.75 --limit 300 "${NQ[@]}"
+m nq5-agn-a --compressors $SET_A --ratios $R --limit 100 "${NQ[@]}"
+m nq5-agn-b --compressors $SET_B --ratios $R --limit 100 "${NQ[@]}"
+m nq5-qa-a --query-aware --compressors $SET_A --ratios $R --limit 100 "${NQ[@]}"
+m nq5-qa-b --query-aware --compressors $SET_B --ratios $R --limit 100 "${NQ[@]}"
+m nq10-agn-a --compressors $SET_A --ratios $R --limit 100 --k 10 --retrieved "$RETRIEVED"
+m nq10-agn-b --compressors $SET_B --ratios $R --limit 100 --k 10 --retrieved "$RETRIEVED"
+m kv-agn-a --compressors $SET_A --ratios $R --limit 100 "${KV[@]}"
+m kv-agn-b --compressors $SET_B --ratios $R --limit 100 "${KV[@]}"
+first=""
+for meth in snapkv knorm streaming_llm expected_attention; do
+  PYTHONPATH="$KVP:${PYTHONPATH:-}" RAGCORE_CACHE="$RAGCORE_CACHE-kvp" \
+    $PY bench/kv_side_by_side.py --model "$MODEL" --device cuda --match-kept --no-progress $first \
+    --methods "$meth" --ratios 0.5,0.75,0.25,0.9 --limit 100 "${NQ[@]}" --out "$OUT/sxs-$meth.json" \
+    > "$OUT/sxs-$meth.log" 2>&1 &
+  first=--no-baseline  # one uncompressed row is enough
 done
 wait
+echo "all done"

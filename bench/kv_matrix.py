@@ -10,6 +10,7 @@ The model, the retriever and the prompts are built once. Ratio 0 removes nothing
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -22,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from compress.kv import COMPRESSORS, get_compressor  # noqa: E402
 from eval.datasets import NQ_OPEN  # noqa: E402
 from eval.kv import load_items, run_items  # noqa: E402
+from eval.metrics import mean_ci  # noqa: E402
 from eval.report import write_json  # noqa: E402
 from ragcore.errors import ConfigError  # noqa: E402
 from ragcore.generator import Generator  # noqa: E402
@@ -45,6 +47,7 @@ def run_matrix(
     progress: bool = True,
     retrieved: str | None = None,
     checkpoint: Callable[[dict[str, Any]], None] | None = None,
+    batch_size: int = 1,
 ) -> dict[str, Any]:
     for name in compressors:  # fail on a bad name before loading anything
         get_compressor(name, ratio=0.5)
@@ -56,7 +59,7 @@ def run_matrix(
     fmt, items = load_items(gen, data, k, limit, max_tokens, max_new_tokens, progress, retrieved)
     logger.info("%d %s items ready in %.1fs", len(items), fmt, time.perf_counter() - t0)
     runs: list[dict[str, Any]] = []
-    baseline = run_items(gen, fmt, items, "none", 0.0, max_new_tokens, query_aware, progress)
+    baseline = run_items(gen, fmt, items, "none", 0.0, max_new_tokens, query_aware, progress, batch_size)
     runs.append(baseline)
 
     def result() -> dict[str, Any]:
@@ -68,6 +71,7 @@ def run_matrix(
             "query_aware": query_aware,
             "ratios": ratios,
             "compressors": compressors,
+            "batch_size": batch_size,
             "seconds": time.perf_counter() - t0,
             "runs": runs,
         }
@@ -79,7 +83,7 @@ def run_matrix(
             if r == 0:
                 runs.append({**baseline, "compressor": get_compressor(name).label, "shared_baseline": True})
                 continue
-            res = run_items(gen, fmt, items, name, r, max_new_tokens, query_aware, progress)
+            res = run_items(gen, fmt, items, name, r, max_new_tokens, query_aware, progress, batch_size)
             logger.info(
                 "%s ratio %.2f: accuracy %.3f, kv %.0f / %.0f bytes",
                 name,
@@ -92,6 +96,39 @@ def run_matrix(
             if checkpoint:  # a run stopped by a time limit keeps every finished configuration
                 checkpoint(result())
     return result()
+
+
+def merge(paths: list[str]) -> dict[str, Any]:
+    """One matrix from several runs of the same data, model, n and mode (e.g. compressors split over processes):
+    the first file's full-cache baseline is kept, the others' are dropped."""
+    parts = [json.loads(Path(f).read_text()) for f in paths]
+    if not parts:
+        raise ConfigError("--merge needs at least one JSON file")
+    key = ("data", "format", "model", "n", "query_aware")
+    for f, d in zip(paths, parts):
+        if any(d.get(k) != parts[0].get(k) for k in key):
+            got = {k: d.get(k) for k in key}
+            raise ConfigError(f"{f!r} is not the same matrix as {paths[0]!r}: {got}")
+    runs = [r for r in parts[0]["runs"] if r["compressor"] == "none"]
+    for d in parts:
+        runs += [r for r in d["runs"] if r["compressor"] != "none"]
+    names = list(dict.fromkeys(r["compressor"] for r in runs if r["compressor"] != "none"))
+    ratios = sorted({r["ratio"] for r in runs})
+    complete = all(d.get("complete", False) for d in parts)
+    return {
+        **parts[0],
+        "runs": runs,
+        "compressors": names,
+        "ratios": ratios,
+        "merged_from": paths,
+        "complete": complete,
+    }
+
+
+def paired_difference(run: dict[str, Any], base: dict[str, Any]) -> tuple[float, float]:
+    """Accuracy change against ``base`` on the same questions, and the half-width of its paired 95% interval."""
+    ref = {p["id"]: p["accuracy"] for p in base["predictions"]}
+    return mean_ci([p["accuracy"] - ref[p["id"]] for p in run["predictions"] if p["id"] in ref])
 
 
 def plot(result: dict[str, Any], path: str | Path) -> Path:
@@ -140,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="results/kv_matrix.json")
     p.add_argument("--plot", default=None, help="PNG path (default: beside --out)")
     p.add_argument("--write-results", default=None, metavar="SECTION", help="also write docs/RESULTS.md section")
+    p.add_argument("--batch-size", type=int, default=1, help="items decoded together (same answers; for GPUs)")
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON", help="combine finished runs into --out")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -148,6 +187,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kv_matrix: error: bad --ratios {a.ratios!r}: {e}", file=sys.stderr)
         return 2
     names = [x.strip() for x in a.compressors.split(",") if x.strip()]
+    if a.merge:
+        try:
+            res = merge(a.merge)
+        except (ConfigError, OSError, KeyError, json.JSONDecodeError) as e:
+            print(f"kv_matrix: error: {e}", file=sys.stderr)
+            return 2
+        return finish(a, res)
     try:
         res = run_matrix(
             a.data,
@@ -162,11 +208,16 @@ def main(argv: list[str] | None = None) -> int:
             a.query_aware,
             retrieved=a.retrieved,
             checkpoint=lambda partial: write_json(a.out, {**partial, "complete": False}),
+            batch_size=a.batch_size,
         )
     except (ConfigError, FileNotFoundError) as e:
         print(f"kv_matrix: error: {e}", file=sys.stderr)
         return 2
-    out = write_json(a.out, {**res, "complete": True})
+    return finish(a, {**res, "complete": True})
+
+
+def finish(a: argparse.Namespace, res: dict[str, Any]) -> int:
+    out = write_json(a.out, res)
     png = plot(res, a.plot or Path(a.out).with_suffix(".png"))
     logger.info("wrote %s and %s", out, png)
     if a.write_results:
@@ -185,7 +236,7 @@ def write_results(section: str, res: dict[str, Any]) -> None:
             "compressor": r["compressor"],
             "ratio": r["ratio"],
             "accuracy": f"{r['accuracy']:.3f} ± {r['accuracy_ci95']:.3f}",
-            "vs full cache": f"{r['accuracy'] - base['accuracy']:+.3f}",
+            "vs full cache (paired 95% CI)": "{:+.3f} ± {:.3f}".format(*paired_difference(r, base)),
             "kv bytes / full": f"{r['kv_bytes'] / r['kv_bytes_full']:.3f}",
             "masks_only": r.get("masks_only", False),
             "prefill_s": r["prefill_s"],

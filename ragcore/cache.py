@@ -14,6 +14,16 @@ import torch
 from ragcore.errors import ConfigError
 
 
+def new_cache(config: Any, layers: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> Any:
+    """A fresh ``DynamicCache`` for a model of ``config``, optionally filled with (keys, values) per layer."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=config)
+    for i, (k, v) in enumerate(layers or []):
+        cache.update(k, v, i)
+    return cache
+
+
 def n_layers(cache: Any) -> int:
     """Number of layers the cache has storage for."""
     if hasattr(cache, "layers"):

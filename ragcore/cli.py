@@ -97,6 +97,7 @@ def _cmd_eval(a: argparse.Namespace) -> int:
             a.max_new_tokens,
             a.query_aware,
             retrieved=a.retrieved,
+            batch_size=a.batch_size,
         )
     else:  # pragma: no cover - argparse restricts the choices
         raise RagcoreError(f"unknown eval suite {a.suite!r}")
@@ -162,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--k", type=int, default=5, help="kv: passages retrieved per NQ question")
     sp.add_argument("--max-tokens", type=int, default=None, help="kv: prompt + answer token limit (cuts records)")
     sp.add_argument("--query-aware", action="store_true", help="kv: compress after reading the question too")
+    sp.add_argument("--batch-size", type=int, default=1, help="kv: questions decoded together (same answers)")
     sp.set_defaults(fn=_cmd_eval)
     return p
 

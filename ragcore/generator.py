@@ -168,6 +168,120 @@ class Generator:
             shown = text
 
     @torch.inference_mode()
+    def generate_batch(
+        self,
+        prompts: Sequence[Prompt],
+        config: GenerationConfig | None = None,
+        compressor: KVCompressor | None = None,
+        query_aware: bool = False,
+    ) -> list[Generation]:
+        """Generate for several ready prompts: each is prefilled (and compressed) on its own, as
+        :meth:`generate` does, then all decode together as one batch, their caches left-padded to a common
+        length and the padding masked (per layer and head, so head-wise budgets stay enforced).
+
+        Greedy answers equal :meth:`generate`'s up to floating-point ties; sampled ones draw from one
+        generator for the batch, so they differ from one-by-one sampling with the same seed. ``prefill_s`` is
+        each prompt's own; ``decode_s`` is the batch's decoding time until that row stopped."""
+        self.warm_up()
+        cfg = config or GenerationConfig()
+        if not prompts:
+            return []
+        for p in prompts:
+            if not isinstance(p, Prompt):
+                raise ConfigError(f"generate_batch takes ready Prompt objects, got {type(p).__name__!r}")
+        model, dev = self.model, self.model.device
+        gen = torch.Generator(device=dev)
+        if cfg.seed is not None:
+            gen.manual_seed(cfg.seed)
+        caches, masks, firsts, stats, prefill_s = [], [], [], [], []
+        for p in prompts:
+            with contextlib.ExitStack() as hooks:
+                t0 = time.perf_counter()
+                cache, logits, st = self._prefill(p, compressor, query_aware, hooks)
+                masks.append(dict(compressor._masks) if compressor is not None else {})
+                _sync(dev)
+                prefill_s.append(time.perf_counter() - t0)
+            caches.append(cache)
+            firsts.append(logits)
+            stats.append(st)
+        batched = _BatchedCache(model, list(zip(caches, masks)), cfg.max_new_tokens)
+        caches.clear()  # the batch cache holds copies: let the single-row caches go
+        t1 = time.perf_counter()
+        b = len(prompts)
+        outs: list[list[int]] = [[] for _ in range(b)]
+        stopped = ["max_new_tokens"] * b
+        done_at = [0.0] * b
+        live = list(range(b))
+        logits = torch.cat(firsts)
+        n = torch.tensor([len(p) for p in prompts], device=dev)
+        with batched as cache:
+            for step in range(cfg.max_new_tokens):
+                if cfg.temperature == 0:
+                    toks = logits.float().argmax(-1).tolist()
+                else:
+                    toks = [_pick(row.float(), cfg, gen) for row in logits]
+                for i in list(live):
+                    if toks[i] in self.eos_ids:
+                        stopped[i] = "eos"
+                    else:
+                        outs[i].append(toks[i])
+                        if len(outs[i]) < cfg.max_new_tokens:
+                            continue
+                    live.remove(i)
+                    done_at[i] = time.perf_counter() - t1
+                out_of_time = cfg.max_time is not None and time.perf_counter() - t1 > cfg.max_time
+                if not live or out_of_time:
+                    break
+                logits = cache.step(torch.tensor(toks, device=dev)[:, None], n + step)
+        _sync(dev)
+        for i in live:  # stopped by the wall-clock limit
+            stopped[i] = "max_time"
+            done_at[i] = time.perf_counter() - t1
+        return [
+            Generation(
+                self.tokenizer.decode(outs[i], skip_special_tokens=True).strip() if self.tokenizer else "",
+                outs[i],
+                len(prompts[i]),
+                prefill_s[i],
+                done_at[i],
+                stopped[i],
+                {**stats[i], "batch_size": b},
+            )
+            for i in range(b)
+        ]
+
+    def _prefill(
+        self, prompt: Prompt, compressor: KVCompressor | None, query_aware: bool, hooks: contextlib.ExitStack
+    ) -> tuple[Any, torch.Tensor, dict[str, Any]]:
+        """Prefill ``prompt`` (compressing with ``compressor``, whose hooks join ``hooks``): the cache, the
+        next-token logits (1, V) and the cache statistics."""
+        model = self.model
+        dev = model.device
+        ids = prompt.input_ids.to(dev)
+        n = ids.shape[1]
+        cache = kvcache.new_cache(model.config)
+        report = None
+        stats: dict[str, Any] = {}
+        if compressor is None:
+            logits = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        else:
+            t0 = time.perf_counter()
+            report = hooks.enter_context(compressor.apply(model))
+            split = n if query_aware else _question_start(prompt)
+            logits = model(input_ids=ids[:, :split], past_key_values=cache, use_cache=True, logits_to_keep=1)
+            logits = logits.logits[:, -1]
+            _sync(dev)
+            stats["context_prefill_s"] = time.perf_counter() - t0  # prefill + compression, before the question
+            if split < n:  # the question, on the compressed cache, at its absolute positions
+                logits = _step(model, ids[:, split:], cache, split)
+        stats["kv_bytes"] = kvcache.kv_bytes(cache)
+        stats["kv_bytes_full"] = kvcache.bytes_per_token(cache) * n
+        stats["masks_only"] = bool(report.masks_only) if report is not None else False
+        if report is not None:
+            stats["kv_report"] = report.to_dict()
+        return cache, logits, stats
+
+    @torch.inference_mode()
     def _decode(
         self,
         question: str | Prompt,
@@ -177,37 +291,17 @@ class Generator:
         compressor: KVCompressor | None = None,
         query_aware: bool = False,
     ) -> Generator_[int, None, Generation]:
-        from transformers import DynamicCache
-
         self.warm_up()
         prompt = question if isinstance(question, Prompt) else self.prompt(question, passages)
         model = self.model
         dev = model.device
-        ids = prompt.input_ids.to(dev)
-        n = ids.shape[1]
+        n = len(prompt)
         gen = torch.Generator(device=dev)
         if cfg.seed is not None:
             gen.manual_seed(cfg.seed)
         t0 = time.perf_counter()
-        cache = DynamicCache(config=model.config)
         with contextlib.ExitStack() as hooks:  # the compressor's hooks live until decoding ends, then go
-            report = None
-            if compressor is None:
-                logits = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
-            else:
-                report = hooks.enter_context(compressor.apply(model))
-                split = n if query_aware else _question_start(prompt)
-                logits = model(input_ids=ids[:, :split], past_key_values=cache, use_cache=True, logits_to_keep=1)
-                logits = logits.logits[:, -1]
-                if split < n:  # the question, on the compressed cache, at its absolute positions
-                    logits = _step(model, ids[:, split:], cache, split)
-            stats: dict[str, Any] = {
-                "kv_bytes": kvcache.kv_bytes(cache),
-                "kv_bytes_full": kvcache.bytes_per_token(cache) * n,
-                "masks_only": bool(report.masks_only) if report is not None else False,
-            }
-            if report is not None:
-                stats["kv_report"] = report.to_dict()
+            cache, logits, stats = self._prefill(prompt, compressor, query_aware, hooks)
             stats.update((on_prefill(model, cache, prompt) if on_prefill else None) or {})
             _sync(dev)
             t1 = time.perf_counter()
@@ -240,6 +334,72 @@ class Generator:
         t2 = time.perf_counter()
         text = self.tokenizer.decode(out, skip_special_tokens=True).strip() if self.tokenizer else ""
         return Generation(text, out, n, t1 - t0, t2 - t1, stopped, stats)
+
+
+class _BatchedCache:
+    """Several single-row caches (possibly compressed to different lengths per layer, possibly with per-head
+    visibility masks) as one left-padded batch cache. Inside the ``with`` block a pre-hook on every layer's
+    ``self_attn`` passes that layer's (B, H, 1, K) visibility mask, so padding and masked slots stay hidden;
+    the hooks are removed when the block ends."""
+
+    def __init__(self, model: PreTrainedModel, rows: list[tuple[Any, dict[int, torch.Tensor]]], max_new: int):
+        from ragcore.attention import _heads, decoder_layers
+
+        self.model = model
+        self.attns = [layer.self_attn for layer in decoder_layers(model)]
+        n_h, n_kv, _ = _heads(self.attns[0])
+        dev = model.device
+        layers, self.masks = [], []
+        for li in range(kvcache.n_layers(rows[0][0])):
+            kv = [kvcache.get_kv(c, li) for c, _ in rows]
+            width = max(k.shape[-2] for k, _ in kv)
+            vis = torch.zeros(len(rows), n_kv, width + max_new, dtype=torch.bool, device=dev)
+            vis[..., width:] = True
+            keys, values = [], []
+            for i, ((k, v), (_, masks)) in enumerate(zip(kv, rows)):
+                pad = width - k.shape[-2]
+                keys.append(torch.nn.functional.pad(k, (0, 0, pad, 0)))
+                values.append(torch.nn.functional.pad(v, (0, 0, pad, 0)))
+                vis[i, :, pad:width] = True
+                if li in masks:  # head-wise budgets: the compressor's slots beyond a head's budget stay hidden
+                    m = masks[li][0]
+                    vis[i, :, pad : pad + m.shape[-1]] = m
+            layers.append((torch.cat(keys), torch.cat(values)))
+            full = vis.repeat_interleave(n_h // n_kv, dim=1)[:, :, None, :]  # (B, H, 1, K + max_new)
+            if getattr(model.config, "_attn_implementation", "sdpa") == "eager":
+                dt = keys[0].dtype
+                full = torch.zeros(full.shape, dtype=dt, device=dev).masked_fill(~full, torch.finfo(dt).min)
+            self.masks.append(full)
+        self.cache = kvcache.new_cache(model.config, layers)
+        self.handles: list[Any] = []
+
+    def __enter__(self) -> _BatchedCache:
+        for li, attn in enumerate(self.attns):
+            self.handles.append(attn.register_forward_pre_hook(self._hook(li), with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+    def _hook(self, li: int) -> Callable:
+        def pre(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+            k = kvcache.seq_len(self.cache, li) + 1  # the cached slots and the one being fed
+            return args, {**kwargs, "attention_mask": self.masks[li][..., :k]}
+
+        return pre
+
+    def step(self, toks: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Feed one token per row (B, 1) at absolute ``positions`` (B,); the next-token logits (B, V)."""
+        slot = kvcache.seq_len(self.cache, 0)
+        return self.model(
+            input_ids=toks,
+            past_key_values=self.cache,
+            position_ids=positions[:, None],
+            cache_position=torch.tensor([slot], device=toks.device),
+            use_cache=True,
+        ).logits[:, -1]
 
 
 def _question_start(prompt: Prompt) -> int:

@@ -293,6 +293,36 @@ def test_ratio_zero_generation_is_unchanged_smollm2(smol):
     assert _no_hooks(smol.model)
 
 
+@pytest.mark.parametrize("name", ["none", *NAMES])
+def test_batch_generation_equals_one_by_one_tiny(tiny, smol, name):
+    """Prompts of different lengths, compressed on their own, decoded as one left-padded batch: the same tokens
+    as one at a time (uneven head budgets included: their masks travel into the batch)."""
+    g = _tiny_generator(tiny, smol.tokenizer)
+    prompts = [Prompt("", _ids(t + Q, seed=t), {"question": (t, t + Q)}) for t in (T, T - 9, T + 5)]
+    cfg = GenerationConfig(max_new_tokens=6)
+    comp = None if name == "none" else get_compressor(name, ratio=0.5)
+    one = [g.generate(p, config=cfg, compressor=comp).token_ids for p in prompts]
+    many = g.generate_batch(prompts, config=cfg, compressor=comp)
+    assert [x.token_ids for x in many] == one
+    assert all(x.stats["batch_size"] == 3 for x in many) and _no_hooks(tiny)
+
+
+def test_batch_generation_equals_one_by_one_smollm2(smol):
+    from tests.test_generator import PASSAGES, Q
+
+    cfg = GenerationConfig(max_new_tokens=12)
+    prompts = [smol.prompt(Q, PASSAGES), smol.prompt("What colour are bananas?", PASSAGES[::-1])]
+    for name in ("none", "snapkv", "adaptive"):
+        comp = None if name == "none" else get_compressor(name, ratio=0.5)
+        one = [smol.generate(p, config=cfg, compressor=comp) for p in prompts]
+        many = smol.generate_batch(prompts, config=cfg, compressor=comp)
+        assert [x.text for x in many] == [x.text for x in one], name
+        assert [x.stats["kv_bytes"] for x in many] == [x.stats["kv_bytes"] for x in one]
+    assert smol.generate_batch([]) == [] and _no_hooks(smol.model)
+    with pytest.raises(ConfigError, match="Prompt"):
+        smol.generate_batch(["a question"])
+
+
 # ---- parameters ----------------------------------------------------------------------------------------------
 
 
@@ -366,6 +396,9 @@ def test_cli_eval_kv(tmp_path, monkeypatch, data, fmt, compressor):
         assert res["kv_bytes"] == res["kv_bytes_full"] and res["ratio"] == 0.0
     else:
         assert res["kv_bytes"] < 0.8 * res["kv_bytes_full"] and res["compressor"] == compressor
+    assert main([*args[:-1], str(tmp_path / "kv2.json"), "--device", "cpu", "--batch-size", "2"]) == 0
+    batched = json.loads((tmp_path / "kv2.json").read_text())
+    assert batched["predictions"] == res["predictions"] and batched["batch_size"] == 2
 
 
 def test_cli_eval_kv_errors(tmp_path, capsys):
@@ -376,6 +409,8 @@ def test_cli_eval_kv_errors(tmp_path, capsys):
     assert "'pyramid'" in capsys.readouterr().err
     assert main([*base, "--compressor", "snapkv", "--ratio", "1.5"]) == 2
     assert "1.5" in capsys.readouterr().err
+    assert main([*base, "--compressor", "snapkv", "--batch-size", "0"]) == 2
+    assert "batch size must be a positive integer, got 0" in capsys.readouterr().err
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"foo": 1}\n')
     assert main([*base[:2], "--data", str(bad), "--model", "smollm2-135m"]) == 2
