@@ -71,6 +71,7 @@ def run_matrix(
             "query_aware": query_aware,
             "ratios": ratios,
             "compressors": compressors,
+            "k": k,
             "batch_size": batch_size,
             "seconds": time.perf_counter() - t0,
             "runs": runs,
@@ -101,7 +102,7 @@ def run_matrix(
 def merge(paths: list[str]) -> dict[str, Any]:
     """One matrix from several runs of the same data, model, n and mode (e.g. compressors split over processes):
     the first file's full-cache baseline is kept, the others' are dropped."""
-    parts = [json.loads(Path(f).read_text()) for f in paths]
+    parts = [_read_json(f) for f in paths]
     if not parts:
         raise ConfigError("--merge needs at least one JSON file")
     key = ("data", "format", "model", "n", "query_aware")
@@ -123,6 +124,14 @@ def merge(paths: list[str]) -> dict[str, Any]:
         "merged_from": paths,
         "complete": complete,
     }
+
+
+def _read_json(path: str) -> dict[str, Any]:
+    """A JSON file, gzip-compressed when its name ends in .gz (results kept in the repository are)."""
+    import gzip
+
+    raw = gzip.decompress(Path(path).read_bytes()) if str(path).endswith(".gz") else Path(path).read_bytes()
+    return json.loads(raw)
 
 
 def paired_difference(run: dict[str, Any], base: dict[str, Any]) -> tuple[float, float]:
@@ -179,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--write-results", default=None, metavar="SECTION", help="also write docs/RESULTS.md section")
     p.add_argument("--batch-size", type=int, default=1, help="items decoded together (same answers; for GPUs)")
     p.add_argument("--merge", nargs="+", default=None, metavar="JSON", help="combine finished runs into --out")
+    p.add_argument("--note", default=None, help="a sentence put before the --write-results table (e.g. where it ran)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -221,7 +231,7 @@ def finish(a: argparse.Namespace, res: dict[str, Any]) -> int:
     png = plot(res, a.plot or Path(a.out).with_suffix(".png"))
     logger.info("wrote %s and %s", out, png)
     if a.write_results:
-        write_results(a.write_results, {**res, "plot": str(png)})
+        write_results(a.write_results, {**res, "plot": str(png), "note": a.note})
     return 0
 
 
@@ -246,9 +256,14 @@ def write_results(section: str, res: dict[str, Any]) -> None:
         if not r.get("shared_baseline")
     ]
     mode = "query-aware" if res["query_aware"] else "question-agnostic (context compressed before the question)"
+    k = f", top {res['k']}" if res["format"] == "nq" and res.get("k") else ""
     body = (
-        f"{res['model']} on {Path(res['data']).name} ({res['format']}), n = {res['n']} per row, {mode}; "
-        f"plot: `{res['plot']}`.\n\n" + table(rows, list(rows[0]), "{:.3f}")
+        (f"{res['note'].strip()}\n\n" if res.get("note") else "")
+        + f"{Path(res['model']).name} on {Path(res['data']).name} ({res['format']}{k}), n = {res['n']} per row, {mode}; "
+        f"decoding batch {res.get('batch_size', 1)}; plot: `{res['plot']}`."
+        + ("" if res.get("complete", True) else " Incomplete: the run was stopped before every configuration finished.")
+        + "\n\n"
+        + table(rows, list(rows[0]), "{:.3f}")
     )
     write_section(section, f"KV-cache compression: {section} (issue #3)", body)
 

@@ -379,7 +379,21 @@ def device_name(dev: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def write_results(section: str, res: dict[str, Any]) -> None:
+def render(paths: list[str]) -> dict[str, Any]:
+    """The rows of several finished runs (e.g. one process per method) under the first run's metadata."""
+    import gzip
+
+    runs = []
+    for f in paths:
+        raw = Path(f).read_bytes()
+        runs.append(json.loads(gzip.decompress(raw) if f.endswith(".gz") else raw))
+    rows = [r for d in runs for r in d["rows"]]
+    order = {m: i for i, m in enumerate(["none", *METHODS])}
+    rows.sort(key=lambda r: (order.get(r["method"], 99), r["ratio"]))
+    return {**runs[0], "rows": rows, "complete": all(d.get("complete") for d in runs)}
+
+
+def write_results(section: str, res: dict[str, Any], note: str | None = None) -> None:
     from results import table, write_section
 
     def ms(x: float | None) -> str:
@@ -414,7 +428,8 @@ def write_results(section: str, res: dict[str, Any]) -> None:
         if any(r["method"] == meth for r in res["rows"]):
             notes += [f"- {meth}: {x}" for x in ns]
     body = (
-        f"{m['model']} on {Path(m['data']).name} (k = {m['k']}), {m['device_name']}, {m['dtype']}, "
+        (f"{note.strip()}\n\n" if note else "")
+        + f"{Path(m['model']).name} on {Path(m['data']).name} (k = {m['k']}), {m['device_name']}, {m['dtype']}, "
         f"attention {m['attn_implementation']}; kvpress {v['kvpress']}, transformers {v['transformers']}, "
         f"torch {v['torch']}. One process, the same model object and token ids for both sides, alternating "
         "which runs first per item; ratio = fraction of the context's KV pairs removed (question-agnostic: "
@@ -439,7 +454,7 @@ def write_results(section: str, res: dict[str, Any]) -> None:
 # --- main ----------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", required=True, help="HF folder, ragcore registry name or .gguf path")
+    ap.add_argument("--model", default=None, help="HF folder, ragcore registry name or .gguf path")
     ap.add_argument("--data", default=None, help=f"NQ-open or key-value file (default: {NQ_OPEN.name})")
     ap.add_argument("--retrieved", default=None, help="`ragcore eval retrieval --dump-retrieved` file")
     ap.add_argument("--k", type=int, default=5, help="passages per question")
@@ -455,12 +470,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--no-baseline", action="store_true", help="skip the uncompressed 'none' row")
     ap.add_argument("--resume", action="store_true", help="keep rows already in --out with the same n")
-    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--out", default=None, type=Path)
     ap.add_argument("--write-results", default=None, metavar="SECTION", help="also write docs/RESULTS.md section")
     ap.add_argument("--log-level", default="INFO")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--render", nargs="+", default=None, metavar="JSON", help="only render finished runs (.json[.gz])")
+    ap.add_argument("--note", default=None, help="--render: a sentence put before the table (e.g. where it ran)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if a.render:
+        if not a.write_results:
+            ap.error("--render needs --write-results SECTION")
+        write_results(a.write_results, render(a.render), a.note)
+        return 0
+    if a.model is None or a.out is None:
+        ap.error("--model and --out are required (unless --render)")
 
     if a.no_progress:
         transformers.utils.logging.disable_progress_bar()

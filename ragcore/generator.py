@@ -268,8 +268,12 @@ class Generator:
             t0 = time.perf_counter()
             report = hooks.enter_context(compressor.apply(model))
             split = n if query_aware else _question_start(prompt)
-            logits = model(input_ids=ids[:, :split], past_key_values=cache, use_cache=True, logits_to_keep=1)
-            logits = logits.logits[:, -1]
+            if split < n:  # the context alone: its logits are not needed, so the base model (no LM head) runs
+                getattr(model, model.base_model_prefix, model)(
+                    input_ids=ids[:, :split], past_key_values=cache, use_cache=True
+                )
+            else:
+                logits = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
             _sync(dev)
             stats["context_prefill_s"] = time.perf_counter() - t0  # prefill + compression, before the question
             if split < n:  # the question, on the compressed cache, at its absolute positions

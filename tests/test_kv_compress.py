@@ -323,6 +323,22 @@ def test_batch_generation_equals_one_by_one_smollm2(smol):
         smol.generate_batch(["a question"])
 
 
+def test_chunk_scores_whole_chunks_shared_by_heads():
+    from dataclasses import dataclass
+
+    @dataclass
+    class Fixed(KVCompressor):
+        def score(self, module, hidden, keys, values, position_embeddings, key_offset=0):
+            return torch.tensor([[[0.0, 9, 0, 0, 1, 1, 1, 1, 5, 0], [0, 0, 0, 0, 2, 2, 2, 2, 0, 0]]])
+
+    s = get_compressor("chunk", inner=Fixed(), chunk_size=4).score(None, None, None, None, None)
+    assert s.shape == (1, 2, 10) and torch.equal(s[0, 0], s[0, 1])  # one choice for every head
+    assert len(set(s[0, 0, :4].tolist())) == len(set(s[0, 0, 4:8].tolist())) == len(set(s[0, 0, 8:].tolist())) == 1
+    assert s[0, 0, 4] > s[0, 0, 8] > s[0, 0, 0]  # chunk [4, 8) has the most mass per token over both heads
+    idx, _ = KVCompressor.select(None, s, 4)
+    assert idx[0, 0].tolist() == [4, 5, 6, 7]
+
+
 # ---- parameters ----------------------------------------------------------------------------------------------
 
 

@@ -1,7 +1,7 @@
 """KV-cache compression: score cached tokens per head after prefill, keep the best, free the rest.
 
 ``COMPRESSORS`` maps names to classes; ``get_compressor("snapkv", ratio=0.5)`` builds one, and
-``"caote:h2o"`` / ``"adaptive:tova"`` wrap an inner method. Use with ``Generator.generate(...,
+``"caote:h2o"`` / ``"adaptive:tova"`` / ``"chunk:snapkv"`` wrap an inner method. Use with ``Generator.generate(...,
 compressor=...)`` or directly: ``with compressor.apply(model) as report: model(...)``.
 """
 
@@ -13,6 +13,7 @@ from compress.kv.a2sf import A2SF
 from compress.kv.adaptive import AdaKV
 from compress.kv.base import KVCompressor, KVReport
 from compress.kv.caote import CAOTE
+from compress.kv.chunk import ChunkKV
 from compress.kv.expected_attention import ExpectedAttention
 from compress.kv.h2o import H2O
 from compress.kv.knorm import KNorm
@@ -25,9 +26,22 @@ from ragcore.errors import ConfigError
 
 COMPRESSORS: dict[str, type[KVCompressor]] = {
     c.name: c
-    for c in (StreamingLLM, SnapKV, H2O, KNorm, ExpectedAttention, TOVA, A2SF, CAOTE, AdaKV, Razor, RandomPress)
+    for c in (
+        StreamingLLM,
+        SnapKV,
+        H2O,
+        KNorm,
+        ExpectedAttention,
+        TOVA,
+        A2SF,
+        CAOTE,
+        AdaKV,
+        ChunkKV,
+        Razor,
+        RandomPress,
+    )
 }
-WRAPPERS = ("caote", "adaptive")
+WRAPPERS = ("caote", "adaptive", "chunk")
 
 
 def get_compressor(name: str, **kwargs: Any) -> KVCompressor:

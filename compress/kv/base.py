@@ -66,11 +66,11 @@ def group_mean(x: torch.Tensor, n_kv: int) -> torch.Tensor:
 
 def priority(scores: torch.Tensor, protected: torch.Tensor) -> torch.Tensor:
     """Selection order: protected positions first (the most recent of them first, should the budget be smaller
-    than they are), then the others by score. Scores become ranks in [0, 1), so any scale works."""
+    than they are), then the others by score. Protected positions get keys above any score (1e30 and up), so
+    the order is exact for scores below that; three element-wise kernels, no sort (this runs on every layer)."""
     t = scores.shape[-1]
-    ranks = scores.argsort(-1).argsort(-1).float() / t
     pos = torch.arange(t, device=scores.device, dtype=torch.float32) / t
-    return ranks + protected.float() * (2 + 2 * pos)
+    return torch.where(protected, 1e30 * (1 + pos), scores)
 
 
 @dataclass
