@@ -17,7 +17,12 @@ HEADER = "# Results\n\nEvery table here is written by the script named in its se
 
 
 def command_line() -> str:
-    return " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
+    """This process's command line; a ``--note TEXT`` argument shows as ``--note ...`` (the note is in the body)."""
+    args = list(sys.argv[1:])
+    for i, a in enumerate(args[:-1]):
+        if a == "--note":
+            args[i + 1] = "..."
+    return " ".join(a if a == "..." else shlex.quote(a) for a in [Path(sys.argv[0]).as_posix(), *args])
 
 
 def write_section(name: str, title: str, body: str, command: str | None = None, path: Path = RESULTS) -> None:
