@@ -99,7 +99,11 @@ def prune(cache: Any, layer: int, indices: torch.Tensor) -> None:
         raise ConfigError(
             f"indices must be (B, H_kv, k) = ({keys.shape[0]}, {keys.shape[1]}, k), got {tuple(indices.shape)}"
         )
-    if indices.device.type == "cpu" and indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= keys.shape[-2]):
+    if (
+        indices.device.type == "cpu"
+        and indices.numel()
+        and (int(indices.min()) < 0 or int(indices.max()) >= keys.shape[-2])
+    ):
         raise ConfigError(f"indices outside the layer's {keys.shape[-2]} positions")
     idx = indices.to(keys.device, torch.long).unsqueeze(-1)
     k = torch.gather(keys, 2, idx.expand(-1, -1, -1, keys.shape[-1])).contiguous()
