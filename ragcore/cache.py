@@ -99,6 +99,8 @@ def prune(cache: Any, layer: int, indices: torch.Tensor) -> None:
         raise ConfigError(
             f"indices must be (B, H_kv, k) = ({keys.shape[0]}, {keys.shape[1]}, k), got {tuple(indices.shape)}"
         )
+    # the range check reads two values back; on a GPU that is a host-device synchronisation per layer, which
+    # costs more than the pruning, so it runs on CPU tensors only (compressors' indices come from topk)
     if (
         indices.device.type == "cpu"
         and indices.numel()
