@@ -36,7 +36,7 @@ m() { # name, then kv_matrix arguments
   $PY bench/kv_matrix.py --model "$MODEL" --device cuda --batch-size "$B" --out "$OUT/$name.json" "$@" \
     > "$OUT/$name.log" 2>&1 &
 }
-m head-qa --query-aware --compressors snapkv,h2o,tova,expected_attention --ratios 0.5,0.75 --limit 300 "${NQ[@]}"
+m head-qa --query-aware --compressors "${HEADLINE_QA:-snapkv,h2o,tova,expected_attention}" --ratios 0.5,0.75 --limit 300 "${NQ[@]}"
 m head-agn --compressors h2o,knorm,expected_attention,tova --ratios 0.5,0.75 --limit 300 "${NQ[@]}"
 m nq5-agn-a --compressors $SET_A --ratios $R --limit 100 "${NQ[@]}"
 m nq5-agn-b --compressors $SET_B --ratios $R --limit 100 "${NQ[@]}"

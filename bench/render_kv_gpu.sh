@@ -7,9 +7,9 @@ PY=${1:-.venv/bin/python}
 G=docs/data/kv/gpu
 RUN="Ran on one NVIDIA H100 on 2026-11-23 with \`bench/gpu_kv_matrix.sh\` (model: the bundled qwen2.5-0.5b GGUF; NQ passages from \`ragcore eval retrieval --dump-retrieved\`), as 14 processes sharing the GPU: prefill_s and decode_tok_s (per sequence, in batches of 32) are not comparable between rows. Raw JSON: \`$G/\`, rendered by \`bench/render_kv_gpu.sh\`."
 STOPPED="The second process (a2sf, caote, adaptive, razor, random) was stopped early to give the GPU to the others."
-mx() { # section, note, then the raw files
+mx() { # section, note, plot name, then the raw files
   local section=$1 note=$2 name=$3; shift 3
-  $PY bench/kv_matrix.py --merge "$@" --out "out/kv-gpu/$name.json" --plot "$G/$name.png" --note "$note" \
+  $PY bench/kv_matrix.py --merge "$@" --out "out/kv-gpu/$name.json" --plot "${PLOTS:-$G}/$name.png" --note "$note" \
     --write-results "$section"
 }
 mkdir -p out/kv-gpu
@@ -31,3 +31,4 @@ sxs kv-vs-kvpress-gpu-quiet-2 "The same right after, n = 20 (the session's devic
   $G/sxs-quiet-fixed-prune.json.gz
 sxs kv-vs-kvpress-cpu "Timing on this project's 2-core CPU (no GPU), float32, n = 20, the code of this commit (selection without sorts, context prefill without the LM head): \`HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2 PYTHONPATH=\$PWD .venv-kvpress/bin/python bench/kv_side_by_side.py --model ~/.cache/ragcore/hf/qwen2.5-0.5b-<digest> --device cpu --match-kept --no-baseline --ratios 0.5 --limit 20 --k 5 --max-new-tokens 1 --retrieved out/retrieved.json --out out/sxs-cpu.json\` (one answer token: only the times count here; accuracy is in the GPU section). Raw JSON: \`docs/data/kv/sxs-cpu.json.gz\`." \
   docs/data/kv/sxs-cpu.json.gz
+PLOTS=docs/data/kv mx kv-chunk-cpu "A first check of the chunk wrapper on this project's 2-core CPU (float32, n = 50, query-aware, NQ-open top 5): \`HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2 .venv/bin/python bench/kv_matrix.py --model qwen2.5-0.5b --device cpu --query-aware --compressors snapkv,chunk:snapkv --ratios 0.5 --limit 50 --batch-size 5 --retrieved out/retrieved.json --out out/chunk-exp.json\`. Too few questions to decide anything; the 300-question GPU run is next. Raw JSON: \`docs/data/kv/chunk-cpu.json.gz\`." chunk-cpu docs/data/kv/chunk-cpu.json.gz
