@@ -198,7 +198,7 @@ class Generator:
             with contextlib.ExitStack() as hooks:
                 t0 = time.perf_counter()
                 cache, logits, st = self._prefill(p, compressor, query_aware, hooks)
-                masks.append(dict(compressor._masks) if compressor is not None else {})
+                masks.append(compressor.head_masks() if compressor is not None else {})
                 _sync(dev)
                 prefill_s.append(time.perf_counter() - t0)
             caches.append(cache)

@@ -206,6 +206,11 @@ class KVCompressor:
         k2, v2 = kvcache.get_kv(cache, layer)
         self.report.kv_bytes_after += k2.numel() * k2.element_size() + v2.numel() * v2.element_size()
 
+    def head_masks(self) -> dict[int, torch.Tensor]:
+        """Per layer, the (B, H_kv, T_c) visibility of the cache slots after an uneven per-head compression (only
+        inside ``apply``, for the cache it compressed last); empty when every head keeps all its slots."""
+        return dict(self._masks)
+
     # ---- hooks ---------------------------------------------------------------------------------------------
     def _start(self, cache: Any) -> None:
         """A new cache seen: forget the previous one's state."""
