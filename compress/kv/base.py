@@ -64,13 +64,14 @@ def group_mean(x: torch.Tensor, n_kv: int) -> torch.Tensor:
     return x.view(b, n_kv, h // n_kv, *x.shape[2:]).mean(2)
 
 
-def priority(scores: torch.Tensor, protected: torch.Tensor) -> torch.Tensor:
-    """Selection order: protected positions first (the most recent of them first, should the budget be smaller
-    than they are), then the others by score. Protected positions get keys above any score (1e30 and up), so
-    the order is exact for scores below that; three element-wise kernels, no sort (this runs on every layer)."""
-    t = scores.shape[-1]
-    pos = torch.arange(t, device=scores.device, dtype=torch.float32) / t
-    return torch.where(protected, 1e30 * (1 + pos), scores)
+def priority_floor(protected: torch.Tensor) -> torch.Tensor:
+    """Per position, the least selection key: above any score (1e30 and up, the most recent highest) where the
+    position is protected, -inf elsewhere. ``max(scores, floor)`` is then the selection order: protected
+    positions first (the most recent of them first, should the budget be smaller than they are), the others by
+    score; exact for scores below 1e30, and one element-wise kernel per layer."""
+    t = protected.shape[-1]
+    pos = torch.arange(t, device=protected.device, dtype=torch.float32) / t
+    return torch.where(protected, 1e30 * (1 + pos), float("-inf"))
 
 
 @dataclass
@@ -104,6 +105,7 @@ class KVCompressor:
         self._cache_id: int | None = None
         self._done: set[int] = set()
         self._masks: dict[int, torch.Tensor] = {}
+        self._floors: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
         self.report = KVReport(self.label)
 
     @property
@@ -190,9 +192,9 @@ class KVCompressor:
         scores = scores.float()
         if tuple(scores.shape) != (b, h_kv, t):
             raise RuntimeError(f"{self.name}.score returned {tuple(scores.shape)}, expected {(b, h_kv, t)}")
-        prot = self.protected(t, scores.device)
+        prot, floor = self._protected_floor(t, scores.device)
         budgets = self.head_budgets(scores, prot, k, module)
-        idx, mask = self.select(priority(scores, prot), k, budgets)
+        idx, mask = self.select(torch.maximum(scores, floor), k, budgets)
         kvcache.prune(cache, layer, idx)
         if budgets is not None:  # lengths may differ between layers: every such layer gets a mask
             mask = mask if mask is not None else torch.ones_like(idx, dtype=torch.bool)
@@ -210,6 +212,15 @@ class KVCompressor:
         """Per layer, the (B, H_kv, T_c) visibility of the cache slots after an uneven per-head compression (only
         inside ``apply``, for the cache it compressed last); empty when every head keeps all its slots."""
         return dict(self._masks)
+
+    def _protected_floor(self, t: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``protected(t)`` and its ``priority_floor``, built once per length and device (every layer of a
+        prefill has the same length, so the other layers reuse them)."""
+        key = (t, str(device))
+        if key not in self._floors:
+            prot = self.protected(t, device)
+            self._floors = {key: (prot, priority_floor(prot))}
+        return self._floors[key]
 
     # ---- hooks ---------------------------------------------------------------------------------------------
     def _start(self, cache: Any) -> None:
@@ -262,7 +273,7 @@ class KVCompressor:
         (filled as layers are compressed). Hooks are removed when the block ends, also on errors."""
         self._model = model
         self._cache_id = None
-        self._done, self._masks = set(), {}
+        self._done, self._masks, self._floors = set(), {}, {}
         self.report = KVReport(self.label)
         self.prepare(model)
         handles = []

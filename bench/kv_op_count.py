@@ -1,0 +1,89 @@
+"""Count the tensor operations (ATen calls, each a kernel launch or more on a GPU) that a context prefill with KV
+compression dispatches, ragcore against kvpress, on the same model and ids. On a GPU a small model's prefill is
+bound by launches, so this explains time ratios that a CPU run cannot show.
+
+Runs in the kvpress environment with the repository on PYTHONPATH, like ``kv_side_by_side.py``::
+
+    HF_HUB_OFFLINE=1 PYTHONPATH=$PWD .venv-kvpress/bin/python bench/kv_op_count.py \\
+        --model ~/.cache/ragcore/hf/smollm2-135m-<digest> --tokens 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+from pathlib import Path
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from kv_side_by_side import METHODS, import_peer, ours_kwargs  # noqa: E402
+
+from compress.kv import get_compressor  # noqa: E402
+from ragcore.cache import new_cache  # noqa: E402
+from ragcore.models import load_generator  # noqa: E402
+
+logger = logging.getLogger("bench.kv_op_count")
+
+
+class _Count(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        self.n += 1
+        return func(*args, **(kwargs or {}))
+
+
+@torch.inference_mode()
+def count(model: torch.nn.Module, ids: torch.Tensor, ctx: contextlib.AbstractContextManager) -> int:
+    c = _Count()
+    with ctx, c:
+        model.model(input_ids=ids, past_key_values=new_cache(model.config), use_cache=True)
+    return c.n
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--tokens", type=int, default=300)
+    ap.add_argument("--ratio", type=float, default=0.5)
+    ap.add_argument("--write-results", default=None, metavar="SECTION", help="also write docs/RESULTS.md section")
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    peer, _ = import_peer()
+    model, _ = load_generator(a.model, "cpu")
+    ids = torch.randint(5, 1000, (1, a.tokens), generator=torch.Generator().manual_seed(0))
+    layers = model.config.num_hidden_layers
+    base = count(model, ids, contextlib.nullcontext())
+    lines = ["| method | ops ragcore | ops kvpress | extra per layer |", "|---|---|---|---|"]
+    lines.append(f"| none | {base} | {base} | 0 |")
+    for m in METHODS:
+        press = peer.make_press(m, a.ratio)
+        ours = get_compressor(m, **ours_kwargs(m, press, a.ratio, a.tokens, True))
+        n_ours = count(model, ids, ours.apply(model))
+        n_theirs = count(model, ids, press(model))
+        lines.append(f"| {m} | {n_ours} | {n_theirs} | {(n_ours - n_theirs) / layers:+.1f} |")
+    table = "\n".join(lines)
+    logger.info("%s", table)
+    if a.write_results:
+        from results import write_section
+
+        body = (
+            f"Tensor operations dispatched by one context prefill of {a.tokens} random token ids with compression "
+            f"at ratio {a.ratio} ({Path(a.model).name}, {layers} layers, CPU), ragcore against kvpress "
+            "0.5.5 with kvpress's hyperparameters and kept-token count. On a GPU each is a kernel launch or "
+            "more, which is what a small model's prefill is bound by.\n\n" + table
+        )
+        write_section(a.write_results, "KV compression: operations per prefill, ragcore vs kvpress", body)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
