@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(1, str(Path(__file__).resolve().parent))  # results
 
 from compress.kv import COMPRESSORS, get_compressor  # noqa: E402
 from eval.datasets import NQ_OPEN  # noqa: E402
@@ -102,7 +103,9 @@ def run_matrix(
 def merge(paths: list[str]) -> dict[str, Any]:
     """One matrix from several runs of the same data, model, n and mode (e.g. compressors split over processes):
     the first file's full-cache baseline is kept, the others' are dropped."""
-    parts = [_read_json(f) for f in paths]
+    from results import read_json
+
+    parts = [read_json(f) for f in paths]
     if not parts:
         raise ConfigError("--merge needs at least one JSON file")
     key = ("data", "format", "model", "n", "query_aware")
@@ -124,14 +127,6 @@ def merge(paths: list[str]) -> dict[str, Any]:
         "merged_from": paths,
         "complete": complete,
     }
-
-
-def _read_json(path: str) -> dict[str, Any]:
-    """A JSON file, gzip-compressed when its name ends in .gz (results kept in the repository are)."""
-    import gzip
-
-    raw = gzip.decompress(Path(path).read_bytes()) if str(path).endswith(".gz") else Path(path).read_bytes()
-    return json.loads(raw)
 
 
 def paired_difference(run: dict[str, Any], base: dict[str, Any]) -> tuple[float, float]:
@@ -237,7 +232,6 @@ def finish(a: argparse.Namespace, res: dict[str, Any]) -> int:
 
 def write_results(section: str, res: dict[str, Any]) -> None:
     """A docs/RESULTS.md section: accuracy (with its interval) and the change against the full cache."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from results import table, write_section
 
     base = next(r for r in res["runs"] if r["compressor"] == "none")

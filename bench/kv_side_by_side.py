@@ -381,12 +381,9 @@ def device_name(dev: torch.device) -> str:
 
 def render(paths: list[str]) -> dict[str, Any]:
     """The rows of several finished runs (e.g. one process per method) under the first run's metadata."""
-    import gzip
+    from results import read_json
 
-    runs = []
-    for f in paths:
-        raw = Path(f).read_bytes()
-        runs.append(json.loads(gzip.decompress(raw) if f.endswith(".gz") else raw))
+    runs = [read_json(f) for f in paths]
     rows = [r for d in runs for r in d["rows"]]
     order = {m: i for i, m in enumerate(["none", *METHODS])}
     rows.sort(key=lambda r: (order.get(r["method"], 99), r["ratio"]))

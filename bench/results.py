@@ -6,6 +6,8 @@ Numbers are never typed by hand: every bench script calls ``write_section``.
 
 from __future__ import annotations
 
+import gzip
+import json
 import re
 import shlex
 import sys
@@ -14,6 +16,12 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "RESULTS.md"
 HEADER = "# Results\n\nEvery table here is written by the script named in its section; do not edit numbers by hand.\n"
+
+
+def read_json(path: str | Path) -> dict:
+    """A JSON file, gzip-compressed when its name ends in .gz (raw results kept in the repository are)."""
+    raw = Path(path).read_bytes()
+    return json.loads(gzip.decompress(raw) if str(path).endswith(".gz") else raw)
 
 
 def command_line() -> str:
