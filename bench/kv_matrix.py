@@ -21,7 +21,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(1, str(Path(__file__).resolve().parent))  # results
 
-from compress.kv import COMPRESSORS, get_compressor  # noqa: E402
+from compress.kv import COMPRESSORS, get_compressor, split_top  # noqa: E402
 from eval.datasets import NQ_OPEN  # noqa: E402
 from eval.kv import load_items, run_items  # noqa: E402
 from eval.metrics import mean_ci  # noqa: E402
@@ -49,7 +49,11 @@ def run_matrix(
     retrieved: str | None = None,
     checkpoint: Callable[[dict[str, Any]], None] | None = None,
     batch_size: int = 1,
+    offset: int = 0,
+    baseline: bool = True,
 ) -> dict[str, Any]:
+    if not baseline and 0 in ratios:
+        raise ConfigError("ratio 0 is the full-cache baseline; it cannot be skipped with --no-baseline")
     for name in compressors:  # fail on a bad name before loading anything
         get_compressor(name, ratio=0.5)
     for r in ratios:
@@ -57,11 +61,12 @@ def run_matrix(
             raise ConfigError(f"ratios must be in [0, 1), got {r!r}")
     t0 = time.perf_counter()
     gen = Generator(model, device=device)
-    fmt, items = load_items(gen, data, k, limit, max_tokens, max_new_tokens, progress, retrieved)
+    fmt, items = load_items(gen, data, k, limit, max_tokens, max_new_tokens, progress, retrieved, offset)
     logger.info("%d %s items ready in %.1fs", len(items), fmt, time.perf_counter() - t0)
     runs: list[dict[str, Any]] = []
-    baseline = run_items(gen, fmt, items, "none", 0.0, max_new_tokens, query_aware, progress, batch_size)
-    runs.append(baseline)
+    if baseline:  # a process that runs beside another on the same items may leave the full cache to that one
+        full = run_items(gen, fmt, items, "none", 0.0, max_new_tokens, query_aware, progress, batch_size)
+        runs.append(full)
 
     def result() -> dict[str, Any]:
         return {
@@ -69,6 +74,7 @@ def run_matrix(
             "format": fmt,
             "model": model,
             "n": len(items),
+            "offset": offset,
             "query_aware": query_aware,
             "ratios": ratios,
             "compressors": compressors,
@@ -83,7 +89,7 @@ def run_matrix(
     for name in compressors:
         for r in ratios:
             if r == 0:
-                runs.append({**baseline, "compressor": get_compressor(name).label, "shared_baseline": True})
+                runs.append({**full, "compressor": get_compressor(name).label, "shared_baseline": True})
                 continue
             res = run_items(gen, fmt, items, name, r, max_new_tokens, query_aware, progress, batch_size)
             logger.info(
@@ -102,18 +108,21 @@ def run_matrix(
 
 def merge(paths: list[str]) -> dict[str, Any]:
     """One matrix from several runs of the same data, model, n and mode (e.g. compressors split over processes):
-    the first file's full-cache baseline is kept, the others' are dropped."""
+    the full-cache baseline of the first file that has one is kept, the others' are dropped."""
     from results import read_json
 
     parts = [read_json(f) for f in paths]
     if not parts:
         raise ConfigError("--merge needs at least one JSON file")
-    key = ("data", "format", "model", "n", "query_aware")
+    key = ("data", "format", "model", "n", "offset", "query_aware")
     for f, d in zip(paths, parts):
         if any(d.get(k) != parts[0].get(k) for k in key):
             got = {k: d.get(k) for k in key}
             raise ConfigError(f"{f!r} is not the same matrix as {paths[0]!r}: {got}")
-    runs = [r for r in parts[0]["runs"] if r["compressor"] == "none"]
+    full = [[r for r in d["runs"] if r["compressor"] == "none"] for d in parts]
+    runs = next((f for f in full if f), None)
+    if runs is None:
+        raise ConfigError(f"no full-cache ('none') run in any of {paths}: run one file without --no-baseline")
     for d in parts:
         runs += [r for r in d["runs"] if r["compressor"] != "none"]
     names = list(dict.fromkeys(r["compressor"] for r in runs if r["compressor"] != "none"))
@@ -169,9 +178,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=None, help="NQ-open or key-value retrieval file (default: bundled NQ-open)")
     p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--compressors", default=",".join(COMPRESSORS), help="comma-separated names (wrapper:inner allowed)")
+    p.add_argument(
+        "--compressors",
+        default=",".join(COMPRESSORS),
+        help="comma-separated names (wrapper:inner and name(key=value) allowed)",
+    )
     p.add_argument("--ratios", default=",".join(map(str, RATIOS)))
     p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--offset", type=int, default=0, help="skip the first N items (a development slice)")
+    p.add_argument("--no-baseline", action="store_true", help="skip the full cache (another process runs it)")
     p.add_argument("--k", type=int, default=5)
     p.add_argument("--max-tokens", type=int, default=None)
     p.add_argument("--max-new-tokens", type=int, default=None)
@@ -191,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"kv_matrix: error: bad --ratios {a.ratios!r}: {e}", file=sys.stderr)
         return 2
-    names = [x.strip() for x in a.compressors.split(",") if x.strip()]
+    names = [x.strip() for x in split_top(a.compressors, ",") if x.strip()]
     if a.merge:
         try:
             res = merge(a.merge)
@@ -214,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
             retrieved=a.retrieved,
             checkpoint=lambda partial: write_json(a.out, {**partial, "complete": False}),
             batch_size=a.batch_size,
+            offset=a.offset,
+            baseline=not a.no_baseline,
         )
     except (ConfigError, FileNotFoundError) as e:
         print(f"kv_matrix: error: {e}", file=sys.stderr)

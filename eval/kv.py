@@ -107,12 +107,16 @@ def load_items(
     max_new_tokens: int | None = None,
     progress: bool = True,
     retrieved: str | Path | None = None,
+    offset: int = 0,
 ) -> tuple[str, list[KVItem]]:
-    """Build the prompts once: returns the detected format and the items."""
-    from eval.runner import _take, passage_source
+    """Build the prompts once: returns the detected format and the items (``limit`` of them after the first
+    ``offset``; an offset keeps a development slice apart from the questions a headline is measured on)."""
+    from eval.runner import passage_source
 
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ConfigError(f"--limit must be a positive integer, got {limit!r}")
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise ConfigError(f"--offset must be a non-negative integer, got {offset!r}")
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ConfigError(f"--k must be a positive integer, got {k!r}")
     path = Path(data) if data else NQ_OPEN
@@ -120,16 +124,18 @@ def load_items(
         raise FileNotFoundError(f"no data file at {str(path)!r}")
     rows = _read_jsonl(path)
     fmt = detect_format(rows, path)
+    if offset >= len(rows):
+        raise ConfigError(f"--offset {offset} skips all {len(rows)} items of {str(path)!r}")
     gen.warm_up()
     budget = _window_limit(gen, max_tokens, max_new_tokens or DEFAULT_NEW_TOKENS[fmt])
     items: list[KVItem] = []
     if fmt == "kv":
-        for i, row in enumerate(tqdm(rows[:limit] if limit else rows, desc="kv prompts", disable=not progress)):
+        for i, row in enumerate(tqdm(rows[offset:][:limit], desc="kv prompts", disable=not progress), offset):
             items.append(KVItem(str(row.get("id", i)), kv_prompt(gen, row, budget), [str(row["value"])]))
         return fmt, items
     ds = load_nq_open(path)
     top = passage_source(ds, path, retrieved, progress)
-    for ex in tqdm(_take(ds, limit), desc="retrieval", disable=not progress):
+    for ex in tqdm(ds.examples[offset:][:limit], desc="retrieval", disable=not progress):
         passages = top(ex, k)
         p = gen.prompt(ex.question, passages)
         while len(p) > budget and len(passages) > 1:  # drop the lowest-ranked passages until it fits

@@ -336,7 +336,52 @@ def test_chunk_scores_whole_chunks_shared_by_heads():
     assert len(set(s[0, 0, :4].tolist())) == len(set(s[0, 0, 4:8].tolist())) == len(set(s[0, 0, 8:].tolist())) == 1
     assert s[0, 0, 4] > s[0, 0, 8] > s[0, 0, 0]  # chunk [4, 8) has the most mass per token over both heads
     idx, _ = KVCompressor.select(None, s, 4)
-    assert idx[0, 0].tolist() == [4, 5, 6, 7]
+    assert sorted(idx[0, 0].tolist()) == [4, 5, 6, 7]
+
+
+def test_layers_share_one_selection(tiny_llama):
+    """layers:snapkv keeps the same positions in every layer and head, chosen from all layers' votes; plain snapkv
+    on the same prompt picks differently per layer (so the equality below is the wrapper's doing)."""
+    from compress.kv.layers import LayerShared
+
+    picked: dict[str, dict[int, torch.Tensor]] = {"layers": {}, "snapkv": {}}
+
+    def recording(comp, key):
+        orig = comp.prune_layer
+
+        def prune_layer(cache, layer, idx, mask):
+            picked[key][layer] = idx.clone()
+            orig(cache, layer, idx, mask)
+
+        comp.prune_layer = prune_layer
+        return comp
+
+    ids = _ids(T)
+    shared = recording(get_compressor("layers:snapkv(window=4)", ratio=0.5), "layers")
+    assert isinstance(shared, LayerShared) and shared.label == "layers:snapkv(window=4)"
+    _, rep = _prefill(tiny_llama, shared, ids)
+    _prefill(tiny_llama, recording(get_compressor("snapkv(window=4)", ratio=0.5), "snapkv"), ids)
+    a, b = picked["layers"][0], picked["layers"][1]
+    assert a.shape == (1, 2, 32) and torch.equal(a, b) and torch.equal(a[:, 0], a[:, 1])
+    assert set(range(T - 4, T)) <= set(a[0, 0].tolist())  # the inner method's window stays protected
+    own = picked["snapkv"]
+    assert not torch.equal(own[0], own[1]) or not torch.equal(own[0][:, 0], own[0][:, 1])
+    assert rep.tokens_kept == {0: [32, 32], 1: [32, 32]} and not rep.masks_only
+
+
+def test_options_in_names_and_labels():
+    c = get_compressor("chunk(chunk_size=20):snapkv(window=64, kernel_size=7)", ratio=0.5)
+    assert (c.chunk_size, c.inner.window, c.inner.kernel_size, c.ratio) == (20, 64, 7, 0.5)
+    assert c.label == "chunk(chunk_size=20):snapkv(window=64, kernel_size=7)"
+    assert get_compressor(c.label).label == c.label  # a label builds the same compressor again
+    assert get_compressor("snapkv(window=32)").label == "snapkv"  # defaults are not repeated
+    with pytest.raises(ConfigError, match="bad option 'window' in KV compressor 'snapkv\\(window\\)'"):
+        get_compressor("snapkv(window)")
+    with pytest.raises(ConfigError, match="unknown KV compressor 'snapkv\\(window=3'"):
+        get_compressor("snapkv(window=3")
+    from compress.kv import split_top
+
+    assert split_top("chunk(a=1,b=2):snapkv,h2o", ",") == ["chunk(a=1,b=2):snapkv", "h2o"]
 
 
 # ---- parameters ----------------------------------------------------------------------------------------------
@@ -433,3 +478,17 @@ def test_cli_eval_kv_errors(tmp_path, capsys):
     assert "unknown row format" in capsys.readouterr().err
     assert main([*base, "--max-tokens", "60"]) == 2
     assert "--max-tokens" in capsys.readouterr().err
+
+
+def test_load_items_offset(smol):
+    from eval.kv import load_items
+
+    data = "tests/data/kv_small.jsonl.gz"
+    _, every = load_items(smol, data, max_tokens=320, max_new_tokens=6, progress=False)
+    _, tail = load_items(smol, data, limit=1, offset=1, max_tokens=320, max_new_tokens=6, progress=False)
+    assert len(every) == 3 and [x.id for x in tail] == [every[1].id]
+    assert tail[0].answers == every[1].answers
+    with pytest.raises(ConfigError, match="--offset 3 skips all 3 items"):
+        load_items(smol, data, offset=3, max_tokens=320, max_new_tokens=6, progress=False)
+    with pytest.raises(ConfigError, match="--offset must be a non-negative integer, got -1"):
+        load_items(smol, data, offset=-1, progress=False)

@@ -1,0 +1,73 @@
+"""Layer-shared selection: every layer keeps the same positions, chosen once from all layers' scores.
+
+Per-layer methods let each layer (and head) keep its own tokens, so a fact can survive in some layers and not in
+others: on NQ-open the typical loss is a date that keeps its month but loses its day ("April 11" read back as
+"April 18"). This wrapper scores each layer with its inner compressor, turns each head's scores into a
+distribution (shifted to >= 0, summed to 1), averages the heads and sums the layers; after the last layer's
+prefill it selects once and prunes every layer to the same positions.
+
+Until the last layer is prefilled the layers hold their full cache, so the prefill's peak memory is that of an
+uncompressed prefill; per-layer methods free each layer's surplus as they go.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from compress.kv.base import WrapperCompressor
+from ragcore import cache as kvcache
+from ragcore.attention import decoder_layers
+
+
+@dataclass
+class LayerShared(WrapperCompressor):
+    name: ClassVar[str] = "layers"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.attention_based = self.inner.attention_based
+        self._n_layers = 0
+        self._pending: list[int] = []
+        self._total: torch.Tensor | None = None
+
+    def prepare(self, model: nn.Module) -> None:
+        super().prepare(model)
+        self._n_layers = len(decoder_layers(model))
+
+    def _start(self, cache: Any) -> None:
+        super()._start(cache)
+        self._pending, self._total = [], None
+
+    @torch.no_grad()
+    def compress_layer(
+        self,
+        module: nn.Module,
+        hidden: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        cache: Any,
+        layer: int,
+    ) -> None:
+        keys, values = kvcache.get_kv(cache, layer)
+        t = keys.shape[-2]
+        k = self.n_keep(t)
+        if k >= t:  # nothing to remove: the base records the layer as it is
+            super().compress_layer(module, hidden, position_embeddings, cache, layer)
+            return
+        s = self.checked_score(module, hidden, keys, values, position_embeddings)
+        s = s - s.amin(-1, keepdim=True)
+        s = (s / s.sum(-1, keepdim=True).clamp_min(1e-12)).mean(1)  # (B, T): this layer's vote
+        self._total = s if self._total is None else self._total + s
+        self.report.tokens_before[layer] = t
+        self.report.kv_bytes_before += keys.numel() * keys.element_size() + values.numel() * values.element_size()
+        self._pending.append(layer)
+        if len(self._pending) < self._n_layers:
+            return
+        _, floor = self._protected_floor(t, s.device)
+        idx, _ = self.select(torch.maximum(self._total, floor)[:, None], k)  # (B, 1, k)
+        for lay in self._pending:
+            self.prune_layer(cache, lay, idx.expand(-1, kvcache.get_kv(cache, lay)[0].shape[1], -1), None)
+        self._pending, self._total = [], None
