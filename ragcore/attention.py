@@ -15,6 +15,7 @@ Rerankers, context compressors, KV-cache compressors and AttnTrace all call this
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -43,7 +44,10 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 def project_queries(
-    attn: nn.Module, hidden: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor], rows: torch.Tensor
+    attn: nn.Module,
+    hidden: torch.Tensor,
+    position_embeddings: tuple[torch.Tensor, torch.Tensor],
+    rows: torch.Tensor | slice,
 ) -> torch.Tensor:
     """Rotated query states (B, H, R, D) of the given rows of ``hidden`` (the layer's normed input)."""
     n_h, _, d = _heads(attn)
@@ -67,31 +71,44 @@ def project_keys(
     return apply_rotary(k, cos, sin)
 
 
+@functools.lru_cache(maxsize=16)
+def _future(start: int, stop: int, n_keys: int, key_offset: int, device: torch.device) -> torch.Tensor:
+    """(R, T) True where key ``j`` lies after row ``r`` (rows ``start..stop``): built once, then shared by every
+    layer of a prefill (a KV compressor asks for the same rows in each layer)."""
+    rows = torch.arange(start, stop, device=device)
+    return torch.arange(n_keys, device=device)[None, :] > (rows[:, None] + key_offset)
+
+
 def rows_attention(
     attn: nn.Module,
     hidden: torch.Tensor,
     position_embeddings: tuple[torch.Tensor, torch.Tensor],
-    rows: torch.Tensor | Sequence[int],
+    rows: torch.Tensor | Sequence[int] | slice,
     keys: torch.Tensor | None = None,
     key_offset: int = 0,
 ) -> torch.Tensor:
     """Attention probabilities (B, H, R, T) in float32 that the query ``rows`` pay to every key.
 
-    ``hidden`` is the attention layer's input (after the input layer norm), (B, T, d); ``rows`` index into it.
-    ``keys`` (B, H_kv, T_k, D), rotated, default: computed from ``hidden``. Row ``r`` sees keys at positions
-    ``<= r + key_offset`` (``key_offset`` = how many cached keys precede ``hidden``).
+    ``hidden`` is the attention layer's input (after the input layer norm), (B, T, d); ``rows`` index into it
+    (a ``slice`` of consecutive rows is the fast path: no gathers, a cached causal mask). ``keys``
+    (B, H_kv, T_k, D), rotated, default: computed from ``hidden``. Row ``r`` sees keys at positions
+    ``<= r + key_offset`` (``key_offset`` = how many cached keys precede ``hidden``). Scores are computed in the
+    model's dtype and normalised in float32, as eager attention does.
     """
-    rows = torch.as_tensor(rows, device=hidden.device, dtype=torch.long)
+    if not isinstance(rows, slice):
+        rows = torch.as_tensor(rows, device=hidden.device, dtype=torch.long)
     n_h, n_kv, d = _heads(attn)
-    q = project_queries(attn, hidden, position_embeddings, rows).float()
-    k = (project_keys(attn, hidden, position_embeddings) if keys is None else keys).float()
-    k = k.repeat_interleave(n_h // n_kv, dim=1)  # grouped-query heads share keys
+    q = project_queries(attn, hidden, position_embeddings, rows)
+    k = project_keys(attn, hidden, position_embeddings) if keys is None else keys
+    k = k.to(q.dtype).repeat_interleave(n_h // n_kv, dim=1)  # grouped-query heads share keys
     scale = getattr(attn, "scaling", d**-0.5)
     scores = torch.matmul(q, k.transpose(-1, -2)) * scale
-    key_pos = torch.arange(k.shape[-2], device=hidden.device)
-    mask = key_pos[None, :] > (rows[:, None] + key_offset)
-    scores = scores.masked_fill(mask, float("-inf"))
-    return torch.softmax(scores, dim=-1)
+    if isinstance(rows, slice):
+        start, stop, _ = rows.indices(hidden.shape[1])
+        mask = _future(start, stop, k.shape[-2], key_offset, hidden.device)
+    else:
+        mask = torch.arange(k.shape[-2], device=hidden.device)[None, :] > (rows[:, None] + key_offset)
+    return torch.softmax(scores.masked_fill(mask, float("-inf")), dim=-1, dtype=torch.float32)
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:

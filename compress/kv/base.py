@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar
 
 import torch
@@ -105,13 +105,22 @@ class KVCompressor:
         self._cache_id: int | None = None
         self._done: set[int] = set()
         self._masks: dict[int, torch.Tensor] = {}
-        self._floors: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._floors: dict[tuple[int, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
         self.report = KVReport(self.label)
 
     @property
     def label(self) -> str:
-        """Name for reports (wrappers add their inner method)."""
-        return self.name
+        """Name for reports, with the options that differ from their defaults (``snapkv(window=64)``; wrappers add
+        their inner method); ``get_compressor(label)`` builds the same compressor."""
+        opts = [
+            f"{f.name}={getattr(self, f.name)!r}"
+            for f in fields(self)
+            if f.init
+            and f.name not in ("ratio", "budget", "inner")
+            and f.default is not MISSING
+            and getattr(self, f.name) != f.default
+        ]
+        return f"{self.name}({', '.join(opts)})" if opts else self.name
 
     # ---- what subclasses define --------------------------------------------------------------------------
     def score(
@@ -151,7 +160,9 @@ class KVCompressor:
     def select(
         self, scores: torch.Tensor, k: int, budgets: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Kept positions (B, H_kv, k') in original order, and a (B, H_kv, k') visibility mask or None.
+        """Kept positions (B, H_kv, k'), best first, and a (B, H_kv, k') visibility mask or None. The order of a
+        cache's entries does not matter to attention (keys were rotated at their own positions), so they are
+        not sorted back.
 
         Without ``budgets``: the top ``k`` per head. With uneven ``budgets``: the top ``max(budgets)`` per head
         are kept physically and the mask hides each head's slots beyond its own budget.
@@ -159,12 +170,10 @@ class KVCompressor:
         t = scores.shape[-1]
         kmax = k if budgets is None else int(budgets.max())
         kmax = max(1, min(kmax, t))
-        top = torch.topk(scores, kmax, dim=-1)  # descending: rank r = position in this order
-        idx, order = torch.sort(top.indices, dim=-1)
+        idx = torch.topk(scores, kmax, dim=-1).indices  # slot r holds the r-th best position
         if budgets is None or bool((budgets == kmax).all()):
             return idx, None
-        visible = torch.arange(kmax, device=scores.device)[None, None, :] < budgets[..., None]
-        return idx, torch.gather(visible, -1, order)
+        return idx, torch.arange(kmax, device=scores.device)[None, None, :] < budgets[..., None]
 
     # ---- the per-layer step --------------------------------------------------------------------------------
     @torch.no_grad()
@@ -182,22 +191,42 @@ class KVCompressor:
         k = self.n_keep(t)
         self.report.tokens_before[layer] = t
         self.report.kv_bytes_before += before
-        b, h_kv = keys.shape[:2]
+        h_kv = keys.shape[1]
         if k >= t:  # nothing to remove: leave the cache untouched
             self.report.tokens_kept[layer] = [t] * h_kv
             self.report.cache_len[layer] = t
             self.report.kv_bytes_after += before
             return
+        scores = self.checked_score(module, hidden, keys, values, position_embeddings)
+        prot, floor = self._protected_floor(t, scores.device)
+        budgets = self.head_budgets(scores, prot, k, module)
+        idx, mask = self.select(torch.maximum(scores, floor), k, budgets)
+        self.prune_layer(cache, layer, idx, None if budgets is None else True if mask is None else mask)
+
+    def checked_score(
+        self,
+        module: nn.Module,
+        hidden: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+    ) -> torch.Tensor:
+        """``score()`` as float32, its shape checked against the cache's (B, H_kv, T)."""
+        b, h_kv, t = keys.shape[:3]
         scores = self.score(module, hidden, keys, values, position_embeddings, key_offset=t - hidden.shape[1])
         scores = scores.float()
         if tuple(scores.shape) != (b, h_kv, t):
             raise RuntimeError(f"{self.name}.score returned {tuple(scores.shape)}, expected {(b, h_kv, t)}")
-        prot, floor = self._protected_floor(t, scores.device)
-        budgets = self.head_budgets(scores, prot, k, module)
-        idx, mask = self.select(torch.maximum(scores, floor), k, budgets)
+        return scores
+
+    def prune_layer(self, cache: Any, layer: int, idx: torch.Tensor, mask: torch.Tensor | bool | None) -> None:
+        """Keep positions ``idx`` (B, H_kv, k) of ``layer`` and record it in the report. ``mask`` (B, H_kv, k):
+        per-head visibility of the kept slots, ``True`` for all visible but masked like uneven layers (a head-wise
+        method: every layer then gets a mask), ``None`` for no mask."""
         kvcache.prune(cache, layer, idx)
-        if budgets is not None:  # lengths may differ between layers: every such layer gets a mask
-            mask = mask if mask is not None else torch.ones_like(idx, dtype=torch.bool)
+        h_kv = idx.shape[1]
+        if mask is not None:  # lengths may differ between layers: every such layer gets a mask
+            mask = torch.ones_like(idx, dtype=torch.bool) if mask is True else mask
             self._masks[layer] = mask
             self.report.masks_only = self.report.masks_only or not bool(mask.all())
             kept = mask.sum(-1)[0].tolist()
@@ -216,7 +245,7 @@ class KVCompressor:
     def _protected_floor(self, t: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """``protected(t)`` and its ``priority_floor``, built once per length and device (every layer of a
         prefill has the same length, so the other layers reuse them)."""
-        key = (t, str(device))
+        key = (t, device)
         if key not in self._floors:
             prot = self.protected(t, device)
             self._floors = {key: (prot, priority_floor(prot))}
@@ -298,7 +327,7 @@ class KVCompressor:
         module: nn.Module,
         hidden: torch.Tensor,
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
-        rows: torch.Tensor,
+        rows: torch.Tensor | slice,
         keys: torch.Tensor,
         key_offset: int,
     ) -> torch.Tensor:
@@ -320,7 +349,7 @@ class KVCompressor:
         t_q = hidden.shape[1]
         total = None
         for s in range(0, t_q, chunk):
-            rows = torch.arange(s, min(s + chunk, t_q), device=hidden.device)
+            rows = slice(s, min(s + chunk, t_q))
             a = self.attention(module, hidden, position_embeddings, rows, keys, key_offset)
             if weights is not None:
                 a = a * weights[rows].to(a.dtype)[None, None, :, None]
@@ -351,7 +380,7 @@ class WrapperCompressor(KVCompressor):
     @property
     def label(self) -> str:
         inner = self.inner.label if isinstance(self.inner, KVCompressor) else self.inner
-        return f"{self.name}:{inner}"
+        return f"{super().label}:{inner}"
 
     def protected(self, t: int, device: torch.device) -> torch.Tensor:
         return super().protected(t, device) | self.inner.protected(t, device)

@@ -55,7 +55,7 @@ class SnapKV(KVCompressor):
         key_offset: int = 0,
     ) -> torch.Tensor:
         t_q = hidden.shape[1]
-        rows = torch.arange(max(t_q - self.window, 0), t_q, device=hidden.device)
+        rows = slice(max(t_q - self.window, 0), t_q)
         a = self.attention(module, hidden, position_embeddings, rows, keys, key_offset)  # (B, H, w, T)
         s = group_mean(a.mean(2), _heads(module)[1])
         return pool1d(s, self.kernel_size)

@@ -27,6 +27,6 @@ class TOVA(KVCompressor):
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
         key_offset: int = 0,
     ) -> torch.Tensor:
-        rows = torch.tensor([hidden.shape[1] - 1], device=hidden.device)
+        rows = slice(hidden.shape[1] - 1, hidden.shape[1])
         a = self.attention(module, hidden, position_embeddings, rows, keys, key_offset)[:, :, 0]  # (B, H, T)
         return group_mean(a, _heads(module)[1])
