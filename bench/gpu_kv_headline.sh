@@ -6,11 +6,11 @@
 #             one best on the development slice. One process per candidate and slice; the first of each slice
 #             also runs the full cache. Further rounds: CANDIDATES="..." HEADLINE_BASELINE=0.
 #   timing    kvpress 0.5.5 side by side ALONE on the GPU (nothing else running), so prefill + compression times
-#             are comparable: snapkv, knorm, streaming_llm, expected_attention at 0.5 and 0.75, n=100; answers
+#             are comparable: snapkv, knorm, streaming_llm, expected_attention at 0.5 (TIMING_RATIOS), n=100; answers
 #             are cut at 8 tokens (the timing covers prefill + compression only).
 #   fill      the five compressors missing from the NQ top-10 and key-value matrices of the first GPU run.
 #   MODEL=/var/tmp/m/qwen2.5-0.5b.gguf RETRIEVED=/var/tmp/m/retrieved.json KVP=/var/tmp/kvp \
-#     RAGCORE_CACHE=/var/tmp/cache bench/gpu_kv_headline.sh OUTDIR STEP...
+#     RAGCORE_CACHE=/var/tmp/cache bench/gpu_kv_headline.sh OUTDIR STEP...   (STEP "a+b": a and b together)
 set -uo pipefail
 OUT=${1:?output folder}; shift
 mkdir -p "$OUT"
@@ -27,8 +27,9 @@ m() { # name, then kv_matrix arguments
     > "$OUT/$name.log" 2>&1 &
 }
 
-for step in "$@"; do
-  echo "$(date +%T) $step"
+for steps in "$@"; do  # "a+b": steps that run together
+  echo "$(date +%T) $steps"
+  for step in ${steps//+/ }; do
   case $step in
   convert)
     $PY -c "import sys; from ragcore.models import resolve; print(resolve(sys.argv[1], 'generator'))" "$MODEL" \
@@ -51,7 +52,8 @@ for step in "$@"; do
   timing)
     PYTHONPATH="$KVP:${PYTHONPATH:-}" RAGCORE_CACHE="$RAGCORE_CACHE-kvp" \
       $PY bench/kv_side_by_side.py --model "$MODEL" --device cuda --match-kept --no-progress --no-baseline \
-      --methods snapkv,knorm,streaming_llm,expected_attention --ratios 0.5,0.75 --limit 100 --max-new-tokens 8 \
+      --methods snapkv,knorm,streaming_llm,expected_attention --ratios "${TIMING_RATIOS:-0.5}" --limit 100 \
+      --max-new-tokens 8 \
       "${NQ[@]}" --out "$OUT/sxs-timing.json" > "$OUT/sxs-timing.log" 2>&1 &
     ;;
   fill)
@@ -64,6 +66,7 @@ for step in "$@"; do
     ;;
   *) echo "unknown step $step (convert, headline, timing, fill)"; exit 2 ;;
   esac
+  done
   wait
 done
 echo "$(date +%T) all done"
