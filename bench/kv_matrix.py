@@ -115,6 +115,8 @@ def merge(paths: list[str]) -> dict[str, Any]:
     if not parts:
         raise ConfigError("--merge needs at least one JSON file")
     key = ("data", "format", "model", "n", "offset", "query_aware")
+    for d in parts:
+        d.setdefault("offset", 0)  # files from before --offset existed start at the first item
     for f, d in zip(paths, parts):
         if any(d.get(k) != parts[0].get(k) for k in key):
             got = {k: d.get(k) for k in key}

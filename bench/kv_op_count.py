@@ -79,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
             f"Tensor operations dispatched by one context prefill of {a.tokens} random token ids with compression "
             f"at ratio {a.ratio} ({Path(a.model).name}, {layers} layers, CPU), ragcore against kvpress "
             "0.5.5 with kvpress's hyperparameters and kept-token count. On a GPU each is a kernel launch or "
-            "more, which is what a small model's prefill is bound by.\n\n" + table
+            "more, which is what a small model's prefill is bound by. On CPU tensors ragcore's cache adapter also "
+            "checks the pruning indices' range (a min, a max and two reads back: 4 operations per layer, counted "
+            "here), which it skips on GPUs, where each read back is a synchronisation.\n\n" + table
         )
         write_section(a.write_results, "KV compression: operations per prefill, ragcore vs kvpress", body)
     return 0

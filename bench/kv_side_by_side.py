@@ -110,7 +110,8 @@ COMMON_NOTES = [
     "integer) unless --match-kept gives ragcore kvpress's count as its budget",
     "importing kvpress wraps every transformers attention function (kvpress.attention_patch; a no-op without "
     "head-wise masks): both sides run through the same wrapped functions",
-    "theirs prefills through model.model (no LM head); ours through the causal LM with logits_to_keep=1",
+    "both prefill the context through the base model (no LM head) since commit 296f34d; runs of older code "
+    "(kv-vs-kvpress-gpu, kv-vs-kvpress-gpu-quiet-1/2) prefilled ours through the causal LM with logits_to_keep=1",
 ]
 
 

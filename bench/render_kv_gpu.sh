@@ -16,8 +16,11 @@ mkdir -p out/kv-gpu
 mx kv-headline-gpu "$RUN Headline: the strongest query-aware compressors of the n=100 matrix, at 0.5 and 0.75 on 300 questions (NQ-open, top 5)." headline-query-aware $G/head-qa.json.gz
 mx kv-nq5-query-aware-gpu "$RUN NQ-open, top 5 retrieved passages." nq5-query-aware $G/nq5-qa-a.json.gz $G/nq5-qa-b.json.gz
 mx kv-nq5-agnostic-gpu "$RUN NQ-open, top 5 retrieved passages." nq5-agnostic $G/nq5-agn-a.json.gz $G/nq5-agn-b.json.gz
-mx kv-nq10-agnostic-gpu "$RUN NQ-open, top 10 retrieved passages. $STOPPED" nq10-agnostic $G/nq10-agn-a.json.gz $G/nq10-agn-b.json.gz
-mx kv-kv75-agnostic-gpu "$RUN Key-value retrieval with 75 keys (every record fits Qwen's window). $STOPPED" kv75-agnostic $G/kv-agn-a.json.gz $G/kv-agn-b.json.gz
+FILL="a2sf, caote, random and razor come from a second H100 session the same day (\`bench/gpu_kv_headline.sh OUT fill\`, one process per compressor, code of commit 0f093d0; raw JSON in \`$G/fill/\`); adaptive was stopped before it finished a ratio."
+mx kv-nq10-agnostic-gpu "$RUN NQ-open, top 10 retrieved passages. $FILL" nq10-agnostic $G/nq10-agn-a.json.gz \
+  $G/fill/fill-nq10-{a2sf,caote,random,razor}.json.gz
+mx kv-kv75-agnostic-gpu "$RUN Key-value retrieval with 75 keys (every record fits Qwen's window). $STOPPED caote comes from a second H100 session the same day (\`bench/gpu_kv_headline.sh OUT fill\`, code of commit 0f093d0); the other four were stopped there too, to give the GPU to the headline." kv75-agnostic \
+  $G/kv-agn-a.json.gz $G/kv-agn-b.json.gz $G/fill/fill-kv75-caote.json.gz
 
 sxs() { # section, note, then the raw files
   local section=$1 note=$2; shift 2
@@ -25,6 +28,8 @@ sxs() { # section, note, then the raw files
 }
 sxs kv-vs-kvpress-gpu "Ran on one NVIDIA H100 on 2026-11-23 by \`bench/gpu_kv_matrix.sh\` (one process per method, beside 10 matrix processes on the same GPU; kvpress 0.5.5 and transformers 5.2 installed from wheels into their own site folder). Accuracy is unaffected by the sharing; the times are not a fair comparison: both sides were timed on a GPU time-sliced between 14 processes, which punishes every host-device synchronisation (see the quiet-GPU and CPU sections). Raw JSON: \`$G/sxs-*.json.gz\`." \
   $G/sxs-snapkv.json.gz $G/sxs-knorm.json.gz $G/sxs-streaming_llm.json.gz $G/sxs-expected_attention.json.gz
+sxs kv-vs-kvpress-gpu-timing "Timing on a quiet H100 (second session, 2026-11-23, code of commit 0f093d0): \`bench/gpu_kv_headline.sh OUT timing\` with TIMING_RATIOS=0.5, then 0.75, each alone on the GPU (one process, n = 100 NQ-open questions, answers cut at 8 tokens: only prefill + compression is timed here, accuracy at full length is in kv-vs-kvpress-gpu); then snapkv once more at both ratios (the third file) to see the run-to-run spread. Raw JSON: \`$G/sxs-timing-*.json.gz\`." \
+  $G/sxs-timing-0.5.json.gz $G/sxs-timing-0.75.json.gz $G/sxs-timing-snapkv-repeat.json.gz
 sxs kv-vs-kvpress-gpu-quiet-1 "Timing on a quiet H100 (2026-11-23, this process alone on the GPU): \`python3 bench/kv_side_by_side.py --model qwen2.5-0.5b.gguf --device cuda --match-kept --no-baseline --ratios 0.5 --limit 30 --k 5 --retrieved retrieved.json\`, code of commit cabce84, whose cache adapter checked the pruning indices' range with two host-device synchronisations per layer. Raw JSON: \`$G/sxs-quiet.json.gz\`." \
   $G/sxs-quiet.json.gz
 sxs kv-vs-kvpress-gpu-quiet-2 "The same right after, n = 20 (the session's device time ran out), with that range check limited to CPU tensors. Changed after this run and not yet timed on a GPU: the selection order without two argsorts per layer, and the context prefill without the LM head. Raw JSON: \`$G/sxs-quiet-fixed-prune.json.gz\`." \
@@ -32,3 +37,17 @@ sxs kv-vs-kvpress-gpu-quiet-2 "The same right after, n = 20 (the session's devic
 sxs kv-vs-kvpress-cpu "Timing on this project's 2-core CPU (no GPU), float32, n = 20, the code of commit 296f34d (selection without sorts, context prefill without the LM head; since then the protected positions are built once per prefill, not per layer): \`HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2 PYTHONPATH=\$PWD .venv-kvpress/bin/python bench/kv_side_by_side.py --model ~/.cache/ragcore/hf/qwen2.5-0.5b-<digest> --device cpu --match-kept --no-baseline --ratios 0.5 --limit 20 --k 5 --max-new-tokens 1 --retrieved out/retrieved.json --out out/sxs-cpu.json\` (one answer token: only the times count here; accuracy is in the GPU section). Raw JSON: \`docs/data/kv/sxs-cpu.json.gz\`." \
   docs/data/kv/sxs-cpu.json.gz
 PLOTS=docs/data/kv mx kv-chunk-cpu "A first check of the chunk wrapper on this project's 2-core CPU (float32, n = 50, query-aware, NQ-open top 5): \`HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2 .venv/bin/python bench/kv_matrix.py --model qwen2.5-0.5b --device cpu --query-aware --compressors snapkv,chunk:snapkv --ratios 0.5 --limit 50 --batch-size 5 --retrieved out/retrieved.json --out out/chunk-exp.json\`. Too few questions to decide anything; the 300-question GPU run is next. Raw JSON: \`docs/data/kv/chunk-cpu.json.gz\`." chunk-cpu docs/data/kv/chunk-cpu.json.gz
+
+# the headline chosen on a development slice (bench/gpu_kv_headline.sh, second H100 session of 2026-11-23)
+R1="snapkv layers_snapkv chunk_snapkv layers_chunk_snapkv caote_snapkv adaptive_snapkv"
+R2="snapkv chunk_snapkv chunk_chunk_size_5__snapkv chunk_chunk_size_20__snapkv chunk_share_heads_False__snapkv"
+R2="$R2 chunk_caote_snapkv chunk_snapkv_window_64_ snapkv_kernel_size_15_"
+files() { local dir=$1 slice=$2; shift 2; for c in "$@"; do echo "$G/$dir/$slice-$c.json.gz"; done; }
+# shellcheck disable=SC2046,SC2086
+$PY bench/kv_headline.py --dev $(files headline-r2 dev $R2) --head $(files headline-r2 head $R2) \
+  --baseline $G/headline-r1/dev-snapkv.json.gz $G/headline-r1/head-snapkv.json.gz --write-results kv-headline-select-gpu \
+  --note "Ran on one NVIDIA H100 on 2026-11-23 with \`CANDIDATES='snapkv chunk:snapkv chunk(chunk_size=5):snapkv chunk(chunk_size=20):snapkv chunk(share_heads=False):snapkv chunk:caote:snapkv chunk:snapkv(window=64) snapkv(kernel_size=15)' HEADLINE_BASELINE=0 bench/gpu_kv_headline.sh OUT headline\` (second round, code of commit 0f093d0: selection without sort, window scores in bf16 with a float32 softmax), 16 processes sharing the GPU beside 10 others; the full-cache runs come from the first round (\`$G/headline-r1/\`; the uncompressed path did not change). chunk = ChunkKV (chunks of 10 tokens, shared by a layer's heads unless share_heads=False) around SnapKV. Raw JSON: \`$G/headline-r2/\`, one file per candidate and slice."
+# shellcheck disable=SC2046,SC2086
+$PY bench/kv_headline.py --title "headline selection, first round" --dev $(files headline-r1 dev $R1) \
+  --head $(files headline-r1 head $R1) --write-results kv-headline-select-gpu-r1 \
+  --note "First round, the same day and GPU: \`bench/gpu_kv_headline.sh OUT convert headline\` with its default candidates, 12 processes on the GPU, code of commit 3618217 (kept positions sorted, window scores in float32). layers = one selection shared by every layer (compress/kv/layers.py), caote = value-aware correction, adaptive = AdaKV head budgets. The second round (section above) reran snapkv and chunk:snapkv on the current code. Raw JSON: \`$G/headline-r1/\`."

@@ -492,3 +492,8 @@ def test_load_items_offset(smol):
         load_items(smol, data, offset=3, max_tokens=320, max_new_tokens=6, progress=False)
     with pytest.raises(ConfigError, match="--offset must be a non-negative integer, got -1"):
         load_items(smol, data, offset=-1, progress=False)
+
+
+def test_label_leaves_out_calibrated_state():
+    comp = get_compressor("razor(top_frac=0.2)", ratio=0.5, retrieval_heads={0: [1]})
+    assert comp.label == "razor(top_frac=0.2)"

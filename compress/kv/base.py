@@ -111,13 +111,15 @@ class KVCompressor:
     @property
     def label(self) -> str:
         """Name for reports, with the options that differ from their defaults (``snapkv(window=64)``; wrappers add
-        their inner method); ``get_compressor(label)`` builds the same compressor."""
+        their inner method); ``get_compressor(label)`` builds the same compressor. Fields whose metadata says
+        ``label=False`` (state a calibration fills in) are left out."""
         opts = [
             f"{f.name}={getattr(self, f.name)!r}"
             for f in fields(self)
             if f.init
             and f.name not in ("ratio", "budget", "inner")
             and f.default is not MISSING
+            and f.metadata.get("label", True)
             and getattr(self, f.name) != f.default
         ]
         return f"{self.name}({', '.join(opts)})" if opts else self.name

@@ -8,6 +8,11 @@ prefill it selects once and prunes every layer to the same positions.
 
 Until the last layer is prefilled the layers hold their full cache, so the prefill's peak memory is that of an
 uncompressed prefill; per-layer methods free each layer's surplus as they go.
+
+Measured (docs/RESULTS.md, kv-headline-select-gpu-r1; Qwen2.5-0.5B, NQ-open top 5, query-aware): sharing one
+selection across layers loses far more than letting each layer choose (layers:snapkv -11 points at ratio 0.5
+against snapkv's -5): layers attend to different tokens, and a common choice starves each of what it reads.
+Kept as a measured negative result and as a baseline for layer-wise methods.
 """
 
 from __future__ import annotations

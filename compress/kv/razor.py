@@ -15,7 +15,7 @@ shrinks only for layers without retrieval heads.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -34,7 +34,7 @@ class Razor(KVCompressor):
     top_frac: float = 0.15
     n_calib_tokens: int = 64
     seed: int = 0
-    retrieval_heads: dict[int, list[int]] | None = None
+    retrieval_heads: dict[int, list[int]] | None = field(default=None, metadata={"label": False})  # or calibrated
     name: ClassVar[str] = "razor"
 
     def __post_init__(self) -> None:
