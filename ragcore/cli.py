@@ -158,7 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dump-retrieved", default=None, help="retrieval: write each question's hybrid top 20 ids")
     sp.add_argument("--retrieved", default=None, help="qa, kv: take the top k from a --dump-retrieved file")
     sp.add_argument("--max-new-tokens", type=int, default=None, help="default 32 (kv: 64 for key-value files)")
-    sp.add_argument("--compressor", default="none", help="kv: KV-cache compressor name, 'wrapper:inner', or none")
+    sp.add_argument(
+        "--compressor",
+        default="none",
+        help="kv: KV-cache compressor: a name, 'wrapper:inner', options as 'chunk(chunk_size=5):snapkv', or none",
+    )
     sp.add_argument("--ratio", type=float, default=0.5, help="kv: fraction of the context's KV cache removed")
     sp.add_argument("--k", type=int, default=5, help="kv: passages retrieved per NQ question")
     sp.add_argument("--max-tokens", type=int, default=None, help="kv: prompt + answer token limit (cuts records)")

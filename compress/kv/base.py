@@ -199,8 +199,22 @@ class KVCompressor:
             self.report.cache_len[layer] = t
             self.report.kv_bytes_after += before
             return
+        self.keep(module, hidden, position_embeddings, cache, layer, k)
+
+    def keep(
+        self,
+        module: nn.Module,
+        hidden: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        cache: Any,
+        layer: int,
+        k: int,
+    ) -> None:
+        """Choose the ``k`` positions per head that ``layer`` keeps and prune it (``prune_layer``); a selection
+        across layers (``layers:``) overrides this."""
+        keys, values = kvcache.get_kv(cache, layer)
         scores = self.checked_score(module, hidden, keys, values, position_embeddings)
-        prot, floor = self._protected_floor(t, scores.device)
+        prot, floor = self._protected_floor(keys.shape[-2], scores.device)
         budgets = self.head_budgets(scores, prot, k, module)
         idx, mask = self.select(torch.maximum(scores, floor), k, budgets)
         self.prune_layer(cache, layer, idx, None if budgets is None else True if mask is None else mask)

@@ -47,31 +47,24 @@ class LayerShared(WrapperCompressor):
         super()._start(cache)
         self._pending, self._total = [], None
 
-    @torch.no_grad()
-    def compress_layer(
+    def keep(
         self,
         module: nn.Module,
         hidden: torch.Tensor,
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
         cache: Any,
         layer: int,
+        k: int,
     ) -> None:
         keys, values = kvcache.get_kv(cache, layer)
-        t = keys.shape[-2]
-        k = self.n_keep(t)
-        if k >= t:  # nothing to remove: the base records the layer as it is
-            super().compress_layer(module, hidden, position_embeddings, cache, layer)
-            return
         s = self.checked_score(module, hidden, keys, values, position_embeddings)
         s = s - s.amin(-1, keepdim=True)
         s = (s / s.sum(-1, keepdim=True).clamp_min(1e-12)).mean(1)  # (B, T): this layer's vote
         self._total = s if self._total is None else self._total + s
-        self.report.tokens_before[layer] = t
-        self.report.kv_bytes_before += keys.numel() * keys.element_size() + values.numel() * values.element_size()
         self._pending.append(layer)
         if len(self._pending) < self._n_layers:
             return
-        _, floor = self._protected_floor(t, s.device)
+        _, floor = self._protected_floor(keys.shape[-2], s.device)
         idx, _ = self.select(torch.maximum(self._total, floor)[:, None], k)  # (B, 1, k)
         for lay in self._pending:
             self.prune_layer(cache, lay, idx.expand(-1, kvcache.get_kv(cache, lay)[0].shape[1], -1), None)
