@@ -217,7 +217,9 @@ class KVCompressor:
         prot, floor = self._protected_floor(keys.shape[-2], scores.device)
         budgets = self.head_budgets(scores, prot, k, module)
         idx, mask = self.select(torch.maximum(scores, floor), k, budgets)
-        self.prune_layer(cache, layer, idx, None if budgets is None else True if mask is None else mask)
+        if budgets is not None and mask is None:  # head-wise budgets, even here: every layer of them gets a mask
+            mask = torch.ones_like(idx, dtype=torch.bool)
+        self.prune_layer(cache, layer, idx, mask)
 
     def checked_score(
         self,
@@ -235,14 +237,12 @@ class KVCompressor:
             raise RuntimeError(f"{self.name}.score returned {tuple(scores.shape)}, expected {(b, h_kv, t)}")
         return scores
 
-    def prune_layer(self, cache: Any, layer: int, idx: torch.Tensor, mask: torch.Tensor | bool | None) -> None:
-        """Keep positions ``idx`` (B, H_kv, k) of ``layer`` and record it in the report. ``mask`` (B, H_kv, k):
-        per-head visibility of the kept slots, ``True`` for all visible but masked like uneven layers (a head-wise
-        method: every layer then gets a mask), ``None`` for no mask."""
+    def prune_layer(self, cache: Any, layer: int, idx: torch.Tensor, mask: torch.Tensor | None) -> None:
+        """Keep positions ``idx`` (B, H_kv, k) of ``layer`` and record it in the report; ``mask`` (B, H_kv, k) is
+        the per-head visibility of the kept slots (head-wise budgets), ``None`` for all visible."""
         kvcache.prune(cache, layer, idx)
         h_kv = idx.shape[1]
-        if mask is not None:  # lengths may differ between layers: every such layer gets a mask
-            mask = torch.ones_like(idx, dtype=torch.bool) if mask is True else mask
+        if mask is not None:
             self._masks[layer] = mask
             self.report.masks_only = self.report.masks_only or not bool(mask.all())
             kept = mask.sum(-1)[0].tolist()
