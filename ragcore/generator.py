@@ -267,6 +267,7 @@ class Generator:
         else:
             t0 = time.perf_counter()
             report = hooks.enter_context(compressor.apply(model))
+            compressor.for_prompt(prompt)
             split = n if query_aware else _question_start(prompt)
             if split < n:  # the context alone: its logits are not needed, so the base model (no LM head) runs
                 getattr(model, model.base_model_prefix, model)(

@@ -497,3 +497,49 @@ def test_load_items_offset(smol):
 def test_label_leaves_out_calibrated_state():
     comp = get_compressor("razor(top_frac=0.2)", ratio=0.5, retrieval_heads={0: [1]})
     assert comp.label == "razor(top_frac=0.2)"
+
+
+def test_passages_rank_whole_parts_first():
+    """Every token of a better part (passage or the stretch between passages) outranks every token of a worse one;
+    inside a part the inner scores decide; without the prompt's parts the inner order stands."""
+
+    class Fixed(KVCompressor):
+        def score(self, module, hidden, keys, values, position_embeddings, key_offset=0):
+            return torch.tensor([[[5.0, 0, 1, 1, 1, 0, 3, 0, 0, 0, 2, 1], [5.0, 0, 1, 1, 1, 0, 3, 0, 0, 0, 2, 1]]])
+
+    class FakePrompt:
+        def passage_spans(self):
+            return [(2, 5), (5, 10)]  # parts: [0, 2) [2, 5) [5, 10) [10, 12)
+
+    comp = get_compressor("passages", inner=Fixed())
+    assert torch.equal(comp.score(None, None, None, None, None), Fixed().score(None, None, None, None, None))
+    comp.for_prompt(FakePrompt())
+    s = comp.score(None, None, None, None, None)
+    assert s.shape == (1, 2, 12) and torch.equal(s[0, 0], s[0, 1])
+    idx, _ = KVCompressor.select(None, s, 5)
+    # part means: [0,2) 2.5, [2,5) 1.0, [5,10) 0.6, [10,12) 1.5 -> [0,2) and [10,12) whole, then [2,5)'s best token
+    assert sorted(idx[0, 0].tolist()[:4]) == [0, 1, 10, 11] and idx[0, 0, 4] in (2, 3, 4)
+    assert s[0, 0, 6] < s[0, 0, 2]  # position 6 scores 3, but its part ranks below [2, 5)
+
+
+def test_passages_keep_whole_passages_in_generation(smol, chunks):
+    """Through Generator, passages:snapkv keeps whole prompt parts: at most two are cut (the one the budget ends
+    in, and the last, where the protected window sits); token-level snapkv cuts most of them."""
+    prompt = smol.prompt("What colour are bananas?", chunks[:4])
+    spans = prompt.passage_spans()
+    starts = sorted({0, *(a for a, _ in spans), *(b for _, b in spans), len(prompt)})
+    cut = {}
+    for name in ("passages:snapkv", "snapkv"):
+        comp = get_compressor(name, ratio=0.5)
+        kept = {}
+        orig = comp.prune_layer
+
+        def prune_layer(cache, layer, idx, mask, orig=orig, kept=kept):
+            kept[layer] = set(idx[0, 0].tolist())
+            orig(cache, layer, idx, mask)
+
+        comp.prune_layer = prune_layer
+        smol.generate(prompt, config=GenerationConfig(max_new_tokens=2), compressor=comp, query_aware=True)
+        parts = list(zip(starts, starts[1:]))
+        cut[name] = max(sum(0 < len(kept[ly] & set(range(a, b))) < b - a for a, b in parts) for ly in kept)
+    assert cut["passages:snapkv"] <= 2 < cut["snapkv"], cut

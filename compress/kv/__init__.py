@@ -1,7 +1,7 @@
 """KV-cache compression: score cached tokens per head after prefill, keep the best, free the rest.
 
 ``COMPRESSORS`` maps names to classes; ``get_compressor("snapkv", ratio=0.5)`` builds one, and
-``"caote:h2o"`` / ``"adaptive:tova"`` / ``"chunk:snapkv"`` / ``"layers:snapkv"`` wrap an inner method, and options go
+``"caote:h2o"`` / ``"adaptive:tova"`` / ``"chunk:snapkv"`` / ``"layers:snapkv"`` / ``"passages:snapkv"`` wrap an inner method, and options go
 in brackets after a name: ``"chunk(chunk_size=20):snapkv(window=64)"``. Use with ``Generator.generate(...,
 compressor=...)`` or directly: ``with compressor.apply(model) as report: model(...)``.
 """
@@ -21,6 +21,7 @@ from compress.kv.expected_attention import ExpectedAttention
 from compress.kv.h2o import H2O
 from compress.kv.knorm import KNorm
 from compress.kv.layers import LayerShared
+from compress.kv.passages import PassageKV
 from compress.kv.random_press import RandomPress
 from compress.kv.razor import Razor
 from compress.kv.snapkv import SnapKV
@@ -42,11 +43,12 @@ COMPRESSORS: dict[str, type[KVCompressor]] = {
         AdaKV,
         ChunkKV,
         LayerShared,
+        PassageKV,
         Razor,
         RandomPress,
     )
 }
-WRAPPERS = ("caote", "adaptive", "chunk", "layers")
+WRAPPERS = ("caote", "adaptive", "chunk", "layers", "passages")
 _SPEC = re.compile(r"\s*([a-z_0-9]+)\s*(?:\((.*)\))?\s*", re.S)
 
 

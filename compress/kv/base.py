@@ -337,6 +337,10 @@ class KVCompressor:
     def prepare(self, model: nn.Module) -> None:
         """Called on entering ``apply`` (e.g. calibration); default: nothing."""
 
+    def for_prompt(self, prompt: Any) -> None:
+        """Told the ``ragcore.prompt.Prompt`` about to be prefilled (its named token spans), by ``Generator`` right
+        before the prefill; default: nothing. Methods that select whole parts of a prompt override this."""
+
     # ---- helpers for subclasses ----------------------------------------------------------------------------
     @staticmethod
     def attention(
@@ -404,6 +408,9 @@ class WrapperCompressor(KVCompressor):
     def prepare(self, model: nn.Module) -> None:
         self.inner._model = model
         self.inner.prepare(model)
+
+    def for_prompt(self, prompt: Any) -> None:
+        self.inner.for_prompt(prompt)
 
     def score(
         self,
