@@ -521,6 +521,17 @@ def test_passages_rank_whole_parts_first():
     assert sorted(idx[0, 0].tolist()[:4]) == [0, 1, 10, 11] and idx[0, 0, 4] in (2, 3, 4)
     assert s[0, 0, 6] < s[0, 0, 2]  # position 6 scores 3, but its part ranks below [2, 5)
 
+    class QuietQuestion(KVCompressor):  # the stretch after the last passage gets no attention at all
+        def score(self, module, hidden, keys, values, position_embeddings, key_offset=0):
+            return torch.tensor([[[5.0, 0, 1, 1, 1, 0, 3, 0, 0, 0, 0, 0]]])
+
+    for rest_first in (False, True):
+        c = get_compressor(f"passages(rest_first={rest_first})", inner=QuietQuestion())
+        c.for_prompt(FakePrompt())
+        r = c.score(None, None, None, None, None)[0, 0]
+        assert (r[[10, 11]].min() > r[2:10].max()) == rest_first  # the question stretch above every passage
+        assert r[6] < r[2]  # passages keep their order among themselves
+
 
 def test_passages_keep_whole_passages_in_generation(smol, chunks):
     """Through Generator, passages:snapkv keeps whole prompt parts: at most two are cut (the one the budget ends

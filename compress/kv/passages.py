@@ -7,6 +7,9 @@ of a better part comes before every token of a worse one. Within a part, and in 
 the inner scores decide. So a budget of a few hundred tokens keeps the passages the question reads most whole,
 instead of the scattered tokens of all of them (ChunkKV's argument, at the scale of passages).
 
+With ``rest_first`` the stretches between passages (instruction, question, chat template) rank above every
+passage, so only passages are ever cut.
+
 The parts come from the ``Prompt`` that ``Generator`` hands to ``for_prompt`` before the prefill. Without one (a
 bare ``apply`` on token ids) the inner scores are used as they are.
 """
@@ -24,16 +27,19 @@ from compress.kv.base import WrapperCompressor
 
 @dataclass
 class PassageKV(WrapperCompressor):
+    rest_first: bool = False
     name: ClassVar[str] = "passages"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self._starts: list[int] = []
+        self._passage_starts: set[int] = set()
 
     def for_prompt(self, prompt: Any) -> None:
         super().for_prompt(prompt)
         spans = prompt.passage_spans() if hasattr(prompt, "passage_spans") else []
         self._starts = sorted({0, *(a for a, _ in spans), *(b for _, b in spans)})
+        self._passage_starts = {a for a, _ in spans}
 
     def score(
         self,
@@ -54,5 +60,8 @@ class PassageKV(WrapperCompressor):
         part = torch.bucketize(torch.arange(t, device=s.device), torch.tensor(starts, device=s.device), right=True) - 1
         n = len(starts)
         mean = torch.zeros(b, n, device=s.device).index_add_(1, part, s) / torch.bincount(part, minlength=n)
+        if self.rest_first:  # every stretch between passages above every passage (means are <= 1)
+            rest = torch.tensor([x not in self._passage_starts for x in starts], device=s.device)
+            mean = mean + 2 * rest
         rank = mean.argsort(-1).argsort(-1).float()  # 0 = the worst part
         return (s + 2 * rank.gather(1, part.expand(b, t)))[:, None].expand(b, h, t)  # rank steps of 2 > any s
