@@ -57,9 +57,12 @@ for steps in "$@"; do  # "a+b": steps that run together
       "${NQ[@]}" --out "$OUT/sxs-timing.json" > "$OUT/sxs-timing.log" 2>&1 &
     ;;
   fill)
-    for c in a2sf caote adaptive razor random; do  # the first run's nq10-agn-a / kv-agn-a hold the full cache
+    # the first run's nq10-agn-a / kv-agn-a hold the full cache; FILL_NQ10 / FILL_KV75 narrow the lists
+    for c in ${FILL_NQ10-a2sf caote adaptive razor random}; do
       m "fill-nq10-$c" --compressors "$c" --ratios 0.25,0.5,0.75,0.9 --limit 100 --no-baseline --k 10 \
         --retrieved "$RETRIEVED"
+    done
+    for c in ${FILL_KV75-a2sf caote adaptive razor random}; do
       m "fill-kv75-$c" --compressors "$c" --ratios 0.25,0.5,0.75,0.9 --limit 100 --no-baseline \
         --data eval/data/kv_retrieval_75_keys.jsonl.gz
     done
