@@ -17,7 +17,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from compress.kv.base import KVCompressor, WrapperCompressor
+from compress.kv.base import KVCompressor, WrapperCompressor, as_distribution
 from ragcore.errors import ConfigError
 
 
@@ -39,8 +39,7 @@ class AdaKV(WrapperCompressor):
 
     def head_budgets(self, scores: torch.Tensor, protected: torch.Tensor, k: int, module: nn.Module) -> torch.Tensor:
         b, h, t = scores.shape
-        s = scores - scores.amin(-1, keepdim=True)  # comparable across heads: shift to >= 0, normalise to sum 1
-        s = s / s.sum(-1, keepdim=True).clamp_min(1e-12)
+        s = as_distribution(scores)  # comparable across heads
         s = s.masked_fill(protected, float("inf"))  # protected tokens come first
         floor = min(int(self.safeguard * k), k)
         if floor:

@@ -64,6 +64,12 @@ def group_mean(x: torch.Tensor, n_kv: int) -> torch.Tensor:
     return x.view(b, n_kv, h // n_kv, *x.shape[2:]).mean(2)
 
 
+def as_distribution(scores: torch.Tensor) -> torch.Tensor:
+    """Each head's scores (..., T) shifted to >= 0 and normalised to sum 1, so heads (and layers) compare."""
+    s = scores - scores.amin(-1, keepdim=True)
+    return s / s.sum(-1, keepdim=True).clamp_min(1e-12)
+
+
 def priority_floor(protected: torch.Tensor) -> torch.Tensor:
     """Per position, the least selection key: above any score (1e30 and up, the most recent highest) where the
     position is protected, -inf elsewhere. ``max(scores, floor)`` is then the selection order: protected

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compress.kv.base import WrapperCompressor
+from compress.kv.base import WrapperCompressor, as_distribution
 from ragcore.errors import ConfigError
 
 
@@ -42,8 +42,7 @@ class ChunkKV(WrapperCompressor):
         s = self.inner.score(module, hidden, keys, values, position_embeddings, key_offset).float()
         b, h, t = s.shape
         if self.share_heads:
-            s = s - s.amin(-1, keepdim=True)  # per head: shift to >= 0 and normalise before averaging heads
-            s = (s / s.sum(-1, keepdim=True).clamp_min(1e-12)).mean(1, keepdim=True)
+            s = as_distribution(s).mean(1, keepdim=True)  # per head a distribution, then averaged over heads
         c = self.chunk_size
         n = -(-t // c)
         total = F.pad(s, (0, n * c - t)).view(s.shape[0], s.shape[1], n, c).sum(-1)

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from compress.kv.base import WrapperCompressor
+from compress.kv.base import WrapperCompressor, as_distribution
 from ragcore import cache as kvcache
 from ragcore.attention import decoder_layers
 
@@ -58,8 +58,7 @@ class LayerShared(WrapperCompressor):
     ) -> None:
         keys, values = kvcache.get_kv(cache, layer)
         s = self.checked_score(module, hidden, keys, values, position_embeddings)
-        s = s - s.amin(-1, keepdim=True)
-        s = (s / s.sum(-1, keepdim=True).clamp_min(1e-12)).mean(1)  # (B, T): this layer's vote
+        s = as_distribution(s).mean(1)  # (B, T): this layer's vote
         self._total = s if self._total is None else self._total + s
         self._pending.append(layer)
         if len(self._pending) < self._n_layers:

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from compress.kv.base import WrapperCompressor
+from compress.kv.base import WrapperCompressor, as_distribution
 
 
 @dataclass
@@ -55,8 +55,7 @@ class PassageKV(WrapperCompressor):
         starts = [x for x in self._starts if x < t]
         if len(starts) < 2:  # no prompt parts known: the inner method's order
             return s
-        s = s - s.amin(-1, keepdim=True)
-        s = (s / s.sum(-1, keepdim=True).clamp_min(1e-12)).mean(1)  # (B, T), each token <= 1
+        s = as_distribution(s).mean(1)  # (B, T), each token <= 1
         part = torch.bucketize(torch.arange(t, device=s.device), torch.tensor(starts, device=s.device), right=True) - 1
         n = len(starts)
         mean = torch.zeros(b, n, device=s.device).index_add_(1, part, s) / torch.bincount(part, minlength=n)
