@@ -34,9 +34,9 @@ for steps in "$@"; do  # "a+b": steps that run together
   convert)
     $PY -c "import sys; from ragcore.models import resolve; print(resolve(sys.argv[1], 'generator'))" "$MODEL" \
       > "$OUT/convert.log" 2>&1 &
-    PYTHONPATH="$KVP:${PYTHONPATH:-}" RAGCORE_CACHE="$RAGCORE_CACHE-kvp" \
+    [ -d "$KVP" ] && PYTHONPATH="$KVP:${PYTHONPATH:-}" RAGCORE_CACHE="$RAGCORE_CACHE-kvp" \
       $PY -c "import sys; from ragcore.models import resolve; print(resolve(sys.argv[1], 'generator'))" "$MODEL" \
-      > "$OUT/convert-kvp.log" 2>&1 &
+      > "$OUT/convert-kvp.log" 2>&1 &  # KVP absent: ragcore's runs only
     ;;
   headline)
     for slice in dev:300 head:0; do

@@ -141,10 +141,14 @@ def test_matrix(tiny, name, spec):
             assert all(x in (k, T) for x in kept)
         elif name == "adaptive":  # the layer's total budget, spread unevenly
             assert sum(kept) == k * n_kv and phys == max(kept)
+        elif name in ("global", "retrieval"):  # the whole cache's budget, spread over layers and heads
+            assert phys == max(kept)
         else:
             assert kept == [k] * n_kv and phys == k
+    if name in ("global", "retrieval"):  # (retrieval: up to rounding, one entry per head)
+        assert abs(sum(sum(v) for v in rep.tokens_kept.values()) - k * n_kv * 2) <= 2 * n_kv
     if rep.masks_only:
-        assert name in ("adaptive", "razor")
+        assert name in ("adaptive", "global", "razor", "retrieval")
         assert rep.kv_bytes_after <= full
     else:
         assert rep.kv_bytes_after == full * k // T
@@ -369,6 +373,100 @@ def test_layers_share_one_selection(tiny_llama):
     assert rep.tokens_kept == {0: [32, 32], 1: [32, 32]} and not rep.masks_only
 
 
+def test_pyramid_budgets_fall_with_depth(tiny_llama, smol):
+    """pyramid:snapkv keeps more in the first layer than in the last, the inner window protected in both, with the
+    uniform mean budget; each layer keeps what snapkv with that layer's budget keeps; caches of unequal lengths
+    per layer still decode, alone and in a batch."""
+    picked: dict[str, dict[int, torch.Tensor]] = {}
+
+    def recording(comp, key):
+        orig = comp.prune_layer
+
+        def prune_layer(cache, layer, idx, mask):
+            picked.setdefault(key, {})[layer] = idx.clone()
+            orig(cache, layer, idx, mask)
+
+        comp.prune_layer = prune_layer
+        return comp
+
+    ids = _ids(T)
+    comp = recording(get_compressor("pyramid:snapkv(window=4)", ratio=0.5), "pyramid")
+    cache, rep = _prefill(tiny_llama, comp, ids)
+    # mean budget 32 = 4 protected + 28 shared out as 28 * (2 - 1/20) = 55 and 28 / 20 = 1
+    assert rep.tokens_kept == {0: [59, 59], 1: [5, 5]} and rep.cache_len == {0: 59, 1: 5}
+    assert rep.kv_bytes_after == kvcache.bytes_per_token(cache) * 32 and not rep.masks_only
+    for layer, k in ((0, 59), (1, 5)):
+        _prefill(tiny_llama, recording(get_compressor("snapkv(window=4)", budget=k), f"snapkv{k}"), ids)
+        got, ref = picked["pyramid"][layer], picked[f"snapkv{k}"][layer]
+        assert torch.equal(got.sort(-1).values, ref.sort(-1).values)
+        assert set(range(T - 4, T)) <= set(got[0, 0].tolist())
+    g = _tiny_generator(tiny_llama, smol.tokenizer)
+    prompts = [Prompt("", _ids(t + Q, seed=t), {"question": (t, t + Q)}) for t in (T, T - 9)]
+    cfg = GenerationConfig(max_new_tokens=6)
+    one = [g.generate(p, config=cfg, compressor=comp) for p in prompts]
+    assert one[0].stats["kv_bytes"] < one[0].stats["kv_bytes_full"]
+    many = g.generate_batch(prompts, config=cfg, compressor=comp)
+    assert [x.token_ids for x in many] == [x.token_ids for x in one] and _no_hooks(tiny_llama)
+
+
+def test_global_budget_moves_to_the_dispersed_layer(tiny_llama, smol):
+    """global: one pool of L x H_kv x k entries: a layer whose scores are spread out takes budget from a layer whose
+    scores sit on a few tokens; every head keeps its safeguard; the caches (unequal per layer) still decode."""
+    from dataclasses import dataclass
+
+    @dataclass
+    class ByLayer(KVCompressor):
+        def score(self, module, hidden, keys, values, position_embeddings, key_offset=0):
+            t = keys.shape[-2]
+            g = torch.Generator().manual_seed(module.layer_idx)
+            s = torch.rand(1, keys.shape[1], t, generator=g)
+            return s**8 if module.layer_idx == 0 else 1 + s  # layer 0: mass on a few tokens; layer 1: spread
+
+    comp = get_compressor("global", inner=ByLayer(), ratio=0.5)
+    cache, rep = _prefill(tiny_llama, comp, _ids(T))
+    kept = rep.tokens_kept
+    assert sum(kept[0]) + sum(kept[1]) == 32 * 2 * 2 and sum(kept[1]) > sum(kept[0]) + 20
+    assert min(kept[0] + kept[1]) >= int(0.2 * 32) and rep.masks_only
+    assert rep.cache_len == {0: max(kept[0]), 1: max(kept[1])}
+    g = _tiny_generator(tiny_llama, smol.tokenizer)
+    prompts = [Prompt("", _ids(t + Q, seed=t), {"question": (t, t + Q)}) for t in (T, T - 9)]
+    cfg = GenerationConfig(max_new_tokens=6)
+    one = [g.generate(p, config=cfg, compressor=comp).token_ids for p in prompts]
+    many = g.generate_batch(prompts, config=cfg, compressor=comp)
+    assert [x.token_ids for x in many] == one and _no_hooks(tiny_llama)
+
+
+def test_retrieval_heads_get_more_at_the_same_total(tiny_llama, smol):
+    """retrieval: the named retrieval head keeps boost x k of the inner method's best tokens, the other heads share
+    what is left of the uniform total; calibration (razor's) runs when no heads are given."""
+    picked: dict[str, dict[int, torch.Tensor]] = {}
+
+    def recording(comp, key):
+        orig = comp.prune_layer
+
+        def prune_layer(cache, layer, idx, mask):
+            picked.setdefault(key, {})[layer] = (idx.clone(), None if mask is None else mask.clone())
+            orig(cache, layer, idx, mask)
+
+        comp.prune_layer = prune_layer
+        return comp
+
+    ids = _ids(T)
+    comp = recording(get_compressor("retrieval(boost=1.5):snapkv(window=4)", ratio=0.5, retrieval_heads={0: [1]}), "r")
+    assert comp.label == "retrieval(boost=1.5):snapkv(window=4)"
+    _, rep = _prefill(tiny_llama, comp, ids)
+    assert rep.tokens_kept == {0: [27, 48], 1: [27, 27]} and rep.masks_only  # 48 + 3 x 27 = 4 x 32 + 1
+    _prefill(tiny_llama, recording(get_compressor("snapkv(window=4)", budget=48), "s"), ids)
+    idx, mask = picked["r"][0]
+    boosted = set(idx[0, 1][mask[0, 1]].tolist())
+    assert boosted == set(picked["s"][0][0][0, 1].tolist())  # the inner method's top 48 of that head
+    cal = get_compressor("retrieval:snapkv", ratio=0.5)
+    smol.generate(smol.prompt("What colour are bananas?"), config=GenerationConfig(max_new_tokens=2), compressor=cal)
+    n = sum(len(v) for v in cal.retrieval_heads.values())
+    total = smol.model.config.num_hidden_layers * smol.model.config.num_key_value_heads
+    assert n == round(0.15 * total) and _no_hooks(smol.model)
+
+
 def test_options_in_names_and_labels():
     c = get_compressor("chunk(chunk_size=20):snapkv(window=64, kernel_size=7)", ratio=0.5)
     assert (c.chunk_size, c.inner.window, c.inner.kernel_size, c.ratio) == (20, 64, 7, 0.5)
@@ -397,6 +495,8 @@ def test_options_in_names_and_labels():
         ("snapkv", {"kernel_size": 4}, "4"),
         ("a2sf", {"forgetting": 1.2}, "1.2"),
         ("adaptive", {"safeguard": 2.0}, "2.0"),
+        ("pyramid", {"beta": 0.5}, "got 0.5"),
+        ("retrieval", {"boost": 0.9}, "got 0.9"),
         ("razor", {"top_frac": 7}, "7"),
         ("random", {"seed": "x"}, "'x'"),
         ("streaming_llm", {"n_sink": -1}, "-1"),
@@ -409,8 +509,8 @@ def test_bad_params(name, kw, quoted):
 
 
 def test_bad_names():
-    with pytest.raises(ConfigError, match="'pyramid'.*options: streaming_llm, snapkv"):
-        get_compressor("pyramid")
+    with pytest.raises(ConfigError, match="'quokka'.*options: streaming_llm, snapkv"):
+        get_compressor("quokka")
     with pytest.raises(ConfigError, match="attention-based.*options:"):
         get_compressor("caote:knorm")
     with pytest.raises(ConfigError, match="'knorm' takes no inner"):
@@ -466,8 +566,8 @@ def test_cli_eval_kv_errors(tmp_path, capsys):
     from ragcore.cli import main
 
     base = ["eval", "kv", "--data", "tests/data/kv_small.jsonl.gz", "--model", "smollm2-135m", "--limit", "1"]
-    assert main([*base, "--compressor", "pyramid"]) == 2
-    assert "'pyramid'" in capsys.readouterr().err
+    assert main([*base, "--compressor", "quokka"]) == 2
+    assert "'quokka'" in capsys.readouterr().err
     assert main([*base, "--compressor", "snapkv", "--ratio", "1.5"]) == 2
     assert "1.5" in capsys.readouterr().err
     assert main([*base, "--compressor", "snapkv", "--batch-size", "0"]) == 2

@@ -1,7 +1,7 @@
 """KV-cache compression: score cached tokens per head after prefill, keep the best, free the rest.
 
 ``COMPRESSORS`` maps names to classes; ``get_compressor("snapkv", ratio=0.5)`` builds one, and
-``"caote:h2o"`` / ``"adaptive:tova"`` / ``"chunk:snapkv"`` / ``"layers:snapkv"`` / ``"passages:snapkv"`` wrap an inner method, and options go
+``"caote:h2o"`` / ``"adaptive:tova"`` / ``"chunk:snapkv"`` / ``"layers:snapkv"`` / ``"passages:snapkv"`` / ``"pyramid:snapkv"`` / ``"global:snapkv"`` / ``"retrieval:snapkv"`` wrap an inner method, and options go
 in brackets after a name: ``"chunk(chunk_size=20):snapkv(window=64)"``. Use with ``Generator.generate(...,
 compressor=...)`` or directly: ``with compressor.apply(model) as report: model(...)``.
 """
@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 from compress.kv.a2sf import A2SF
-from compress.kv.adaptive import AdaKV
+from compress.kv.adaptive import AdaKV, GlobalAdaKV
 from compress.kv.base import KVCompressor, KVReport
 from compress.kv.caote import CAOTE
 from compress.kv.chunk import ChunkKV
@@ -22,8 +22,10 @@ from compress.kv.h2o import H2O
 from compress.kv.knorm import KNorm
 from compress.kv.layers import LayerShared
 from compress.kv.passages import PassageKV
+from compress.kv.pyramid import PyramidKV
 from compress.kv.random_press import RandomPress
 from compress.kv.razor import Razor
+from compress.kv.retrieval import RetrievalHeads
 from compress.kv.snapkv import SnapKV
 from compress.kv.streaming_llm import StreamingLLM
 from compress.kv.tova import TOVA
@@ -41,14 +43,17 @@ COMPRESSORS: dict[str, type[KVCompressor]] = {
         A2SF,
         CAOTE,
         AdaKV,
+        GlobalAdaKV,
         ChunkKV,
         LayerShared,
         PassageKV,
+        PyramidKV,
         Razor,
+        RetrievalHeads,
         RandomPress,
     )
 }
-WRAPPERS = ("caote", "adaptive", "chunk", "layers", "passages")
+WRAPPERS = ("caote", "adaptive", "global", "chunk", "layers", "passages", "pyramid", "retrieval")
 _SPEC = re.compile(r"\s*([a-z_0-9]+)\s*(?:\((.*)\))?\s*", re.S)
 
 

@@ -12,12 +12,14 @@ The budgets differ per head, so the cache keeps ``max_h k_h`` slots per head and
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from compress.kv.base import KVCompressor, WrapperCompressor, as_distribution
+from ragcore import cache as kvcache
+from ragcore.attention import decoder_layers
 from ragcore.errors import ConfigError
 
 
@@ -49,3 +51,50 @@ class AdaKV(WrapperCompressor):
         return torch.bincount(
             (chosen // t + torch.arange(b, device=s.device)[:, None] * h).flatten(), minlength=b * h
         ).view(b, h)
+
+
+@dataclass
+class GlobalAdaKV(AdaKV):
+    """AdaKV's allocation over the whole cache: one pool of ``L x H_kv x k`` entries shared by every layer and head
+    (the budget moves between layers too, as CAKE and PyramidKV argue it should, but measured per prompt rather
+    than fixed). Each head keeps at least ``safeguard * k`` of its best tokens. Each layer is scored as it is
+    prefilled; the selection waits for the last layer, so until then the prefill holds the full cache (as
+    ``layers:`` does). Layers end up with caches of different lengths and heads with uneven budgets, enforced by
+    masks (``masks_only`` in the report when uneven)."""
+
+    name: ClassVar[str] = "global"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._n_layers = 0
+        self._pending: list[tuple[int, torch.Tensor]] = []
+
+    def prepare(self, model: nn.Module) -> None:
+        super().prepare(model)
+        self._n_layers = len(decoder_layers(model))
+
+    def _start(self, cache: Any) -> None:
+        super()._start(cache)
+        self._pending = []
+
+    def keep(
+        self,
+        module: nn.Module,
+        hidden: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        cache: Any,
+        layer: int,
+        k: int,
+    ) -> None:
+        keys, values = kvcache.get_kv(cache, layer)
+        self._pending.append((layer, self.checked_score(module, hidden, keys, values, position_embeddings)))
+        if len(self._pending) < self._n_layers:
+            return
+        scores = torch.cat([s for _, s in self._pending], dim=1)  # (B, L x H_kv, T): every head of every layer
+        prot, floor = self._protected_floor(keys.shape[-2], scores.device)
+        budgets = self.head_budgets(scores, prot, k, module)
+        h = keys.shape[1]
+        for i, (lay, s) in enumerate(self._pending):
+            idx, mask = self.select(torch.maximum(s, floor), k, budgets[:, i * h : (i + 1) * h])
+            self.prune_layer(cache, lay, idx, torch.ones_like(idx, dtype=torch.bool) if mask is None else mask)
+        self._pending = []

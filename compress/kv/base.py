@@ -183,6 +183,11 @@ class KVCompressor:
             return idx, None
         return idx, torch.arange(kmax, device=scores.device)[None, None, :] < budgets[..., None]
 
+    def layer_keep(self, k: int, t: int, layer: int) -> int:
+        """Tokens per head that ``layer`` keeps, given the mean budget ``k`` of ``t``; budgets across layers
+        (``pyramid``) override this."""
+        return k
+
     # ---- the per-layer step --------------------------------------------------------------------------------
     @torch.no_grad()
     def compress_layer(
@@ -196,7 +201,7 @@ class KVCompressor:
         keys, values = kvcache.get_kv(cache, layer)
         t = keys.shape[-2]
         before = keys.numel() * keys.element_size() + values.numel() * values.element_size()
-        k = self.n_keep(t)
+        k = self.layer_keep(self.n_keep(t), t, layer)
         self.report.tokens_before[layer] = t
         self.report.kv_bytes_before += before
         h_kv = keys.shape[1]

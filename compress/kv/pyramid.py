@@ -1,0 +1,57 @@
+"""PyramidKV (Cai et al., 2024): a layer-wise budget, large in the lower layers and small in the upper ones.
+
+Lower layers spread their attention over the whole context while upper layers concentrate it on few tokens
+("pyramidal information funneling"), so the same mean budget serves better when it shrinks with depth. The
+budget beyond the inner method's protected tokens (SnapKV's observation window, sinks) falls linearly from the
+first layer to the last, from ``2 * b - b / beta`` to ``b / beta`` where ``b`` is the mean; the protected tokens
+are added to every layer, so the mean over layers stays the uniform budget (up to rounding, and lower where the
+first layers' share exceeds the prompt). Tokens are chosen within each layer by the inner method.
+
+Layers then hold caches of different lengths, while transformers builds one attention mask from the first
+layer's length for tokens fed together after the prefill (the question, in question-agnostic use); so every layer
+records an all-visible mask and the base class's pre-hook passes each layer a mask of its own length (the report
+keeps ``masks_only=False``: nothing is hidden).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from compress.kv.base import WrapperCompressor
+from ragcore.attention import decoder_layers
+from ragcore.errors import ConfigError
+
+
+@dataclass
+class PyramidKV(WrapperCompressor):
+    beta: float = 20.0
+    name: ClassVar[str] = "pyramid"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.beta, bool) or not isinstance(self.beta, (int, float)) or self.beta < 1:
+            raise ConfigError(f"beta must be a number >= 1 (top layer keeps 1/beta of the mean), got {self.beta!r}")
+        self.attention_based = self.inner.attention_based
+        self._n_layers = 0
+
+    def prepare(self, model: nn.Module) -> None:
+        super().prepare(model)
+        self._n_layers = len(decoder_layers(model))
+
+    def layer_keep(self, k: int, t: int, layer: int) -> int:
+        n = self._n_layers
+        if n < 2 or k >= t:
+            return k
+        fixed = min(int(self.protected(t, torch.device("cpu")).sum()), k)
+        free = k - fixed  # the mean budget beyond the protected tokens
+        low = free / self.beta
+        high = 2 * free - low
+        share = high - (high - low) * layer / (n - 1)
+        return max(1, min(t, fixed + round(share)))
+
+    def prune_layer(self, cache: Any, layer: int, idx: torch.Tensor, mask: torch.Tensor | None) -> None:
+        super().prune_layer(cache, layer, idx, torch.ones_like(idx, dtype=torch.bool) if mask is None else mask)

@@ -1,0 +1,60 @@
+"""Retrieval heads get more (DuoAttention, Xiao et al., 2024; RazorAttention, Tang et al., 2024), at the same total.
+
+Copying a name or a date out of the context is the work of a few retrieval heads (induction and copying heads);
+the other heads mostly read nearby and structural tokens. Losses under heavy compression look like failed copies
+("Walter Damros" for "Walter Damrosch"), so this wrapper gives the retrieval heads found by ``razor``'s calibration
+(the top ``top_frac`` of key/value heads) ``boost`` times the uniform budget, and the other heads what is left of
+the same total (``L x H_kv x k`` entries); every head chooses its tokens by the inner method's scores. Unlike
+``razor`` (full cache for retrieval heads on top of the budget), the mean budget stays the uniform one.
+
+Budgets differ per head, so layers with a retrieval head keep padded slots hidden by masks (``masks_only``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from compress.kv.base import WrapperCompressor
+from compress.kv.razor import Razor
+from ragcore.attention import _heads, decoder_layers
+from ragcore.errors import ConfigError
+
+
+@dataclass
+class RetrievalHeads(WrapperCompressor):
+    top_frac: float = 0.15
+    boost: float = 2.0
+    retrieval_heads: dict[int, list[int]] | None = field(default=None, metadata={"label": False})  # or calibrated
+    name: ClassVar[str] = "retrieval"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.boost, bool) or not isinstance(self.boost, (int, float)) or self.boost < 1:
+            raise ConfigError(f"boost must be a number >= 1 (times the uniform budget), got {self.boost!r}")
+        if isinstance(self.top_frac, bool) or not isinstance(self.top_frac, (int, float)) or not 0 <= self.top_frac < 1:
+            raise ConfigError(f"top_frac must be in [0, 1), got {self.top_frac!r}")
+        self.attention_based = self.inner.attention_based
+        self._n_heads = 0  # key/value heads of the whole model
+
+    def prepare(self, model: nn.Module) -> None:
+        super().prepare(model)
+        layers = decoder_layers(model)
+        self._n_heads = len(layers) * _heads(layers[0].self_attn)[1]
+        if self.retrieval_heads is None:
+            self.retrieval_heads = Razor(top_frac=self.top_frac).calibrate(model)
+
+    def head_budgets(self, scores: torch.Tensor, protected: torch.Tensor, k: int, module: nn.Module) -> torch.Tensor:
+        b, h, t = scores.shape
+        heads = self.retrieval_heads or {}
+        n_ret = sum(len(v) for v in heads.values())
+        k_ret = min(t, round(self.boost * k))
+        rest = self._n_heads - n_ret
+        k_other = k if rest <= 0 else max(1, min(t, round((self._n_heads * k - n_ret * k_ret) / rest)))
+        budgets = torch.full((b, h), k_other, dtype=torch.long, device=scores.device)
+        for head in heads.get(int(module.layer_idx), []):
+            budgets[:, head] = k_ret
+        return budgets
