@@ -108,7 +108,8 @@ def run_matrix(
 
 def merge(paths: list[str]) -> dict[str, Any]:
     """One matrix from several runs of the same data, model, n and mode (e.g. compressors split over processes):
-    the full-cache baseline of the first file that has one is kept, the others' are dropped."""
+    the full-cache baseline of the first file that has one is kept, the others' are dropped; a compressor and ratio
+    run again in a later file (a rerun, a fill) keeps its place and takes the later run."""
     from results import read_json
 
     parts = [read_json(f) for f in paths]
@@ -125,8 +126,10 @@ def merge(paths: list[str]) -> dict[str, Any]:
     runs = next((f for f in full if f), None)
     if runs is None:
         raise ConfigError(f"no full-cache ('none') run in any of {paths}: run one file without --no-baseline")
+    rows: dict[tuple[str, float], dict[str, Any]] = {}  # a later file's run of the same cell replaces an earlier one
     for d in parts:
-        runs += [r for r in d["runs"] if r["compressor"] != "none"]
+        rows.update({(r["compressor"], r["ratio"]): r for r in d["runs"] if r["compressor"] != "none"})
+    runs += list(rows.values())
     names = list(dict.fromkeys(r["compressor"] for r in runs if r["compressor"] != "none"))
     ratios = sorted({r["ratio"] for r in runs})
     complete = all(d.get("complete", False) for d in parts)
