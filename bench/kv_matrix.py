@@ -165,7 +165,9 @@ def plot(result: dict[str, Any], path: str | Path) -> Path:
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
     base = next((r for r in result["runs"] if r["compressor"] == "none"), None)  # --no-baseline: none
     if base is not None:
-        ax.axhline(base["accuracy"], color="grey", linestyle=":", label=f"no compression (±{base['accuracy_ci95']:.2f})")
+        ax.axhline(
+            base["accuracy"], color="grey", linestyle=":", label=f"no compression (±{base['accuracy_ci95']:.2f})"
+        )
     ax.set_xlabel("fraction of the context's KV cache removed")
     ax.set_ylabel("accuracy")
     mode = "query-aware" if result["query_aware"] else "question-agnostic"
