@@ -467,6 +467,25 @@ def test_retrieval_heads_get_more_at_the_same_total(tiny_llama, smol):
     assert n == round(0.15 * total) and _no_hooks(smol.model)
 
 
+def test_retrieval_heads_from_a_score_file(tiny_llama, tmp_path):
+    """scores=PATH (bench/kv_heads.py's JSON) picks the top_frac best heads of the file; a missing file or one of
+    another model's shape is a ConfigError that quotes the path."""
+    import json
+
+    f = tmp_path / "heads.json"
+    f.write_text(json.dumps({"scores": [[0.1, 0.2], [0.9, 0.3]]}))
+    comp = get_compressor(f"retrieval(scores={str(f)!r}, top_frac=0.25, boost=1.5):snapkv(window=4)", ratio=0.5)
+    _, rep = _prefill(tiny_llama, comp, _ids(T))
+    assert comp.retrieval_heads == {1: [0]} and rep.tokens_kept == {0: [27, 27], 1: [48, 27]}
+    assert comp.label.startswith("retrieval(top_frac=0.25, boost=1.5, scores=")  # files tell variants apart
+    f.write_text(json.dumps({"scores": [[0.1, 0.2, 0.3]]}))
+    with pytest.raises(ConfigError, match=r"scores \(1, 3\).*has \(2, 2\)"):
+        _prefill(tiny_llama, get_compressor(f"retrieval(scores={str(f)!r}):snapkv", ratio=0.5), _ids(T))
+    with pytest.raises(ConfigError, match="no head-score file at '/nowhere.json'"):
+        _prefill(tiny_llama, get_compressor("retrieval(scores='/nowhere.json'):snapkv", ratio=0.5), _ids(T))
+    assert _no_hooks(tiny_llama)
+
+
 def test_options_in_names_and_labels():
     c = get_compressor("chunk(chunk_size=20):snapkv(window=64, kernel_size=7)", ratio=0.5)
     assert (c.chunk_size, c.inner.window, c.inner.kernel_size, c.ratio) == (20, 64, 7, 0.5)

@@ -3,7 +3,9 @@
 Copying a name or a date out of the context is the work of a few retrieval heads (induction and copying heads);
 the other heads mostly read nearby and structural tokens. Losses under heavy compression look like failed copies
 ("Walter Damros" for "Walter Damrosch"), so this wrapper gives the retrieval heads found by ``razor``'s calibration
-(the top ``top_frac`` of key/value heads) ``boost`` times the uniform budget, and the other heads what is left of
+(the top ``top_frac`` of key/value heads), or the best of a head-score file measured on the task
+(``scores=``, made by ``bench/kv_heads.py``: attention that correct answers' tokens pay to their copies in the
+passages), ``boost`` times the uniform budget, and the other heads what is left of
 the same total (``L x H_kv x k`` entries); every head chooses its tokens by the inner method's scores. Unlike
 ``razor`` (full cache for retrieval heads on top of the budget), the mean budget stays the uniform one.
 
@@ -12,7 +14,9 @@ Budgets differ per head, so layers with a retrieval head keep padded slots hidde
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -28,6 +32,7 @@ from ragcore.errors import ConfigError
 class RetrievalHeads(WrapperCompressor):
     top_frac: float = 0.15
     boost: float = 2.0
+    scores: str | None = None  # JSON of per-head copy scores from bench/kv_heads.py; None: razor's calibration
     retrieval_heads: dict[int, list[int]] | None = field(default=None, metadata={"label": False})  # or calibrated
     name: ClassVar[str] = "retrieval"
 
@@ -45,7 +50,31 @@ class RetrievalHeads(WrapperCompressor):
         layers = decoder_layers(model)
         self._n_heads = len(layers) * _heads(layers[0].self_attn)[1]
         if self.retrieval_heads is None:
-            self.retrieval_heads = Razor(top_frac=self.top_frac).calibrate(model)
+            if self.scores is None:
+                self.retrieval_heads = Razor(top_frac=self.top_frac).calibrate(model)
+            else:
+                self.retrieval_heads = self.heads_from_scores(len(layers), _heads(layers[0].self_attn)[1])
+
+    def heads_from_scores(self, n_layers: int, n_kv: int) -> dict[int, list[int]]:
+        """The top ``top_frac`` (layer, key/value head) pairs of the ``scores`` file, checked against the model."""
+        path = Path(str(self.scores))
+        try:
+            table = torch.tensor(json.loads(path.read_text())["scores"], dtype=torch.float32)
+        except FileNotFoundError:
+            raise ConfigError(
+                f"retrieval: no head-score file at {str(path)!r} (make one with bench/kv_heads.py)"
+            ) from None
+        except (ValueError, KeyError, TypeError) as e:
+            raise ConfigError(f"retrieval: {str(path)!r} is not a head-score file of bench/kv_heads.py: {e}") from None
+        if tuple(table.shape) != (n_layers, n_kv):
+            raise ConfigError(
+                f"retrieval: {str(path)!r} scores {tuple(table.shape)} (layers, kv heads); the model has {(n_layers, n_kv)}"
+            )
+        n_pick = round(self.top_frac * table.numel())
+        heads: dict[int, list[int]] = {}
+        for f in torch.topk(table.flatten(), n_pick).indices.tolist() if n_pick else []:
+            heads.setdefault(f // n_kv, []).append(f % n_kv)
+        return {k: sorted(v) for k, v in sorted(heads.items())}
 
     def head_budgets(self, scores: torch.Tensor, protected: torch.Tensor, k: int, module: nn.Module) -> torch.Tensor:
         b, h, t = scores.shape
