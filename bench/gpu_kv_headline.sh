@@ -4,7 +4,7 @@
 #   headline  the query-aware headline chosen without peeking: every candidate at 0.5 and 0.75 on a development
 #             slice (questions 301-600) and on the headline's questions (1-300); the compressor named best is the
 #             one best on the development slice. One process per candidate and slice; the first of each slice
-#             also runs the full cache. Further rounds: CANDIDATES="..." HEADLINE_BASELINE=0.
+#             also runs the full cache. Further rounds: CANDIDATES="..." HEADLINE_BASELINE=0 (HEADLINE_RATIOS=0.75).
 #   timing    kvpress 0.5.5 side by side ALONE on the GPU (nothing else running), so prefill + compression times
 #             are comparable: snapkv, knorm, streaming_llm, expected_attention at 0.5 (TIMING_RATIOS), n=100; answers
 #             are cut at 8 tokens (the timing covers prefill + compression only).
@@ -43,7 +43,7 @@ for steps in "$@"; do  # "a+b": steps that run together
       base=""  # HEADLINE_BASELINE=0: a later round of candidates, merged with a round that ran the full cache
       [ "${HEADLINE_BASELINE:-1}" = 1 ] || base=--no-baseline
       for c in $CANDIDATES; do
-        m "${slice%%:*}-$(echo "$c" | tr ':()=,' '_____')" --query-aware --compressors "$c" --ratios 0.5,0.75 \
+        m "${slice%%:*}-$(echo "$c" | tr ':()=,' '_____')" --query-aware --compressors "$c" --ratios "${HEADLINE_RATIOS:-0.5,0.75}" \
           --limit 300 --offset "${slice##*:}" $base "${NQ[@]}"
         base=--no-baseline
       done

@@ -64,7 +64,10 @@ def copy_scores(gen: Generator, items: list, max_new_tokens: int, batch_size: in
     if total is None:
         raise SystemExit("kv_heads: error: no answer token was found in its prompt; use more questions")
     n_kv = _heads(decoder_layers(model)[0].self_attn)[1]
-    return group_mean((total / rows_used)[None], n_kv)[0], right, rows_used
+    per_kv = group_mean((total / rows_used).T[None], n_kv)[0].T  # (L, H) -> (L, H_kv): mean over each group
+    if tuple(per_kv.shape) != (total.shape[0], n_kv):
+        raise RuntimeError(f"kv_heads: scores of shape {tuple(per_kv.shape)}, expected {(total.shape[0], n_kv)}")
+    return per_kv, right, rows_used
 
 
 def main(argv: list[str] | None = None) -> int:
