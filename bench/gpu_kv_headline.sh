@@ -43,7 +43,7 @@ for steps in "$@"; do  # "a+b": steps that run together
       base=""  # HEADLINE_BASELINE=0: a later round of candidates, merged with a round that ran the full cache
       [ "${HEADLINE_BASELINE:-1}" = 1 ] || base=--no-baseline
       for c in $CANDIDATES; do
-        m "${slice%%:*}-$(echo "$c" | tr ':()=,' '_____')" --query-aware --compressors "$c" --ratios "${HEADLINE_RATIOS:-0.5,0.75}" \
+        m "${slice%%:*}-$(echo "$c" | tr ":()=,/' " '________')" --query-aware --compressors "$c" --ratios "${HEADLINE_RATIOS:-0.5,0.75}" \
           --limit 300 --offset "${slice##*:}" $base "${NQ[@]}"
         base=--no-baseline
       done
