@@ -17,9 +17,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from compress.kv.base import KVCompressor, WrapperCompressor, as_distribution
+from compress.kv.base import CrossLayer, KVCompressor, WrapperCompressor, as_distribution
 from ragcore import cache as kvcache
-from ragcore.attention import decoder_layers
 from ragcore.errors import ConfigError
 
 
@@ -54,7 +53,7 @@ class AdaKV(WrapperCompressor):
 
 
 @dataclass
-class GlobalAdaKV(AdaKV):
+class GlobalAdaKV(CrossLayer, AdaKV):
     """AdaKV's allocation over the whole cache: one pool of ``L x H_kv x k`` entries shared by every layer and head
     (the budget moves between layers too, as CAKE and PyramidKV argue it should, but measured per prompt rather
     than fixed). Each head keeps at least ``safeguard * k`` of its best tokens. Each layer is scored as it is
@@ -63,19 +62,6 @@ class GlobalAdaKV(AdaKV):
     masks (``masks_only`` in the report when uneven)."""
 
     name: ClassVar[str] = "global"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self._n_layers = 0
-        self._pending: list[tuple[int, torch.Tensor]] = []
-
-    def prepare(self, model: nn.Module) -> None:
-        super().prepare(model)
-        self._n_layers = len(decoder_layers(model))
-
-    def _start(self, cache: Any) -> None:
-        super()._start(cache)
-        self._pending = []
 
     def keep(
         self,
@@ -87,14 +73,13 @@ class GlobalAdaKV(AdaKV):
         k: int,
     ) -> None:
         keys, values = kvcache.get_kv(cache, layer)
-        self._pending.append((layer, self.checked_score(module, hidden, keys, values, position_embeddings)))
-        if len(self._pending) < self._n_layers:
+        pending = self.gather(layer, self.checked_score(module, hidden, keys, values, position_embeddings))
+        if pending is None:
             return
-        scores = torch.cat([s for _, s in self._pending], dim=1)  # (B, L x H_kv, T): every head of every layer
+        scores = torch.cat([s for _, s in pending], dim=1)  # (B, L x H_kv, T): every head of every layer
         prot, floor = self._protected_floor(keys.shape[-2], scores.device)
         budgets = self.head_budgets(scores, prot, k, module)
         h = keys.shape[1]
-        for i, (lay, s) in enumerate(self._pending):
+        for i, (lay, s) in enumerate(pending):
             idx, mask = self.select(torch.maximum(s, floor), k, budgets[:, i * h : (i + 1) * h])
             self.prune_layer(cache, lay, idx, torch.ones_like(idx, dtype=torch.bool) if mask is None else mask)
-        self._pending = []

@@ -433,3 +433,28 @@ class WrapperCompressor(KVCompressor):
         key_offset: int = 0,
     ) -> torch.Tensor:
         return self.inner.score(module, hidden, keys, values, position_embeddings, key_offset)
+
+
+class CrossLayer:
+    """Mixin for selections that need every layer's scores before pruning any (``layers:``, ``global:``): ``gather``
+    holds each layer's entry until the prefill's last layer has been scored, then hands all of them over. Until
+    then the layers keep their full cache, so the prefill's peak memory is that of an uncompressed one."""
+
+    _n_layers: int = 0
+
+    def prepare(self, model: nn.Module) -> None:
+        super().prepare(model)  # type: ignore[misc]
+        self._n_layers = len(decoder_layers(model))
+        self._pending: list[tuple[int, Any]] = []
+
+    def _start(self, cache: Any) -> None:
+        super()._start(cache)  # type: ignore[misc]
+        self._pending = []
+
+    def gather(self, layer: int, entry: Any) -> list[tuple[int, Any]] | None:
+        """Hold ``(layer, entry)``; after the last layer, all held pairs in layer order (and forget them)."""
+        self._pending.append((layer, entry))
+        if len(self._pending) < self._n_layers:
+            return None
+        out, self._pending = self._pending, []
+        return out

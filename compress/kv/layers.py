@@ -23,29 +23,17 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from compress.kv.base import WrapperCompressor, as_distribution
+from compress.kv.base import CrossLayer, WrapperCompressor, as_distribution
 from ragcore import cache as kvcache
-from ragcore.attention import decoder_layers
 
 
 @dataclass
-class LayerShared(WrapperCompressor):
+class LayerShared(CrossLayer, WrapperCompressor):
     name: ClassVar[str] = "layers"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.attention_based = self.inner.attention_based
-        self._n_layers = 0
-        self._pending: list[int] = []
-        self._total: torch.Tensor | None = None
-
-    def prepare(self, model: nn.Module) -> None:
-        super().prepare(model)
-        self._n_layers = len(decoder_layers(model))
-
-    def _start(self, cache: Any) -> None:
-        super()._start(cache)
-        self._pending, self._total = [], None
 
     def keep(
         self,
@@ -58,13 +46,11 @@ class LayerShared(WrapperCompressor):
     ) -> None:
         keys, values = kvcache.get_kv(cache, layer)
         s = self.checked_score(module, hidden, keys, values, position_embeddings)
-        s = as_distribution(s).mean(1)  # (B, T): this layer's vote
-        self._total = s if self._total is None else self._total + s
-        self._pending.append(layer)
-        if len(self._pending) < self._n_layers:
+        pending = self.gather(layer, as_distribution(s).mean(1))  # (B, T): this layer's vote
+        if pending is None:
             return
-        _, floor = self._protected_floor(keys.shape[-2], s.device)
-        idx, _ = self.select(torch.maximum(self._total, floor)[:, None], k)  # (B, 1, k)
-        for lay in self._pending:
+        total = torch.stack([v for _, v in pending]).sum(0)
+        _, floor = self._protected_floor(keys.shape[-2], total.device)
+        idx, _ = self.select(torch.maximum(total, floor)[:, None], k)  # (B, 1, k)
+        for lay, _ in pending:
             self.prune_layer(cache, lay, idx.expand(-1, kvcache.get_kv(cache, lay)[0].shape[1], -1), None)
-        self._pending, self._total = [], None
