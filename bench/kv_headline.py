@@ -58,7 +58,8 @@ def render(dev: tuple, head: tuple) -> str:
         f"the headline slice (questions {head_desc['offset'] + 1}-{head_desc['offset'] + head_desc['n']}); "
         f"{Path(head_desc['model']).name}, NQ-open top {head_desc['k']}, "
         f"{'query-aware' if head_desc['query_aware'] else 'question-agnostic'}. Changes are paired, in accuracy "
-        "points (x100), with their 95% intervals.",
+        "points (x100), with their 95% intervals. KV bytes are those held after compression (per-head budgets keep "
+        "padded slots hidden by masks, so they can exceed 1 - ratio).",
         "",
     ]
     verdicts = []
@@ -73,14 +74,15 @@ def render(dev: tuple, head: tuple) -> str:
         lines += [
             f"Ratio {ratio}:",
             "",
-            "| compressor | dev: change | headline: accuracy | headline: change | chosen on dev |",
-            "|---|---|---|---|---|",
+            "| compressor | dev: change | headline: accuracy | headline: change | headline: kv bytes / full | chosen on dev |",
+            "|---|---|---|---|---|---|",
         ]
         for d, ci, name, h, hd in sorted(rows, key=lambda x: -x[0]):
             acc = f"{h['accuracy']:.3f}" if h else "not run"
             change = f"{100 * hd[0]:+.1f} ± {100 * hd[1]:.1f}" if hd else ""
             mark = "**chosen**" if name == best[2] else ""
-            lines.append(f"| {name} | {100 * d:+.1f} ± {100 * ci:.1f} | {acc} | {change} | {mark} |")
+            held = f"{h['kv_bytes'] / h['kv_bytes_full']:.3f}" if h else ""  # bytes held, padded slots included
+            lines.append(f"| {name} | {100 * d:+.1f} ± {100 * ci:.1f} | {acc} | {change} | {held} | {mark} |")
         lines.append("")
         if best[4] is not None and ratio in TARGETS:
             ok = -best[4][0] <= TARGETS[ratio] + 1e-9
