@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kv_side_by_side import METHODS, import_peer, ours_kwargs  # noqa: E402
 
 from compress.kv import get_compressor  # noqa: E402
+from ragcore import cache as kvcache  # noqa: E402
 from ragcore.cache import new_cache  # noqa: E402
 from ragcore.models import load_generator  # noqa: E402
 
@@ -45,7 +46,7 @@ class _Count(TorchDispatchMode):
 def count(model: torch.nn.Module, ids: torch.Tensor, ctx: contextlib.AbstractContextManager) -> int:
     c = _Count()
     with ctx, c:
-        model.model(input_ids=ids, past_key_values=new_cache(model.config), use_cache=True)
+        kvcache.call(model.model, new_cache(model.config), input_ids=ids, use_cache=True)
     return c.n
 
 

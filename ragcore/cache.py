@@ -1,12 +1,16 @@
 """The one adapter over transformers' KV cache API.
 
 transformers 5.x ``DynamicCache`` holds one layer object per decoder layer with ``.keys``/``.values`` tensors
-(B, H_kv, T, D); 4.x held two lists ``key_cache``/``value_cache``. Everything else in ragcore reads and
-writes caches through the small functions here, so a change of that API is fixed in one place.
+(B, H_kv, T, D); 4.x held two lists ``key_cache``/``value_cache``. transformers 5.24 renamed the keyword that
+carries the cache from ``past_key_values`` to ``cache`` (models and attention layers alike; the old name is
+deprecated until 5.40). Everything else in ragcore reads and writes caches, and passes them to a model,
+through the small functions here, so a change of that API is fixed in one place.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Any
 
 import torch
@@ -22,6 +26,22 @@ def new_cache(config: Any, layers: list[tuple[torch.Tensor, torch.Tensor]] | Non
     for i, (k, v) in enumerate(layers or []):
         cache.update(k, v, i)
     return cache
+
+
+@functools.cache
+def _cache_keyword(cls: type) -> str:
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
+
+
+def call(model: Any, cache: Any, **kwargs: Any) -> Any:
+    """``model(**kwargs)`` with ``cache`` passed under the keyword this transformers version's ``model`` takes."""
+    return model(**kwargs, **{_cache_keyword(type(model)): cache})
+
+
+def from_call(kwargs: dict[str, Any]) -> Any:
+    """The cache an attention layer was called with (``kwargs`` of a forward hook), or None."""
+    cache = kwargs.get("cache")
+    return cache if cache is not None else kwargs.get("past_key_values")
 
 
 def n_layers(cache: Any) -> int:

@@ -263,18 +263,18 @@ class Generator:
         report = None
         stats: dict[str, Any] = {}
         if compressor is None:
-            logits = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+            logits = kvcache.call(model, cache, input_ids=ids, use_cache=True, logits_to_keep=1).logits[:, -1]
         else:
             t0 = time.perf_counter()
             report = hooks.enter_context(compressor.apply(model))
             compressor.for_prompt(prompt)
             split = n if query_aware else _question_start(prompt)
             if split < n:  # the context alone: its logits are not needed, so the base model (no LM head) runs
-                getattr(model, model.base_model_prefix, model)(
-                    input_ids=ids[:, :split], past_key_values=cache, use_cache=True
+                kvcache.call(
+                    getattr(model, model.base_model_prefix, model), cache, input_ids=ids[:, :split], use_cache=True
                 )
             else:
-                logits = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+                logits = kvcache.call(model, cache, input_ids=ids, use_cache=True, logits_to_keep=1).logits[:, -1]
             _sync(dev)
             stats["context_prefill_s"] = time.perf_counter() - t0  # prefill + compression, before the question
             if split < n:  # the question, on the compressed cache, at its absolute positions
@@ -328,9 +328,10 @@ class Generator:
                     logits = _step(model, torch.tensor([[tok]], device=dev), cache, n + step)
                     continue
                 pos = torch.tensor([[n + step]], device=dev)
-                logits = model(
+                logits = kvcache.call(
+                    model,
+                    cache,
                     input_ids=torch.tensor([[tok]], device=dev),
-                    past_key_values=cache,
                     position_ids=pos,
                     cache_position=pos[0],
                     use_cache=True,
@@ -398,9 +399,10 @@ class _BatchedCache:
     def step(self, toks: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Feed one token per row (B, 1) at absolute ``positions`` (B,); the next-token logits (B, V)."""
         slot = kvcache.seq_len(self.cache, 0)
-        return self.model(
+        return kvcache.call(
+            self.model,
+            self.cache,
             input_ids=toks,
-            past_key_values=self.cache,
             position_ids=positions[:, None],
             cache_position=torch.tensor([slot], device=toks.device),
             use_cache=True,
@@ -420,9 +422,10 @@ def _step(model: PreTrainedModel, ids: torch.Tensor, cache: Any, first_pos: int)
     q = ids.shape[1]
     slot = kvcache.seq_len(cache, 0)
     pos = torch.arange(first_pos, first_pos + q, device=ids.device)[None]
-    return model(
+    return kvcache.call(
+        model,
+        cache,
         input_ids=ids,
-        past_key_values=cache,
         position_ids=pos,
         cache_position=torch.arange(slot, slot + q, device=ids.device),
         use_cache=True,

@@ -287,7 +287,7 @@ class KVCompressor:
         self.report.reset(self.label)
 
     def _post_hook(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-        cache = kwargs.get("past_key_values")
+        cache = kvcache.from_call(kwargs)
         hidden = kwargs.get("hidden_states", args[0] if args else None)
         pe = kwargs.get("position_embeddings")
         if cache is None or hidden is None or pe is None:
@@ -301,7 +301,7 @@ class KVCompressor:
         self.compress_layer(module, hidden, pe, cache, layer)
 
     def _pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-        cache = kwargs.get("past_key_values")
+        cache = kvcache.from_call(kwargs)
         layer = module.layer_idx
         if cache is None or id(cache) != self._cache_id or layer not in self._masks:
             return None
