@@ -5,6 +5,7 @@ import torch
 import transformers
 
 from compress.kv import COMPRESSORS, KVCompressor, get_compressor
+from compress.kv.snapkv import pool1d
 from ragcore import cache as kvcache
 from ragcore.attention import decoder_layers
 from ragcore.errors import ConfigError
@@ -73,7 +74,7 @@ def _no_hooks(model) -> bool:
 def _prefill(model, comp: KVCompressor, ids: torch.Tensor):
     cache = transformers.DynamicCache(config=model.config)
     with torch.inference_mode(), comp.apply(model) as rep:
-        model(input_ids=ids, past_key_values=cache, use_cache=True)
+        kvcache.call(model, cache, input_ids=ids, use_cache=True)
         logits = _step(model, _ids(Q, seed=2), cache, ids.shape[1])  # question on the compressed cache
         assert torch.isfinite(logits).all()
         assert not _no_hooks(model)
@@ -86,7 +87,7 @@ def _prefill(model, comp: KVCompressor, ids: torch.Tensor):
 def test_cache_adapter_prune_and_bytes(tiny_llama):
     cache = transformers.DynamicCache(config=tiny_llama.config)
     with torch.inference_mode():
-        tiny_llama(input_ids=_ids(20), past_key_values=cache, use_cache=True)
+        kvcache.call(tiny_llama, cache, input_ids=_ids(20), use_cache=True)
     assert kvcache.n_layers(cache) == 2 and kvcache.seq_len(cache, 1) == 20
     k, v = kvcache.get_kv(cache, 0)
     full = kvcache.kv_bytes(cache)
@@ -172,7 +173,7 @@ def test_failing_score_still_removes_hooks(tiny_llama):
 
     cache = transformers.DynamicCache(config=tiny_llama.config)
     with pytest.raises(ValueError, match="bad score"), Broken(ratio=0.5).apply(tiny_llama):
-        tiny_llama(input_ids=_ids(T), past_key_values=cache, use_cache=True)
+        kvcache.call(tiny_llama, cache, input_ids=_ids(T), use_cache=True)
     assert _no_hooks(tiny_llama)
 
 
@@ -180,7 +181,7 @@ def test_decode_does_not_compress(tiny_llama):
     comp = get_compressor("knorm", ratio=0.5)
     cache = transformers.DynamicCache(config=tiny_llama.config)
     with torch.inference_mode(), comp.apply(tiny_llama):
-        tiny_llama(input_ids=_ids(T), past_key_values=cache, use_cache=True)
+        kvcache.call(tiny_llama, cache, input_ids=_ids(T), use_cache=True)
         for i in range(3):
             _step(tiny_llama, torch.tensor([[5]]), cache, T + i)
     assert kvcache.seq_len(cache) == 32 + 3
@@ -196,7 +197,7 @@ def test_pruned_cache_matches_masked_full_forward(tiny):
     comp = get_compressor("streaming_llm", budget=20, n_sink=4)
     cache = transformers.DynamicCache(config=tiny.config)
     with torch.inference_mode(), comp.apply(tiny):
-        tiny(input_ids=ids[:, :T], past_key_values=cache, use_cache=True)
+        kvcache.call(tiny, cache, input_ids=ids[:, :T], use_cache=True)
         got = _step(tiny, ids[:, T:], cache, T)
     kept = torch.zeros(T, dtype=torch.bool)
     kept[:4] = kept[T - 16 : T] = True
@@ -214,7 +215,7 @@ def test_uneven_head_budgets_match_per_head_masked_forward(tiny_llama):
     comp = get_compressor("razor", budget=20, retrieval_heads={0: [1], 1: [1]})
     cache = transformers.DynamicCache(config=tiny_llama.config)
     with torch.inference_mode(), comp.apply(tiny_llama) as rep:
-        tiny_llama(input_ids=ids[:, :T], past_key_values=cache, use_cache=True)
+        kvcache.call(tiny_llama, cache, input_ids=ids[:, :T], use_cache=True)
         got = _step(tiny_llama, ids[:, T:], cache, T)
     assert rep.masks_only and rep.tokens_kept == {0: [20, T], 1: [20, T]} and rep.cache_len == {0: T, 1: T}
     kept = torch.zeros(T, dtype=torch.bool)
@@ -233,7 +234,7 @@ def test_head_masks_match_uniform_pruning(tiny_llama):
     for comp in (get_compressor("razor", ratio=0.5, retrieval_heads={}), get_compressor("streaming_llm", ratio=0.5)):
         cache = transformers.DynamicCache(config=tiny_llama.config)
         with torch.inference_mode(), comp.apply(tiny_llama):
-            tiny_llama(input_ids=ids[:, :T], past_key_values=cache, use_cache=True)
+            kvcache.call(tiny_llama, cache, input_ids=ids[:, :T], use_cache=True)
             out.append(_step(tiny_llama, ids[:, T:], cache, T))
             out.append(_step(tiny_llama, torch.tensor([[7]]), cache, T + Q))
     torch.testing.assert_close(out[0], out[2], rtol=1e-4, atol=1e-4)
@@ -249,7 +250,7 @@ def test_uneven_masks_same_under_eager_and_sdpa(tiny_llama):
         cache = transformers.DynamicCache(config=tiny_llama.config)
         try:
             with torch.inference_mode(), comp.apply(tiny_llama) as rep:
-                tiny_llama(input_ids=ids[:, :T], past_key_values=cache, use_cache=True)
+                kvcache.call(tiny_llama, cache, input_ids=ids[:, :T], use_cache=True)
                 res.append(_step(tiny_llama, ids[:, T:], cache, T))
                 res.append(_step(tiny_llama, torch.tensor([[9]]), cache, T + Q))  # decoding: one query row
         finally:
@@ -673,3 +674,25 @@ def test_passages_keep_whole_passages_in_generation(smol, chunks):
         parts = list(zip(starts, starts[1:]))
         cut[name] = max(sum(0 < len(kept[ly] & set(range(a, b))) < b - a for a, b in parts) for ly in kept)
     assert cut["passages:snapkv"] <= 2 < cut["snapkv"], cut
+
+
+def test_snapkv_group_max_takes_the_loudest_query_head(tiny_llama):
+    """snapkv(group='max'): per key/value head, the largest window-mean vote of its query heads (then pooled),
+    never below the group mean's score; 'mean' is the default and other values are refused."""
+    got: dict[str, list[torch.Tensor]] = {}
+    for group in ("mean", "max"):
+        comp = get_compressor(f"snapkv(window=4, group={group!r})", ratio=0.5)
+        calls = got.setdefault(group, [])  # layer 0: its window attention, then its scores; then layer 1's
+        for method in ("attention", "score"):
+            f = getattr(comp, method)
+            setattr(comp, method, lambda *x, _f=f, _c=calls, **y: _c.append(_f(*x, **y)) or _c[-1])
+        _prefill(tiny_llama, comp, _ids(T))
+    (a_mean, s_mean), (a_max, s_max) = got["mean"][:2], got["max"][:2]
+    assert torch.equal(a_mean, a_max)  # the same first layer, the same window attention
+    votes = a_max.mean(2)  # (B, H=4, T), two query heads per key/value head
+    assert torch.allclose(s_max, pool1d(votes.view(1, 2, 2, -1).amax(2), 5))
+    assert torch.allclose(s_mean, pool1d(votes.view(1, 2, 2, -1).mean(2), 5))
+    assert (s_max >= s_mean - 1e-7).all() and not torch.allclose(s_max, s_mean)
+    assert get_compressor("snapkv(group='max')").label == "snapkv(group='max')"
+    with pytest.raises(ConfigError, match="group must be 'mean' or 'max'.*'median'"):
+        get_compressor("snapkv(group='median')")

@@ -1,7 +1,8 @@
 """SnapKV (Li et al., 2024): the last ``window`` queries (the observation window) vote for the tokens they
 attend to; votes are averaged over the window and over the query heads of each key/value group, then
 max-pooled along the sequence (``kernel_size``) so neighbours of a hit survive with it. The window itself
-is always kept."""
+is always kept. ``group="max"`` takes, per key/value head, the largest vote of its query heads instead of their
+mean, so a token that one query head of a group needs is not outvoted by the others."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ def pool1d(scores: torch.Tensor, kernel_size: int) -> torch.Tensor:
 class SnapKV(KVCompressor):
     window: int = 32
     kernel_size: int = 5
+    group: str = "mean"
     name: ClassVar[str] = "snapkv"
     attention_based: ClassVar[bool] = True
 
@@ -39,6 +41,10 @@ class SnapKV(KVCompressor):
             raise ConfigError(f"window must be a positive integer, got {self.window!r}")
         if not isinstance(self.kernel_size, int) or self.kernel_size < 1 or self.kernel_size % 2 == 0:
             raise ConfigError(f"kernel_size must be a positive odd integer, got {self.kernel_size!r}")
+        if self.group not in ("mean", "max"):
+            raise ConfigError(
+                f"group must be 'mean' or 'max' (how a key/value head's query heads vote), got {self.group!r}"
+            )
 
     def protected(self, t: int, device: torch.device) -> torch.Tensor:
         keep = super().protected(t, device)
@@ -57,5 +63,9 @@ class SnapKV(KVCompressor):
         t_q = hidden.shape[1]
         rows = slice(max(t_q - self.window, 0), t_q)
         a = self.attention(module, hidden, position_embeddings, rows, keys, key_offset)  # (B, H, w, T)
-        s = group_mean(a.mean(2), _heads(module)[1])
+        votes, n_kv = a.mean(2), _heads(module)[1]  # (B, H, T)
+        if self.group == "max":
+            s = votes.view(votes.shape[0], n_kv, -1, votes.shape[-1]).amax(2)
+        else:
+            s = group_mean(votes, n_kv)
         return pool1d(s, self.kernel_size)
