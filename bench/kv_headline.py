@@ -1,5 +1,7 @@
 """Issue #3's headline without peeking: the compressor is chosen on a development slice of questions and reported
-on the headline's own questions.
+on the headline's own questions. With ``--fresh`` (a third slice no choice has seen), the compressor is chosen on
+the development and headline slices together and reported on the fresh slice; ``--picks`` prints that choice as
+JSON, so a script can start the fresh runs without anyone looking at them first.
 
 Reads ``bench/kv_matrix.py`` JSON files (.json or .json.gz) of two slices of NQ-open (``--dev``: e.g. questions
 301-600, ``--head``: questions 1-300), each holding runs of the candidates at the same ratios. For every ratio the
@@ -14,6 +16,7 @@ a slice may come from other files (``--baseline``), matched by the slice's offse
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -22,8 +25,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from kv_matrix import paired_difference  # noqa: E402
 from results import read_json, write_section  # noqa: E402
+
+from eval.metrics import mean_ci  # noqa: E402
 
 logger = logging.getLogger("bench.kv_headline")
 TARGETS = {0.5: 0.01, 0.75: 0.03}  # issue #3: the most a compressor may lose against the full cache
@@ -49,49 +53,105 @@ def load_slice(paths: list[str], baselines: list[str]) -> tuple[dict[str, Any], 
     return full, runs, desc
 
 
-def render(dev: tuple, head: tuple) -> str:
-    (dev_full, dev_runs, dev_desc), (head_full, head_runs, head_desc) = dev, head
+def diffs(run: dict[str, Any], base: dict[str, Any]) -> list[float]:
+    """Per question, the run's accuracy minus the full cache's (the questions both answered)."""
+    ref = {p["id"]: p["accuracy"] for p in base["predictions"]}
+    return [p["accuracy"] - ref[p["id"]] for p in run["predictions"] if p["id"] in ref]
+
+
+def candidates(dev: tuple, head: tuple, pooled: bool) -> dict[float, list[dict[str, Any]]]:
+    """Per ratio, every candidate of the development slice with its changes, best first by the selection rule:
+    the change on the development slice, or (``pooled``) on the development and headline slices together, for
+    candidates run on both. Ties keep ``--dev`` order (the earlier round first)."""
+    (dev_full, dev_runs, _), (head_full, head_runs, _) = dev, head
     on_head = {(r["compressor"], r["ratio"]): r for r in head_runs}
+    out: dict[float, list[dict[str, Any]]] = {}
+    for r in dev_runs:
+        h = on_head.get((r["compressor"], r["ratio"]))
+        d_dev, d_head = diffs(r, dev_full), diffs(h, head_full) if h else None
+        row = {"name": r["compressor"], "dev": mean_ci(d_dev), "head_run": h, "head": d_head and mean_ci(d_head)}
+        row["pooled"] = mean_ci(d_dev + d_head) if d_head else None
+        out.setdefault(r["ratio"], []).append(row)
+    for rows in out.values():
+        key = (lambda x: x["pooled"][0] if x["pooled"] else float("-inf")) if pooled else (lambda x: x["dev"][0])
+        rows.sort(key=key, reverse=True)  # a stable sort: equals keep --dev order
+    return out
+
+
+def picks(dev: tuple, head: tuple) -> dict[float, str]:
+    """The candidate chosen per ratio on the development and headline slices together (for a fresh slice)."""
+    return {ratio: rows[0]["name"] for ratio, rows in sorted(candidates(dev, head, pooled=True).items())}
+
+
+def _pm(x: tuple[float, float] | None) -> str:
+    return f"{100 * x[0]:+.1f} ± {100 * x[1]:.1f}" if x else ""
+
+
+def render(dev: tuple, head: tuple, fresh: tuple | None = None) -> str:
+    """Tables per ratio and the verdict: on the headline slice (chosen on the development slice), or with
+    ``fresh`` on the fresh slice (chosen on the development and headline slices together)."""
+    (dev_full, _, dev_desc), (head_full, _, head_desc) = dev, head
+    span = lambda d: f"questions {d['offset'] + 1}-{d['offset'] + d['n']}"  # noqa: E731
     lines = [
-        f"Full cache: {dev_full['accuracy']:.3f} on the development slice (questions {dev_desc['offset'] + 1}-"
-        f"{dev_desc['offset'] + dev_desc['n']}), {head_full['accuracy']:.3f} ± {head_full['accuracy_ci95']:.3f} on "
-        f"the headline slice (questions {head_desc['offset'] + 1}-{head_desc['offset'] + head_desc['n']}); "
-        f"{Path(head_desc['model']).name}, NQ-open top {head_desc['k']}, "
+        f"Full cache: {dev_full['accuracy']:.3f} on the development slice ({span(dev_desc)}), "
+        f"{head_full['accuracy']:.3f} ± {head_full['accuracy_ci95']:.3f} on the headline slice ({span(head_desc)})"
+        + (
+            f", {fresh[0]['accuracy']:.3f} ± {fresh[0]['accuracy_ci95']:.3f} on the fresh slice ({span(fresh[2])})"
+            if fresh
+            else ""
+        )
+        + f"; {Path(head_desc['model']).name}, NQ-open top {head_desc['k']}, "
         f"{'query-aware' if head_desc['query_aware'] else 'question-agnostic'}. Changes are paired, in accuracy "
         "points (x100), with their 95% intervals. KV bytes are those held after compression (per-head budgets keep "
         "padded slots hidden by masks, so they can exceed 1 - ratio).",
         "",
     ]
+    if fresh:
+        lines[-2] += (
+            " The compressor of each ratio is chosen on the development and headline slices together (the best "
+            "pooled change; ties: the earlier round) and then measured once on the fresh slice, which no choice saw."
+        )
+    on_fresh = {(r["compressor"], r["ratio"]): r for r in fresh[1]} if fresh else {}
     verdicts = []
-    for ratio in sorted({r["ratio"] for r in dev_runs}):
-        rows = []
-        for r in (r for r in dev_runs if r["ratio"] == ratio):
-            d, ci = paired_difference(r, dev_full)
-            h = on_head.get((r["compressor"], ratio))
-            hd = paired_difference(h, head_full) if h else None
-            rows.append((d, ci, r["compressor"], h, hd))
-        best = max(rows, key=lambda x: x[0])  # max keeps the first of equals: file order breaks ties
-        lines += [
-            f"Ratio {ratio}:",
-            "",
-            "| compressor | dev: change | headline: accuracy | headline: change | headline: kv bytes / full | chosen on dev |",
-            "|---|---|---|---|---|---|",
-        ]
-        for d, ci, name, h, hd in sorted(rows, key=lambda x: -x[0]):
-            acc = f"{h['accuracy']:.3f}" if h else "not run"
-            change = f"{100 * hd[0]:+.1f} ± {100 * hd[1]:.1f}" if hd else ""
-            mark = "**chosen**" if name == best[2] else ""
-            held = f"{h['kv_bytes'] / h['kv_bytes_full']:.3f}" if h else ""  # bytes held, padded slots included
-            lines.append(f"| {name} | {100 * d:+.1f} ± {100 * ci:.1f} | {acc} | {change} | {held} | {mark} |")
+    for ratio, rows in sorted(candidates(dev, head, pooled=fresh is not None).items()):
+        best = rows[0]
+        cols = ["compressor", "dev: change", "headline: accuracy", "headline: change"]
+        cols += ["dev + headline: change", "fresh: accuracy", "fresh: change"] if fresh else []
+        tail = ["fresh: kv bytes / full", "chosen"] if fresh else ["headline: kv bytes / full", "chosen on dev"]
+        lines += [f"Ratio {ratio}:", "", "| " + " | ".join([*cols, *tail]) + " |"]
+        lines.append("|" + "---|" * (len(cols) + 2))
+        for row in rows:
+            h, f = row["head_run"], on_fresh.get((row["name"], ratio))
+            cells = [row["name"], _pm(row["dev"]), f"{h['accuracy']:.3f}" if h else "not run", _pm(row["head"])]
+            if fresh:
+                fd = mean_ci(diffs(f, fresh[0])) if f else None
+                cells += [_pm(row["pooled"]), f"{f['accuracy']:.3f}" if f else "not run", _pm(fd)]
+            held = f or h  # bytes held, padded slots included (the fresh slice's where it ran)
+            cells += [
+                f"{held['kv_bytes'] / held['kv_bytes_full']:.3f}" if held else "",
+                "**chosen**" if row is best else "",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
-        if best[4] is not None and ratio in TARGETS:
-            ok = -best[4][0] <= TARGETS[ratio] + 1e-9
-            verdicts.append(
-                f"at {ratio}: {best[2]} {100 * best[4][0]:+.1f} ± {100 * best[4][1]:.1f} points on the headline "
-                f"questions, target at most -{100 * TARGETS[ratio]:.0f}: {'met' if ok else 'not met'}"
-            )
+        if ratio not in TARGETS:
+            continue
+        where, run, full = (
+            ("fresh", on_fresh.get((best["name"], ratio)), fresh[0])
+            if fresh
+            else ("headline", best["head_run"], head_full)
+        )
+        if run is None:
+            verdicts.append(f"at {ratio}: {best['name']} not run on the {where} questions")
+            continue
+        change = mean_ci(diffs(run, full))
+        ok = -change[0] <= TARGETS[ratio] + 1e-9
+        verdicts.append(
+            f"at {ratio}: {best['name']} {_pm(change)} points on the {where} questions, "
+            f"target at most -{100 * TARGETS[ratio]:.0f}: {'met' if ok else 'not met'}"
+        )
     if verdicts:
-        lines.append("Headline (compressor chosen on the development slice): " + "; ".join(verdicts) + ".")
+        chosen = "the development and headline slices together" if fresh else "the development slice"
+        lines.append(f"Headline (compressor chosen on {chosen}): " + "; ".join(verdicts) + ".")
     return "\n".join(lines)
 
 
@@ -100,12 +160,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dev", nargs="+", required=True, metavar="JSON", help="runs on the development slice")
     ap.add_argument("--head", nargs="+", required=True, metavar="JSON", help="runs on the headline slice")
     ap.add_argument("--baseline", nargs="*", default=[], metavar="JSON", help="files holding the full-cache runs")
+    ap.add_argument(
+        "--fresh", nargs="*", default=None, metavar="JSON", help="runs on a fresh slice: choose on dev + head"
+    )
+    ap.add_argument("--picks", action="store_true", help="print the choice on dev + head as JSON {ratio: name}, exit")
     ap.add_argument("--write-results", default=None, metavar="SECTION", help="also write docs/RESULTS.md section")
     ap.add_argument("--note", default=None, help="a sentence put before the tables (e.g. where it ran)")
     ap.add_argument("--title", default="headline chosen on a development slice", help="the section's title")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    body = render(load_slice(a.dev, a.baseline), load_slice(a.head, a.baseline))
+    dev, head = load_slice(a.dev, a.baseline), load_slice(a.head, a.baseline)
+    if a.picks:
+        sys.stdout.write(json.dumps({str(r): name for r, name in picks(dev, head).items()}) + "\n")
+        return 0
+    body = render(dev, head, load_slice(a.fresh, a.baseline) if a.fresh else None)
     logger.info("%s", body)
     if a.write_results:
         note = f"{a.note.strip()}\n\n" if a.note else ""

@@ -39,19 +39,7 @@ sxs kv-vs-kvpress-cpu "Timing on this project's 2-core CPU (no GPU), float32, n 
 PLOTS=docs/data/kv mx kv-chunk-cpu "A first check of the chunk wrapper on this project's 2-core CPU (float32, n = 50, query-aware, NQ-open top 5): \`HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2 .venv/bin/python bench/kv_matrix.py --model qwen2.5-0.5b --device cpu --query-aware --compressors snapkv,chunk:snapkv --ratios 0.5 --limit 50 --batch-size 5 --retrieved out/retrieved.json --out out/chunk-exp.json\`. Too few questions to decide anything; the 300-question GPU run is next. Raw JSON: \`docs/data/kv/chunk-cpu.json.gz\`." chunk-cpu docs/data/kv/chunk-cpu.json.gz
 
 # the headline chosen on a development slice (bench/gpu_kv_headline.sh, second H100 session of 2026-11-23)
-R1="snapkv layers_snapkv chunk_snapkv layers_chunk_snapkv caote_snapkv adaptive_snapkv"
-R2="snapkv chunk_snapkv chunk_chunk_size_5__snapkv chunk_chunk_size_20__snapkv chunk_share_heads_False__snapkv"
-R2="$R2 chunk_caote_snapkv chunk_snapkv_window_64_ snapkv_kernel_size_15_"
-R3="passages_snapkv passages_chunk_snapkv passages_rest_first_True__chunk_snapkv global_snapkv global_chunk_snapkv"
-R3="$R3 retrieval_snapkv retrieval_chunk_snapkv retrieval_boost_3.0__chunk_snapkv"  # both ratios; the rest 0.75 only
-R3="$R3 retrieval_boost_4.0__chunk_snapkv retrieval_top_frac_0.25_boost_2.5__chunk_snapkv"
-R3="$R3 retrieval_top_frac_0.1_boost_5.0__chunk_snapkv retrieval_boost_3.0__snapkv"
-R3="$R3 retrieval_boost_3.0__chunk_share_heads_False__snapkv retrieval_top_frac_0.25_boost_3.0__chunk_snapkv"
-R3="$R3 retrieval_top_frac_0.25_boost_2.5__snapkv retrieval_top_frac_0.2_boost_3.0__snapkv"
-R3="$R3 retrieval_top_frac_0.35_boost_2.0__snapkv retrieval_boost_3.0__chunk_chunk_size_5__snapkv retrieval_boost_2.5__snapkv"
-H=retrieval_scores__docs_data_kv_heads-nq-qwen2.5-0.5b.json_  # fourth round: heads measured on the task
-R4="${H}__snapkv ${H}_boost_3.0__snapkv ${H}_top_frac_0.25_boost_2.5__snapkv ${H}_top_frac_0.2_boost_3.0__snapkv"
-R4="$R4 ${H}_boost_3.0__chunk_snapkv"
+. bench/kv_rounds.sh  # R1..R5: the candidates of each round, as file names
 files() { local dir=$1 slice=$2; shift 2; for c in "$@"; do echo "$G/$dir/$slice-$c.json.gz"; done; }
 # shellcheck disable=SC2046,SC2086
 $PY bench/kv_headline.py --dev $(files headline-r2 dev $R2) $(files headline-r3 dev $R3) $(files headline-r4 dev $R4) \
