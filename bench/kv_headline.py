@@ -117,7 +117,11 @@ def render(dev: tuple, head: tuple, fresh: tuple | None = None) -> str:
         best = rows[0]
         cols = ["compressor", "dev: change", "headline: accuracy", "headline: change"]
         cols += ["dev + headline: change", "fresh: accuracy", "fresh: change"] if fresh else []
-        tail = ["fresh: kv bytes / full", "chosen"] if fresh else ["headline: kv bytes / full", "chosen on dev"]
+        tail = (
+            ["kv bytes / full (fresh, else headline)", "chosen"]
+            if fresh
+            else ["headline: kv bytes / full", "chosen on dev"]
+        )
         lines += [f"Ratio {ratio}:", "", "| " + " | ".join([*cols, *tail]) + " |"]
         lines.append("|" + "---|" * (len(cols) + 2))
         for row in rows:

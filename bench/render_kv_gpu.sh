@@ -41,6 +41,15 @@ PLOTS=docs/data/kv mx kv-chunk-cpu "A first check of the chunk wrapper on this p
 # the headline chosen on a development slice (bench/gpu_kv_headline.sh, second H100 session of 2026-11-23)
 . bench/kv_rounds.sh  # R1..R5: the candidates of each round, as file names
 files() { local dir=$1 slice=$2; shift 2; for c in "$@"; do echo "$G/$dir/$slice-$c.json.gz"; done; }
+# the headline on fresh questions (bench/gpu_kv_confirm.sh, 2026-11-24): chosen over rounds 2-5 on both slices
+# shellcheck disable=SC2046,SC2086
+$PY bench/kv_headline.py --title "headline on fresh questions" \
+  --dev $(files headline-r2 dev $R2) $(files headline-r3 dev $R3) $(files headline-r4 dev $R4) $(files headline-r5 dev $R5) \
+  --head $(files headline-r2 head $R2) $(files headline-r3 head $R3) $(files headline-r4 head $R4) $(files headline-r5 head $R5) \
+  --baseline $G/headline-r1/dev-snapkv.json.gz $G/headline-r1/head-snapkv.json.gz \
+  --fresh $G/fresh/fresh-full.json.gz $G/fresh/fresh-pick-0.5.json.gz $G/fresh/fresh-pick-0.75.json.gz $G/fresh/fresh-snapkv.json.gz \
+  --write-results kv-headline-fresh-gpu \
+  --note "Ran on one NVIDIA H100 on 2026-11-24 (transformers 5.17, torch 2.11), code of commit fe96660: \`bench/gpu_kv_headline.sh OUT convert\`, then \`bench/gpu_kv_confirm.sh OUT\` (log: \`$G/fresh/driver.log\`), which (1) ran a fifth round of candidates on the development and headline slices (\`R5_*\` in \`bench/kv_rounds.sh\`: snapkv(group='max') at both ratios, where a key/value head takes its loudest query head's vote; passages:chunk:snapkv(group='max') at 0.5; three retrieval-head variants at 0.75), checked that it built the same prompts as the first round (the same mean prompt tokens per slice, in the log), (2) chose one compressor per ratio over rounds 2-5 by the pooled change on questions 1-600 (\`bench/kv_headline.py --picks\`, written to \`$G/fresh/picks.json\` before any fresh question ran), and (3) ran the full cache, the two choices and plain snapkv (a reference, not a candidate) on every remaining question of the file, 1001-1983, one process each. Questions 901-948 gave the fourth round's head scores and are outside every slice. The full-cache runs of the first two slices come from the first round, as for rounds 2-4; rows of rounds 2-4 are the raw JSON of the section below. Raw JSON: \`$G/headline-r5/\`, \`$G/fresh/\`."
 # shellcheck disable=SC2046,SC2086
 $PY bench/kv_headline.py --dev $(files headline-r2 dev $R2) $(files headline-r3 dev $R3) $(files headline-r4 dev $R4) \
   --head $(files headline-r2 head $R2) $(files headline-r3 head $R3) $(files headline-r4 head $R4) \
