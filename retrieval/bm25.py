@@ -13,10 +13,18 @@ import numpy as np
 from ragcore.errors import ConfigError, EmptyCorpusError
 
 logger = logging.getLogger(__name__)
-logging.getLogger("bm25s").setLevel(logging.WARNING)  # bm25s logs every build at DEBUG through its own handler
 
 _TOKEN = re.compile(r"(?u)\b\w\w+\b")
 METHODS = ("lucene", "robertson", "atire", "bm25l", "bm25+")
+
+
+def _bm25s():  # noqa: ANN202
+    """bm25s, imported on first use. Its import sets its logger to DEBUG with its own handler (every build is logged
+    to stderr), so the level is lowered after the import, not before."""
+    import bm25s
+
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
+    return bm25s
 
 
 @lru_cache(maxsize=1)
@@ -64,7 +72,7 @@ class BM25Index:
 
     def build(self, texts: Sequence[str]) -> None:
         """(Re)build the index over all ``texts`` (bm25s has no incremental update; it is fast)."""
-        import bm25s
+        bm25s = _bm25s()
 
         if not texts:
             raise EmptyCorpusError("cannot build a BM25 index over no documents")
@@ -87,7 +95,7 @@ class BM25Index:
 
     @classmethod
     def load(cls, folder: Path, k1: float, b: float, method: str, n_docs: int) -> BM25Index:
-        import bm25s
+        bm25s = _bm25s()
 
         idx = cls(k1=k1, b=b, method=method)
         idx._bm25 = bm25s.BM25.load(str(folder), allow_pickle=False, show_progress=False)

@@ -50,3 +50,12 @@ def test_errors():
         BM25Index().build([])
     with pytest.raises(EmptyCorpusError):
         BM25Index().scores("anything")
+
+
+def test_building_logs_nothing_below_warning(capfd):
+    """bm25s sets its own logger to DEBUG when imported; a build must not print its debug lines to stderr."""
+    import logging
+
+    BM25Index().build(["one document about moons", "another about rings"])
+    assert logging.getLogger("bm25s").level == logging.WARNING
+    assert "DEBUG" not in capfd.readouterr().err
