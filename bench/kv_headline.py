@@ -25,6 +25,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from kv_matrix import paired_diffs as diffs  # noqa: E402
 from results import read_json, write_section  # noqa: E402
 
 from eval.metrics import mean_ci  # noqa: E402
@@ -51,12 +52,6 @@ def load_slice(paths: list[str], baselines: list[str]) -> tuple[dict[str, Any], 
         raise SystemExit(f"kv_headline: error: no full-cache run for the slice {desc} in the files or --baseline")
     runs = [r for d in files for r in d["runs"] if r["compressor"] != "none" and not r.get("shared_baseline")]
     return full, runs, desc
-
-
-def diffs(run: dict[str, Any], base: dict[str, Any]) -> list[float]:
-    """Per question, the run's accuracy minus the full cache's (the questions both answered)."""
-    ref = {p["id"]: p["accuracy"] for p in base["predictions"]}
-    return [p["accuracy"] - ref[p["id"]] for p in run["predictions"] if p["id"] in ref]
 
 
 def candidates(dev: tuple, head: tuple, pooled: bool) -> dict[float, list[dict[str, Any]]]:

@@ -143,10 +143,15 @@ def merge(paths: list[str]) -> dict[str, Any]:
     }
 
 
+def paired_diffs(run: dict[str, Any], base: dict[str, Any]) -> list[float]:
+    """Per question, the run's accuracy minus ``base``'s (the questions both answered)."""
+    ref = {p["id"]: p["accuracy"] for p in base["predictions"]}
+    return [p["accuracy"] - ref[p["id"]] for p in run["predictions"] if p["id"] in ref]
+
+
 def paired_difference(run: dict[str, Any], base: dict[str, Any]) -> tuple[float, float]:
     """Accuracy change against ``base`` on the same questions, and the half-width of its paired 95% interval."""
-    ref = {p["id"]: p["accuracy"] for p in base["predictions"]}
-    return mean_ci([p["accuracy"] - ref[p["id"]] for p in run["predictions"] if p["id"] in ref])
+    return mean_ci(paired_diffs(run, base))
 
 
 def plot(result: dict[str, Any], path: str | Path) -> Path:
