@@ -468,6 +468,27 @@ def test_retrieval_heads_get_more_at_the_same_total(tiny_llama, smol):
     assert n == round(0.15 * total) and _no_hooks(smol.model)
 
 
+def test_retrieval_per_layer_holds_exactly_the_budget(tiny_llama, smol):
+    """retrieval(per_layer=True): a layer's heads share its retrieval and other budgets evenly, so the cache holds
+    the uniform total with nothing hidden (layers of different lengths), and it still decodes, alone and batched."""
+    comp = get_compressor("retrieval(boost=1.5, per_layer=True):snapkv(window=4)", ratio=0.5, retrieval_heads={0: [1]})
+    assert comp.label == "retrieval(boost=1.5, per_layer=True):snapkv(window=4)"
+    cache, rep = _prefill(tiny_llama, comp, _ids(T))
+    # k = 32: a retrieval head 48, the others 27 (as without per_layer); layer 0 = round((48 + 27) / 2) = 38
+    assert rep.tokens_kept == {0: [38, 38], 1: [27, 27]} and rep.cache_len == {0: 38, 1: 27} and not rep.masks_only
+    assert 2 * rep.kv_bytes_after == kvcache.bytes_per_token(cache) * (38 + 27)
+    assert kvcache.kv_bytes(cache) == rep.kv_bytes_after + kvcache.bytes_per_token(cache) * Q
+    g = _tiny_generator(tiny_llama, smol.tokenizer)
+    prompts = [Prompt("", _ids(t + Q, seed=t), {"question": (t, t + Q)}) for t in (T, T - 9)]
+    cfg = GenerationConfig(max_new_tokens=6)
+    one = [g.generate(p, config=cfg, compressor=comp) for p in prompts]
+    assert one[0].stats["kv_bytes"] < one[0].stats["kv_bytes_full"]
+    many = g.generate_batch(prompts, config=cfg, compressor=comp)
+    assert [x.token_ids for x in many] == [x.token_ids for x in one] and _no_hooks(tiny_llama)
+    with pytest.raises(ConfigError, match="per_layer must be True or False, got 'yes'"):
+        get_compressor("retrieval(per_layer='yes'):snapkv")
+
+
 def test_retrieval_heads_from_a_score_file(tiny_llama, tmp_path):
     """scores=PATH (bench/kv_heads.py's JSON) picks the top_frac best heads of the file; a missing file or one of
     another model's shape is a ConfigError that quotes the path."""

@@ -10,6 +10,9 @@ the same total (``L x H_kv x k`` entries); every head chooses its tokens by the 
 ``razor`` (full cache for retrieval heads on top of the budget), the mean budget stays the uniform one.
 
 Budgets differ per head, so layers with a retrieval head keep padded slots hidden by masks (``masks_only``).
+``per_layer=True`` spreads each layer's share evenly over its heads instead (a layer with one retrieval head of
+two keeps the mean of the two budgets in both): the cache then holds exactly the budget, with layers of different
+lengths (as ``pyramid``), and nothing is hidden by masks.
 
 Measured (docs/RESULTS.md, kv-headline-select-gpu; Qwen2.5-0.5B, NQ-open top 5, query-aware, ratio 0.75): every
 variant loses far less than SnapKV alone, at the price of holding about 0.3 of the full cache's bytes, not 0.25.
@@ -20,7 +23,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -36,6 +39,7 @@ class RetrievalHeads(WrapperCompressor):
     top_frac: float = 0.15
     boost: float = 2.0
     scores: str | None = None  # JSON of per-head copy scores from bench/kv_heads.py; None: razor's calibration
+    per_layer: bool = False  # True: each layer's heads share its budget evenly (no padded slots)
     retrieval_heads: dict[int, list[int]] | None = field(default=None, metadata={"label": False})  # or calibrated
     name: ClassVar[str] = "retrieval"
 
@@ -45,13 +49,17 @@ class RetrievalHeads(WrapperCompressor):
             raise ConfigError(f"boost must be a number >= 1 (times the uniform budget), got {self.boost!r}")
         if isinstance(self.top_frac, bool) or not isinstance(self.top_frac, (int, float)) or not 0 <= self.top_frac < 1:
             raise ConfigError(f"top_frac must be in [0, 1), got {self.top_frac!r}")
+        if not isinstance(self.per_layer, bool):
+            raise ConfigError(f"per_layer must be True or False, got {self.per_layer!r}")
         self.attention_based = self.inner.attention_based
         self._n_heads = 0  # key/value heads of the whole model
+        self._n_kv = 0  # key/value heads per layer
 
     def prepare(self, model: nn.Module) -> None:
         super().prepare(model)
         layers = decoder_layers(model)
-        self._n_heads = len(layers) * _heads(layers[0].self_attn)[1]
+        self._n_kv = _heads(layers[0].self_attn)[1]
+        self._n_heads = len(layers) * self._n_kv
         if self.retrieval_heads is None:
             if self.scores is None:
                 self.retrieval_heads = Razor(top_frac=self.top_frac).calibrate(model)
@@ -79,14 +87,34 @@ class RetrievalHeads(WrapperCompressor):
             heads.setdefault(f // n_kv, []).append(f % n_kv)
         return {k: sorted(v) for k, v in sorted(heads.items())}
 
-    def head_budgets(self, scores: torch.Tensor, protected: torch.Tensor, k: int, module: nn.Module) -> torch.Tensor:
-        b, h, t = scores.shape
-        heads = self.retrieval_heads or {}
-        n_ret = sum(len(v) for v in heads.values())
+    def split(self, k: int, t: int) -> tuple[int, int]:
+        """(budget of a retrieval head, budget of any other head) for the uniform budget ``k`` of ``t`` tokens."""
+        n_ret = sum(len(v) for v in (self.retrieval_heads or {}).values())
         k_ret = min(t, round(self.boost * k))
         rest = self._n_heads - n_ret
         k_other = k if rest <= 0 else max(1, min(t, round((self._n_heads * k - n_ret * k_ret) / rest)))
+        return k_ret, k_other
+
+    def layer_keep(self, k: int, t: int, layer: int) -> int:
+        if not self.per_layer or k >= t:
+            return k
+        k_ret, k_other = self.split(k, t)
+        n_ret = len((self.retrieval_heads or {}).get(layer, []))
+        return max(1, min(t, round((n_ret * k_ret + (self._n_kv - n_ret) * k_other) / self._n_kv)))
+
+    def head_budgets(
+        self, scores: torch.Tensor, protected: torch.Tensor, k: int, module: nn.Module
+    ) -> torch.Tensor | None:
+        if self.per_layer:  # the layer's share came through layer_keep, the same for each of its heads
+            return None
+        b, h, t = scores.shape
+        k_ret, k_other = self.split(k, t)
         budgets = torch.full((b, h), k_other, dtype=torch.long, device=scores.device)
-        for head in heads.get(int(module.layer_idx), []):
+        for head in (self.retrieval_heads or {}).get(int(module.layer_idx), []):
             budgets[:, head] = k_ret
         return budgets
+
+    def prune_layer(self, cache: Any, layer: int, idx: torch.Tensor, mask: torch.Tensor | None) -> None:
+        if self.per_layer and mask is None:  # layers of different lengths: each gets a mask of its own length
+            mask = torch.ones_like(idx, dtype=torch.bool)
+        super().prune_layer(cache, layer, idx, mask)
