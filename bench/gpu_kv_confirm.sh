@@ -7,6 +7,8 @@
 #           that this machine builds the same prompts as the first round did (mean prompt tokens per slice);
 #   fresh   on questions FRESH_OFFSET+1 onwards (FRESH_LIMIT of them): the full cache, each choice at its ratio and
 #           snapkv at both (a reference), one process each.
+#   round6  (later, on its own) the sixth round (R6_75: retrieval heads with per-layer budgets) at 0.75 on all three
+#           slices at once, paired with the full-cache runs of the first round and of the fresh step.
 #   MODEL=/var/tmp/m/qwen2.5-0.5b.gguf RETRIEVED=/var/tmp/m/retrieved.json RAGCORE_CACHE=/var/tmp/cache \
 #     bench/gpu_kv_confirm.sh OUTDIR [STEP...]
 set -uo pipefail
@@ -15,10 +17,11 @@ PY=${PY:-python3}
 : "${MODEL:?}" "${RETRIEVED:?}" "${RAGCORE_CACHE:?}"
 G=docs/data/kv/gpu
 R5DIR=$OUT/r5
+R6DIR=$OUT/r6
 # shellcheck source=bench/kv_rounds.sh
 . bench/kv_rounds.sh
 export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
-mkdir -p "$OUT" "$R5DIR"
+mkdir -p "$OUT" "$R5DIR" "$R6DIR"
 
 m() { # output file (no suffix), then kv_matrix arguments
   local out=$1; shift
@@ -33,6 +36,21 @@ slice_files() { # dev|head: every candidate's file of that slice, rounds 2-5, in
   for c in $R5; do echo "$R5DIR/$s-$c.json"; done
 }
 BASE=("$G/headline-r1/dev-snapkv.json.gz" "$G/headline-r1/head-snapkv.json.gz")
+same_prompts() { # FILES: refuse runs whose prompts differ from the full-cache runs they are paired with
+  local fresh=$OUT/fresh-full.json
+  [ -f "$fresh" ] || fresh=$G/fresh/fresh-full.json.gz
+  $PY - "${BASE[@]}" "$fresh" "$@" <<'PY'
+import gzip, json, sys
+def read(p): return json.load(gzip.open(p) if p.endswith(".gz") else open(p))
+ref = {d["offset"]: d["runs"][0]["mean_prompt_tokens"] for d in map(read, sys.argv[1:4])}
+for p in sys.argv[4:]:
+    d = read(p)
+    for r in d["runs"]:
+        if abs(r["mean_prompt_tokens"] - ref[d["offset"]]) > 1e-6:
+            sys.exit(f"{p}: mean prompt tokens {r['mean_prompt_tokens']} != the full-cache run's {ref[d['offset']]}")
+print("prompts as in the full-cache runs:", ref)
+PY
+}
 
 STEPS=("$@")
 [ ${#STEPS[@]} -gt 0 ] || STEPS=(round5 pick fresh)
@@ -51,17 +69,8 @@ for step in "${STEPS[@]}"; do
     # shellcheck disable=SC2046
     $PY bench/kv_headline.py --dev $(slice_files dev) --head $(slice_files head) --baseline "${BASE[@]}" --picks \
       > "$OUT/picks.json" || exit 1
-    $PY - "$OUT/picks.json" "${BASE[@]}" "$R5DIR"/*.json <<'PY' || exit 1
-import gzip, json, sys
-def read(p): return json.load(gzip.open(p) if p.endswith(".gz") else open(p))
-first = {read(p)["offset"]: read(p)["runs"][0]["mean_prompt_tokens"] for p in sys.argv[2:4]}
-for p in sys.argv[4:]:
-    d = read(p)
-    for r in d["runs"]:
-        if abs(r["mean_prompt_tokens"] - first[d["offset"]]) > 1e-6:
-            sys.exit(f"{p}: mean prompt tokens {r['mean_prompt_tokens']} != the first round's {first[d['offset']]}")
-print("picks", open(sys.argv[1]).read().strip(), "; prompts as in the first round:", first)
-PY
+    same_prompts "$R5DIR"/*.json || exit 1
+    echo "picks $(cat "$OUT/picks.json")"
     ;;
   fresh)
     p50=$($PY -c 'import json,sys; print(json.load(open(sys.argv[1]))["0.5"])' "$OUT/picks.json")
@@ -73,7 +82,17 @@ PY
     m "$OUT/fresh-snapkv" --no-baseline --compressors snapkv --ratios 0.5,0.75 "${F[@]}"
     wait
     ;;
-  *) echo "unknown step $step (round5, pick, fresh)"; exit 2 ;;
+  round6)
+    for c in $R6_75; do
+      for slice in dev:300:300 head:0:300 fresh:"${FRESH_OFFSET:-1000}":"${FRESH_LIMIT:-1000}"; do
+        IFS=: read -r s off lim <<< "$slice"
+        m "$R6DIR/$s-$(fname "$c")" --no-baseline --compressors "$c" --ratios 0.75 --limit "$lim" --offset "$off"
+      done
+    done
+    wait
+    same_prompts "$R6DIR"/*.json || exit 1
+    ;;
+  *) echo "unknown step $step (round5, pick, fresh, round6)"; exit 2 ;;
   esac
 done
 echo "$(date +%T) all done"

@@ -23,3 +23,9 @@ R5_75="$R5_75 retrieval(top_frac=0.3,boost=2.5):snapkv"
 fname() { echo "$1" | tr ":()=,/' " '________'; }  # a compressor's file name, as bench/gpu_kv_headline.sh gives it
 R5=""
 for c in $R5_BOTH $R5_50 $R5_75; do R5="$R5 $(fname "$c")"; done
+# sixth round (bench/gpu_kv_confirm.sh round6): retrieval heads with per-layer budgets, which hold exactly the budget
+# (no padded slots), at 0.75 on all three slices at once
+R6_75="retrieval(top_frac=0.25,boost=2.5,per_layer=True):snapkv(window=16)"
+R6_75="$R6_75 retrieval(top_frac=0.25,boost=2.5,per_layer=True):snapkv retrieval(top_frac=0.25,boost=3.5,per_layer=True):snapkv(window=16)"
+R6=""
+for c in $R6_75; do R6="$R6 $(fname "$c")"; done
