@@ -14,8 +14,9 @@ Budgets differ per head, so layers with a retrieval head keep padded slots hidde
 two keeps the mean of the two budgets in both): the cache then holds exactly the budget, with layers of different
 lengths (as ``pyramid``), and nothing is hidden by masks.
 
-Measured (docs/RESULTS.md, kv-headline-select-gpu; Qwen2.5-0.5B, NQ-open top 5, query-aware, ratio 0.75): every
-variant loses far less than SnapKV alone, at the price of holding about 0.3 of the full cache's bytes, not 0.25.
+Measured (docs/RESULTS.md, kv-headline-select-gpu, kv-headline-fresh-gpu, kv-per-layer-fresh-gpu; Qwen2.5-0.5B,
+NQ-open top 5, query-aware, ratio 0.75): every variant loses far less than SnapKV alone; per-head budgets hold about
+0.31 of the full cache's bytes, ``per_layer=True`` holds 0.25 and lost a little more on the same questions.
 """
 
 from __future__ import annotations
