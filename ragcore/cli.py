@@ -55,12 +55,15 @@ def _cmd_search(a: argparse.Namespace) -> int:
 
 
 def _cmd_ask(a: argparse.Namespace) -> int:
+    from compress.kv import get_compressor
     from ragcore.generator import GenerationConfig, Generator
     from ragcore.pipeline import Pipeline
     from retrieval.hybrid import HybridRetriever
 
     cfg = GenerationConfig(max_new_tokens=a.max_new_tokens)
-    p = Pipeline(HybridRetriever.load(a.index, version=a.index_version), Generator(a.model, a.device), a.k, cfg)
+    comp = None if a.compressor == "none" else get_compressor(a.compressor, ratio=a.ratio)
+    retriever = HybridRetriever.load(a.index, version=a.index_version)
+    p = Pipeline(retriever, Generator(a.model, a.device), a.k, cfg, compressor=comp, query_aware=a.query_aware)
     ans = p.ask(a.question)
     if a.json:
         print(json.dumps(ans.to_dict(), indent=2, ensure_ascii=False))
@@ -69,6 +72,12 @@ def _cmd_ask(a: argparse.Namespace) -> int:
     for c in ans.citations:
         snippet = " ".join(c.text.split())[:120]
         print(f"  [{c.number}] {c.source_id}:{c.start}-{c.end} (score {c.score:.3f}) {snippet}")
+    if comp is not None:
+        kv = ans.kv
+        print(
+            f"\nKV cache: {kv['kv_bytes'] / 2**20:.2f} of {kv['kv_bytes_full'] / 2**20:.2f} MiB held ({kv['compressor']}, "
+            f"ratio {a.ratio}{', padded slots masked' if kv.get('masks_only') else ''})"
+        )
     return 0
 
 
@@ -140,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--model", default="qwen2.5-0.5b", help="registered name, local folder or hub id")
     sp.add_argument("--device", default=None)
     sp.add_argument("--max-new-tokens", type=int, default=64)
+    sp.add_argument("--compressor", default="none", help="KV-cache compressor, as for `eval kv` (default none)")
+    sp.add_argument("--ratio", type=float, default=0.5, help="with --compressor: fraction of the KV cache removed")
+    sp.add_argument("--query-aware", action="store_true", help="with --compressor: compress after the question")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(fn=_cmd_ask)
 

@@ -95,6 +95,7 @@ class Answer:
     passages: list[ScoredChunk] = field(default_factory=list)
     model: str = ""
     timings: dict[str, float] = field(default_factory=dict)
+    kv: dict[str, Any] = field(default_factory=dict)  # compressor, kv_bytes held after prefill, kv_bytes_full, ...
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -104,6 +105,7 @@ class Answer:
             "passages": [p.to_dict() for p in self.passages],
             "model": self.model,
             "timings": dict(self.timings),
+            "kv": dict(self.kv),
         }
 
     @classmethod
@@ -115,4 +117,5 @@ class Answer:
             passages=[ScoredChunk.from_dict(p) for p in d.get("passages", [])],
             model=d.get("model", ""),
             timings=dict(d.get("timings", {})),
+            kv=dict(d.get("kv", {})),
         )

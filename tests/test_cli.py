@@ -72,6 +72,27 @@ def test_ask_errors(tmp_path, corpus, capsys):
     assert "unknown model 'nope-model'" in capsys.readouterr().err
 
 
+def test_ask_with_a_kv_compressor(tmp_path, corpus, capsys):
+    """ask --compressor: the answer says how many KV bytes the cache held; without one it holds them all."""
+    idx = str(tmp_path / "idx")
+    main(["index", str(corpus), "--index", idx])
+    capsys.readouterr()
+    base = ["ask", "What is the tallest volcano?", "--index", idx, "--model", "smollm2-135m", "-k", "2"]
+    base += ["--max-new-tokens", "8"]
+    assert main([*base, "--json"]) == 0
+    full = json.loads(capsys.readouterr().out)["kv"]
+    assert full["compressor"] == "none" and full["kv_bytes"] == full["kv_bytes_full"] > 0
+    assert main([*base, "--compressor", "snapkv", "--ratio", "0.5", "--query-aware", "--json"]) == 0
+    kv = json.loads(capsys.readouterr().out)["kv"]
+    assert kv["compressor"] == "snapkv" and kv["query_aware"] is True
+    assert kv["kv_bytes_full"] == full["kv_bytes_full"] and kv["kv_bytes"] < 0.6 * kv["kv_bytes_full"]
+    assert main([*base, "--compressor", "knorm", "--ratio", "0.75"]) == 0
+    out = capsys.readouterr().out
+    assert "KV cache: " in out and "MiB held (knorm, ratio 0.75)" in out
+    assert main([*base, "--compressor", "snapkv2"]) == 2
+    assert "unknown KV compressor 'snapkv2'" in capsys.readouterr().err
+
+
 def test_eval_retrieval_writes_the_stable_keys(tmp_path, monkeypatch):
     monkeypatch.setattr("eval.runner.cache_dir", lambda: tmp_path / "cache")
     out = tmp_path / "r.json"
