@@ -60,6 +60,17 @@ def _tiny_generator(model, tokenizer) -> Generator:
     return g
 
 
+def _decodes_alone_and_batched(model, tokenizer, comp: KVCompressor) -> None:
+    """Two prompts of different lengths decode under ``comp`` with a smaller cache, alone and batched alike."""
+    g = _tiny_generator(model, tokenizer)
+    prompts = [Prompt("", _ids(t + Q, seed=t), {"question": (t, t + Q)}) for t in (T, T - 9)]
+    cfg = GenerationConfig(max_new_tokens=6)
+    one = [g.generate(p, config=cfg, compressor=comp) for p in prompts]
+    assert one[0].stats["kv_bytes"] < one[0].stats["kv_bytes_full"]
+    many = g.generate_batch(prompts, config=cfg, compressor=comp)
+    assert [x.token_ids for x in many] == [x.token_ids for x in one] and _no_hooks(model)
+
+
 def _no_hooks(model) -> bool:
     """None of a compressor's hooks left (transformers may add its own output-capturing hooks)."""
 
@@ -401,13 +412,7 @@ def test_pyramid_budgets_fall_with_depth(tiny_llama, smol):
         got, ref = picked["pyramid"][layer], picked[f"snapkv{k}"][layer]
         assert torch.equal(got.sort(-1).values, ref.sort(-1).values)
         assert set(range(T - 4, T)) <= set(got[0, 0].tolist())
-    g = _tiny_generator(tiny_llama, smol.tokenizer)
-    prompts = [Prompt("", _ids(t + Q, seed=t), {"question": (t, t + Q)}) for t in (T, T - 9)]
-    cfg = GenerationConfig(max_new_tokens=6)
-    one = [g.generate(p, config=cfg, compressor=comp) for p in prompts]
-    assert one[0].stats["kv_bytes"] < one[0].stats["kv_bytes_full"]
-    many = g.generate_batch(prompts, config=cfg, compressor=comp)
-    assert [x.token_ids for x in many] == [x.token_ids for x in one] and _no_hooks(tiny_llama)
+    _decodes_alone_and_batched(tiny_llama, smol.tokenizer, comp)
 
 
 def test_global_budget_moves_to_the_dispersed_layer(tiny_llama, smol):
@@ -478,13 +483,7 @@ def test_retrieval_per_layer_holds_exactly_the_budget(tiny_llama, smol):
     assert rep.tokens_kept == {0: [38, 38], 1: [27, 27]} and rep.cache_len == {0: 38, 1: 27} and not rep.masks_only
     assert 2 * rep.kv_bytes_after == kvcache.bytes_per_token(cache) * (38 + 27)
     assert kvcache.kv_bytes(cache) == rep.kv_bytes_after + kvcache.bytes_per_token(cache) * Q
-    g = _tiny_generator(tiny_llama, smol.tokenizer)
-    prompts = [Prompt("", _ids(t + Q, seed=t), {"question": (t, t + Q)}) for t in (T, T - 9)]
-    cfg = GenerationConfig(max_new_tokens=6)
-    one = [g.generate(p, config=cfg, compressor=comp) for p in prompts]
-    assert one[0].stats["kv_bytes"] < one[0].stats["kv_bytes_full"]
-    many = g.generate_batch(prompts, config=cfg, compressor=comp)
-    assert [x.token_ids for x in many] == [x.token_ids for x in one] and _no_hooks(tiny_llama)
+    _decodes_alone_and_batched(tiny_llama, smol.tokenizer, comp)
     with pytest.raises(ConfigError, match="per_layer must be True or False, got 'yes'"):
         get_compressor("retrieval(per_layer='yes'):snapkv")
 
