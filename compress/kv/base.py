@@ -185,8 +185,14 @@ class KVCompressor:
 
     def layer_keep(self, k: int, t: int, layer: int) -> int:
         """Tokens per head that ``layer`` keeps, given the mean budget ``k`` of ``t``; budgets across layers
-        (``pyramid``) override this."""
+        (``pyramid``) override this, and ``layer_lengths_vary`` with it."""
         return k
+
+    def layer_lengths_vary(self) -> bool:
+        """True where ``layer_keep`` gives layers different lengths. transformers builds one attention mask from the
+        first layer's length for tokens fed together after the prefill, so every layer then records an all-visible
+        mask and the pre-hook passes each layer a mask of its own length (nothing is hidden: not ``masks_only``)."""
+        return False
 
     # ---- the per-layer step --------------------------------------------------------------------------------
     @torch.no_grad()
@@ -253,6 +259,8 @@ class KVCompressor:
         the per-head visibility of the kept slots (head-wise budgets), ``None`` for all visible."""
         kvcache.prune(cache, layer, idx)
         h_kv = idx.shape[1]
+        if mask is None and self.layer_lengths_vary():
+            mask = torch.ones_like(idx, dtype=torch.bool)
         if mask is not None:
             self._masks[layer] = mask
             self.report.masks_only = self.report.masks_only or not bool(mask.all())

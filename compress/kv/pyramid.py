@@ -7,10 +7,8 @@ first layer to the last, from ``2 * b - b / beta`` to ``b / beta`` where ``b`` i
 are added to every layer, so the mean over layers stays the uniform budget (up to rounding, and lower where the
 first layers' share exceeds the prompt). Tokens are chosen within each layer by the inner method.
 
-Layers then hold caches of different lengths, while transformers builds one attention mask from the first
-layer's length for tokens fed together after the prefill (the question, in question-agnostic use); so every layer
-records an all-visible mask and the base class's pre-hook passes each layer a mask of its own length (the report
-keeps ``masks_only=False``: nothing is hidden).
+Layers then hold caches of different lengths (``layer_lengths_vary``: each gets an all-visible mask of its own
+length; the report keeps ``masks_only=False``: nothing is hidden).
 
 Measured (docs/RESULTS.md, kv-passages-cpu): on 30 NQ-open questions at ratio 0.75 with Qwen2.5-0.5B it did worse
 than SnapKV's uniform budget; a small model's upper layers still need their tokens.
@@ -19,7 +17,7 @@ than SnapKV's uniform budget; a small model's upper layers still need their toke
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -56,5 +54,5 @@ class PyramidKV(WrapperCompressor):
         share = high - (high - low) * layer / (n - 1)
         return max(1, min(t, fixed + round(share)))
 
-    def prune_layer(self, cache: Any, layer: int, idx: torch.Tensor, mask: torch.Tensor | None) -> None:
-        super().prune_layer(cache, layer, idx, torch.ones_like(idx, dtype=torch.bool) if mask is None else mask)
+    def layer_lengths_vary(self) -> bool:
+        return True

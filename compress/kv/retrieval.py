@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -115,7 +115,5 @@ class RetrievalHeads(WrapperCompressor):
             budgets[:, head] = k_ret
         return budgets
 
-    def prune_layer(self, cache: Any, layer: int, idx: torch.Tensor, mask: torch.Tensor | None) -> None:
-        if self.per_layer and mask is None:  # layers of different lengths: each gets a mask of its own length
-            mask = torch.ones_like(idx, dtype=torch.bool)
-        super().prune_layer(cache, layer, idx, mask)
+    def layer_lengths_vary(self) -> bool:
+        return self.per_layer
