@@ -29,8 +29,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from compress.kv.base import group_mean  # noqa: E402
-from eval.kv import _score, load_items  # noqa: E402
-from ragcore.attention import _heads, attention_to_spans, decoder_layers  # noqa: E402
+from eval.kv import load_items, score_answer  # noqa: E402
+from ragcore.attention import attention_to_spans, decoder_layers, head_counts  # noqa: E402
 from ragcore.generator import GenerationConfig, Generator  # noqa: E402
 
 logger = logging.getLogger("bench.kv_heads")
@@ -46,7 +46,7 @@ def copy_scores(gen: Generator, items: list, max_new_tokens: int, batch_size: in
         chunk = items[s : s + batch_size]
         for it, g in zip(chunk, gen.generate_batch([it.prompt for it in chunk], config=cfg)):
             ans = [t for t in g.token_ids if t not in gen.eos_ids]
-            if not ans or _score("nq", g.text, it.answers) < 1:
+            if not ans or score_answer("nq", g.text, it.answers) < 1:
                 continue
             right += 1
             prompt = it.prompt.input_ids[0].cpu()
@@ -63,7 +63,7 @@ def copy_scores(gen: Generator, items: list, max_new_tokens: int, batch_size: in
                 rows_used += 1
     if total is None:
         raise SystemExit("kv_heads: error: no answer token was found in its prompt; use more questions")
-    n_kv = _heads(decoder_layers(model)[0].self_attn)[1]
+    n_kv = head_counts(decoder_layers(model)[0].self_attn)[1]
     per_kv = group_mean((total / rows_used).T[None], n_kv)[0].T  # (L, H) -> (L, H_kv): mean over each group
     if tuple(per_kv.shape) != (total.shape[0], n_kv):
         raise RuntimeError(f"kv_heads: scores of shape {tuple(per_kv.shape)}, expected {(total.shape[0], n_kv)}")

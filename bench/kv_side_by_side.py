@@ -7,7 +7,7 @@ For every method x ratio and every item both sides run, alternating which goes f
   default question-agnostic mode (the context before the question span is prefilled under compression,
   then the question is fed on the compressed cache);
 * theirs: ``bench/kvpress_peer.py``'s ``run_row`` with ``make_press(name, r)`` (kvpress's defaults) on the same
-  ids split at the question start (``ragcore.generator._question_start``), as kvpress's own pipeline does.
+  ids split at the question start (``Prompt.question_start``), as kvpress's own pipeline does.
 
 Time compared ("prefill + compression"): ours ``Generation.stats["context_prefill_s"]`` (context prefill +
 compression, synchronised, before the question) against run_row's ``prefill_s``; where ours lacks that
@@ -72,7 +72,7 @@ from eval import metrics  # noqa: E402
 from eval.datasets import NQ_OPEN  # noqa: E402
 from eval.kv import load_items  # noqa: E402
 from ragcore.errors import ConfigError, RagcoreError  # noqa: E402
-from ragcore.generator import GenerationConfig, Generator, _question_start  # noqa: E402
+from ragcore.generator import GenerationConfig, Generator  # noqa: E402
 from ragcore.models import load_generator  # noqa: E402
 
 logger = logging.getLogger("bench.kv_side_by_side")
@@ -244,14 +244,14 @@ def run_config(
         return None if press is None else get_compressor(method, **ours_kwargs(method, press, ratio, n_ctx, match_kept))
 
     # warm-up on the first item (neither timed nor scored): first-call kernel and allocation costs
-    ids0, split0 = items[0].prompt.input_ids[0].tolist(), _question_start(items[0].prompt)
+    ids0, split0 = items[0].prompt.input_ids[0].tolist(), items[0].prompt.question_start
     run_ours(gen, items[0], comp_for(split0), GenerationConfig(max_new_tokens=2), split0)
     run_theirs(peer, gen, press, ids0, split0, 2)
 
     rows = []
     for i, it in enumerate(tqdm(items, desc=f"sxs {method} {ratio}", disable=not progress)):
         ids = it.prompt.input_ids[0].tolist()
-        split = _question_start(it.prompt)
+        split = it.prompt.question_start
         if split >= len(ids):
             raise ConfigError(f"item {it.id!r} has no question span to split at")
         comp = comp_for(split)

@@ -33,7 +33,7 @@ class QADataset:
         return {c.id: c for c in self.corpus}
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+def read_jsonl(path: Path) -> list[dict]:
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rt", encoding="utf-8") as f:
@@ -57,7 +57,7 @@ def load_nq_open(path: str | Path | None = None) -> QADataset:
     path = Path(path) if path else NQ_OPEN
     if not path.exists():
         raise FileNotFoundError(f"no data file at {str(path)!r}")
-    rows = _read_jsonl(path)
+    rows = read_jsonl(path)
     if not rows:
         raise ConfigError(f"{str(path)!r} holds no rows")
     corpus: dict[str, Chunk] = {}

@@ -26,7 +26,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from eval import metrics
-from eval.datasets import NQ_OPEN, _read_jsonl, load_nq_open
+from eval.datasets import NQ_OPEN, load_nq_open, read_jsonl
 from ragcore.errors import ConfigError
 from ragcore.generator import Generation, GenerationConfig, Generator
 from ragcore.prompt import Prompt
@@ -122,7 +122,7 @@ def load_items(
     path = Path(data) if data else NQ_OPEN
     if not path.exists():
         raise FileNotFoundError(f"no data file at {str(path)!r}")
-    rows = _read_jsonl(path)
+    rows = read_jsonl(path)
     fmt = detect_format(rows, path)
     if offset >= len(rows):
         raise ConfigError(f"--offset {offset} skips all {len(rows)} items of {str(path)!r}")
@@ -147,7 +147,8 @@ def load_items(
     return fmt, items
 
 
-def _score(fmt: str, text: str, answers: list[str]) -> float:
+def score_answer(fmt: str, text: str, answers: list[str]) -> float:
+    """1.0 if ``text`` answers correctly: the value string appears (``kv``), or NQ-open accuracy (``nq``)."""
     if fmt == "kv":
         return float(any(a in text for a in answers))
     return metrics.accuracy(text, answers)
@@ -187,7 +188,7 @@ def run_items(
     masks_only = False
     bar = tqdm(total=len(items), desc=f"kv {compressor} {ratio}", disable=not progress)
     for it, g in zip(items, _generations(gen, items, cfg, comp, query_aware, batch_size, bar)):
-        acc.append(_score(fmt, g.text, it.answers))
+        acc.append(score_answer(fmt, g.text, it.answers))
         kv_b += g.stats["kv_bytes"]
         kv_full += g.stats["kv_bytes_full"]
         masks_only = masks_only or bool(g.stats["masks_only"])

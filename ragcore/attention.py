@@ -25,7 +25,8 @@ from torch import nn
 from ragcore.errors import ConfigError
 
 
-def _heads(attn: nn.Module) -> tuple[int, int, int]:
+def head_counts(attn: nn.Module) -> tuple[int, int, int]:
+    """(query heads, key/value heads, head dimension) of an attention layer."""
     cfg = attn.config
     n_h = cfg.num_attention_heads
     n_kv = getattr(cfg, "num_key_value_heads", None) or n_h
@@ -33,14 +34,15 @@ def _heads(attn: nn.Module) -> tuple[int, int, int]:
     return n_h, n_kv, head_dim
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """The rotary embedding's half rotation of the last dimension: (x1, x2) -> (-x2, x1)."""
     x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2 :]
     return torch.cat((-x2, x1), dim=-1)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotary embedding of ``x`` (B, H, T, D) with ``cos``/``sin`` (B, T, D) as the model's rotary_emb gives."""
-    return x * cos.unsqueeze(1) + _rotate_half(x) * sin.unsqueeze(1)
+    return x * cos.unsqueeze(1) + rotate_half(x) * sin.unsqueeze(1)
 
 
 def project_queries(
@@ -50,7 +52,7 @@ def project_queries(
     rows: torch.Tensor | slice,
 ) -> torch.Tensor:
     """Rotated query states (B, H, R, D) of the given rows of ``hidden`` (the layer's normed input)."""
-    n_h, _, d = _heads(attn)
+    n_h, _, d = head_counts(attn)
     h = hidden[:, rows]
     q = attn.q_proj(h).view(h.shape[0], h.shape[1], n_h, d).transpose(1, 2)
     if hasattr(attn, "q_norm"):  # Qwen3-style per-head query norm
@@ -63,7 +65,7 @@ def project_keys(
     attn: nn.Module, hidden: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor]
 ) -> torch.Tensor:
     """Rotated key states (B, H_kv, T, D) of every row of ``hidden``."""
-    _, n_kv, d = _heads(attn)
+    _, n_kv, d = head_counts(attn)
     k = attn.k_proj(hidden).view(hidden.shape[0], hidden.shape[1], n_kv, d).transpose(1, 2)
     if hasattr(attn, "k_norm"):
         k = attn.k_norm(k)
@@ -97,7 +99,7 @@ def rows_attention(
     """
     if not isinstance(rows, slice):
         rows = torch.as_tensor(rows, device=hidden.device, dtype=torch.long)
-    n_h, n_kv, d = _heads(attn)
+    n_h, n_kv, d = head_counts(attn)
     q = project_queries(attn, hidden, position_embeddings, rows)
     k = project_keys(attn, hidden, position_embeddings) if keys is None else keys
     k = k.to(q.dtype).repeat_interleave(n_h // n_kv, dim=1)  # grouped-query heads share keys

@@ -131,3 +131,22 @@ def prune(cache: Any, layer: int, indices: torch.Tensor) -> None:
     k = torch.gather(keys, 2, idx.expand(-1, -1, -1, keys.shape[-1])).contiguous()
     v = torch.gather(values, 2, idx.expand(-1, -1, -1, values.shape[-1])).contiguous()
     set_kv(cache, layer, k, v)
+
+
+def feed(model: Any, ids: torch.Tensor, cache: Any, first_pos: int) -> torch.Tensor:
+    """Feed ``ids`` (B, q) on a possibly compressed cache and return the last position's logits (B, V).
+
+    Rotary positions are absolute (``first_pos`` on); cache slots follow the cache's own length, which is shorter
+    than the absolute position after pruning."""
+    q = ids.shape[1]
+    slot = seq_len(cache, 0)
+    pos = torch.arange(first_pos, first_pos + q, device=ids.device)[None]
+    return call(
+        model,
+        cache,
+        input_ids=ids,
+        position_ids=pos,
+        cache_position=torch.arange(slot, slot + q, device=ids.device),
+        use_cache=True,
+        logits_to_keep=1,
+    ).logits[:, -1]

@@ -268,7 +268,7 @@ class Generator:
             t0 = time.perf_counter()
             report = hooks.enter_context(compressor.apply(model))
             compressor.for_prompt(prompt)
-            split = n if query_aware else _question_start(prompt)
+            split = n if query_aware else prompt.question_start
             if split < n:  # the context alone: its logits are not needed, so the base model (no LM head) runs
                 kvcache.call(
                     getattr(model, model.base_model_prefix, model), cache, input_ids=ids[:, :split], use_cache=True
@@ -278,7 +278,7 @@ class Generator:
             _sync(dev)
             stats["context_prefill_s"] = time.perf_counter() - t0  # prefill + compression, before the question
             if split < n:  # the question, on the compressed cache, at its absolute positions
-                logits = _step(model, ids[:, split:], cache, split)
+                logits = kvcache.feed(model, ids[:, split:], cache, split)
         stats["kv_bytes"] = kvcache.kv_bytes(cache)
         stats["kv_bytes_full"] = kvcache.bytes_per_token(cache) * n
         stats["masks_only"] = bool(report.masks_only) if report is not None else False
@@ -325,7 +325,7 @@ class Generator:
                 if step + 1 == cfg.max_new_tokens:
                     break
                 if compressor is not None:
-                    logits = _step(model, torch.tensor([[tok]], device=dev), cache, n + step)
+                    logits = kvcache.feed(model, torch.tensor([[tok]], device=dev), cache, n + step)
                     continue
                 pos = torch.tensor([[n + step]], device=dev)
                 logits = kvcache.call(
@@ -349,11 +349,11 @@ class _BatchedCache:
     the hooks are removed when the block ends."""
 
     def __init__(self, model: PreTrainedModel, rows: list[tuple[Any, dict[int, torch.Tensor]]], max_new: int):
-        from ragcore.attention import _heads, decoder_layers
+        from ragcore.attention import decoder_layers, head_counts
 
         self.model = model
         self.attns = [layer.self_attn for layer in decoder_layers(model)]
-        n_h, n_kv, _ = _heads(self.attns[0])
+        n_h, n_kv, _ = head_counts(self.attns[0])
         dev = model.device
         layers, self.masks = [], []
         for li in range(kvcache.n_layers(rows[0][0])):
@@ -407,30 +407,6 @@ class _BatchedCache:
             cache_position=torch.tensor([slot], device=toks.device),
             use_cache=True,
         ).logits[:, -1]
-
-
-def _question_start(prompt: Prompt) -> int:
-    """Where the question starts: the compressed context is everything before it (all of it if unknown)."""
-    n = len(prompt)
-    start = prompt.spans.get("question", (n, n))[0]
-    return start if 1 < start < n else n
-
-
-def _step(model: PreTrainedModel, ids: torch.Tensor, cache: Any, first_pos: int) -> torch.Tensor:
-    """Feed ``ids`` (1, q) on a possibly compressed cache: rotary positions are absolute (``first_pos`` on),
-    cache slots follow the cache's own length (shorter than the absolute position after pruning)."""
-    q = ids.shape[1]
-    slot = kvcache.seq_len(cache, 0)
-    pos = torch.arange(first_pos, first_pos + q, device=ids.device)[None]
-    return kvcache.call(
-        model,
-        cache,
-        input_ids=ids,
-        position_ids=pos,
-        cache_position=torch.arange(slot, slot + q, device=ids.device),
-        use_cache=True,
-        logits_to_keep=1,
-    ).logits[:, -1]
 
 
 def _pick(logits: torch.Tensor, cfg: GenerationConfig, gen: torch.Generator) -> int:

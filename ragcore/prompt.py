@@ -38,7 +38,15 @@ class Prompt:
         return int(self.input_ids.shape[-1])
 
     def passage_spans(self) -> list[tuple[int, int]]:
+        """Token spans [start, end) of the passages, in prompt order."""
         return [self.spans[f"passage:{i + 1}"] for i in range(len(self.passages))]
+
+    @property
+    def question_start(self) -> int:
+        """Token index where the question starts: the context is everything before it (all of it if unknown)."""
+        n = len(self)
+        start = self.spans.get("question", (n, n))[0]
+        return start if 1 < start < n else n
 
 
 def passage_block(n: int, chunk: Chunk) -> str:

@@ -8,8 +8,9 @@ from compress.kv import COMPRESSORS, KVCompressor, get_compressor
 from compress.kv.snapkv import pool1d
 from ragcore import cache as kvcache
 from ragcore.attention import decoder_layers
+from ragcore.cache import feed
 from ragcore.errors import ConfigError
-from ragcore.generator import GenerationConfig, Generator, _step
+from ragcore.generator import GenerationConfig, Generator
 from ragcore.prompt import Prompt
 
 NAMES = list(COMPRESSORS)
@@ -86,7 +87,7 @@ def _prefill(model, comp: KVCompressor, ids: torch.Tensor):
     cache = transformers.DynamicCache(config=model.config)
     with torch.inference_mode(), comp.apply(model) as rep:
         kvcache.call(model, cache, input_ids=ids, use_cache=True)
-        logits = _step(model, _ids(Q, seed=2), cache, ids.shape[1])  # question on the compressed cache
+        logits = feed(model, _ids(Q, seed=2), cache, ids.shape[1])  # question on the compressed cache
         assert torch.isfinite(logits).all()
         assert not _no_hooks(model)
     return cache, rep
@@ -194,7 +195,7 @@ def test_decode_does_not_compress(tiny_llama):
     with torch.inference_mode(), comp.apply(tiny_llama):
         kvcache.call(tiny_llama, cache, input_ids=_ids(T), use_cache=True)
         for i in range(3):
-            _step(tiny_llama, torch.tensor([[5]]), cache, T + i)
+            feed(tiny_llama, torch.tensor([[5]]), cache, T + i)
     assert kvcache.seq_len(cache) == 32 + 3
 
 
@@ -209,7 +210,7 @@ def test_pruned_cache_matches_masked_full_forward(tiny):
     cache = transformers.DynamicCache(config=tiny.config)
     with torch.inference_mode(), comp.apply(tiny):
         kvcache.call(tiny, cache, input_ids=ids[:, :T], use_cache=True)
-        got = _step(tiny, ids[:, T:], cache, T)
+        got = feed(tiny, ids[:, T:], cache, T)
     kept = torch.zeros(T, dtype=torch.bool)
     kept[:4] = kept[T - 16 : T] = True
     mask = torch.ones(T + Q, T + Q, dtype=torch.bool).tril()
@@ -227,7 +228,7 @@ def test_uneven_head_budgets_match_per_head_masked_forward(tiny_llama):
     cache = transformers.DynamicCache(config=tiny_llama.config)
     with torch.inference_mode(), comp.apply(tiny_llama) as rep:
         kvcache.call(tiny_llama, cache, input_ids=ids[:, :T], use_cache=True)
-        got = _step(tiny_llama, ids[:, T:], cache, T)
+        got = feed(tiny_llama, ids[:, T:], cache, T)
     assert rep.masks_only and rep.tokens_kept == {0: [20, T], 1: [20, T]} and rep.cache_len == {0: T, 1: T}
     kept = torch.zeros(T, dtype=torch.bool)
     kept[:4] = kept[T - 16 : T] = True
@@ -246,8 +247,8 @@ def test_head_masks_match_uniform_pruning(tiny_llama):
         cache = transformers.DynamicCache(config=tiny_llama.config)
         with torch.inference_mode(), comp.apply(tiny_llama):
             kvcache.call(tiny_llama, cache, input_ids=ids[:, :T], use_cache=True)
-            out.append(_step(tiny_llama, ids[:, T:], cache, T))
-            out.append(_step(tiny_llama, torch.tensor([[7]]), cache, T + Q))
+            out.append(feed(tiny_llama, ids[:, T:], cache, T))
+            out.append(feed(tiny_llama, torch.tensor([[7]]), cache, T + Q))
     torch.testing.assert_close(out[0], out[2], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(out[1], out[3], rtol=1e-4, atol=1e-4)
 
@@ -262,8 +263,8 @@ def test_uneven_masks_same_under_eager_and_sdpa(tiny_llama):
         try:
             with torch.inference_mode(), comp.apply(tiny_llama) as rep:
                 kvcache.call(tiny_llama, cache, input_ids=ids[:, :T], use_cache=True)
-                res.append(_step(tiny_llama, ids[:, T:], cache, T))
-                res.append(_step(tiny_llama, torch.tensor([[9]]), cache, T + Q))  # decoding: one query row
+                res.append(feed(tiny_llama, ids[:, T:], cache, T))
+                res.append(feed(tiny_llama, torch.tensor([[9]]), cache, T + Q))  # decoding: one query row
         finally:
             tiny_llama.config._attn_implementation = "sdpa"
         assert rep.masks_only and rep.tokens_kept == {0: [32, 64], 1: [64, 32]}

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ragcore import cache as kvcache
-from ragcore.attention import _heads, decoder_layers, rows_attention
+from ragcore.attention import decoder_layers, head_counts, rows_attention
 from ragcore.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -316,7 +316,7 @@ class KVCompressor:
         hidden = kwargs.get("hidden_states", args[0] if args else None)
         keep = self._masks[layer]  # (B, H_kv, T_c)
         past, q = kvcache.seq_len(cache, layer), hidden.shape[1]
-        n_h, n_kv, _ = _heads(module)
+        n_h, n_kv, _ = head_counts(module)
         vis = torch.ones(keep.shape[0], n_kv, past + q, dtype=torch.bool, device=hidden.device)
         vis[..., : keep.shape[-1]] = keep
         causal = (

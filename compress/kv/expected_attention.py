@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from compress.kv.base import KVCompressor, group_mean
-from ragcore.attention import _heads, _rotate_half
+from ragcore.attention import head_counts, rotate_half
 from ragcore.errors import ConfigError
 
 
@@ -66,7 +66,7 @@ class ExpectedAttention(KVCompressor):
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
         key_offset: int = 0,
     ) -> torch.Tensor:
-        n_h, n_kv, d = _heads(module)
+        n_h, n_kv, d = head_counts(module)
         b, t_q = hidden.shape[:2]
         h = hidden[:, max(t_q - self.n_recent, 0) :]
         q = module.q_proj(h).view(b, h.shape[1], n_h, d).transpose(1, 2)
@@ -76,7 +76,7 @@ class ExpectedAttention(KVCompressor):
         c, s = self._future_rotation(hidden, keys.shape[-2], d)
 
         def rot(x: torch.Tensor) -> torch.Tensor:  # the averaged rotation R applied to row vectors
-            return x * c + _rotate_half(x) * s
+            return x * c + rotate_half(x) * s
 
         mu = rot(q.mean(2))  # (B, H, D)
         k = keys.float().repeat_interleave(n_h // n_kv, dim=1)  # (B, H, T, D)

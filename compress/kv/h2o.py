@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from compress.kv.base import KVCompressor, group_mean
-from ragcore.attention import _heads
+from ragcore.attention import head_counts
 from ragcore.errors import ConfigError
 
 
@@ -46,7 +46,7 @@ class H2O(KVCompressor):
     ) -> torch.Tensor:
         weights = self.row_weights(hidden.shape[1], hidden.device)
         acc = self.chunked_attention_sum(module, hidden, position_embeddings, keys, key_offset, weights, self.chunk)
-        return group_mean(acc, _heads(module)[1])
+        return group_mean(acc, head_counts(module)[1])
 
     def row_weights(self, t_q: int, device: torch.device) -> torch.Tensor | None:
         """Weight of each prefill query row in the accumulation (None: all equal)."""

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from compress.kv.base import KVCompressor, group_mean
-from ragcore.attention import _heads, attention_to_spans, decoder_layers
+from ragcore.attention import attention_to_spans, decoder_layers, head_counts
 from ragcore.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ class Razor(KVCompressor):
         copying = att[:, :, rows, cur - n].mean(-1)  # to the earlier copy itself
         per_head = induction + copying  # (L, H)
         layers = decoder_layers(model)
-        n_kv = _heads(layers[0].self_attn)[1]
+        n_kv = head_counts(layers[0].self_attn)[1]
         kv_scores = group_mean(per_head, n_kv)  # (L, H_kv)
         self.head_scores = kv_scores
         n_pick = round(self.top_frac * kv_scores.numel())

@@ -31,7 +31,7 @@ from torch import nn
 
 from compress.kv.base import WrapperCompressor
 from compress.kv.razor import Razor
-from ragcore.attention import _heads, decoder_layers
+from ragcore.attention import decoder_layers, head_counts
 from ragcore.errors import ConfigError
 
 
@@ -59,13 +59,13 @@ class RetrievalHeads(WrapperCompressor):
     def prepare(self, model: nn.Module) -> None:
         super().prepare(model)
         layers = decoder_layers(model)
-        self._n_kv = _heads(layers[0].self_attn)[1]
+        self._n_kv = head_counts(layers[0].self_attn)[1]
         self._n_heads = len(layers) * self._n_kv
         if self.retrieval_heads is None:
             if self.scores is None:
                 self.retrieval_heads = Razor(top_frac=self.top_frac).calibrate(model)
             else:
-                self.retrieval_heads = self.heads_from_scores(len(layers), _heads(layers[0].self_attn)[1])
+                self.retrieval_heads = self.heads_from_scores(len(layers), head_counts(layers[0].self_attn)[1])
 
     def heads_from_scores(self, n_layers: int, n_kv: int) -> dict[int, list[int]]:
         """The top ``top_frac`` (layer, key/value head) pairs of the ``scores`` file, checked against the model."""

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from compress.kv.base import KVCompressor, group_mean
-from ragcore.attention import _heads
+from ragcore.attention import head_counts
 from ragcore.errors import ConfigError
 
 
@@ -63,7 +63,7 @@ class SnapKV(KVCompressor):
         t_q = hidden.shape[1]
         rows = slice(max(t_q - self.window, 0), t_q)
         a = self.attention(module, hidden, position_embeddings, rows, keys, key_offset)  # (B, H, w, T)
-        votes, n_kv = a.mean(2), _heads(module)[1]  # (B, H, T)
+        votes, n_kv = a.mean(2), head_counts(module)[1]  # (B, H, T)
         if self.group == "max":
             s = votes.view(votes.shape[0], n_kv, -1, votes.shape[-1]).amax(2)
         else:

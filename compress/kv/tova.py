@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from compress.kv.base import KVCompressor, group_mean
-from ragcore.attention import _heads
+from ragcore.attention import head_counts
 
 
 @dataclass
@@ -29,4 +29,4 @@ class TOVA(KVCompressor):
     ) -> torch.Tensor:
         rows = slice(hidden.shape[1] - 1, hidden.shape[1])
         a = self.attention(module, hidden, position_embeddings, rows, keys, key_offset)[:, :, 0]  # (B, H, T)
-        return group_mean(a, _heads(module)[1])
+        return group_mean(a, head_counts(module)[1])
