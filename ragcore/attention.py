@@ -48,17 +48,30 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 def project_queries(
     attn: nn.Module,
     hidden: torch.Tensor,
-    position_embeddings: tuple[torch.Tensor, torch.Tensor],
-    rows: torch.Tensor | slice,
+    position_embeddings: tuple[torch.Tensor, torch.Tensor] | None,
+    rows: torch.Tensor | slice = slice(None),
 ) -> torch.Tensor:
-    """Rotated query states (B, H, R, D) of the given rows of ``hidden`` (the layer's normed input)."""
+    """Query states (B, H, R, D) of the given rows of ``hidden`` (the layer's normed input), rotated by
+    ``position_embeddings`` (the (cos, sin) of every row of ``hidden``), or not rotated when it is None."""
     n_h, _, d = head_counts(attn)
     h = hidden[:, rows]
     q = attn.q_proj(h).view(h.shape[0], h.shape[1], n_h, d).transpose(1, 2)
     if hasattr(attn, "q_norm"):  # Qwen3-style per-head query norm
         q = attn.q_norm(q)
+    if position_embeddings is None:
+        return q
     cos, sin = position_embeddings
     return apply_rotary(q, cos[:, rows], sin[:, rows])
+
+
+def rotary_embedding(
+    model: nn.Module, like: torch.Tensor, positions: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's rotary (cos, sin), each (B, T, D), at ``positions`` (B, T), in ``like``'s dtype and device."""
+    rotary = getattr(getattr(model, "model", model), "rotary_emb", None)
+    if rotary is None:
+        raise ConfigError(f"{type(model).__name__} has no model.rotary_emb; supported: rotary decoder models")
+    return rotary(like, positions)
 
 
 def project_keys(
@@ -131,10 +144,6 @@ class SpanAttention:
     tokens: torch.Tensor
     spans: dict[str, torch.Tensor]
 
-    def span_scores(self) -> dict[str, float]:
-        """Mass per span, averaged over layers, heads and rows."""
-        return {k: float(v.mean()) for k, v in self.spans.items()}
-
 
 @torch.inference_mode()
 def attention_to_spans(
@@ -175,7 +184,7 @@ def attention_to_spans(
     for li in chosen:
         layer = blocks[li]
         h = layer.input_layernorm(out.hidden_states[li])
-        pe = model.model.rotary_emb(h, pos)
+        pe = rotary_embedding(model, h, pos)
         a = rows_attention(layer.self_attn, h, pe, row_idx.to(ids.device))[0]  # (H, R, T)
         per_layer.append(a.mean(1) if reduce_rows else a)
     tokens = torch.stack(per_layer).cpu()

@@ -9,8 +9,10 @@ through the small functions here, so a change of that API is fixed in one place.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -150,3 +152,65 @@ def feed(model: Any, ids: torch.Tensor, cache: Any, first_pos: int) -> torch.Ten
         use_cache=True,
         logits_to_keep=1,
     ).logits[:, -1]
+
+
+def attention_layers(model: Any) -> list[Any]:
+    """Every decoder layer's ``self_attn`` module (Llama-style models: ``model.model.layers[i].self_attn``)."""
+    from ragcore.attention import decoder_layers
+
+    return [layer.self_attn for layer in decoder_layers(model)]
+
+
+@contextlib.contextmanager
+def attention_hooks(
+    model: Any, pre: Callable[..., Any] | None = None, post: Callable[..., Any] | None = None
+) -> Iterator[None]:
+    """Register ``pre(module, args, kwargs)`` and ``post(module, args, kwargs, output)`` on every layer's attention
+    module (with keyword arguments) for the block; they are removed when it ends, also on errors. A pre-hook may
+    return ``(args, kwargs)`` to replace the call's arguments (the per-head masks below do)."""
+    handles = []
+    try:
+        for attn in attention_layers(model):
+            if pre is not None:
+                handles.append(attn.register_forward_pre_hook(pre, with_kwargs=True))
+            if post is not None:
+                handles.append(attn.register_forward_hook(post, with_kwargs=True))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def visibility_mask(visible: torch.Tensor, past: int, q: int, module: Any, dtype: torch.dtype) -> torch.Tensor:
+    """The 4D attention mask that hides cache slots per key/value head, for ``q`` new rows after ``past`` slots.
+
+    ``visible`` (B, H_kv, S) says which of the first ``S`` slots each key/value head may see (slots beyond ``S`` are
+    visible); the new rows are causal among themselves. Returns (B, H, q, past + q): boolean for SDPA and flash
+    attention, additive (0 / dtype min) for eager attention, with query heads sharing their group's visibility."""
+    n_h = module.config.num_attention_heads
+    n_kv = visible.shape[1]
+    width = past + q
+    vis = torch.ones(visible.shape[0], n_kv, width, dtype=torch.bool, device=visible.device)
+    s = min(visible.shape[-1], width)
+    vis[..., :s] = visible[..., :s]
+    causal = torch.arange(width, device=vis.device)[None, :] <= (past + torch.arange(q, device=vis.device))[:, None]
+    full = (vis[:, :, None, :] & causal[None, None]).repeat_interleave(n_h // n_kv, dim=1)
+    if getattr(module.config, "_attn_implementation", "sdpa") == "eager":
+        full = torch.zeros(full.shape, dtype=dtype, device=vis.device).masked_fill(~full, torch.finfo(dtype).min)
+    return full
+
+
+def head_mask_hook(masks: Callable[[Any, Any], torch.Tensor | None]) -> Callable[..., Any]:
+    """A pre-hook (for :func:`attention_hooks`) passing per-head visibility: ``masks(module, cache)`` gives the
+    (B, H_kv, S) visibility of the layer's slots for the cache being used, or None to leave the call alone."""
+
+    def pre(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        cache = from_call(kwargs)
+        visible = masks(module, cache) if cache is not None else None
+        if visible is None:
+            return None
+        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        mask = visibility_mask(visible, seq_len(cache, module.layer_idx), hidden.shape[1], module, hidden.dtype)
+        return args, {**kwargs, "attention_mask": mask}
+
+    return pre

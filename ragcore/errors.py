@@ -51,3 +51,7 @@ class IndexCorruptError(IndexError_):
 
 class IndexMismatchError(IndexError_):
     """The index was built with another schema version or embedder than the one asked for."""
+
+
+class PromptTooLongError(RagcoreError, ValueError):
+    """A prompt does not fit the model's context window, even with a single passage."""

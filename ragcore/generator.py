@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
 from collections.abc import Generator as Generator_
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ragcore import cache as kvcache
-from ragcore.errors import ConfigError
+from ragcore.errors import ConfigError, PromptTooLongError
 from ragcore.models import DEFAULT_GENERATOR, load_generator
 from ragcore.prompt import Prompt, build_prompt
 from ragcore.types import Chunk, ScoredChunk
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from compress.kv.base import KVCompressor
 
 logger = logging.getLogger(__name__)
+_LOAD = threading.Lock()  # one model load at a time, so threads sharing a Generator load it once
 
 
 @dataclass
@@ -71,11 +73,6 @@ class Generation:
         return len(self.token_ids) / self.decode_s if self.decode_s > 0 else 0.0
 
 
-# called between prefill and decoding with (model, cache, prompt); may compress the cache in place and
-# return statistics (kv bytes, ...) to merge into Generation.stats
-PrefillHook = Callable[["PreTrainedModel", Any, Prompt], dict[str, Any]]
-
-
 class Generator:
     """Answers a question from passages with a causal LM from the model registry.
 
@@ -86,6 +83,7 @@ class Generator:
         self.model_name, self.device, self.dtype = model, device, dtype
         self.model: PreTrainedModel | None = None
         self.tokenizer: PreTrainedTokenizerBase | None = None
+        self.eos_ids: set[int] = set()
 
     @classmethod
     def from_model(
@@ -95,23 +93,17 @@ class Generator:
         prompts must be given as ``Prompt`` objects, there is no end-of-sequence stop and the text is empty."""
         g = cls(name)
         g.model, g.tokenizer = model.eval(), tokenizer
-        g._set_eos()
+        g.eos_ids = _eos_ids(g.model, tokenizer)
         return g
 
     def warm_up(self) -> None:
+        """Load the model and tokenizer (once; safe to call from several threads)."""
         if self.model is None:
-            self.model, self.tokenizer = load_generator(self.model_name, self.device, self.dtype)
-            self._set_eos()
-
-    def _set_eos(self) -> None:
-        if self.tokenizer is None:
-            self.eos_ids: set[int] = set()
-            return
-        eos = self.model.generation_config.eos_token_id
-        eos = [eos] if isinstance(eos, int) else list(eos or [])
-        if self.tokenizer.eos_token_id is not None:
-            eos.append(self.tokenizer.eos_token_id)
-        self.eos_ids = set(eos)
+            with _LOAD:
+                if self.model is None:
+                    model, tokenizer = load_generator(self.model_name, self.device, self.dtype)
+                    self.tokenizer, self.eos_ids = tokenizer, _eos_ids(model, tokenizer)
+                    self.model = model  # last: other threads take a set model as a loaded generator
 
     def prompt(
         self, question: str, passages: Sequence[Chunk | ScoredChunk] | None = None, system: str | None = None
@@ -119,12 +111,59 @@ class Generator:
         self.warm_up()
         return build_prompt(self.tokenizer, question, passages, system)
 
+    @property
+    def context_window(self) -> int:
+        """Tokens the model reads at most (prompt and answer together), from its config."""
+        self.warm_up()
+        return int(getattr(self.model.config, "max_position_embeddings", 0) or 2048)
+
+    def fit_prompt(
+        self,
+        question: str,
+        passages: Sequence[Chunk | ScoredChunk],
+        max_new_tokens: int,
+        max_tokens: int | None = None,
+        system: str | None = None,
+    ) -> tuple[Prompt, list[Chunk | ScoredChunk]]:
+        """The prompt with as many of the leading ``passages`` as fit, with ``max_new_tokens`` left for the answer,
+        in the model's window (or ``max_tokens``, if smaller); returns it and the passages it holds.
+
+        Raises ``PromptTooLongError`` when not even the first passage fits (or the question, without passages)."""
+        window = self.context_window
+        limit = window if max_tokens is None else min(max_tokens, window)
+        budget = limit - max_new_tokens
+        passages = list(passages)
+        p = self.prompt(question, passages, system)
+        if len(p) <= budget:
+            return p, passages
+        lo, hi, best = 1, len(passages) - 1, None  # the most leading passages that fit
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            q = self.prompt(question, passages[:mid], system)
+            if len(q) <= budget:
+                best, lo = (q, mid), mid + 1
+            else:
+                hi = mid - 1
+        if best is None:
+            first = self.prompt(question, passages[:1], system) if passages else p
+            raise PromptTooLongError(
+                f"the question{' and its first passage' if passages else ''} take {len(first)} tokens; "
+                f"{self.model_name!r} reads {limit} tokens, {max_new_tokens} of them kept for the answer"
+            )
+        logger.warning(
+            "%d of %d passages do not fit %s's window of %d tokens and are left out",
+            len(passages) - best[1],
+            len(passages),
+            self.model_name,
+            limit,
+        )
+        return best[0], passages[: best[1]]
+
     def generate(
         self,
         question: str | Prompt,
         passages: Sequence[Chunk | ScoredChunk] | None = None,
         config: GenerationConfig | None = None,
-        on_prefill: PrefillHook | None = None,
         compressor: KVCompressor | None = None,
         query_aware: bool = False,
     ) -> Generation:
@@ -137,7 +176,7 @@ class Generator:
         prefill), ``kv_bytes_full`` (an uncompressed cache of the same prompt), ``masks_only`` and, with a
         compressor, ``kv_report``.
         """
-        tokens = self._decode(question, passages, config or GenerationConfig(), on_prefill, compressor, query_aware)
+        tokens = self._decode(question, passages, config or GenerationConfig(), compressor, query_aware)
         while True:  # the decode loop yields token ids and returns the Generation
             try:
                 next(tokens)
@@ -149,7 +188,6 @@ class Generator:
         question: str | Prompt,
         passages: Sequence[Chunk | ScoredChunk] | None = None,
         config: GenerationConfig | None = None,
-        on_prefill: PrefillHook | None = None,
         compressor: KVCompressor | None = None,
         query_aware: bool = False,
     ) -> Iterator[str]:
@@ -159,7 +197,7 @@ class Generator:
         self.warm_up()
         ids: list[int] = []
         shown = ""
-        for tok in self._decode(question, passages, config or GenerationConfig(), on_prefill, compressor, query_aware):
+        for tok in self._decode(question, passages, config or GenerationConfig(), compressor, query_aware):
             ids.append(tok)
             text = self.tokenizer.decode(ids, skip_special_tokens=True)
             if text.endswith("\ufffd"):
@@ -197,8 +235,8 @@ class Generator:
         for p in prompts:
             with contextlib.ExitStack() as hooks:
                 t0 = time.perf_counter()
-                cache, logits, st = self._prefill(p, compressor, query_aware, hooks)
-                masks.append(compressor.head_masks() if compressor is not None else {})
+                cache, logits, st, call = self._prefill(p, compressor, query_aware, hooks)
+                masks.append(call.head_masks() if call is not None else {})
                 _sync(dev)
                 prefill_s.append(time.perf_counter() - t0)
             caches.append(cache)
@@ -252,22 +290,21 @@ class Generator:
 
     def _prefill(
         self, prompt: Prompt, compressor: KVCompressor | None, query_aware: bool, hooks: contextlib.ExitStack
-    ) -> tuple[Any, torch.Tensor, dict[str, Any]]:
+    ) -> tuple[Any, torch.Tensor, dict[str, Any], Any]:
         """Prefill ``prompt`` (compressing with ``compressor``, whose hooks join ``hooks``): the cache, the
-        next-token logits (1, V) and the cache statistics."""
+        next-token logits (1, V), the cache statistics and the compressor's call (None without one)."""
         model = self.model
         dev = model.device
         ids = prompt.input_ids.to(dev)
         n = ids.shape[1]
         cache = kvcache.new_cache(model.config)
-        report = None
+        call = None
         stats: dict[str, Any] = {}
         if compressor is None:
             logits = kvcache.call(model, cache, input_ids=ids, use_cache=True, logits_to_keep=1).logits[:, -1]
         else:
             t0 = time.perf_counter()
-            report = hooks.enter_context(compressor.apply(model))
-            compressor.for_prompt(prompt)
+            call = hooks.enter_context(compressor.apply(model, cache, prompt))
             split = n if query_aware else prompt.question_start
             if split < n:  # the context alone: its logits are not needed, so the base model (no LM head) runs
                 kvcache.call(
@@ -281,10 +318,10 @@ class Generator:
                 logits = kvcache.feed(model, ids[:, split:], cache, split)
         stats["kv_bytes"] = kvcache.kv_bytes(cache)
         stats["kv_bytes_full"] = kvcache.bytes_per_token(cache) * n
-        stats["masks_only"] = bool(report.masks_only) if report is not None else False
-        if report is not None:
-            stats["kv_report"] = report.to_dict()
-        return cache, logits, stats
+        stats["masks_only"] = bool(call.report.masks_only) if call is not None else False
+        if call is not None:
+            stats["kv_report"] = call.report.to_dict()
+        return cache, logits, stats, call
 
     @torch.inference_mode()
     def _decode(
@@ -292,7 +329,6 @@ class Generator:
         question: str | Prompt,
         passages: Sequence[Chunk | ScoredChunk] | None,
         cfg: GenerationConfig,
-        on_prefill: PrefillHook | None,
         compressor: KVCompressor | None = None,
         query_aware: bool = False,
     ) -> Generator_[int, None, Generation]:
@@ -306,8 +342,7 @@ class Generator:
             gen.manual_seed(cfg.seed)
         t0 = time.perf_counter()
         with contextlib.ExitStack() as hooks:  # the compressor's hooks live until decoding ends, then go
-            cache, logits, stats = self._prefill(prompt, compressor, query_aware, hooks)
-            stats.update((on_prefill(model, cache, prompt) if on_prefill else None) or {})
+            cache, logits, stats, _ = self._prefill(prompt, compressor, query_aware, hooks)
             _sync(dev)
             t1 = time.perf_counter()
             out: list[int] = []
@@ -344,22 +379,18 @@ class Generator:
 
 class _BatchedCache:
     """Several single-row caches (possibly compressed to different lengths per layer, possibly with per-head
-    visibility masks) as one left-padded batch cache. Inside the ``with`` block a pre-hook on every layer's
-    ``self_attn`` passes that layer's (B, H, 1, K) visibility mask, so padding and masked slots stay hidden;
-    the hooks are removed when the block ends."""
+    visibility masks) as one left-padded batch cache. Inside the ``with`` block the cache adapter's per-head mask
+    hook passes each layer's visibility, so padding and masked slots stay hidden; the hooks are removed when the
+    block ends."""
 
     def __init__(self, model: PreTrainedModel, rows: list[tuple[Any, dict[int, torch.Tensor]]], max_new: int):
-        from ragcore.attention import decoder_layers, head_counts
-
         self.model = model
-        self.attns = [layer.self_attn for layer in decoder_layers(model)]
-        n_h, n_kv, _ = head_counts(self.attns[0])
         dev = model.device
-        layers, self.masks = [], []
+        layers, self.visible = [], []
         for li in range(kvcache.n_layers(rows[0][0])):
             kv = [kvcache.get_kv(c, li) for c, _ in rows]
             width = max(k.shape[-2] for k, _ in kv)
-            vis = torch.zeros(len(rows), n_kv, width + max_new, dtype=torch.bool, device=dev)
+            vis = torch.zeros(len(rows), kv[0][0].shape[1], width + max_new, dtype=torch.bool, device=dev)
             vis[..., width:] = True
             keys, values = [], []
             for i, ((k, v), (_, masks)) in enumerate(zip(kv, rows)):
@@ -371,30 +402,19 @@ class _BatchedCache:
                     m = masks[li][0]
                     vis[i, :, pad : pad + m.shape[-1]] = m
             layers.append((torch.cat(keys), torch.cat(values)))
-            full = vis.repeat_interleave(n_h // n_kv, dim=1)[:, :, None, :]  # (B, H, 1, K + max_new)
-            if getattr(model.config, "_attn_implementation", "sdpa") == "eager":
-                dt = keys[0].dtype
-                full = torch.zeros(full.shape, dtype=dt, device=dev).masked_fill(~full, torch.finfo(dt).min)
-            self.masks.append(full)
+            self.visible.append(vis)
         self.cache = kvcache.new_cache(model.config, layers)
-        self.handles: list[Any] = []
+        self._hooks = contextlib.ExitStack()
 
     def __enter__(self) -> _BatchedCache:
-        for li, attn in enumerate(self.attns):
-            self.handles.append(attn.register_forward_pre_hook(self._hook(li), with_kwargs=True))
+        self._hooks.enter_context(kvcache.attention_hooks(self.model, pre=kvcache.head_mask_hook(self._visible)))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for h in self.handles:
-            h.remove()
-        self.handles = []
+        self._hooks.close()
 
-    def _hook(self, li: int) -> Callable:
-        def pre(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-            k = kvcache.seq_len(self.cache, li) + 1  # the cached slots and the one being fed
-            return args, {**kwargs, "attention_mask": self.masks[li][..., :k]}
-
-        return pre
+    def _visible(self, module: Any, cache: Any) -> torch.Tensor | None:
+        return self.visible[module.layer_idx] if cache is self.cache else None
 
     def step(self, toks: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Feed one token per row (B, 1) at absolute ``positions`` (B,); the next-token logits (B, V)."""
@@ -407,6 +427,17 @@ class _BatchedCache:
             cache_position=torch.tensor([slot], device=toks.device),
             use_cache=True,
         ).logits[:, -1]
+
+
+def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None) -> set[int]:
+    """Token ids that end a generation (none without a tokenizer)."""
+    if tokenizer is None:
+        return set()
+    eos = model.generation_config.eos_token_id
+    eos = [eos] if isinstance(eos, int) else list(eos or [])
+    if tokenizer.eos_token_id is not None:
+        eos.append(tokenizer.eos_token_id)
+    return set(eos)
 
 
 def _pick(logits: torch.Tensor, cfg: GenerationConfig, gen: torch.Generator) -> int:

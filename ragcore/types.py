@@ -96,6 +96,7 @@ class Answer:
     model: str = ""
     timings: dict[str, float] = field(default_factory=dict)
     kv: dict[str, Any] = field(default_factory=dict)  # compressor, kv_bytes held after prefill, kv_bytes_full, ...
+    dropped: list[str] = field(default_factory=list)  # ids of retrieved chunks left out: the window was full
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -106,6 +107,7 @@ class Answer:
             "model": self.model,
             "timings": dict(self.timings),
             "kv": dict(self.kv),
+            "dropped": list(self.dropped),
         }
 
     @classmethod
@@ -118,4 +120,5 @@ class Answer:
             model=d.get("model", ""),
             timings=dict(d.get("timings", {})),
             kv=dict(d.get("kv", {})),
+            dropped=list(d.get("dropped", [])),
         )

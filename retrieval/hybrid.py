@@ -6,6 +6,7 @@ import json
 import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -49,8 +50,10 @@ class HybridRetriever:
     """BM25 (bm25s) + dense (sentence-transformers + FAISS) retrieval over chunks.
 
     The default fusion (``weighted``, dense weight 0.9, min-max over a pool of the top ``pool`` of each
-    retriever) was chosen by ``bench/fusion_sweep.py`` on NQ-open; see docs/RESULTS.md.
+    retriever) was chosen on NQ-open (docs/RESULTS.md, section fusion-sweep).
     """
+
+    name: ClassVar[str] = "hybrid"
 
     def __init__(
         self,
@@ -113,6 +116,10 @@ class HybridRetriever:
         return len(new)
 
     # -- search ----------------------------------------------------------------------------------
+    def retrieve(self, question: str, k: int) -> list[ScoredChunk]:
+        """The stage method (:class:`ragcore.stages.Retriever`): hybrid ``search(question, k)``."""
+        return self.search(question, k)
+
     def search(self, query: str, k: int = 5, mode: str = "hybrid") -> list[ScoredChunk]:
         return self.search_many([query], k, mode)[0]
 

@@ -1,10 +1,4 @@
-"""ChunkKV (Liu et al., 2025): keep whole chunks of consecutive tokens instead of scattered single tokens.
-
-The inner compressor scores tokens; a chunk's score is the mean of its tokens' scores, given back to each of its
-tokens, so selection keeps or drops ``chunk_size`` neighbours together (a phrase survives with its context).
-With ``share_heads`` the per-head scores are normalised and averaged over the layer's key/value heads, so every
-head keeps the same chunks (the paper's layer-wise choice).
-"""
+"""ChunkKV: keep whole chunks of consecutive tokens."""
 
 from __future__ import annotations
 
@@ -13,33 +7,41 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from compress.kv.base import WrapperCompressor, as_distribution
-from ragcore.errors import ConfigError
+from compress.kv.base import LayerPrefill, WrapperCompressor, as_distribution
+from ragcore.stages import check_bool, check_int
 
 
 @dataclass
 class ChunkKV(WrapperCompressor):
+    """ChunkKV (Liu et al., 2025, https://arxiv.org/abs/2502.00299): keep whole chunks of consecutive tokens instead
+    of scattered single tokens. A chunk's score is the mean of its tokens' inner scores, given back to each of its
+    tokens, so ``chunk_size`` neighbours are kept or dropped together (a phrase survives with its context).
+
+    Parameters
+    ----------
+    ratio, budget, n_sink, protect_last:
+        As in :class:`KVCompressor`.
+    inner:
+        The compressor that scores tokens (default snapkv).
+    chunk_size:
+        Tokens per chunk.
+    share_heads:
+        Normalise each head's scores and average them over the layer's key/value heads, so every head keeps the
+        same chunks (the paper's layer-wise choice).
+    """
+
     chunk_size: int = 10
     share_heads: bool = True
     name: ClassVar[str] = "chunk"
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if isinstance(self.chunk_size, bool) or not isinstance(self.chunk_size, int) or self.chunk_size < 1:
-            raise ConfigError(f"chunk_size must be a positive integer, got {self.chunk_size!r}")
+        check_int("chunk_size", self.chunk_size, 1)
+        check_bool("share_heads", self.share_heads)
 
-    def score(
-        self,
-        module: nn.Module,
-        hidden: torch.Tensor,
-        keys: torch.Tensor,
-        values: torch.Tensor,
-        position_embeddings: tuple[torch.Tensor, torch.Tensor],
-        key_offset: int = 0,
-    ) -> torch.Tensor:
-        s = self.inner.score(module, hidden, keys, values, position_embeddings, key_offset).float()
+    def score(self, x: LayerPrefill) -> torch.Tensor:
+        s = self.inner.score(x).float()
         b, h, t = s.shape
         if self.share_heads:
             s = as_distribution(s).mean(1, keepdim=True)  # per head a distribution, then averaged over heads

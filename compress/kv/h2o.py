@@ -1,6 +1,4 @@
-"""H2O (Zhang et al., 2023): heavy hitters = tokens with the largest attention accumulated over all prefill
-queries, plus a window of the most recent tokens. The accumulation runs in row chunks through
-``ragcore.attention.rows_attention``, so memory stays linear in the prompt length."""
+"""H2O: heavy hitters of the accumulated prefill attention, plus a recent window."""
 
 from __future__ import annotations
 
@@ -8,15 +6,28 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from torch import nn
 
-from compress.kv.base import KVCompressor, group_mean
-from ragcore.attention import head_counts
-from ragcore.errors import ConfigError
+from compress.kv.base import KVCompressor, LayerPrefill, group_mean
+from ragcore.stages import check_int
 
 
 @dataclass
 class H2O(KVCompressor):
+    """H2O (Zhang et al., 2023, https://arxiv.org/abs/2306.14048): heavy hitters are the tokens with the largest
+    attention accumulated over all prefill queries; a window of the most recent tokens is always kept. The
+    accumulation runs in row chunks through ``ragcore.attention.rows_attention``, so memory stays linear in the
+    prompt length.
+
+    Parameters
+    ----------
+    ratio, budget, n_sink, protect_last:
+        As in :class:`KVCompressor`.
+    window:
+        Most recent tokens always kept.
+    chunk:
+        Query rows whose attention is computed at once (memory O(chunk x T)).
+    """
+
     window: int = 32
     chunk: int = 256
     name: ClassVar[str] = "h2o"
@@ -24,10 +35,8 @@ class H2O(KVCompressor):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 0:
-            raise ConfigError(f"window must be a non-negative integer, got {self.window!r}")
-        if isinstance(self.chunk, bool) or not isinstance(self.chunk, int) or self.chunk < 1:
-            raise ConfigError(f"chunk must be a positive integer, got {self.chunk!r}")
+        check_int("window", self.window, 0)
+        check_int("chunk", self.chunk, 1)
 
     def protected(self, t: int, device: torch.device) -> torch.Tensor:
         keep = super().protected(t, device)
@@ -35,18 +44,9 @@ class H2O(KVCompressor):
             keep[max(t - self.window, 0) :] = True
         return keep
 
-    def score(
-        self,
-        module: nn.Module,
-        hidden: torch.Tensor,
-        keys: torch.Tensor,
-        values: torch.Tensor,
-        position_embeddings: tuple[torch.Tensor, torch.Tensor],
-        key_offset: int = 0,
-    ) -> torch.Tensor:
-        weights = self.row_weights(hidden.shape[1], hidden.device)
-        acc = self.chunked_attention_sum(module, hidden, position_embeddings, keys, key_offset, weights, self.chunk)
-        return group_mean(acc, head_counts(module)[1])
+    def score(self, x: LayerPrefill) -> torch.Tensor:
+        weights = self.row_weights(x.hidden.shape[1], x.hidden.device)
+        return group_mean(x.attention_sum(weights, self.chunk), x.n_kv)
 
     def row_weights(self, t_q: int, device: torch.device) -> torch.Tensor | None:
         """Weight of each prefill query row in the accumulation (None: all equal)."""

@@ -1,4 +1,4 @@
-"""Random eviction: the floor every method must beat. Seeded, so runs repeat."""
+"""Random eviction: the floor every method must beat."""
 
 from __future__ import annotations
 
@@ -6,30 +6,30 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from torch import nn
 
-from compress.kv.base import KVCompressor
-from ragcore.errors import ConfigError
+from compress.kv.base import KVCompressor, LayerPrefill
+from ragcore.stages import check_int
 
 
 @dataclass
 class RandomPress(KVCompressor):
+    """Random eviction (kvpress's ``RandomPress``): seeded per layer, so runs repeat.
+
+    Parameters
+    ----------
+    ratio, budget, n_sink, protect_last:
+        As in :class:`KVCompressor`.
+    seed:
+        Seed of the random scores (each layer draws from ``seed`` and its index).
+    """
+
     seed: int = 0
     name: ClassVar[str] = "random"
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ConfigError(f"seed must be an integer, got {self.seed!r}")
+        check_int("seed", self.seed)
 
-    def score(
-        self,
-        module: nn.Module,
-        hidden: torch.Tensor,
-        keys: torch.Tensor,
-        values: torch.Tensor,
-        position_embeddings: tuple[torch.Tensor, torch.Tensor],
-        key_offset: int = 0,
-    ) -> torch.Tensor:
-        gen = torch.Generator().manual_seed(self.seed + 1000003 * int(getattr(module, "layer_idx", 0) or 0))
-        return torch.rand(keys.shape[:3], generator=gen).to(keys.device)
+    def score(self, x: LayerPrefill) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(self.seed + 1000003 * x.layer)
+        return torch.rand(x.keys.shape[:3], generator=gen).to(x.keys.device)

@@ -1,8 +1,4 @@
-"""SnapKV (Li et al., 2024): the last ``window`` queries (the observation window) vote for the tokens they
-attend to; votes are averaged over the window and over the query heads of each key/value group, then
-max-pooled along the sequence (``kernel_size``) so neighbours of a hit survive with it. The window itself
-is always kept. ``group="max"`` takes, per key/value head, the largest vote of its query heads instead of their
-mean, so a token that one query head of a group needs is not outvoted by the others."""
+"""SnapKV: the last queries vote for the tokens they attend to."""
 
 from __future__ import annotations
 
@@ -11,11 +7,10 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from compress.kv.base import KVCompressor, group_mean
-from ragcore.attention import head_counts
+from compress.kv.base import KVCompressor, LayerPrefill, group_mean
 from ragcore.errors import ConfigError
+from ragcore.stages import check_choice, check_int
 
 
 def pool1d(scores: torch.Tensor, kernel_size: int) -> torch.Tensor:
@@ -29,6 +24,23 @@ def pool1d(scores: torch.Tensor, kernel_size: int) -> torch.Tensor:
 
 @dataclass
 class SnapKV(KVCompressor):
+    """SnapKV (Li et al., 2024, https://arxiv.org/abs/2404.14469): the last ``window`` queries (the observation
+    window) vote for the tokens they attend to; votes are averaged over the window and over the query heads of each
+    key/value group, then max-pooled along the sequence so neighbours of a hit survive with it. The window itself is
+    always kept.
+
+    Parameters
+    ----------
+    ratio, budget, n_sink, protect_last:
+        As in :class:`KVCompressor`.
+    window:
+        Observation window: the last query rows that vote (and are kept).
+    kernel_size:
+        Odd width of the max-pooling along the sequence (1: none).
+    group:
+        How a key/value head's query heads vote: ``"mean"`` (the paper) or ``"max"`` (the loudest query head).
+    """
+
     window: int = 32
     kernel_size: int = 5
     group: str = "mean"
@@ -37,35 +49,22 @@ class SnapKV(KVCompressor):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1:
-            raise ConfigError(f"window must be a positive integer, got {self.window!r}")
-        if not isinstance(self.kernel_size, int) or self.kernel_size < 1 or self.kernel_size % 2 == 0:
+        check_int("window", self.window, 1)
+        check_int("kernel_size", self.kernel_size, 1)
+        if self.kernel_size % 2 == 0:
             raise ConfigError(f"kernel_size must be a positive odd integer, got {self.kernel_size!r}")
-        if self.group not in ("mean", "max"):
-            raise ConfigError(
-                f"group must be 'mean' or 'max' (how a key/value head's query heads vote), got {self.group!r}"
-            )
+        check_choice("group", self.group, ("mean", "max"))
 
     def protected(self, t: int, device: torch.device) -> torch.Tensor:
         keep = super().protected(t, device)
         keep[max(t - self.window, 0) :] = True
         return keep
 
-    def score(
-        self,
-        module: nn.Module,
-        hidden: torch.Tensor,
-        keys: torch.Tensor,
-        values: torch.Tensor,
-        position_embeddings: tuple[torch.Tensor, torch.Tensor],
-        key_offset: int = 0,
-    ) -> torch.Tensor:
-        t_q = hidden.shape[1]
-        rows = slice(max(t_q - self.window, 0), t_q)
-        a = self.attention(module, hidden, position_embeddings, rows, keys, key_offset)  # (B, H, w, T)
-        votes, n_kv = a.mean(2), head_counts(module)[1]  # (B, H, T)
+    def score(self, x: LayerPrefill) -> torch.Tensor:
+        t_q = x.hidden.shape[1]
+        votes = x.attention(slice(max(t_q - self.window, 0), t_q)).mean(2)  # (B, H, T)
         if self.group == "max":
-            s = votes.view(votes.shape[0], n_kv, -1, votes.shape[-1]).amax(2)
+            s = votes.view(votes.shape[0], x.n_kv, -1, votes.shape[-1]).amax(2)
         else:
-            s = group_mean(votes, n_kv)
+            s = group_mean(votes, x.n_kv)
         return pool1d(s, self.kernel_size)

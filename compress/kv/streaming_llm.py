@@ -1,4 +1,4 @@
-"""StreamingLLM (Xiao et al., 2023): keep the first ``n_sink`` tokens (attention sinks) and the most recent ones."""
+"""StreamingLLM: attention sinks plus a recent window."""
 
 from __future__ import annotations
 
@@ -6,24 +6,26 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from torch import nn
 
-from compress.kv.base import KVCompressor
+from compress.kv.base import KVCompressor, LayerPrefill
 
 
 @dataclass
 class StreamingLLM(KVCompressor):
+    """StreamingLLM (Xiao et al., 2023, https://arxiv.org/abs/2309.17453): keep the first ``n_sink`` tokens
+    (attention sinks) and the most recent ones.
+
+    Parameters
+    ----------
+    ratio, budget, protect_last:
+        As in :class:`KVCompressor`.
+    n_sink:
+        Leading tokens always kept (default 4, as in the paper).
+    """
+
     n_sink: int = 4
     name: ClassVar[str] = "streaming_llm"
 
-    def score(
-        self,
-        module: nn.Module,
-        hidden: torch.Tensor,
-        keys: torch.Tensor,
-        values: torch.Tensor,
-        position_embeddings: tuple[torch.Tensor, torch.Tensor],
-        key_offset: int = 0,
-    ) -> torch.Tensor:
-        b, h, t = keys.shape[:3]
-        return torch.arange(t, device=keys.device, dtype=torch.float32).expand(b, h, t)  # recency
+    def score(self, x: LayerPrefill) -> torch.Tensor:
+        b, h, t = x.keys.shape[:3]
+        return torch.arange(t, device=x.keys.device, dtype=torch.float32).expand(b, h, t)  # recency

@@ -1,5 +1,4 @@
-"""TOVA (Oren et al., 2024): keep the tokens the last query attends to most (averaged over the query heads of
-each key/value group)."""
+"""TOVA: keep the tokens the last query attends to most."""
 
 from __future__ import annotations
 
@@ -7,26 +6,25 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from torch import nn
 
-from compress.kv.base import KVCompressor, group_mean
-from ragcore.attention import head_counts
+from compress.kv.base import KVCompressor, LayerPrefill, group_mean
 
 
 @dataclass
 class TOVA(KVCompressor):
+    """TOVA (Oren et al., 2024, https://arxiv.org/abs/2401.06104): keep the tokens the last query attends to most,
+    averaged over the query heads of each key/value group.
+
+    Parameters
+    ----------
+    ratio, budget, n_sink, protect_last:
+        As in :class:`KVCompressor`.
+    """
+
     name: ClassVar[str] = "tova"
     attention_based: ClassVar[bool] = True
 
-    def score(
-        self,
-        module: nn.Module,
-        hidden: torch.Tensor,
-        keys: torch.Tensor,
-        values: torch.Tensor,
-        position_embeddings: tuple[torch.Tensor, torch.Tensor],
-        key_offset: int = 0,
-    ) -> torch.Tensor:
-        rows = slice(hidden.shape[1] - 1, hidden.shape[1])
-        a = self.attention(module, hidden, position_embeddings, rows, keys, key_offset)[:, :, 0]  # (B, H, T)
-        return group_mean(a, head_counts(module)[1])
+    def score(self, x: LayerPrefill) -> torch.Tensor:
+        t_q = x.hidden.shape[1]
+        a = x.attention(slice(t_q - 1, t_q))[:, :, 0]  # (B, H, T)
+        return group_mean(a, x.n_kv)

@@ -3,13 +3,8 @@ import torch
 
 from ragcore.errors import ConfigError, EmptyQueryError
 from ragcore.generator import GenerationConfig
-from ragcore.types import Chunk
-
-PASSAGES = [
-    Chunk("The Eiffel Tower was completed in 1889 for the World's Fair in Paris.", "eiffel"),
-    Chunk("Bananas are yellow fruit.", "bananas"),
-]
-Q = "When was the Eiffel Tower completed?"
+from tests.helpers import PASSAGES
+from tests.helpers import QUESTION as Q
 
 
 def test_greedy_matches_transformers_generate(smol):

@@ -1,0 +1,327 @@
+"""What each method does beyond the conformance suite: its own selection rule, on tiny models and SmolLM2."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from compress.kv import KVCompressor, get_compressor
+from compress.kv.heads import HeadScores, copy_scores
+from compress.kv.snapkv import pool1d
+from ragcore import cache as kvcache
+from ragcore.errors import ConfigError
+from ragcore.generator import GenerationConfig
+from tests.compress.kv.helpers import prefill, recording
+from tests.helpers import PASSAGES, QUESTION, T, hooks_left, random_ids, random_prompt, tiny_generator
+
+
+def fixed(rows):
+    """A compressor whose scores are ``rows`` (H_kv lists of T floats), whatever the layer."""
+
+    @dataclass
+    class Fixed(KVCompressor):
+        def score(self, x):
+            return torch.tensor([rows])
+
+    return Fixed()
+
+
+def bare(prompt=None):
+    """The least a wrapper's ``score`` reads of a layer: the call's prompt."""
+    return SimpleNamespace(call=SimpleNamespace(prompt=prompt))
+
+
+def decodes_alone_and_batched(model, tokenizer, comp) -> None:
+    """Two prompts of different lengths decode under ``comp`` with a smaller cache, alone and batched alike."""
+    g = tiny_generator(model, tokenizer)
+    prompts = [random_prompt(t) for t in (T, T - 9)]
+    cfg = GenerationConfig(max_new_tokens=6)
+    one = [g.generate(p, config=cfg, compressor=comp) for p in prompts]
+    assert one[0].stats["kv_bytes"] < one[0].stats["kv_bytes_full"]
+    many = g.generate_batch(prompts, config=cfg, compressor=comp)
+    assert [x.token_ids for x in many] == [x.token_ids for x in one] and hooks_left(model) == 0
+
+
+def test_chunk_scores_whole_chunks_shared_by_heads():
+    inner = fixed([[0.0, 9, 0, 0, 1, 1, 1, 1, 5, 0], [0, 0, 0, 0, 2, 2, 2, 2, 0, 0]])
+    s = get_compressor("chunk", inner=inner, chunk_size=4).score(bare())
+    assert s.shape == (1, 2, 10) and torch.equal(s[0, 0], s[0, 1])  # one choice for every head
+    assert len(set(s[0, 0, :4].tolist())) == len(set(s[0, 0, 4:8].tolist())) == len(set(s[0, 0, 8:].tolist())) == 1
+    assert s[0, 0, 4] > s[0, 0, 8] > s[0, 0, 0]  # chunk [4, 8) has the most mass per token over both heads
+    idx, _ = inner.select(s, 4)
+    assert sorted(idx[0, 0].tolist()) == [4, 5, 6, 7]
+
+
+def test_layers_share_one_selection(tiny_llama):
+    """layers:snapkv keeps the same positions in every layer and head, chosen from all layers' votes; plain snapkv
+    on the same prompt picks differently per layer (so the equality below is the wrapper's doing)."""
+    shared, own = {}, {}
+    comp = recording(get_compressor("layers:snapkv(window=4)", ratio=0.5), shared)
+    assert comp.label == "layers:snapkv(window=4)"
+    _, call = prefill(tiny_llama, comp, random_ids(T))
+    prefill(tiny_llama, recording(get_compressor("snapkv(window=4)", ratio=0.5), own), random_ids(T))
+    a, b = shared[0][0], shared[1][0]
+    assert a.shape == (1, 2, 32) and torch.equal(a, b) and torch.equal(a[:, 0], a[:, 1])
+    assert set(range(T - 4, T)) <= set(a[0, 0].tolist())  # the inner method's window stays protected
+    assert not torch.equal(own[0][0], own[1][0]) or not torch.equal(own[0][0][:, 0], own[0][0][:, 1])
+    assert call.report.tokens_kept == {0: [32, 32], 1: [32, 32]} and not call.report.masks_only
+
+
+def test_pyramid_budgets_fall_with_depth(tiny_llama, smol):
+    """pyramid:snapkv keeps more in the first layer than in the last, the inner window protected in both, with the
+    uniform mean budget; each layer keeps what snapkv with that layer's budget keeps; caches of unequal lengths
+    per layer still decode, alone and in a batch."""
+    picked = {}
+    comp = recording(get_compressor("pyramid:snapkv(window=4)", ratio=0.5), picked)
+    cache, call = prefill(tiny_llama, comp, random_ids(T))
+    rep = call.report
+    # mean budget 32 = 4 protected + 28 shared out as 28 * (2 - 1/20) = 55 and 28 / 20 = 1
+    assert rep.tokens_kept == {0: [59, 59], 1: [5, 5]} and rep.cache_len == {0: 59, 1: 5}
+    assert rep.kv_bytes_after == kvcache.bytes_per_token(cache) * 32 and not rep.masks_only
+    for layer, k in ((0, 59), (1, 5)):
+        ref = {}
+        prefill(tiny_llama, recording(get_compressor("snapkv(window=4)", budget=k), ref), random_ids(T))
+        got = picked[layer][0]
+        assert torch.equal(got.sort(-1).values, ref[layer][0].sort(-1).values)
+        assert set(range(T - 4, T)) <= set(got[0, 0].tolist())
+    decodes_alone_and_batched(tiny_llama, smol.tokenizer, comp)
+
+
+def test_global_budget_moves_to_the_dispersed_layer(tiny_llama, smol):
+    """global: one pool of L x H_kv x k entries: a layer whose scores are spread out takes budget from a layer whose
+    scores sit on a few tokens; every head keeps its safeguard; the caches (unequal per layer) still decode."""
+
+    @dataclass
+    class ByLayer(KVCompressor):
+        def score(self, x):
+            g = torch.Generator().manual_seed(x.layer)
+            s = torch.rand(1, x.keys.shape[1], x.keys.shape[-2], generator=g)
+            return s**8 if x.layer == 0 else 1 + s  # layer 0: mass on a few tokens; layer 1: spread
+
+    comp = get_compressor("global", inner=ByLayer(), ratio=0.5)
+    _, call = prefill(tiny_llama, comp, random_ids(T))
+    kept = call.report.tokens_kept
+    assert sum(kept[0]) + sum(kept[1]) == 32 * 2 * 2 and sum(kept[1]) > sum(kept[0]) + 20
+    assert min(kept[0] + kept[1]) >= int(0.2 * 32) and call.report.masks_only
+    assert call.report.cache_len == {0: max(kept[0]), 1: max(kept[1])}
+    decodes_alone_and_batched(tiny_llama, smol.tokenizer, comp)
+
+
+def test_adaptive_floor_on_a_short_prompt(smol):
+    """Field report: adaptive:snapkv at ratio 0.9 on a 97-token prompt left heads with 0 tokens in every layer.
+    Every head keeps its floor, max(1, safeguard x k), whatever the protected window (here larger than k)."""
+    ids = smol.tokenizer("word " * 200, return_tensors="pt").input_ids[:, :97]
+    for spec in ("adaptive:snapkv", "adaptive(safeguard=0.0):snapkv", "global:snapkv", "adaptive:h2o"):
+        comp = get_compressor(spec, ratio=0.9)
+        _, call = prefill(smol.model, comp, ids, question=False)
+        k = 97 - int(0.9 * 97)
+        floor = comp.floor(k)
+        assert floor >= 1
+        kept = call.report.tokens_kept
+        assert min(min(v) for v in kept.values()) >= floor, (spec, kept)
+        assert all(sum(v) == k * len(v) for v in kept.values()) or spec.startswith("global")
+
+
+def test_retrieval_heads_get_more_at_the_same_total(tiny_llama, smol):
+    """retrieval_heads: the named retrieval head keeps boost x k of the inner method's best tokens, the other heads
+    share what is left of the uniform total; calibration runs when no heads are given."""
+    picked, ref = {}, {}
+    spec = "retrieval_heads(boost=1.5):snapkv(window=4)"
+    comp = recording(get_compressor(spec, ratio=0.5, retrieval_heads={0: [1]}), picked)
+    assert comp.label == spec
+    _, call = prefill(tiny_llama, comp, random_ids(T))
+    assert call.report.tokens_kept == {0: [27, 48], 1: [27, 27]} and call.report.masks_only  # 48 + 3 x 27 = 129
+    prefill(tiny_llama, recording(get_compressor("snapkv(window=4)", budget=48), ref), random_ids(T))
+    idx, mask = picked[0]
+    assert set(idx[0, 1][mask[0, 1]].tolist()) == set(ref[0][0][0, 1].tolist())  # the inner method's top 48
+    cal = get_compressor("retrieval_heads:snapkv", ratio=0.5)
+    smol.generate(smol.prompt("What colour are bananas?"), config=GenerationConfig(max_new_tokens=2), compressor=cal)
+    n = sum(len(v) for v in cal.retrieval_heads.values())
+    total = smol.model.config.num_hidden_layers * smol.model.config.num_key_value_heads
+    assert n == round(0.15 * total) and hooks_left(smol.model) == 0
+
+
+def test_retrieval_heads_old_name_still_parses():
+    with pytest.warns(DeprecationWarning, match="'retrieval' is now called 'retrieval_heads'"):
+        comp = get_compressor("retrieval(boost=2.5):snapkv(window=16)", ratio=0.75)
+    assert comp.label == "retrieval_heads(boost=2.5):snapkv(window=16)"
+
+
+def test_retrieval_heads_per_layer_holds_exactly_the_budget(tiny_llama, smol):
+    """per_layer=True: a layer's heads share its retrieval and other budgets evenly, so the cache holds the uniform
+    total with nothing hidden (layers of different lengths), and it still decodes, alone and batched."""
+    spec = "retrieval_heads(boost=1.5, per_layer=True):snapkv(window=4)"
+    comp = get_compressor(spec, ratio=0.5, retrieval_heads={0: [1]})
+    assert comp.label == spec
+    cache, call = prefill(tiny_llama, comp, random_ids(T))
+    rep = call.report
+    # k = 32: a retrieval head 48, the others 27 (as without per_layer); layer 0 = round((48 + 27) / 2) = 38
+    assert rep.tokens_kept == {0: [38, 38], 1: [27, 27]} and rep.cache_len == {0: 38, 1: 27} and not rep.masks_only
+    assert 2 * rep.kv_bytes_after == kvcache.bytes_per_token(cache) * (38 + 27)
+    decodes_alone_and_batched(tiny_llama, smol.tokenizer, comp)
+    with pytest.raises(ConfigError, match="per_layer must be True or False, got 'yes'"):
+        get_compressor("retrieval_heads(per_layer='yes'):snapkv")
+
+
+def test_retrieval_heads_from_a_score_file(tiny_llama, tmp_path):
+    """scores=PATH picks the top_frac best heads of the file (the current format and the unnamed one written before
+    it); a missing file, another model's shape or another format is a ConfigError that quotes the path."""
+    f = tmp_path / "heads.json"
+    for data in (
+        {"scores": [[0.1, 0.2], [0.9, 0.3]]},
+        {"format": "ragcore-head-scores", "version": 1, "scores": [[0.1, 0.2], [0.9, 0.3]]},
+    ):
+        f.write_text(json.dumps(data))
+        spec = f"retrieval_heads(scores={str(f)!r}, top_frac=0.25, boost=1.5):snapkv(window=4)"
+        comp = get_compressor(spec, ratio=0.5)
+        _, call = prefill(tiny_llama, comp, random_ids(T))
+        assert comp.retrieval_heads == {1: [0]} and call.report.tokens_kept == {0: [27, 27], 1: [48, 27]}
+        assert comp.label.startswith("retrieval_heads(top_frac=0.25, boost=1.5, scores=")
+    f.write_text(json.dumps({"scores": [[0.1, 0.2, 0.3]]}))
+    with pytest.raises(ConfigError, match=r"scores \(1, 3\).*has \(2, 2\)"):
+        prefill(tiny_llama, get_compressor(f"retrieval_heads(scores={str(f)!r}):snapkv", ratio=0.5), random_ids(T))
+    f.write_text(json.dumps({"format": "something-else", "scores": [[1, 2], [3, 4]]}))
+    with pytest.raises(ConfigError, match="is not a head-score file"):
+        prefill(tiny_llama, get_compressor(f"retrieval_heads(scores={str(f)!r}):snapkv", ratio=0.5), random_ids(T))
+    with pytest.raises(ConfigError, match="no head-score file at '/nowhere.json'"):
+        prefill(tiny_llama, get_compressor("retrieval_heads(scores='/nowhere.json'):snapkv", ratio=0.5), random_ids(T))
+    assert hooks_left(tiny_llama) == 0
+
+
+def test_head_scores_round_trip_and_top(tmp_path):
+    hs = HeadScores(torch.tensor([[0.1, 0.5], [0.9, 0.3], [0.2, 0.8]]), "m", {"rows": 3})
+    path = hs.save(tmp_path / "h.json")
+    back = HeadScores.load(path, (3, 2))
+    assert torch.allclose(back.scores, hs.scores) and back.model == "m" and back.meta == {"rows": 3}
+    assert back.top(0.5) == {1: [0], 2: [1], 0: [1]} or back.top(0.5) == {0: [1], 1: [0], 2: [1]}
+    assert HeadScores.load(path).top(0.0) == {}
+
+
+def test_copy_scores_find_the_heads_that_copy(smol):
+    """Wu et al.'s copy score on SmolLM2: answers it got right count; every score is a mass in [0, 1]."""
+    prompts = [smol.prompt(QUESTION, PASSAGES), smol.prompt("What colour are bananas?", PASSAGES)]
+    hs = copy_scores(smol, prompts, lambda i, g: ("1889", "yellow")[i] in g.text.lower(), max_new_tokens=8)
+    n_layers, n_kv = smol.model.config.num_hidden_layers, smol.model.config.num_key_value_heads
+    assert hs.scores.shape == (n_layers, n_kv) and hs.meta["answered_right"] >= 1 and hs.meta["rows"] >= 1
+    assert float(hs.scores.min()) >= 0 and float(hs.scores.max()) <= 1 and float(hs.scores.max()) > 0.1
+    with pytest.raises(ConfigError, match="no answer token"):
+        copy_scores(smol, prompts, lambda i, g: False)
+
+
+def test_options_in_names_and_labels():
+    c = get_compressor("chunk(chunk_size=20):snapkv(window=64, kernel_size=7)", ratio=0.5)
+    assert (c.chunk_size, c.inner.window, c.inner.kernel_size, c.ratio) == (20, 64, 7, 0.5)
+    assert c.label == "chunk(chunk_size=20):snapkv(window=64, kernel_size=7)"
+    assert get_compressor("snapkv(window=32)").label == "snapkv"  # defaults are not repeated
+    assert get_compressor("razor(top_frac=0.2)", ratio=0.5, retrieval_heads={0: [1]}).label == "razor(top_frac=0.2)"
+    with pytest.raises(ConfigError, match="attention-based.*options:"):
+        get_compressor("caote:knorm")
+    with pytest.raises(ConfigError, match="non-adaptive"):
+        get_compressor("adaptive:adaptive")
+    assert get_compressor("adaptive:h2o", ratio=0.25).label == "adaptive:h2o"
+
+
+def test_passages_rank_whole_parts_first():
+    """Every token of a better part (passage or the stretch between passages) outranks every token of a worse one;
+    inside a part the inner scores decide; without the prompt's parts the inner order stands."""
+    rows = [[5.0, 0, 1, 1, 1, 0, 3, 0, 0, 0, 2, 1], [5.0, 0, 1, 1, 1, 0, 3, 0, 0, 0, 2, 1]]
+    prompt = SimpleNamespace(passage_spans=lambda: [(2, 5), (5, 10)])  # parts: [0, 2) [2, 5) [5, 10) [10, 12)
+    comp = get_compressor("passages", inner=fixed(rows))
+    assert torch.equal(comp.score(bare()), torch.tensor([rows]))
+    s = comp.score(bare(prompt))
+    assert s.shape == (1, 2, 12) and torch.equal(s[0, 0], s[0, 1])
+    idx, _ = comp.select(s, 5)
+    # part means: [0,2) 2.5, [2,5) 1.0, [5,10) 0.6, [10,12) 1.5 -> [0,2) and [10,12) whole, then [2,5)'s best token
+    assert sorted(idx[0, 0].tolist()[:4]) == [0, 1, 10, 11] and idx[0, 0, 4] in (2, 3, 4)
+    assert s[0, 0, 6] < s[0, 0, 2]  # position 6 scores 3, but its part ranks below [2, 5)
+    quiet = [[5.0, 0, 1, 1, 1, 0, 3, 0, 0, 0, 0, 0]]  # the stretch after the last passage gets no attention at all
+    for rest_first in (False, True):
+        r = get_compressor(f"passages(rest_first={rest_first})", inner=fixed(quiet)).score(bare(prompt))[0, 0]
+        assert (r[[10, 11]].min() > r[2:10].max()) == rest_first  # the question stretch above every passage
+        assert r[6] < r[2]  # passages keep their order among themselves
+
+
+def test_passages_keep_whole_passages_in_generation(smol, chunks):
+    """Through Generator, passages:snapkv keeps whole prompt parts: at most two are cut (the one the budget ends
+    in, and the last, where the protected window sits); token-level snapkv cuts most of them."""
+    prompt = smol.prompt("What colour are bananas?", chunks[:4])
+    spans = prompt.passage_spans()
+    starts = sorted({0, *(a for a, _ in spans), *(b for _, b in spans), len(prompt)})
+    parts = list(zip(starts, starts[1:]))
+    cut = {}
+    for name in ("passages:snapkv", "snapkv"):
+        picked = {}
+        comp = recording(get_compressor(name, ratio=0.5), picked)
+        smol.generate(prompt, config=GenerationConfig(max_new_tokens=2), compressor=comp, query_aware=True)
+        kept = {ly: set(idx[0, 0].tolist()) for ly, (idx, _) in picked.items()}
+        cut[name] = max(sum(0 < len(kept[ly] & set(range(a, b))) < b - a for a, b in parts) for ly in kept)
+    assert cut["passages:snapkv"] <= 2 < cut["snapkv"], cut
+
+
+def test_snapkv_group_max_takes_the_loudest_query_head(tiny_llama):
+    """snapkv(group='max'): per key/value head, the largest window-mean vote of its query heads (then pooled),
+    never below the group mean's score; 'mean' is the default and other values are refused."""
+    seen = {}
+    for group in ("mean", "max"):
+        comp = get_compressor(f"snapkv(window=4, group={group!r})", ratio=0.5)
+        score = comp.score
+
+        def spy(x, _score=score, _group=group):
+            out = _score(x)
+            seen.setdefault(_group, (x, out))  # layer 0
+            return out
+
+        object.__setattr__(comp, "score", spy)
+        prefill(tiny_llama, comp, random_ids(T))
+    (x, s_mean), (_, s_max) = seen["mean"], seen["max"]
+    with torch.inference_mode():
+        votes = x.attention(slice(T - 4, T)).mean(2)  # (B, H=4, T), two query heads per key/value head
+    assert torch.allclose(s_max, pool1d(votes.view(1, 2, 2, -1).amax(2), 5))
+    assert torch.allclose(s_mean, pool1d(votes.view(1, 2, 2, -1).mean(2), 5))
+    assert (s_max >= s_mean - 1e-7).all() and not torch.allclose(s_max, s_mean)
+    assert get_compressor("snapkv(group='max')").label == "snapkv(group='max')"
+    with pytest.raises(ConfigError, match="group must be one of 'mean', 'max', got 'median'"):
+        get_compressor("snapkv(group='median')")
+
+
+def test_razor_calibration_finds_induction_heads(smol):
+    comp = get_compressor("razor", top_frac=0.05)
+    heads = comp.calibrate(smol.model)
+    n = sum(len(v) for v in heads.values())
+    total = smol.model.config.num_hidden_layers * smol.model.config.num_key_value_heads
+    assert n == round(0.05 * total) and n > 0
+    from compress.kv.heads import induction_scores
+
+    scores = induction_scores(smol.model, comp.n_calib_tokens, comp.seed).scores
+    assert scores.shape == (smol.model.config.num_hidden_layers, smol.model.config.num_key_value_heads)
+    picked = [scores[layer, h] for layer, hs in heads.items() for h in hs]
+    assert min(picked) >= scores.median()
+
+
+def test_expected_attention_projects_queries_through_the_attention_module(tiny_llama):
+    """Without the covariance and value norm, Expected Attention is the softmax of the mean recent query, rotated by
+    the mean future rotary map, against the keys (averaged over each group's query heads)."""
+    from ragcore.attention import project_queries, rotary_embedding, rotate_half
+
+    comp = get_compressor("expected_attention(use_covariance=False, use_value_norm=False, n_recent=8)", ratio=0.5)
+    seen = {}
+    score = comp.score
+    object.__setattr__(comp, "score", lambda x: seen.setdefault("x", (x, score(x)))[1])
+    prefill(tiny_llama, comp, random_ids(T))
+    x, got = seen["x"]
+    with torch.inference_mode():
+        ref = _expected(x, tiny_llama, project_queries, rotary_embedding, rotate_half)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+
+
+def _expected(x, model, project_queries, rotary_embedding, rotate_half):
+    q = project_queries(x.module, x.hidden, None, slice(T - 8, T)).float().mean(2)
+    cos, sin = rotary_embedding(model, x.hidden[:, :1].float(), torch.arange(T, T + 512)[None])
+    c, s = cos[0].mean(0), sin[0].mean(0)
+    mu = q * c + rotate_half(q) * s
+    k = x.keys.float().repeat_interleave(2, dim=1)
+    return torch.softmax(x.module.scaling * torch.einsum("bhd,bhtd->bht", mu, k), -1).view(1, 2, 2, T).mean(2)

@@ -1,0 +1,95 @@
+"""The cache adapter: reading, pruning and sizing transformers' KV cache, hooks and per-head masks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ragcore import cache as kvcache
+from ragcore.errors import ConfigError
+from tests.helpers import random_ids, tiny_model
+
+
+@pytest.fixture(scope="module")
+def tiny_llama():
+    return tiny_model("llama")
+
+
+def test_prune_and_bytes(tiny_llama):
+    cache = kvcache.new_cache(tiny_llama.config)
+    with torch.inference_mode():
+        kvcache.call(tiny_llama, cache, input_ids=random_ids(20), use_cache=True)
+    assert kvcache.n_layers(cache) == 2 and kvcache.seq_len(cache, 1) == 20
+    k, v = kvcache.get_kv(cache, 0)
+    full = kvcache.kv_bytes(cache)
+    assert full == 2 * 2 * k.numel() * k.element_size() == kvcache.bytes_per_token(cache) * 20
+    idx = torch.tensor([[[0, 3, 7], [1, 2, 19]]])
+    kvcache.prune(cache, 0, idx)
+    k2, v2 = kvcache.get_kv(cache, 0)
+    assert (
+        k2.shape == (1, 2, 3, k.shape[-1])
+        and torch.equal(k2[0, 1, 2], k[0, 1, 19])
+        and torch.equal(v2[0, 0, 1], v[0, 0, 3])
+    )
+    assert kvcache.kv_bytes(cache) == full // 2 + full // 2 * 3 // 20
+    with pytest.raises(ConfigError, match="indices"):
+        kvcache.prune(cache, 1, torch.tensor([[[0, 25], [0, 1]]]))
+    with pytest.raises(ConfigError, match="layer 5"):
+        kvcache.get_kv(cache, 5)
+
+
+def test_legacy_lists():
+    class Legacy:  # transformers 4.x DynamicCache layout
+        key_cache = [torch.zeros(1, 2, 10, 4)]
+        value_cache = [torch.ones(1, 2, 10, 4)]
+
+    c = Legacy()
+    assert kvcache.seq_len(c) == 10 and kvcache.kv_bytes(c) == 2 * 80 * 4
+    kvcache.prune(c, 0, torch.tensor([[[1, 2], [3, 4]]]))
+    assert c.key_cache[0].shape == (1, 2, 2, 4) and kvcache.kv_bytes(c) == 2 * 16 * 4
+
+
+def test_hooks_are_removed_even_on_errors(tiny_llama):
+    seen = []
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        kvcache.attention_hooks(tiny_llama, pre=lambda m, a, k: seen.append(m.layer_idx), post=lambda m, a, k, o: None),
+    ):
+        with torch.inference_mode():
+            tiny_llama(random_ids(5))
+        raise RuntimeError("boom")
+    assert seen == [0, 1]
+    assert all(not a._forward_hooks and not a._forward_pre_hooks for a in kvcache.attention_layers(tiny_llama))
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+def test_head_mask_hook_hides_slots_per_head(tiny_llama, impl):
+    """The per-head mask hook == a full forward whose rows of key/value head 0 (query heads 0, 1) cannot see
+    context positions 3..9, under either attention implementation."""
+    ids = random_ids(30)
+    hidden = torch.ones(1, 2, 24, dtype=torch.bool)
+    hidden[0, 0, 3:10] = False
+    tiny_llama.config._attn_implementation = impl
+    try:
+        cache = kvcache.new_cache(tiny_llama.config)
+        with torch.inference_mode():
+            kvcache.call(tiny_llama, cache, input_ids=ids[:, :24], use_cache=True)
+            hook = kvcache.head_mask_hook(lambda m, c: hidden if c is cache else None)
+            with kvcache.attention_hooks(tiny_llama, pre=hook):
+                got = kvcache.feed(tiny_llama, ids[:, 24:], cache, 24)
+    finally:
+        tiny_llama.config._attn_implementation = "sdpa"
+    mask = torch.ones(1, 4, 30, 30, dtype=torch.bool).tril()
+    mask[:, :2, 24:, 3:10] = False
+    with torch.inference_mode():
+        ref = tiny_llama(input_ids=ids, attention_mask=mask).logits[:, -1]
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_visibility_mask_shapes(tiny_llama):
+    attn = kvcache.attention_layers(tiny_llama)[0]
+    vis = torch.tensor([[[True, False, True], [False, True, True]]])
+    m = kvcache.visibility_mask(vis, past=3, q=2, module=attn, dtype=torch.float32)
+    assert m.shape == (1, 4, 2, 5) and m.dtype == torch.bool
+    assert m[0, 0, 0].tolist() == [True, False, True, True, False]  # the first new row cannot see the second
+    assert m[0, 2, 1].tolist() == [False, True, True, True, True]  # query head 2 is in key/value group 1
