@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from compress.kv.base import KVCompressor
 
 logger = logging.getLogger(__name__)
+Passages = Sequence[Chunk | ScoredChunk]
 _LOAD = threading.Lock()  # one model load at a time, so threads sharing a Generator load it once
 
 
@@ -176,7 +177,7 @@ class Generator:
         prefill), ``kv_bytes_full`` (an uncompressed cache of the same prompt), ``masks_only`` and, with a
         compressor, ``kv_report``.
         """
-        tokens = self._decode(question, passages, config or GenerationConfig(), compressor, query_aware)
+        tokens = self._decode(question, passages, config, compressor=compressor, query_aware=query_aware)
         while True:  # the decode loop yields token ids and returns the Generation
             try:
                 next(tokens)
@@ -184,20 +185,15 @@ class Generator:
                 return done.value
 
     def stream(
-        self,
-        question: str | Prompt,
-        passages: Sequence[Chunk | ScoredChunk] | None = None,
-        config: GenerationConfig | None = None,
-        compressor: KVCompressor | None = None,
-        query_aware: bool = False,
+        self, question: str | Prompt, passages: Sequence[Chunk | ScoredChunk] | None = None, **options: Any
     ) -> Iterator[str]:
         """Yield the answer as text pieces, token by token (pieces are decoded so multi-byte text stays whole).
 
-        ``compressor`` and ``query_aware`` as in :meth:`generate`."""
+        ``options``: ``config``, ``compressor`` and ``query_aware``, as in :meth:`generate`."""
         self.warm_up()
         ids: list[int] = []
         shown = ""
-        for tok in self._decode(question, passages, config or GenerationConfig(), compressor, query_aware):
+        for tok in self._decode(question, passages, **options):
             ids.append(tok)
             text = self.tokenizer.decode(ids, skip_special_tokens=True)
             if text.endswith("\ufffd"):
@@ -325,13 +321,11 @@ class Generator:
 
     @torch.inference_mode()
     def _decode(
-        self,
-        question: str | Prompt,
-        passages: Sequence[Chunk | ScoredChunk] | None,
-        cfg: GenerationConfig,
-        compressor: KVCompressor | None = None,
-        query_aware: bool = False,
+        self, question: str | Prompt, passages: Passages | None, config: GenerationConfig | None = None, **kv: Any
     ) -> Generator_[int, None, Generation]:
+        """The decode loop: yields token ids, returns the Generation (``kv``: ``compressor``, ``query_aware``)."""
+        cfg = config or GenerationConfig()
+        compressor, query_aware = kv.get("compressor"), kv.get("query_aware", False)
         self.warm_up()
         prompt = question if isinstance(question, Prompt) else self.prompt(question, passages)
         model = self.model

@@ -24,7 +24,7 @@ import difflib
 import importlib
 import threading
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import MISSING, fields, is_dataclass
 from typing import Any, Generic, TypeVar
 
@@ -33,9 +33,9 @@ from ragcore.errors import ConfigError
 T = TypeVar("T")
 
 
-def split_top(text: str, sep: str) -> list[str]:
-    """Split ``text`` at ``sep`` outside brackets and quotes: ``"chunk(a=1,b=2),snapkv"`` -> 2 parts at ``","``."""
-    parts, depth, cur, quote = [], 0, [], ""
+def _depths(text: str) -> Iterator[tuple[str, int, str]]:
+    """Each character of ``text`` with the bracket depth and the open quote (``""`` outside strings) after it."""
+    depth, quote = 0, ""
     for ch in text:
         if quote:
             quote = "" if ch == quote else quote
@@ -45,6 +45,13 @@ def split_top(text: str, sep: str) -> list[str]:
             depth += 1
         elif ch in ")]}":
             depth -= 1
+        yield ch, depth, quote
+
+
+def split_top(text: str, sep: str) -> list[str]:
+    """Split ``text`` at ``sep`` outside brackets and quotes: ``"chunk(a=1,b=2),snapkv"`` -> 2 parts at ``","``."""
+    parts, cur = [], []
+    for ch, depth, quote in _depths(text):
         if ch == sep and depth == 0 and not quote:
             parts.append("".join(cur))
             cur = []
@@ -56,17 +63,9 @@ def split_top(text: str, sep: str) -> list[str]:
 
 def _check_brackets(spec: str, kind: str) -> None:
     depth, quote = 0, ""
-    for ch in spec:
-        if quote:
-            quote = "" if ch == quote else quote
-        elif ch in "'\"":
-            quote = ch
-        elif ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth -= 1
-            if depth < 0:
-                raise ConfigError(f"unbalanced brackets in {kind} spec {spec!r}: a ')' closes nothing")
+    for _, depth, quote in _depths(spec):  # noqa: B007 - the last depth and quote are read after the loop
+        if depth < 0:
+            raise ConfigError(f"unbalanced brackets in {kind} spec {spec!r}: a ')' closes nothing")
     if quote:
         raise ConfigError(f"unterminated string in {kind} spec {spec!r}: missing {quote}")
     if depth:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from ragcore.errors import ConfigError
@@ -45,12 +45,47 @@ if TYPE_CHECKING:
     from ragcore.prompt import Prompt
 
 
+def option(default: Any, *, label: bool = True, **rule: Any) -> Any:
+    """A stage option: a dataclass field whose value :class:`Stage` checks on construction.
+
+    The rule follows the default's type: an ``int`` takes ``minimum``/``maximum`` (:func:`check_int`), a
+    ``float`` takes ``low``/``high``/``low_open``/``high_open``/``what`` (:func:`check_number`), a ``bool`` must
+    be a bool, and ``choices=`` restricts any value to a closed set. ``kind=int|float`` gives the rule of a field
+    whose default is None (None stays allowed). ``label=False`` leaves the option out of the stage's label
+    (calibrated state)."""
+    kind = rule.pop("kind", type(default))
+    rule["nullable"] = default is None
+    return field(default=default, metadata={"label": label, "kind": kind, "rule": rule})
+
+
+def check_option(name: str, value: Any, kind: type, rule: dict[str, Any]) -> None:
+    """Check ``value`` of the option ``name`` against its ``kind`` and ``rule`` (see :func:`option`)."""
+    if value is None and rule.get("nullable"):
+        return
+    if "choices" in rule:
+        check_choice(name, value, rule["choices"])
+    elif kind is bool:
+        check_bool(name, value)
+    elif kind is int:
+        check_int(name, value, rule.get("minimum"), rule.get("maximum"))
+    elif kind is float:
+        check_number(name, value, **{k: v for k, v in rule.items() if k not in ("nullable", "choices")})
+    elif not isinstance(value, kind):
+        raise ConfigError(f"{name} must be a {kind.__name__}, got {value!r}")
+
+
 @dataclass
 class Stage:
-    """Base of every stage: its ``name``, its ``label`` and the no-op lifecycle hooks."""
+    """Base of every stage: its ``name``, its ``label``, its options checked on construction, and the no-op
+    lifecycle hooks."""
 
     name: ClassVar[str] = "stage"
     label_skip: ClassVar[tuple[str, ...]] = ()  # fields left out of the label (set apart, e.g. a KV ratio)
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            if "kind" in f.metadata:
+                check_option(f.name, getattr(self, f.name), f.metadata["kind"], f.metadata["rule"])
 
     @property
     def label(self) -> str:

@@ -15,8 +15,19 @@ def chunk_id(source_id: str, start: int, text: str) -> str:
     return h.hexdigest()[:16]
 
 
+class _Record:
+    """``to_dict``/``from_dict`` for a dataclass of JSON-able fields."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Any:
+        return cls(**d)
+
+
 @dataclass(frozen=True)
-class Chunk:
+class Chunk(_Record):
     """A passage of a source document. ``start``/``end`` are character offsets into the source."""
 
     text: str
@@ -35,13 +46,6 @@ class Chunk:
             raise ConfigError(f"bad character span ({self.start}, {self.end}) for chunk of {self.source_id!r}")
         if not self.id:
             object.__setattr__(self, "id", chunk_id(self.source_id, self.start, self.text))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Chunk:
-        return cls(**d)
 
 
 @dataclass
@@ -66,7 +70,7 @@ class ScoredChunk:
 
 
 @dataclass
-class Citation:
+class Citation(_Record):
     """A passage the answer relies on; ``number`` is its [n] in the prompt."""
 
     number: int
@@ -76,13 +80,6 @@ class Citation:
     end: int
     score: float = 0.0
     text: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Citation:
-        return cls(**d)
 
 
 @dataclass

@@ -30,7 +30,7 @@ from compress.kv.retrieval_heads import RetrievalHeads
 from compress.kv.snapkv import SnapKV
 from compress.kv.streaming_llm import StreamingLLM
 from compress.kv.tova import TOVA
-from ragcore.registry import registry
+from ragcore.registry import registry, split_top  # split_top: public here before the registry existed
 
 KV_COMPRESSORS = registry("kv_compressor")
 KV_COMPRESSORS.add(
@@ -72,5 +72,6 @@ __all__ = [
     "LayerPrefill",
     "WrapperCompressor",
     "get_compressor",
+    "split_top",
     *[c.__name__ for c in COMPRESSORS.values()],
 ]

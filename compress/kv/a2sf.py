@@ -8,7 +8,7 @@ from typing import ClassVar
 import torch
 
 from compress.kv.h2o import H2O
-from ragcore.stages import check_number
+from ragcore.stages import option
 
 
 @dataclass
@@ -18,21 +18,17 @@ class A2SF(H2O):
 
     Parameters
     ----------
-    ratio, budget, n_sink, protect_last, chunk:
-        As in :class:`H2O`.
     window:
         Most recent tokens always kept (default 0: the forgetting factor already favours them).
     forgetting:
         Factor in (0, 1] by which an older query row's vote shrinks per row of age.
+    ratio, budget, n_sink, protect_last, chunk:
+        As in :class:`H2O`.
     """
 
-    window: int = 0
-    forgetting: float = 0.99
+    window: int = option(0, minimum=0)
+    forgetting: float = option(0.99, low=0, high=1, low_open=True)
     name: ClassVar[str] = "a2sf"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_number("forgetting", self.forgetting, 0, 1, low_open=True)
 
     def row_weights(self, t_q: int, device: torch.device) -> torch.Tensor:
         age = torch.arange(t_q - 1, -1, -1, device=device, dtype=torch.float64)

@@ -9,7 +9,7 @@ import torch
 
 from compress.kv.base import KVBudget, KVCompressor, LayerPrefill, WrapperCompressor, as_distribution
 from ragcore.errors import ConfigError
-from ragcore.stages import check_number
+from ragcore.stages import option
 
 
 def adaptive_budgets(scores: torch.Tensor, protected: torch.Tensor, k: int, floor: int) -> torch.Tensor:
@@ -43,21 +43,20 @@ class AdaKV(WrapperCompressor):
 
     Parameters
     ----------
-    ratio, budget, n_sink, protect_last:
-        As in :class:`KVCompressor`.
     inner:
         The compressor that scores tokens (any but an adaptive one).
     safeguard:
         Share of the uniform budget every head keeps at least (the paper's safeguard), in [0, 1].
+    ratio, budget, n_sink, protect_last:
+        As in :class:`KVCompressor`.
     """
 
-    safeguard: float = 0.2
+    safeguard: float = option(0.2, low=0, high=1)
     name: ClassVar[str] = "adaptive"
 
     def check_inner(self) -> None:
         if not isinstance(self.inner, KVCompressor) or isinstance(self.inner, AdaKV):
             raise ConfigError(f"{self.name} needs a non-adaptive inner compressor, got {self.inner!r}")
-        check_number("safeguard", self.safeguard, 0, 1)
         self.attention_based = self.inner.attention_based
 
     def floor(self, k: int) -> int:

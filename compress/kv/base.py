@@ -31,7 +31,7 @@ from ragcore import cache as kvcache
 from ragcore.attention import decoder_layers, head_counts, rows_attention
 from ragcore.errors import ConfigError
 from ragcore.registry import build
-from ragcore.stages import Stage, check_int, check_number
+from ragcore.stages import Stage, option
 
 if TYPE_CHECKING:
     from ragcore.prompt import Prompt
@@ -230,21 +230,14 @@ class KVCompressor(Stage):
         The last tokens, always kept.
     """
 
-    ratio: float = 0.0
-    budget: int | None = None
-    n_sink: int = 0
-    protect_last: int = 0
+    ratio: float = option(0.0, low=0, high=1, high_open=True, what="(the fraction removed)")
+    budget: int | None = option(None, kind=int, minimum=1)
+    n_sink: int = option(0, minimum=0)
+    protect_last: int = option(0, minimum=0)
 
     name: ClassVar[str] = "base"
     label_skip: ClassVar[tuple[str, ...]] = ("ratio", "budget")  # reported apart from the method's options
     attention_based: ClassVar[bool] = False  # scores are attention-like masses (>= 0), usable by caote
-
-    def __post_init__(self) -> None:
-        check_number("ratio", self.ratio, 0, 1, high_open=True, what="(the fraction removed)")
-        if self.budget is not None:
-            check_int("budget", self.budget, 1)
-        check_int("n_sink", self.n_sink, 0)
-        check_int("protect_last", self.protect_last, 0)
 
     # ---- what subclasses define --------------------------------------------------------------------------
     def score(self, x: LayerPrefill) -> torch.Tensor:

@@ -21,10 +21,10 @@ class CAOTE(WrapperCompressor):
 
     Parameters
     ----------
-    ratio, budget, n_sink, protect_last:
-        As in :class:`KVCompressor`.
     inner:
         An attention-based compressor (snapkv, h2o, tova, a2sf, expected_attention).
+    ratio, budget, n_sink, protect_last:
+        As in :class:`KVCompressor`.
     """
 
     name: ClassVar[str] = "caote"

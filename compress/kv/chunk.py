@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from compress.kv.base import LayerPrefill, WrapperCompressor, as_distribution
-from ragcore.stages import check_bool, check_int
+from ragcore.stages import option
 
 
 @dataclass
@@ -20,8 +20,6 @@ class ChunkKV(WrapperCompressor):
 
     Parameters
     ----------
-    ratio, budget, n_sink, protect_last:
-        As in :class:`KVCompressor`.
     inner:
         The compressor that scores tokens (default snapkv).
     chunk_size:
@@ -29,16 +27,13 @@ class ChunkKV(WrapperCompressor):
     share_heads:
         Normalise each head's scores and average them over the layer's key/value heads, so every head keeps the
         same chunks (the paper's layer-wise choice).
+    ratio, budget, n_sink, protect_last:
+        As in :class:`KVCompressor`.
     """
 
-    chunk_size: int = 10
-    share_heads: bool = True
+    chunk_size: int = option(10, minimum=1)
+    share_heads: bool = option(True)
     name: ClassVar[str] = "chunk"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_int("chunk_size", self.chunk_size, 1)
-        check_bool("share_heads", self.share_heads)
 
     def score(self, x: LayerPrefill) -> torch.Tensor:
         s = self.inner.score(x).float()

@@ -9,7 +9,7 @@ import torch
 
 from compress.kv.base import KVCompressor, LayerPrefill, group_mean
 from ragcore.attention import head_counts, project_queries, rotary_embedding, rotate_half
-from ragcore.stages import check_bool, check_int, check_number
+from ragcore.stages import option
 
 
 @dataclass
@@ -27,8 +27,6 @@ class ExpectedAttention(KVCompressor):
 
     Parameters
     ----------
-    ratio, budget, protect_last:
-        As in :class:`KVCompressor`.
     n_sink:
         Leading tokens always kept.
     n_recent:
@@ -41,24 +39,18 @@ class ExpectedAttention(KVCompressor):
         Multiply by the value norm.
     epsilon:
         Added to the expected attention before the value norm multiplies it.
+    ratio, budget, protect_last:
+        As in :class:`KVCompressor`.
     """
 
-    n_recent: int = 128
-    n_future: int = 512
-    n_sink: int = 4
-    use_covariance: bool = True
-    use_value_norm: bool = True
-    epsilon: float = 1e-2
+    n_recent: int = option(128, minimum=1)
+    n_future: int = option(512, minimum=1)
+    n_sink: int = option(4, minimum=0)
+    use_covariance: bool = option(True)
+    use_value_norm: bool = option(True)
+    epsilon: float = option(1e-2, low=0)
     name: ClassVar[str] = "expected_attention"
     attention_based: ClassVar[bool] = True
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_int("n_recent", self.n_recent, 1)
-        check_int("n_future", self.n_future, 1)
-        check_bool("use_covariance", self.use_covariance)
-        check_bool("use_value_norm", self.use_value_norm)
-        check_number("epsilon", self.epsilon, 0)
 
     def _future_rotation(self, x: LayerPrefill, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean cos and sin (D,) of the rotary embedding over the ``n_future`` positions after the cache."""

@@ -8,7 +8,7 @@ from typing import ClassVar
 import torch
 
 from compress.kv.base import KVCompressor, LayerPrefill, group_mean
-from ragcore.stages import check_int
+from ragcore.stages import option
 
 
 @dataclass
@@ -20,23 +20,18 @@ class H2O(KVCompressor):
 
     Parameters
     ----------
-    ratio, budget, n_sink, protect_last:
-        As in :class:`KVCompressor`.
     window:
         Most recent tokens always kept.
     chunk:
         Query rows whose attention is computed at once (memory O(chunk x T)).
+    ratio, budget, n_sink, protect_last:
+        As in :class:`KVCompressor`.
     """
 
-    window: int = 32
-    chunk: int = 256
+    window: int = option(32, minimum=0)
+    chunk: int = option(256, minimum=1)
     name: ClassVar[str] = "h2o"
     attention_based: ClassVar[bool] = True
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_int("window", self.window, 0)
-        check_int("chunk", self.chunk, 1)
 
     def protected(self, t: int, device: torch.device) -> torch.Tensor:
         keep = super().protected(t, device)

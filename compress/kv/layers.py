@@ -24,10 +24,10 @@ class LayerShared(WrapperCompressor):
 
     Parameters
     ----------
-    ratio, budget, n_sink, protect_last:
-        As in :class:`KVCompressor`.
     inner:
         The compressor that scores tokens in each layer.
+    ratio, budget, n_sink, protect_last:
+        As in :class:`KVCompressor`.
     """
 
     name: ClassVar[str] = "layers"

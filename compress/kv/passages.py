@@ -8,7 +8,7 @@ from typing import ClassVar
 import torch
 
 from compress.kv.base import LayerPrefill, WrapperCompressor, as_distribution
-from ragcore.stages import check_bool
+from ragcore.stages import option
 
 
 @dataclass
@@ -26,21 +26,17 @@ class PassageKV(WrapperCompressor):
 
     Parameters
     ----------
-    ratio, budget, n_sink, protect_last:
-        As in :class:`KVCompressor`.
     inner:
         The compressor that scores tokens.
     rest_first:
         Rank the stretches between passages (instruction, question, chat template) above every passage, so only
         passages are ever cut.
+    ratio, budget, n_sink, protect_last:
+        As in :class:`KVCompressor`.
     """
 
-    rest_first: bool = False
+    rest_first: bool = option(False)
     name: ClassVar[str] = "passages"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_bool("rest_first", self.rest_first)
 
     def score(self, x: LayerPrefill) -> torch.Tensor:
         s = self.inner.score(x).float()

@@ -8,7 +8,7 @@ from typing import ClassVar
 import torch
 
 from compress.kv.base import KVBudget, WrapperCompressor
-from ragcore.stages import check_number
+from ragcore.stages import option
 
 
 @dataclass
@@ -25,20 +25,19 @@ class PyramidKV(WrapperCompressor):
 
     Parameters
     ----------
-    ratio, budget, n_sink, protect_last:
-        As in :class:`KVCompressor`.
     inner:
         The compressor that chooses tokens within each layer.
     beta:
         The top layer keeps ``1 / beta`` of the mean free budget (>= 1; 1 is uniform).
+    ratio, budget, n_sink, protect_last:
+        As in :class:`KVCompressor`.
     """
 
-    beta: float = 20.0
+    beta: float = option(20.0, low=1, what="(the top layer keeps 1/beta of the mean)")
     name: ClassVar[str] = "pyramid"
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_number("beta", self.beta, 1, what="(the top layer keeps 1/beta of the mean)")
         self.attention_based = self.inner.attention_based
 
     def layer_keep(self, k: int, t: int, layer: int, n_layers: int, n_kv: int) -> int:

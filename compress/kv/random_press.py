@@ -8,7 +8,7 @@ from typing import ClassVar
 import torch
 
 from compress.kv.base import KVCompressor, LayerPrefill
-from ragcore.stages import check_int
+from ragcore.stages import option
 
 
 @dataclass
@@ -17,18 +17,14 @@ class RandomPress(KVCompressor):
 
     Parameters
     ----------
-    ratio, budget, n_sink, protect_last:
-        As in :class:`KVCompressor`.
     seed:
         Seed of the random scores (each layer draws from ``seed`` and its index).
+    ratio, budget, n_sink, protect_last:
+        As in :class:`KVCompressor`.
     """
 
-    seed: int = 0
+    seed: int = option(0)
     name: ClassVar[str] = "random"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_int("seed", self.seed)
 
     def score(self, x: LayerPrefill) -> torch.Tensor:
         gen = torch.Generator().manual_seed(self.seed + 1000003 * x.layer)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -11,8 +11,7 @@ from torch import nn
 
 from compress.kv.base import KVBudget, KVCompressor, LayerPrefill
 from compress.kv.heads import induction_scores
-from ragcore.errors import ConfigError
-from ragcore.stages import check_int, check_number
+from ragcore.stages import option
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +28,6 @@ class Razor(KVCompressor):
 
     Parameters
     ----------
-    ratio, budget, protect_last:
-        As in :class:`KVCompressor`.
     n_sink:
         Leading tokens always kept.
     top_frac:
@@ -41,22 +38,16 @@ class Razor(KVCompressor):
         Seed of the calibration sequence.
     retrieval_heads:
         ``{layer: [kv head, ...]}``; None: calibrated (calibrated state is left out of the label).
+    ratio, budget, protect_last:
+        As in :class:`KVCompressor`.
     """
 
-    n_sink: int = 4
-    top_frac: float = 0.15
-    n_calib_tokens: int = 64
-    seed: int = 0
-    retrieval_heads: dict[int, list[int]] | None = field(default=None, metadata={"label": False})
+    n_sink: int = option(4, minimum=0)
+    top_frac: float = option(0.15, low=0, high=1)
+    n_calib_tokens: int = option(64, minimum=2)
+    seed: int = option(0)
+    retrieval_heads: dict[int, list[int]] | None = option(None, kind=dict, label=False)
     name: ClassVar[str] = "razor"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_number("top_frac", self.top_frac, 0, 1)
-        check_int("n_calib_tokens", self.n_calib_tokens, 2)
-        check_int("seed", self.seed)
-        if self.retrieval_heads is not None and not isinstance(self.retrieval_heads, dict):
-            raise ConfigError(f"retrieval_heads must map layer -> list of kv heads, got {self.retrieval_heads!r}")
 
     def calibrate(self, model: nn.Module) -> dict[int, list[int]]:
         """Find the retrieval heads of ``model``; stores and returns {layer: [kv head, ...]}."""

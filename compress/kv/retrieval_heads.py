@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -10,7 +10,7 @@ from torch import nn
 
 from compress.kv.base import KVBudget, LayerPrefill, WrapperCompressor
 from compress.kv.heads import HeadScores, head_shape, induction_scores
-from ragcore.stages import check_bool, check_number
+from ragcore.stages import option
 
 
 @dataclass
@@ -32,8 +32,6 @@ class RetrievalHeads(WrapperCompressor):
 
     Parameters
     ----------
-    ratio, budget, n_sink, protect_last:
-        As in :class:`KVCompressor`.
     inner:
         The compressor that chooses each head's tokens.
     top_frac:
@@ -46,20 +44,19 @@ class RetrievalHeads(WrapperCompressor):
         Each layer's heads share its budget evenly (no padded slots).
     retrieval_heads:
         ``{layer: [kv head, ...]}``; None: from ``scores`` or calibrated (left out of the label).
+    ratio, budget, n_sink, protect_last:
+        As in :class:`KVCompressor`.
     """
 
-    top_frac: float = 0.15
-    boost: float = 2.0
-    scores: str | None = None
-    per_layer: bool = False
-    retrieval_heads: dict[int, list[int]] | None = field(default=None, metadata={"label": False})
+    top_frac: float = option(0.15, low=0, high=1, high_open=True)
+    boost: float = option(2.0, low=1, what="(times the uniform budget)")
+    scores: str | None = option(None, kind=str)
+    per_layer: bool = option(False)
+    retrieval_heads: dict[int, list[int]] | None = option(None, kind=dict, label=False)
     name: ClassVar[str] = "retrieval_heads"
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_number("boost", self.boost, 1, what="(times the uniform budget)")
-        check_number("top_frac", self.top_frac, 0, 1, high_open=True)
-        check_bool("per_layer", self.per_layer)
         self.attention_based = self.inner.attention_based
 
     def prepare(self, model: nn.Module) -> None:

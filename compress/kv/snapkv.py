@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from compress.kv.base import KVCompressor, LayerPrefill, group_mean
 from ragcore.errors import ConfigError
-from ragcore.stages import check_choice, check_int
+from ragcore.stages import option
 
 
 def pool1d(scores: torch.Tensor, kernel_size: int) -> torch.Tensor:
@@ -31,29 +31,26 @@ class SnapKV(KVCompressor):
 
     Parameters
     ----------
-    ratio, budget, n_sink, protect_last:
-        As in :class:`KVCompressor`.
     window:
         Observation window: the last query rows that vote (and are kept).
     kernel_size:
         Odd width of the max-pooling along the sequence (1: none).
     group:
         How a key/value head's query heads vote: ``"mean"`` (the paper) or ``"max"`` (the loudest query head).
+    ratio, budget, n_sink, protect_last:
+        As in :class:`KVCompressor`.
     """
 
-    window: int = 32
-    kernel_size: int = 5
-    group: str = "mean"
+    window: int = option(32, minimum=1)
+    kernel_size: int = option(5, minimum=1)
+    group: str = option("mean", choices=("mean", "max"))
     name: ClassVar[str] = "snapkv"
     attention_based: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_int("window", self.window, 1)
-        check_int("kernel_size", self.kernel_size, 1)
         if self.kernel_size % 2 == 0:
             raise ConfigError(f"kernel_size must be a positive odd integer, got {self.kernel_size!r}")
-        check_choice("group", self.group, ("mean", "max"))
 
     def protected(self, t: int, device: torch.device) -> torch.Tensor:
         keep = super().protected(t, device)

@@ -8,6 +8,7 @@ from typing import ClassVar
 import torch
 
 from compress.kv.base import KVCompressor, LayerPrefill
+from ragcore.stages import option
 
 
 @dataclass
@@ -17,13 +18,13 @@ class StreamingLLM(KVCompressor):
 
     Parameters
     ----------
-    ratio, budget, protect_last:
-        As in :class:`KVCompressor`.
     n_sink:
         Leading tokens always kept (default 4, as in the paper).
+    ratio, budget, protect_last:
+        As in :class:`KVCompressor`.
     """
 
-    n_sink: int = 4
+    n_sink: int = option(4, minimum=0)
     name: ClassVar[str] = "streaming_llm"
 
     def score(self, x: LayerPrefill) -> torch.Tensor:

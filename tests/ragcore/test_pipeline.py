@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from compress.kv import get_compressor
-from ragcore.errors import ConfigError
+from ragcore.errors import ConfigError, PromptTooLongError
 from ragcore.generator import GenerationConfig
 from ragcore.pipeline import Pipeline
 from ragcore.types import Answer
@@ -35,7 +35,35 @@ def test_ask_with_a_kv_compressor_holds_fewer_bytes(retriever, smol, query_aware
 
 
 def test_bad_arguments_are_refused(retriever, smol):
-    with pytest.raises(ConfigError, match="compressor must be a KV compressor .*got 'snapkv'"):
-        Pipeline(retriever, smol, compressor="snapkv")
+    with pytest.raises(ConfigError, match="compressor must be a KV compressor or its spec string.*got 42"):
+        Pipeline(retriever, smol, compressor=42)
+    with pytest.raises(ConfigError, match="unknown kv_compressor 'snapkx'"):
+        Pipeline(retriever, smol, compressor="snapkx(ratio=0.5)")
     with pytest.raises(ConfigError, match="k must be a positive integer, got 0"):
         Pipeline(retriever, smol, k=0)
+    with pytest.raises(ConfigError, match="retriever must have retrieve"):
+        Pipeline(object(), smol)
+
+
+def test_a_compressor_by_its_spec_string(retriever, smol):
+    ans = Pipeline(retriever, smol, k=2, config=CFG, compressor="snapkv(ratio=0.5)").ask(QUESTION)
+    assert ans.kv["compressor"] == "snapkv" and ans.kv["kv_bytes"] < 0.75 * ans.kv["kv_bytes_full"]
+
+
+def test_passages_that_do_not_fit_the_window_are_dropped(retriever, smol):
+    """Field report: -k 70 with SmolLM2 built a prompt longer than the model's window and answered gibberish. The
+    passages that do not fit (with room for the answer) are left out, from the lowest ranked, and reported."""
+    full = Pipeline(retriever, smol, k=5, config=CFG).ask(QUESTION)
+    n_full = len(smol.prompt(QUESTION, full.passages))
+    smol.model.config.max_position_embeddings = n_full - 20 + CFG.max_new_tokens  # one passage too many
+    ans = Pipeline(retriever, smol, k=5, config=CFG).ask(QUESTION)
+    assert 1 <= len(ans.passages) < 5 and ans.dropped == [p.chunk.id for p in full.passages[len(ans.passages) :]]
+    assert [p.chunk.id for p in ans.passages] == [p.chunk.id for p in full.passages[: len(ans.passages)]]
+    assert len(smol.prompt(QUESTION, ans.passages)) + CFG.max_new_tokens <= smol.model.config.max_position_embeddings
+    assert Answer.from_dict(ans.to_dict()).dropped == ans.dropped
+
+
+def test_a_question_that_cannot_fit_is_a_clear_error(retriever, smol):
+    smol.model.config.max_position_embeddings = 40
+    with pytest.raises(PromptTooLongError, match="take .* tokens; 'smollm2-135m' reads 40 tokens, 8 of them kept"):
+        Pipeline(retriever, smol, k=3, config=CFG).ask(QUESTION)
