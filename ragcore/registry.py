@@ -161,7 +161,7 @@ class Registry(Generic[T]):
         self._classes: dict[str, type[T]] = {}
         self._aliases: dict[str, str] = {}
         self._loaded = False
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # a package being imported may look itself up
 
     def add(self, *classes: type[T], aliases: dict[str, str] | None = None) -> None:
         """Register stage classes under their ``name``; ``aliases`` maps deprecated names to current ones."""
@@ -254,7 +254,11 @@ class Registry(Generic[T]):
 
 REGISTRIES: dict[str, Registry[Any]] = {
     "retriever": Registry("retriever", "retrieval", "retrieve"),
+    "reranker": Registry("reranker", "rerank", "rerank"),
+    "context_compressor": Registry("context_compressor", "compress.context", "compress"),
     "kv_compressor": Registry("kv_compressor", "compress.kv", "apply"),
+    "tracer": Registry("tracer", "ragcore.attribution", "trace"),
+    "detector": Registry("detector", "ragcore.attribution", "flag"),
 }
 
 

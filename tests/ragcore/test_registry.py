@@ -70,7 +70,7 @@ def test_an_option_given_twice_is_refused():
 
 
 def test_every_kind_has_a_registry_that_loads_lazily():
-    assert set(REGISTRIES) >= {"retriever", "kv_compressor"}
+    assert set(REGISTRIES) == {"retriever", "reranker", "context_compressor", "kv_compressor", "tracer", "detector"}
     assert "hybrid" in registry("retriever") and "snapkv" in registry("kv_compressor")
 
 
@@ -85,3 +85,17 @@ def test_validators_name_the_field_and_quote_the_value():
         check_number("ratio", float("nan"), 0, 1)
     with pytest.raises(ConfigError, match="mode must be one of 'a', 'b', got 'c'"):
         check_choice("mode", "c", ("a", "b"))
+
+
+def test_a_fresh_process_builds_every_kind_by_name():
+    """The first lookup imports the kind's package, which registers itself (and may look itself up) meanwhile."""
+    import subprocess
+    import sys
+
+    code = (
+        "from ragcore.registry import REGISTRIES, registry\n"
+        "print(registry('kv_compressor').build('chunk:snapkv', ratio=0.5).label)\n"
+        "print(sorted(k for k, r in REGISTRIES.items() if r.names() is not None))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert out.stdout.split("\n")[0] == "chunk:snapkv"
