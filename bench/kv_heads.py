@@ -12,7 +12,7 @@ on).
 Writes JSON ``{"model", "questions", "rows", "scores": [[layer 0 kv heads], ...]}`` for
 ``retrieval(scores='PATH'):snapkv``, which boosts the ``top_frac`` best-scoring heads:
 
-    HF_HUB_OFFLINE=1 python bench/kv_heads.py --model qwen2.5-0.5b --offset 900 --limit 48 \\
+    HF_HUB_OFFLINE=1 python -m bench.kv_heads --model qwen2.5-0.5b --offset 900 --limit 48 \\
         --retrieved out/retrieved.json --out docs/data/kv/heads-nq-qwen2.5-0.5b.json
 """
 
@@ -21,17 +21,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from compress.kv.base import group_mean  # noqa: E402
-from eval.kv import load_items, score_answer  # noqa: E402
-from ragcore.attention import attention_to_spans, decoder_layers, head_counts  # noqa: E402
-from ragcore.generator import GenerationConfig, Generator  # noqa: E402
+from compress.kv.base import group_mean
+from eval.kv_compression import load_items, score_answer
+from ragcore.attention import attention_to_spans, decoder_layers, head_counts
+from ragcore.generator import GenerationConfig, Generator
 
 logger = logging.getLogger("bench.kv_heads")
 
