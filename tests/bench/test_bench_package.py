@@ -23,13 +23,14 @@ def test_every_driver_imports_as_a_module(name):
     assert name == "results" or callable(getattr(mod, "main", None))
 
 
-def test_no_sys_path_edits_in_bench_or_tests():
+def test_no_import_path_edits_in_bench_or_tests():
+    needle = "sys" + ".path"  # spelled apart so that this file is no hit of `grep -rn` for it either
     hits = [
         f"{p.relative_to(ROOT)}:{i}"
         for folder in ("bench", "tests")
         for p in (ROOT / folder).rglob("*.py")
         for i, line in enumerate(p.read_text().splitlines(), 1)
-        if "sys.path" in line and p != Path(__file__).resolve()
+        if needle in line
     ]
     assert hits == []
 
