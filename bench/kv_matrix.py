@@ -1,5 +1,5 @@
 """KV-cache compression matrix: every compressor x ratio in one process, one JSON, one accuracy-vs-ratio plot,
-optionally a docs/RESULTS.md section (``kv-*``). The matrix itself is ``eval.kv_compression.run_matrix`` (also
+optionally a docs/RESULTS.md section (``kv-*``). The matrix itself is ``eval.kv_compression.KVSuite.matrix`` (also
 ``ragcore eval kv --compressor a,b --ratio 0.5,0.75``); this driver adds checkpoints, merging, the plot and the
 section.
 
@@ -19,7 +19,7 @@ from typing import Any
 
 from bench.results import write_section
 from compress.kv import COMPRESSORS, split_top
-from eval.kv_compression import MATRIX_RATIOS, merge_matrices, run_matrix
+from eval.kv_compression import MATRIX_RATIOS, KVSuite, merge_matrices
 from eval.report import table, write_json
 from eval.stats import paired_difference
 from ragcore.errors import ConfigError
@@ -101,24 +101,20 @@ def main(argv: list[str] | None = None) -> int:
         if a.merge:
             res = merge_matrices(a.merge)
         else:
-            res = run_matrix(
-                a.data,
-                names,
-                ratios,
+            suite = KVSuite(
                 model=a.model,
-                limit=a.limit,
                 device=a.device,
+                limit=a.limit,
+                offset=a.offset,
                 k=a.k,
                 max_tokens=a.max_tokens,
                 max_new_tokens=a.max_new_tokens,
                 query_aware=a.query_aware,
-                retrieved=a.retrieved,
                 batch_size=a.batch_size,
-                offset=a.offset,
-                baseline=not a.no_baseline,
-                checkpoint=lambda partial: write_json(a.out, {**partial, "complete": False}),
+                retrieved=a.retrieved,
             )
-            res = {**res, "complete": True}
+            save = lambda partial: write_json(a.out, {**partial, "complete": False})  # noqa: E731
+            res = {**suite.matrix(a.data, names, ratios, baseline=not a.no_baseline, checkpoint=save), "complete": True}
     except expected as e:
         print(f"kv_matrix: error: {e}", file=sys.stderr)
         return 2

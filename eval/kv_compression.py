@@ -1,7 +1,8 @@
 """The KV-cache compression suite (``ragcore eval kv``): answer accuracy and KV-cache memory under a compressor.
 
-One run (:func:`eval_kv_compression`) is one compressor at one ratio; a matrix (:func:`run_matrix`) is every
-compressor at every ratio over prompts built once, with one full-cache run shared by all. Results are compared
+One run (``KVSuite.run``) is one compressor at one ratio; a matrix (``KVSuite.matrix``) is every compressor at
+every ratio over prompts built once, with one full-cache run shared by all; ``merge_matrices`` joins matrices
+run in several processes. Results are compared
 with the paired statistics of ``eval.stats``; figures are in docs/RESULTS.md (sections ``kv-*``).
 
 Two data formats, told apart by their rows:
@@ -17,7 +18,7 @@ Two data formats, told apart by their rows:
 
 By default compression is question-agnostic (the context is compressed before the question is read); see
 ``Generator.generate``. ``load_items`` and ``run_items`` are separate so that a caller can build the prompts once
-and run many compressors over them (:func:`run_matrix` does).
+and run many compressors over them (``KVSuite.matrix`` does).
 """
 
 from __future__ import annotations
@@ -263,172 +264,197 @@ def _check_batch_size(batch_size: int) -> None:
         raise ConfigError(f"batch size must be a positive integer, got {batch_size!r}")
 
 
-def eval_kv_compression(
-    data: str | Path | None = None,
-    compressor: str = "none",
-    ratio: float = 0.5,
-    model: str = "smollm2-135m",
-    limit: int | None = None,
-    device: str | None = None,
-    k: int = 5,
-    max_tokens: int | None = None,
-    max_new_tokens: int | None = None,
-    query_aware: bool = False,
-    progress: bool = True,
-    retrieved: str | Path | None = None,
-    batch_size: int = 1,
-) -> dict[str, Any]:
-    """One run of the suite: one compressor at one ratio over an NQ-open or key-value retrieval file.
+@dataclass
+class KVSuite:
+    """Settings of the KV-cache compression suite, shared by one run (:meth:`run`) and a matrix (:meth:`matrix`).
 
     Parameters
     ----------
-    data : str or Path, optional
-        NQ-open or key-value retrieval JSON lines (default: the bundled NQ-open).
-    compressor : str
-        A spec of ``compress.kv.get_compressor`` (``"chunk(chunk_size=5):snapkv"``), or ``"none"``.
-    ratio : float
-        Fraction of the context's KV cache removed, in [0, 1).
-    model, device : str
-        The generator and where it runs.
-    limit, k, max_tokens, max_new_tokens, retrieved : see :func:`load_items`.
+    model : str
+        The generator: a registered name, a Hugging Face folder or a ``.gguf`` path.
+    device : str, optional
+        Where it runs (default: CUDA when available).
+    limit : int, optional
+        Items evaluated (default: every item after ``offset``).
+    offset : int
+        Items skipped first (a development slice apart from the questions a headline is measured on).
+    k : int
+        Passages retrieved per NQ-open question.
+    max_tokens : int, optional
+        Prompt + answer token limit (default: the model's window); key-value records are cut to fit.
+    max_new_tokens : int, optional
+        Greedy answer length (default: 32 for NQ-open, 64 for key-value retrieval).
     query_aware : bool
-        Compress after the question is read (default: before).
+        Compress after the question is read (default: before, so one cache could serve several questions).
     batch_size : int
-        Items decoded together (the same answers).
-
-    Returns
-    -------
-    dict
-        The run's JSON (keys are a stable interface): ``format``, ``compressor`` (its label), ``ratio``,
-        ``accuracy`` and ``accuracy_ci95``, ``kv_bytes`` and ``kv_bytes_full`` (mean bytes per item),
-        ``prefill_s``, ``decode_tok_s``, ``n``, ``predictions`` (per item) and the settings.
+        Items decoded together (``Generator.generate_batch``): the same greedy answers, faster on a GPU.
+    retrieved : str or Path, optional
+        A ``ragcore eval retrieval --dump-retrieved`` file: the top ``k`` come from it (no embedder).
+    progress : bool
+        Show progress bars.
 
     Raises
     ------
     ConfigError
-        An unknown compressor, a ratio outside [0, 1), a bad size, an unknown data format; raised before the
-        model loads where the arguments alone show it.
+        ``batch_size`` is not a positive integer (the other sizes are checked when the items are loaded).
     """
-    if compressor != "none":  # fail on a bad name or ratio before loading anything
+
+    model: str = "smollm2-135m"
+    device: str | None = None
+    limit: int | None = None
+    offset: int = 0
+    k: int = 5
+    max_tokens: int | None = None
+    max_new_tokens: int | None = None
+    query_aware: bool = False
+    batch_size: int = 1
+    retrieved: str | Path | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _check_batch_size(self.batch_size)
+
+    def _load(self, data: str | Path | None) -> tuple[Generator, str, list[EvalItem]]:
+        gen = Generator(self.model, device=self.device)
+        fmt, items = load_items(
+            gen,
+            data,
+            self.k,
+            self.limit,
+            self.max_tokens,
+            self.max_new_tokens,
+            self.progress,
+            self.retrieved,
+            self.offset,
+        )
+        return gen, fmt, items
+
+    def _run(self, gen: Generator, fmt: str, items: list[EvalItem], compressor: str, ratio: float) -> dict[str, Any]:
+        return run_items(
+            gen, fmt, items, compressor, ratio, self.max_new_tokens, self.query_aware, self.progress, self.batch_size
+        )
+
+    def run(self, data: str | Path | None = None, compressor: str = "none", ratio: float = 0.5) -> dict[str, Any]:
+        """One run: one compressor at one ratio over an NQ-open or key-value retrieval file.
+
+        Parameters
+        ----------
+        data : str or Path, optional
+            NQ-open or key-value retrieval JSON lines (default: the bundled NQ-open).
+        compressor : str
+            A spec of ``compress.kv.get_compressor`` (``"chunk(chunk_size=5):snapkv"``), or ``"none"``.
+        ratio : float
+            Fraction of the context's KV cache removed, in [0, 1).
+
+        Returns
+        -------
+        dict
+            The run's JSON (its keys are a stable interface): ``format``, ``compressor`` (its label), ``ratio``,
+            ``accuracy`` and ``accuracy_ci95``, ``kv_bytes`` and ``kv_bytes_full`` (mean bytes per item),
+            ``prefill_s``, ``decode_tok_s``, ``n``, ``predictions`` (per item) and the settings.
+
+        Raises
+        ------
+        ConfigError
+            An unknown compressor or a ratio outside [0, 1) (before the model loads), a bad size or an unknown
+            data format.
+        """
+        if compressor != "none":  # fail on a bad name or ratio before loading anything
+            from compress.kv import get_compressor
+
+            get_compressor(compressor, ratio=ratio)
+        return self._run(*self._load(data), compressor, ratio)
+
+    def matrix(
+        self,
+        data: str | Path | None,
+        compressors: Sequence[str],
+        ratios: Sequence[float] = MATRIX_RATIOS,
+        baseline: bool = True,
+        checkpoint: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Every compressor at every ratio over prompts built once, after one full-cache run.
+
+        Ratio 0 removes nothing: a compressor's ratio-0 run is a copy of the full-cache run (marked
+        ``"shared_baseline": true``), so every compressor's curve starts at the same point.
+
+        Parameters
+        ----------
+        data : str or Path, optional
+            As for :meth:`run`.
+        compressors : sequence of str
+            Compressor specs (not ``"none"``: the full cache is the matrix's baseline).
+        ratios : sequence of float
+            Fractions removed, each in [0, 1).
+        baseline : bool
+            Run the full cache; ``False`` leaves it to another process on the same items (then ratio 0 is refused).
+        checkpoint : callable, optional
+            Called with the matrix so far after the baseline and after each run (a stopped process keeps them).
+
+        Returns
+        -------
+        dict
+            ``data``, ``format``, ``model``, ``n``, ``offset``, ``query_aware``, ``ratios``, ``compressors``, ``k``,
+            ``batch_size``, ``seconds`` and ``runs``: the full-cache run first, then one :meth:`run` result per
+            compressor and ratio, in that order.
+
+        Raises
+        ------
+        ConfigError
+            No compressor, ``"none"`` among them, an unknown one, a ratio outside [0, 1), or ratio 0 without the
+            baseline; raised before the model loads.
+        """
         from compress.kv import get_compressor
 
-        get_compressor(compressor, ratio=ratio)
-    _check_batch_size(batch_size)
-    gen = Generator(model, device=device)
-    fmt, items = load_items(gen, data, k, limit, max_tokens, max_new_tokens, progress, retrieved)
-    return run_items(gen, fmt, items, compressor, ratio, max_new_tokens, query_aware, progress, batch_size)
-
-
-def run_matrix(
-    data: str | Path | None,
-    compressors: Sequence[str],
-    ratios: Sequence[float] = MATRIX_RATIOS,
-    model: str = "smollm2-135m",
-    limit: int | None = None,
-    device: str | None = None,
-    k: int = 5,
-    max_tokens: int | None = None,
-    max_new_tokens: int | None = None,
-    query_aware: bool = False,
-    progress: bool = True,
-    retrieved: str | Path | None = None,
-    batch_size: int = 1,
-    offset: int = 0,
-    baseline: bool = True,
-    checkpoint: Callable[[dict[str, Any]], None] | None = None,
-) -> dict[str, Any]:
-    """Every compressor at every ratio over prompts built once, after one full-cache run.
-
-    Ratio 0 removes nothing: a compressor's ratio-0 run is a copy of the full-cache run (marked
-    ``"shared_baseline": true``), so every compressor's curve starts at the same point.
-
-    Parameters
-    ----------
-    data, model, limit, device, k, max_tokens, max_new_tokens, query_aware, retrieved, batch_size
-        As for :func:`eval_kv_compression`.
-    compressors : sequence of str
-        Compressor specs (not ``"none"``: the full cache is the matrix's baseline).
-    ratios : sequence of float
-        Fractions removed, each in [0, 1).
-    offset : int
-        Skip the first ``offset`` items (a development slice apart from a headline's questions).
-    baseline : bool
-        Run the full cache; ``False`` leaves it to another process on the same items (then ratio 0 is refused).
-    checkpoint : callable, optional
-        Called with the matrix so far after the baseline and after each run (a stopped process keeps them).
-
-    Returns
-    -------
-    dict
-        ``data``, ``format``, ``model``, ``n``, ``offset``, ``query_aware``, ``ratios``, ``compressors``, ``k``,
-        ``batch_size``, ``seconds`` and ``runs``: the full-cache run first, then one :func:`run_items` result
-        per compressor and ratio, in that order.
-
-    Raises
-    ------
-    ConfigError
-        No compressor, ``"none"`` among them, an unknown one, a ratio outside [0, 1), or ratio 0 without the
-        baseline; raised before the model loads.
-    """
-    from compress.kv import get_compressor
-
-    if not compressors:
-        raise ConfigError("a matrix needs at least one compressor")
-    if "none" in compressors:
-        raise ConfigError("'none' is the matrix's full-cache baseline; name only compressors")
-    if not baseline and 0 in ratios:
-        raise ConfigError("ratio 0 is the full-cache baseline; it cannot be run with baseline=False")
-    for r in ratios:
-        if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 <= r < 1:
-            raise ConfigError(f"ratios must be in [0, 1), got {r!r}")
-    labels = [get_compressor(name, ratio=0.5).label for name in compressors]  # a bad name fails before loading
-    _check_batch_size(batch_size)
-    t0 = time.perf_counter()
-    gen = Generator(model, device=device)
-    fmt, items = load_items(gen, data, k, limit, max_tokens, max_new_tokens, progress, retrieved, offset)
-    logger.info("%d %s items ready in %.1fs", len(items), fmt, time.perf_counter() - t0)
-    runs: list[dict[str, Any]] = []
-
-    def result() -> dict[str, Any]:
-        return {
-            "data": str(data or NQ_OPEN),
-            "format": fmt,
-            "model": model,
-            "n": len(items),
-            "offset": offset,
-            "query_aware": query_aware,
-            "ratios": list(ratios),
-            "compressors": list(compressors),
-            "k": k,
-            "batch_size": batch_size,
-            "seconds": time.perf_counter() - t0,
-            "runs": runs,
-        }
-
-    full = None
-    if baseline:
-        full = run_items(gen, fmt, items, "none", 0.0, max_new_tokens, query_aware, progress, batch_size)
-        runs.append(full)
-        if checkpoint:
-            checkpoint(result())
-    for name, label in zip(compressors, labels):
+        if not compressors:
+            raise ConfigError("a matrix needs at least one compressor")
+        if "none" in compressors:
+            raise ConfigError("'none' is the matrix's full-cache baseline; name only compressors")
+        if not baseline and 0 in ratios:
+            raise ConfigError("ratio 0 is the full-cache baseline; it cannot be run with baseline=False")
         for r in ratios:
-            if r == 0:
-                runs.append({**full, "compressor": label, "shared_baseline": True})
-                continue
-            res = run_items(gen, fmt, items, name, r, max_new_tokens, query_aware, progress, batch_size)
-            logger.info(
-                "%s ratio %.2f: accuracy %.3f, kv %.0f / %.0f bytes",
-                name,
-                r,
-                res["accuracy"],
-                res["kv_bytes"],
-                res["kv_bytes_full"],
-            )
-            runs.append(res)
+            if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 <= r < 1:
+                raise ConfigError(f"ratios must be in [0, 1), got {r!r}")
+        labels = [get_compressor(name, ratio=0.5).label for name in compressors]  # a bad name fails before loading
+        t0 = time.perf_counter()
+        gen, fmt, items = self._load(data)
+        logger.info("%d %s items ready in %.1fs", len(items), fmt, time.perf_counter() - t0)
+        runs: list[dict[str, Any]] = []
+
+        def result() -> dict[str, Any]:
+            return {
+                "data": str(data or NQ_OPEN),
+                "format": fmt,
+                "model": self.model,
+                "n": len(items),
+                "offset": self.offset,
+                "query_aware": self.query_aware,
+                "ratios": list(ratios),
+                "compressors": list(compressors),
+                "k": self.k,
+                "batch_size": self.batch_size,
+                "seconds": time.perf_counter() - t0,
+                "runs": runs,
+            }
+
+        full = None
+        if baseline:
+            full = self._run(gen, fmt, items, "none", 0.0)
+            runs.append(full)
             if checkpoint:
                 checkpoint(result())
-    return result()
+        for name, label in zip(compressors, labels):
+            for r in ratios:
+                if r == 0:
+                    runs.append({**full, "compressor": label, "shared_baseline": True})
+                    continue
+                res = self._run(gen, fmt, items, name, r)
+                logger.info("%s ratio %.2f: accuracy %.3f, kv %.0f / %.0f bytes", name, r, res["accuracy"],
+                            res["kv_bytes"], res["kv_bytes_full"])  # fmt: skip
+                runs.append(res)
+                if checkpoint:
+                    checkpoint(result())
+        return result()
 
 
 def merge_matrices(paths: Sequence[str | Path]) -> dict[str, Any]:

@@ -107,7 +107,7 @@ def _cmd_eval(a: argparse.Namespace) -> int:
 def _eval_kv(a: argparse.Namespace) -> dict:
     """One run for one compressor at one ratio; a matrix for several (``--compressor a,b --ratio 0.5,0.75``)."""
     from compress.kv import split_top
-    from eval.kv_compression import eval_kv_compression, run_matrix
+    from eval.kv_compression import KVSuite
     from eval.report import write_json
     from ragcore.errors import ConfigError
 
@@ -118,12 +118,14 @@ def _eval_kv(a: argparse.Namespace) -> dict:
         raise ConfigError(f"--ratio takes fractions separated by commas, got {a.ratio!r}") from None
     if not names or not ratios:
         raise ConfigError("--compressor and --ratio need at least one value each")
-    opts = dict(model=a.model, limit=a.limit, device=a.device, k=a.k, max_tokens=a.max_tokens)
-    opts |= dict(max_new_tokens=a.max_new_tokens, query_aware=a.query_aware, retrieved=a.retrieved)
+    sizes = dict(
+        limit=a.limit, k=a.k, max_tokens=a.max_tokens, max_new_tokens=a.max_new_tokens, batch_size=a.batch_size
+    )
+    suite = KVSuite(a.model, a.device, query_aware=a.query_aware, retrieved=a.retrieved, **sizes)
     if len(names) == 1 and len(ratios) == 1:
-        return eval_kv_compression(a.data, names[0], ratios[0], batch_size=a.batch_size, **opts)
+        return suite.run(a.data, names[0], ratios[0])
     save = (lambda part: write_json(a.out, {**part, "complete": False})) if a.out else None
-    return {**run_matrix(a.data, names, ratios, batch_size=a.batch_size, checkpoint=save, **opts), "complete": True}
+    return {**suite.matrix(a.data, names, ratios, checkpoint=save), "complete": True}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from eval import kv_compression
-from eval.kv_compression import format_name, load_items, merge_matrices, run_matrix
+from eval.kv_compression import KVSuite, format_name, load_items, merge_matrices
 from ragcore.cli import main
 from ragcore.errors import ConfigError
 
@@ -108,16 +108,21 @@ def test_matrix_refuses_bad_arguments_before_loading_a_model(monkeypatch):
         raise AssertionError("the model was loaded before the arguments were checked")
 
     monkeypatch.setattr(kv_compression, "Generator", no_model)
+    suite = KVSuite()
     with pytest.raises(ConfigError, match="'quokka'"):
-        run_matrix(KV_DATA, ["snapkv", "quokka"], [0.5])
+        suite.matrix(KV_DATA, ["snapkv", "quokka"], [0.5])
     with pytest.raises(ConfigError, match=r"ratios must be in \[0, 1\), got 1.0"):
-        run_matrix(KV_DATA, ["snapkv"], [0.5, 1.0])
+        suite.matrix(KV_DATA, ["snapkv"], [0.5, 1.0])
     with pytest.raises(ConfigError, match="'none' is the matrix's full-cache baseline"):
-        run_matrix(KV_DATA, ["none", "snapkv"], [0.5])
+        suite.matrix(KV_DATA, ["none", "snapkv"], [0.5])
     with pytest.raises(ConfigError, match="ratio 0 is the full-cache baseline"):
-        run_matrix(KV_DATA, ["snapkv"], [0.0, 0.5], baseline=False)
+        suite.matrix(KV_DATA, ["snapkv"], [0.0, 0.5], baseline=False)
     with pytest.raises(ConfigError, match="at least one compressor"):
-        run_matrix(KV_DATA, [], [0.5])
+        suite.matrix(KV_DATA, [], [0.5])
+    with pytest.raises(ConfigError, match="'quokka'"):
+        suite.run(KV_DATA, "quokka", 0.5)
+    with pytest.raises(ConfigError, match="batch size must be a positive integer, got 0"):
+        KVSuite(batch_size=0)
 
 
 def _run(name: str, ratio: float, right: list[int]) -> dict:
