@@ -2,8 +2,8 @@
 
 One run (``KVSuite.run``) is one compressor at one ratio; a matrix (``KVSuite.matrix``) is every compressor at
 every ratio over prompts built once, with one full-cache run shared by all; ``merge_matrices`` joins matrices
-run in several processes. Results are compared
-with the paired statistics of ``eval.stats``; figures are in docs/RESULTS.md (sections ``kv-*``).
+run in several processes. Runs are compared with the paired statistics of ``eval.stats``; figures are in
+docs/RESULTS.md (sections ``kv-*``).
 
 Two data formats, told apart by their rows:
 
@@ -90,7 +90,8 @@ def _window_limit(gen: Generator, max_tokens: int | None, new_tokens: int) -> in
 
 
 def kv_retrieval_prompt(gen: Generator, row: dict, budget: int) -> Prompt:
-    """The key-value retrieval prompt with as many records (a window holding the gold one) as fit in ``budget`` tokens."""
+    """The key-value retrieval prompt with as many records (a window holding the gold one) as fit in ``budget``
+    tokens."""
     records = [tuple(r) for r in row["ordered_kv_records"]]
     key = row["key"]
     keys = [k for k, _ in records]
