@@ -1,7 +1,7 @@
 """Retrieval speed on the NQ-open corpus, in one run: BM25 queries/s with bm25s vs rank-bm25 (same tokens,
 same corpus), dense query latency, index build throughput and index load time.
 
-    .venv/bin/python bench/bench_retrieval.py [--data FILE] [--queries N] [--write-results]
+    .venv/bin/python -m bench.bench_retrieval [--data FILE] [--queries N] [--write-results]   # retrieval-speed
 """
 
 from __future__ import annotations
@@ -9,21 +9,18 @@ from __future__ import annotations
 import argparse
 import logging
 import statistics
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results import table, write_section  # noqa: E402
+from bench.results import write_section
+from eval.datasets import load_nq_open
+from eval.report import table
+from retrieval.bm25 import BM25Index, tokenize
+from retrieval.hybrid import HybridRetriever
 
-from eval.datasets import load_nq_open  # noqa: E402
-from retrieval.bm25 import BM25Index, tokenize  # noqa: E402
-from retrieval.hybrid import HybridRetriever  # noqa: E402
-
-logger = logging.getLogger("bench")
+logger = logging.getLogger("bench.bench_retrieval")
 
 
 def main() -> None:

@@ -1,23 +1,21 @@
 """Choose the hybrid fusion by measurement: recall@1/5/20 of each fusion setting on NQ-open, tuned on the
 even-numbered questions and reported on the odd-numbered ones (held out), plus BM25 and dense alone.
 
-    .venv/bin/python bench/fusion_sweep.py [--data FILE] [--write-results]
+    .venv/bin/python -m bench.fusion_sweep [--data FILE] [--write-results]   # section fusion-sweep
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results import table, write_section  # noqa: E402
-
-from eval import metrics  # noqa: E402
-from eval.datasets import NQ_OPEN, load_nq_open  # noqa: E402
-from eval.runner import corpus_retriever  # noqa: E402
-from retrieval.hybrid import HybridRetriever  # noqa: E402
+from bench.results import write_section
+from eval import metrics
+from eval.datasets import NQ_OPEN, load_nq_open
+from eval.report import table
+from eval.runner import corpus_retriever
+from retrieval.hybrid import HybridRetriever
 
 
 def recalls(r, exs, q_emb, mode, ks=(1, 5, 20)):

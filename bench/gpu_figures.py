@@ -6,8 +6,10 @@
 * ``kv``: a random-initialised model with Llama-3.1-8B's shape (bf16), a 32k-token context: KV GiB held and
   decode tokens/s at ratios 0, 0.5, 0.75 for three compressors.
 
-    python3 bench/gpu_figures.py --part attention kv --out figures.json          # on the GPU machine
-    .venv/bin/python bench/gpu_figures.py --render figures.json --write-results  # here: docs/RESULTS.md
+    python3 -m bench.gpu_figures --part attention kv --out figures.json          # on the GPU machine
+    .venv/bin/python -m bench.gpu_figures --render figures.json --write-results  # here: docs/RESULTS.md
+
+Sections written: ``attention-memory``, ``kv-gpu-8b``.
 """
 
 from __future__ import annotations
@@ -19,10 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-logger = logging.getLogger("gpu_figures")
+logger = logging.getLogger("bench.gpu_figures")
 
 SMOL = dict(
     hidden_size=576,
@@ -146,9 +145,10 @@ def part_kv(
 
 
 def render(path: str, write: bool) -> None:
-    from results import table, write_section
+    from bench.results import write_section
+    from eval.report import read_json, table
 
-    d = json.loads(Path(path).read_text())
+    d = read_json(path)
     gpu = d.get("device", "?")
     if "attention" in d:
         a = d["attention"]
@@ -207,7 +207,7 @@ def main() -> None:
     import torch
 
     res: dict = {
-        "command": "python3 bench/gpu_figures.py " + " ".join(sys.argv[1:]),
+        "command": "python3 -m bench.gpu_figures " + " ".join(sys.argv[1:]),
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "torch": torch.__version__,
         "new_tokens": a.new_tokens,

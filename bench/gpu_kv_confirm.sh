@@ -3,7 +3,7 @@
 # bench/gpu_kv_headline.sh, after its convert step). Steps, in order:
 #   round5  the fifth round of candidates (R5_* in bench/kv_rounds.sh) on the development (301-600) and headline
 #           (1-300) slices, paired with the first round's full cache like rounds 2-4;
-#   pick    the choice per ratio over rounds 2-5 on both slices together (bench/kv_headline.py --picks), and a check
+#   pick    the choice per ratio over rounds 2-5 on both slices together (python -m bench.kv_headline --picks), and a check
 #           that this machine builds the same prompts as the first round did (mean prompt tokens per slice);
 #   fresh   on questions FRESH_OFFSET+1 onwards (FRESH_LIMIT of them): the full cache, each choice at its ratio and
 #           snapkv at both (a reference), one process each.
@@ -25,7 +25,7 @@ mkdir -p "$OUT" "$R5DIR" "$R6DIR"
 
 m() { # output file (no suffix), then kv_matrix arguments
   local out=$1; shift
-  $PY bench/kv_matrix.py --model "$MODEL" --device cuda --batch-size "${BATCH:-32}" --query-aware --k 5 \
+  $PY -m bench.kv_matrix --model "$MODEL" --device cuda --batch-size "${BATCH:-32}" --query-aware --k 5 \
     --retrieved "$RETRIEVED" --out "$out.json" "$@" > "$out.log" 2>&1 &
 }
 slice_files() { # dev|head: every candidate's file of that slice, rounds 2-5, in tie-break order
@@ -67,7 +67,7 @@ for step in "${STEPS[@]}"; do
     ;;
   pick)
     # shellcheck disable=SC2046
-    $PY bench/kv_headline.py --dev $(slice_files dev) --head $(slice_files head) --baseline "${BASE[@]}" --picks \
+    $PY -m bench.kv_headline --dev $(slice_files dev) --head $(slice_files head) --baseline "${BASE[@]}" --picks \
       > "$OUT/picks.json" || exit 1
     same_prompts "$R5DIR"/*.json || exit 1
     echo "picks $(cat "$OUT/picks.json")"

@@ -23,7 +23,7 @@ NQ=(--k 5 --retrieved "$RETRIEVED")
 
 m() { # name, then kv_matrix arguments
   local name=$1; shift
-  $PY bench/kv_matrix.py --model "$MODEL" --device cuda --batch-size "$B" --out "$OUT/$name.json" "$@" \
+  $PY -m bench.kv_matrix --model "$MODEL" --device cuda --batch-size "$B" --out "$OUT/$name.json" "$@" \
     > "$OUT/$name.log" 2>&1 &
 }
 
@@ -51,7 +51,7 @@ for steps in "$@"; do  # "a+b": steps that run together
     ;;
   timing)
     PYTHONPATH="$KVP:${PYTHONPATH:-}" RAGCORE_CACHE="$RAGCORE_CACHE-kvp" \
-      $PY bench/kv_side_by_side.py --model "$MODEL" --device cuda --match-kept --no-progress --no-baseline \
+      $PY -m bench.kv_side_by_side --model "$MODEL" --device cuda --match-kept --no-progress --no-baseline \
       --methods snapkv,knorm,streaming_llm,expected_attention --ratios "${TIMING_RATIOS:-0.5}" --limit 100 \
       --max-new-tokens 8 \
       "${NQ[@]}" --out "$OUT/sxs-timing.json" > "$OUT/sxs-timing.log" 2>&1 &

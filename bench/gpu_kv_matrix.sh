@@ -3,9 +3,9 @@
 # their JSON after each configuration (a process stopped early keeps what it finished):
 #   * the matrix (every compressor x ratios 0.25..0.9, n=100): NQ-open top 5 (question-agnostic and
 #     query-aware), NQ-open top 10 and key-value retrieval (question-agnostic); compressors split over two
-#     processes per matrix, merged afterwards with `bench/kv_matrix.py --merge`;
+#     processes per matrix, merged afterwards with `python -m bench.kv_matrix --merge`;
 #   * the headline: the strongest compressors at 0.5 and 0.75 on 300 questions, both modes;
-#   * kvpress 0.5.5 side by side (bench/kv_side_by_side.py, one process per method) in its own site folder
+#   * kvpress 0.5.5 side by side (python -m bench.kv_side_by_side, one process per method) in its own site folder
 #     KVP (transformers 5.2), with the model converted separately for that transformers.
 # Accuracy is per process and unaffected by the sharing. Times are not comparable across processes; the
 # side-by-side compares times within its process, item by item.
@@ -33,7 +33,7 @@ wait
 
 m() { # name, then kv_matrix arguments
   local name=$1; shift
-  $PY bench/kv_matrix.py --model "$MODEL" --device cuda --batch-size "$B" --out "$OUT/$name.json" "$@" \
+  $PY -m bench.kv_matrix --model "$MODEL" --device cuda --batch-size "$B" --out "$OUT/$name.json" "$@" \
     > "$OUT/$name.log" 2>&1 &
 }
 m head-qa --query-aware --compressors "${HEADLINE_QA:-snapkv,h2o,tova,expected_attention}" --ratios 0.5,0.75 --limit 300 "${NQ[@]}"
@@ -49,7 +49,7 @@ m kv-agn-b --compressors $SET_B --ratios $R --limit 100 "${KV[@]}"
 first=""
 for meth in snapkv knorm streaming_llm expected_attention; do
   PYTHONPATH="$KVP:${PYTHONPATH:-}" RAGCORE_CACHE="$RAGCORE_CACHE-kvp" \
-    $PY bench/kv_side_by_side.py --model "$MODEL" --device cuda --match-kept --no-progress $first \
+    $PY -m bench.kv_side_by_side --model "$MODEL" --device cuda --match-kept --no-progress $first \
     --methods "$meth" --ratios 0.5,0.75,0.25,0.9 --limit 100 "${NQ[@]}" --out "$OUT/sxs-$meth.json" \
     > "$OUT/sxs-$meth.log" 2>&1 &
   first=--no-baseline  # one uncompressed row is enough

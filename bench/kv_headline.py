@@ -3,13 +3,15 @@ on the headline's own questions. With ``--fresh`` (a third slice no choice has s
 the development and headline slices together and reported on the fresh slice; ``--picks`` prints that choice as
 JSON, so a script can start the fresh runs without anyone looking at them first.
 
-Reads ``bench/kv_matrix.py`` JSON files (.json or .json.gz) of two slices of NQ-open (``--dev``: e.g. questions
-301-600, ``--head``: questions 1-300), each holding runs of the candidates at the same ratios. For every ratio the
+Reads matrix JSON files (.json or .json.gz, from ``python -m bench.kv_matrix``) of two slices of NQ-open
+(``--dev``: e.g. questions 301-600, ``--head``: questions 1-300), each holding runs of the candidates at the same ratios. For every ratio the
 candidate with the best paired change against the full cache on the development slice is chosen (ties: the first
 in ``--dev`` order), and every candidate's change on the headline slice is shown beside it. The full-cache run of
-a slice may come from other files (``--baseline``), matched by the slice's offset and size.
+a slice may come from other files (``--baseline``), matched by the slice's offset and size. Changes are the
+paired differences of ``eval.stats``. Sections written: ``kv-headline-select-gpu*``, ``kv-headline-fresh-gpu``,
+``kv-per-layer-fresh-gpu``.
 
-    python bench/kv_headline.py --dev out/dev-*.json --head out/head-*.json --baseline out/r1/*.json \\
+    python -m bench.kv_headline --dev out/dev-*.json --head out/head-*.json --baseline out/r1/*.json \\
         --write-results kv-headline-select-gpu --note "where it ran"
 """
 
@@ -22,13 +24,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from kv_matrix import paired_diffs as diffs  # noqa: E402
-from results import read_json, write_section  # noqa: E402
-
-from eval.metrics import mean_ci  # noqa: E402
+from bench.results import write_section
+from eval.report import read_json
+from eval.stats import matched_diffs, mean_ci
 
 logger = logging.getLogger("bench.kv_headline")
 TARGETS = {0.5: 0.01, 0.75: 0.03}  # issue #3: the most a compressor may lose against the full cache
@@ -63,7 +61,7 @@ def candidates(dev: tuple, head: tuple, pooled: bool) -> dict[float, list[dict[s
     out: dict[float, list[dict[str, Any]]] = {}
     for r in dev_runs:
         h = on_head.get((r["compressor"], r["ratio"]))
-        d_dev, d_head = diffs(r, dev_full), diffs(h, head_full) if h else None
+        d_dev, d_head = matched_diffs(r, dev_full), matched_diffs(h, head_full) if h else None
         row = {"name": r["compressor"], "dev": mean_ci(d_dev), "head_run": h, "head": d_head and mean_ci(d_head)}
         row["pooled"] = mean_ci(d_dev + d_head) if d_head else None
         out.setdefault(r["ratio"], []).append(row)
@@ -123,7 +121,7 @@ def render(dev: tuple, head: tuple, fresh: tuple | None = None) -> str:
             h, f = row["head_run"], on_fresh.get((row["name"], ratio))
             cells = [row["name"], _pm(row["dev"]), f"{h['accuracy']:.3f}" if h else "not run", _pm(row["head"])]
             if fresh:
-                fd = mean_ci(diffs(f, fresh[0])) if f else None
+                fd = mean_ci(matched_diffs(f, fresh[0])) if f else None
                 cells += [_pm(row["pooled"]), f"{f['accuracy']:.3f}" if f else "not run", _pm(fd)]
             held = f or h  # bytes held, padded slots included (the fresh slice's where it ran)
             cells += [
@@ -142,7 +140,7 @@ def render(dev: tuple, head: tuple, fresh: tuple | None = None) -> str:
         if run is None:
             verdicts.append(f"at {ratio}: {best['name']} not run on the {where} questions")
             continue
-        change = mean_ci(diffs(run, full))
+        change = mean_ci(matched_diffs(run, full))
         ok = -change[0] <= TARGETS[ratio] + 1e-9
         verdicts.append(
             f"at {ratio}: {best['name']} {_pm(change)} points on the {where} questions, "

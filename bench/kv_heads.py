@@ -16,7 +16,7 @@ import logging
 import torch
 
 from compress.kv.heads import copy_scores
-from eval.kv import load_items, score_answer
+from eval.kv_compression import load_items, score_answer
 from ragcore.generator import Generator
 
 logger = logging.getLogger("bench.kv_heads")

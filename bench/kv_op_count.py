@@ -2,9 +2,10 @@
 compression dispatches, ragcore against kvpress, on the same model and ids. On a GPU a small model's prefill is
 bound by launches, so this explains time ratios that a CPU run cannot show.
 
-Runs in the kvpress environment with the repository on PYTHONPATH, like ``kv_side_by_side.py``::
+Runs in the kvpress environment from the repository root, like ``bench.kv_side_by_side``; writes the section
+``kv-op-count``::
 
-    HF_HUB_OFFLINE=1 PYTHONPATH=$PWD .venv-kvpress/bin/python bench/kv_op_count.py \\
+    HF_HUB_OFFLINE=1 .venv-kvpress/bin/python -m bench.kv_op_count \\
         --model ~/.cache/ragcore/hf/smollm2-135m-<digest> --tokens 300
 """
 
@@ -13,21 +14,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import sys
 from pathlib import Path
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from kv_side_by_side import METHODS, import_peer, ours_kwargs  # noqa: E402
-
-from compress.kv import get_compressor  # noqa: E402
-from ragcore import cache as kvcache  # noqa: E402
-from ragcore.cache import new_cache  # noqa: E402
-from ragcore.models import load_generator  # noqa: E402
+from bench.peers.kvpress.match import METHODS, import_peer, ours_kwargs
+from bench.results import write_section
+from compress.kv import get_compressor
+from ragcore import cache as kvcache
+from ragcore.cache import new_cache
+from ragcore.models import load_generator
 
 logger = logging.getLogger("bench.kv_op_count")
 
@@ -74,8 +71,6 @@ def main(argv: list[str] | None = None) -> int:
     table = "\n".join(lines)
     logger.info("%s", table)
     if a.write_results:
-        from results import write_section
-
         body = (
             f"Tensor operations dispatched by one context prefill of {a.tokens} random token ids with compression "
             f"at ratio {a.ratio} ({Path(a.model).name}, {layers} layers, CPU), ragcore against kvpress "

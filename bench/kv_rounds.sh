@@ -1,5 +1,5 @@
 # The headline candidates of each round, as the file names bench/gpu_kv_headline.sh gives them
-# (docs/data/kv/gpu/headline-rN/{dev,head}-NAME.json.gz); the order is the tie-break order of bench/kv_headline.py.
+# (docs/data/kv/gpu/headline-rN/{dev,head}-NAME.json.gz); the order is the tie-break order of bench.kv_headline.
 # Sourced by bench/render_kv_gpu.sh and bench/gpu_kv_confirm.sh.
 # shellcheck shell=bash disable=SC2034
 R1="snapkv layers_snapkv chunk_snapkv layers_chunk_snapkv caote_snapkv adaptive_snapkv"

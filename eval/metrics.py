@@ -1,5 +1,8 @@
 """Metrics: retrieval (recall@k, MRR, nDCG@10) and answers (exact match, token F1, accuracy).
 
+Intervals and paired differences of these are in ``eval.stats``. Standard library only (the kvpress peer
+imports this module in its own environment).
+
 Answer normalisation is SQuAD's: lower case, no punctuation, no articles, single spaces.
 """
 
@@ -62,13 +65,3 @@ def ndcg_at(ranked: Sequence[str], relevant: set[str], k: int = 10) -> float:
     dcg = sum(1.0 / math.log2(i + 2) for i, r in enumerate(ranked[:k]) if r in relevant)
     ideal = sum(1.0 / math.log2(i + 2) for i in range(min(k, len(relevant))))
     return dcg / ideal if ideal else 0.0
-
-
-def mean_ci(xs: Sequence[float], z: float = 1.96) -> tuple[float, float]:
-    """Mean and the half-width of its normal-approximation 95% confidence interval."""
-    n = len(xs)
-    if n == 0:
-        return 0.0, 0.0
-    m = sum(xs) / n
-    var = sum((x - m) ** 2 for x in xs) / (n - 1) if n > 1 else 0.0
-    return m, z * math.sqrt(var / n)

@@ -1,28 +1,72 @@
-"""Writing results: a JSON file (the stable interface) and a Markdown table beside it."""
+"""Results on disk: the one JSON writer and reader, and Markdown tables of result rows.
+
+Every suite, benchmark driver and peer writes its JSON through :func:`write_json` and reads it back through
+:func:`read_json` (raw results kept in the repository are gzip-compressed). This module imports nothing but the
+standard library, so the kvpress peer can use it in its own environment.
+"""
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger(__name__)
 
 
-def write_json(path: str | Path, data: dict[str, Any]) -> Path:
-    """Write ``data`` as JSON atomically; also write ``<path>.md`` with a table of its flat rows."""
+def write_json(path: str | Path, data: dict[str, Any], markdown: bool = True, indent: int = 2) -> Path:
+    """Write ``data`` as JSON atomically (a temporary file beside it, then a rename).
+
+    Parameters
+    ----------
+    path : str or Path
+        Destination; its folder is created.
+    data : dict
+        JSON-serialisable results.
+    markdown : bool
+        Also write ``<path>.md`` with :func:`markdown_table` of ``data``'s dict-valued entries.
+    indent : int
+        JSON indentation.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=False)
-    os.replace(tmp, path)
-    path.with_suffix(".md").write_text(markdown_table(data))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=indent, sort_keys=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    if markdown:
+        path.with_suffix(".md").write_text(markdown_table(data))
     logger.info("wrote %s", path)
     return path
+
+
+def read_json(path: str | Path) -> Any:
+    """A JSON file, gzip-compressed when its name ends in ``.gz``.
+
+    Raises
+    ------
+    FileNotFoundError
+        No file at ``path``.
+    json.JSONDecodeError
+        The file is not JSON.
+    """
+    raw = Path(path).read_bytes()
+    return json.loads(gzip.decompress(raw) if str(path).endswith(".gz") else raw)
 
 
 def markdown_table(data: dict[str, Any]) -> str:
@@ -38,6 +82,15 @@ def markdown_table(data: dict[str, Any]) -> str:
         cells = [_fmt(v.get(c, "")) for c in cols]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def table(rows: Sequence[dict[str, Any]], cols: Sequence[str], fmt: str = "{:.4f}") -> str:
+    """A Markdown table of ``rows`` (one dict each) in the columns ``cols``; floats through ``fmt``."""
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        cells = [fmt.format(r[c]) if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols]
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
 
 
 def _fmt(x: Any) -> str:

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from eval import metrics
 from eval.datasets import NQ_OPEN, QADataset, QAExample, load_nq_open
+from eval.stats import mean_ci
 from ragcore.errors import ConfigError, IndexNotFoundError
 from ragcore.generator import GenerationConfig, Generator
 from ragcore.models import cache_dir
@@ -150,7 +151,7 @@ def eval_qa(
         prompt_tok += g.prompt_tokens
         secs += g.prefill_s + g.decode_s
         rows.append({"id": ex.id, "prediction": g.text, "answers": ex.answers, "accuracy": acc[-1]})
-    a, ci = metrics.mean_ci(acc)
+    a, ci = mean_ci(acc)
     return {
         "setting": setting,
         "model": model,

@@ -92,29 +92,40 @@ def _cmd_eval(a: argparse.Namespace) -> int:
             a.setting, a.model, a.data, a.limit, a.device, a.max_new_tokens or 32, retrieved=a.retrieved
         )
     elif a.suite == "kv":
-        from eval.kv import eval_kv
-
-        res = eval_kv(
-            a.data,
-            a.compressor,
-            a.ratio,
-            a.model,
-            a.limit,
-            a.device,
-            a.k,
-            a.max_tokens,
-            a.max_new_tokens,
-            a.query_aware,
-            retrieved=a.retrieved,
-            batch_size=a.batch_size,
-        )
+        res = _eval_kv(a)
     else:  # pragma: no cover - argparse restricts the choices
         raise RagcoreError(f"unknown eval suite {a.suite!r}")
     if a.out:
         write_json(a.out, res)
     shown = {k: v for k, v in res.items() if k != "predictions"}
+    if "runs" in shown:  # a matrix
+        shown["runs"] = [{k: v for k, v in r.items() if k != "predictions"} for r in shown["runs"]]
     print(json.dumps(shown, indent=2))
     return 0
+
+
+def _eval_kv(a: argparse.Namespace) -> dict:
+    """One run for one compressor at one ratio; a matrix for several (``--compressor a,b --ratio 0.5,0.75``)."""
+    from compress.kv import split_top
+    from eval.kv_compression import KVSuite
+    from eval.report import write_json
+    from ragcore.errors import ConfigError
+
+    names = [x.strip() for x in split_top(a.compressor, ",") if x.strip()]
+    try:
+        ratios = [float(x) for x in a.ratio.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--ratio takes fractions separated by commas, got {a.ratio!r}") from None
+    if not names or not ratios:
+        raise ConfigError("--compressor and --ratio need at least one value each")
+    sizes = dict(
+        limit=a.limit, k=a.k, max_tokens=a.max_tokens, max_new_tokens=a.max_new_tokens, batch_size=a.batch_size
+    )
+    suite = KVSuite(a.model, a.device, query_aware=a.query_aware, retrieved=a.retrieved, **sizes)
+    if len(names) == 1 and len(ratios) == 1:
+        return suite.run(a.data, names[0], ratios[0])
+    save = (lambda part: write_json(a.out, {**part, "complete": False})) if a.out else None
+    return {**suite.matrix(a.data, names, ratios, checkpoint=save), "complete": True}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -173,9 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--compressor",
         default="none",
-        help="kv: KV-cache compressor: a name, 'wrapper:inner', options as 'chunk(chunk_size=5):snapkv', or none",
+        help="kv: KV-cache compressor: a name, 'wrapper:inner', options as 'chunk(chunk_size=5):snapkv', or none; "
+        "several, separated by commas, run a matrix with --ratio (one JSON holding every run)",
     )
-    sp.add_argument("--ratio", type=float, default=0.5, help="kv: fraction of the context's KV cache removed")
+    sp.add_argument(
+        "--ratio", default="0.5", help="kv: fraction of the context's KV cache removed; several: a matrix (0.5,0.75)"
+    )
     sp.add_argument("--k", type=int, default=5, help="kv: passages retrieved per NQ question")
     sp.add_argument("--max-tokens", type=int, default=None, help="kv: prompt + answer token limit (cuts records)")
     sp.add_argument("--query-aware", action="store_true", help="kv: compress after reading the question too")

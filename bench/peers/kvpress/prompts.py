@@ -6,7 +6,7 @@ compresses), question = "Question: ...\\nAnswer:" plus the chat template's closi
 
 Usage::
 
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/kv_prompts.py --model smollm2-135m --setting oracle --limit 100 \\
+    HF_HUB_OFFLINE=1 .venv/bin/python -m bench.peers.kvpress.prompts --model smollm2-135m --setting oracle --limit 100 \\
         --out out/kv/prompts-smollm2-oracle.jsonl
 """
 
@@ -16,19 +16,16 @@ import argparse
 import json
 import logging
 import os
-import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # eval/ is a top-level folder of the repo
 
 from eval.datasets import NQ_OPEN, load_nq_open  # noqa: E402
 from eval.runner import corpus_retriever  # noqa: E402
 from ragcore.models import load_generator, resolve  # noqa: E402
 from ragcore.prompt import build_prompt  # noqa: E402
 
-logger = logging.getLogger("kv_prompts")
+logger = logging.getLogger("bench.peers.kvpress.prompts")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,8 @@
 """Peer runner: NQ-open QA with NVIDIA kvpress (0.5.5) KV-cache compression, on prompts tokenised by ragcore.
 
-Runs under the kvpress venv (``.venv-kvpress/bin/python``); it does not import ragcore. The input is the JSONL
-that ``bench/kv_prompts.py`` writes: one row per question with ``context_ids`` (the chat prompt up to the
+Runs under the kvpress venv (``.venv-kvpress/bin/python``) from the repository root; it imports no ragcore module,
+only ``eval.metrics``, ``eval.stats`` and ``eval.report`` (standard library only). The input is the JSONL that
+``python -m bench.peers.kvpress.prompts`` writes: one row per question with ``context_ids`` (the chat prompt up to the
 question), ``question_ids`` (the rest, assistant header included) and the gold ``answers``.
 
 Per row, as kvpress's own ``KVPressTextGenerationPipeline`` does it:
@@ -15,7 +16,7 @@ Per row, as kvpress's own ``KVPressTextGenerationPipeline`` does it:
 
 Usage::
 
-    HF_HUB_OFFLINE=1 .venv-kvpress/bin/python bench/kvpress_peer.py --model FOLDER --input prompts.jsonl \\
+    HF_HUB_OFFLINE=1 .venv-kvpress/bin/python -m bench.peers.kvpress.peer --model FOLDER --input prompts.jsonl \\
         --press snapkv --ratio 0.5 --max-new-tokens 32 --device cpu --out out/kv/snapkv-0.5.json
 """
 
@@ -25,11 +26,8 @@ import argparse
 import contextlib
 import json
 import logging
-import math
 import os
-import re
 import statistics
-import string
 import sys
 import time
 from pathlib import Path
@@ -41,7 +39,11 @@ import kvpress  # noqa: E402
 import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache  # noqa: E402
 
-logger = logging.getLogger("kvpress_peer")
+from eval.metrics import accuracy  # noqa: E402
+from eval.report import write_json  # noqa: E402
+from eval.stats import mean_ci  # noqa: E402
+
+logger = logging.getLogger("bench.peers.kvpress.peer")
 
 PRESSES = {
     "snapkv": kvpress.SnapKVPress,
@@ -50,32 +52,6 @@ PRESSES = {
     "expected_attention": kvpress.ExpectedAttentionPress,
     "none": None,
 }
-
-# --- SQuAD normalisation and NQ-open accuracy: a copy of eval.metrics, since this runs in the peer venv without ragcore
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCT = set(string.punctuation)
-
-
-def normalize(s: str) -> str:
-    s = "".join(ch for ch in s.lower() if ch not in _PUNCT)
-    return " ".join(_ARTICLES.sub(" ", s).split())
-
-
-def accuracy(pred: str, golds: list[str]) -> float:
-    """1 if a normalised gold answer occurs as whole words in the normalised prediction."""
-    p = f" {normalize(pred)} "
-    return float(any(normalize(g) and f" {normalize(g)} " in p for g in golds))
-
-
-def mean_ci(xs: list[float], z: float = 1.96) -> tuple[float, float]:
-    """Mean and the half-width of its normal-approximation 95% confidence interval."""
-    n = len(xs)
-    if n == 0:
-        return 0.0, 0.0
-    m = sum(xs) / n
-    var = sum((x - m) ** 2 for x in xs) / (n - 1) if n > 1 else 0.0
-    return m, z * math.sqrt(var / n)
-
 
 # --- running -------------------------------------------------------------------------------------------------
 
@@ -187,7 +163,7 @@ def read_rows(path: Path, limit: int | None) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True, help="Hugging Face model folder")
-    ap.add_argument("--input", required=True, type=Path, help="JSONL from bench/kv_prompts.py")
+    ap.add_argument("--input", required=True, type=Path, help="JSONL from python -m bench.peers.kvpress.prompts")
     ap.add_argument("--press", required=True, choices=sorted(PRESSES))
     ap.add_argument("--ratio", type=float, default=0.5, help="compression ratio: the fraction of context KV pruned")
     ap.add_argument("--max-new-tokens", type=int, default=32)
@@ -305,9 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "predictions": preds,
     }
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    logger.info("wrote %s", a.out)
+    write_json(a.out, summary, markdown=False)
     brief = {k: v for k, v in summary.items() if k != "predictions"}
     sys.stdout.write(json.dumps(brief) + "\n")
     return 0

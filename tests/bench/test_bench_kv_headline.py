@@ -1,17 +1,15 @@
-"""bench/kv_headline.py: the headline's choice rules (development slice alone; development + headline pooled, reported
+"""bench.kv_headline: the headline's choice rules (development slice alone; development + headline pooled, reported
 on a fresh slice) on small hand-made runs."""
 
 from __future__ import annotations
 
 import gzip
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-import kv_headline  # noqa: E402
+from bench import kv_headline
 
 
 def _run(name: str, ratio: float, right: list[int], offset: int) -> dict:

@@ -1,0 +1,41 @@
+"""eval.stats: means with intervals and paired differences, on hand-made values."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from eval.stats import matched_diffs, mean_ci, paired_difference, paired_diffs
+
+
+def test_mean_ci():
+    m, ci = mean_ci([1, 0, 1, 0])
+    assert m == 0.5 and ci == pytest.approx(1.96 * math.sqrt((4 * 0.25 / 3) / 4))
+    assert mean_ci([]) == (0.0, 0.0) and mean_ci([0.3]) == (0.3, 0.0)
+    assert mean_ci([1, 0, 1, 0], z=1.0)[1] == pytest.approx(ci / 1.96)
+
+
+def test_paired_diffs_need_the_same_items():
+    assert paired_diffs([1, 0, 1], [1, 1, 0]) == [0, -1, 1]
+    with pytest.raises(ValueError, match="3 against 2"):
+        paired_diffs([1, 0, 1], [1, 1])
+
+
+def test_matched_diffs_pair_questions_by_id():
+    """Questions are matched by id, not position; a question only one run answered is left out."""
+    base = {"predictions": [{"id": "a", "accuracy": 1.0}, {"id": "b", "accuracy": 0.0}, {"id": "c", "accuracy": 1.0}]}
+    run = {"predictions": [{"id": "c", "accuracy": 0.0}, {"id": "b", "accuracy": 1.0}, {"id": "z", "accuracy": 1.0}]}
+    assert matched_diffs(run, base) == [-1.0, 1.0]
+    change, ci = paired_difference(run, base)
+    assert change == 0.0 and ci == pytest.approx(1.96 * math.sqrt(2 / 2))
+
+
+def test_paired_interval_is_narrower_than_the_runs_own():
+    """Two runs that agree on most questions: the paired interval is far narrower than either run's interval."""
+    right = [1.0] * 30 + [0.0] * 30
+    base = {"predictions": [{"id": i, "accuracy": x} for i, x in enumerate(right)]}
+    run = {"predictions": [{"id": i, "accuracy": 0.0 if i == 0 else x} for i, x in enumerate(right)]}
+    change, ci = paired_difference(run, base)
+    assert change == pytest.approx(-1 / 60)
+    assert ci < mean_ci(right)[1] / 3
