@@ -55,3 +55,7 @@ class IndexMismatchError(IndexError_):
 
 class PromptTooLongError(RagcoreError, ValueError):
     """A prompt does not fit the model's context window, even with a single passage."""
+
+
+class StageError(RagcoreError):
+    """A pipeline stage failed with an error of its own; the message names the stage kind and its name."""

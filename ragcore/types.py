@@ -83,8 +83,22 @@ class Citation(_Record):
 
 
 @dataclass
+class StageReport(_Record):
+    """What one stage of a pipeline did for one answer: its registry ``name`` and ``kind``, its ``label``, the
+    wall-clock ``seconds``, the passages or tokens in and out, and stage-specific ``details`` (JSON-able)."""
+
+    kind: str
+    name: str
+    label: str = ""
+    seconds: float = 0.0
+    items_in: int | None = None
+    items_out: int | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class Answer:
-    """A generated answer with its citations and the passages that were in the prompt."""
+    """A generated answer with its citations, the passages that were in the prompt, and a report per stage."""
 
     question: str
     text: str
@@ -94,6 +108,7 @@ class Answer:
     timings: dict[str, float] = field(default_factory=dict)
     kv: dict[str, Any] = field(default_factory=dict)  # compressor, kv_bytes held after prefill, kv_bytes_full, ...
     dropped: list[str] = field(default_factory=list)  # ids of retrieved chunks left out: the window was full
+    stages: list[StageReport] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -105,6 +120,7 @@ class Answer:
             "timings": dict(self.timings),
             "kv": dict(self.kv),
             "dropped": list(self.dropped),
+            "stages": [r.to_dict() for r in self.stages],
         }
 
     @classmethod
@@ -118,4 +134,5 @@ class Answer:
             timings=dict(d.get("timings", {})),
             kv=dict(d.get("kv", {})),
             dropped=list(d.get("dropped", [])),
+            stages=[StageReport.from_dict(r) for r in d.get("stages", [])],
         )

@@ -67,3 +67,39 @@ def test_a_question_that_cannot_fit_is_a_clear_error(retriever, smol):
     smol.model.config.max_position_embeddings = 40
     with pytest.raises(PromptTooLongError, match="take .* tokens; 'smollm2-135m' reads 40 tokens, 8 of them kept"):
         Pipeline(retriever, smol, k=3, config=CFG).ask(QUESTION)
+
+
+def test_every_stage_reports_and_a_failing_stage_is_named(retriever, smol):
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    from ragcore.errors import StageError
+
+    @dataclass
+    class Reverse:
+        name: ClassVar[str] = "reverse"
+
+        def rerank(self, question, passages, lm):
+            return list(reversed(passages))
+
+    @dataclass
+    class Broken:
+        name: ClassVar[str] = "broken"
+
+        def rerank(self, question, passages, lm):
+            raise ZeroDivisionError("boom")
+
+    plain = Pipeline(retriever, smol, k=3, config=CFG).ask(QUESTION)
+    ans = Pipeline(retriever, smol, k=3, config=CFG, reranker=Reverse(), compressor="snapkv(ratio=0.5)").ask(QUESTION)
+    assert [p.chunk.id for p in ans.passages] == [p.chunk.id for p in reversed(plain.passages)]
+    kinds = [r.kind for r in ans.stages]
+    assert kinds == ["retriever", "reranker", "generator", "kv_compressor"]
+    assert all(r.seconds >= 0 for r in ans.stages) and ans.stages[1].details["order"] == [
+        p.chunk.id for p in ans.passages
+    ]
+    assert ans.stages[2].items_in > 0 and ans.stages[3].details["kv_bytes"] < ans.stages[3].details["kv_bytes_full"]
+    assert Answer.from_dict(ans.to_dict()) == ans
+    with pytest.raises(StageError, match="reranker 'broken' failed: ZeroDivisionError: boom"):
+        Pipeline(retriever, smol, k=3, config=CFG, reranker=Broken()).ask(QUESTION)
+    with pytest.raises(ConfigError, match="reranker must be a reranker stage or its spec string"):
+        Pipeline(retriever, smol, reranker=42)
