@@ -156,7 +156,9 @@ def chunk_text(
         if not isinstance(size, int) or size < 16:
             raise ConfigError(f"max_chars must be an integer of at least 16, got {size!r}", param="max_chars")
     if not isinstance(overlap, int) or not 0 <= overlap <= size // 2:
-        raise ConfigError(f"overlap must be an integer in [0, {size // 2}] (half the size), got {overlap!r}", param="overlap")
+        raise ConfigError(
+            f"overlap must be an integer in [0, {size // 2}] (half the size), got {overlap!r}", param="overlap"
+        )
     lo, hi = span if span is not None else (0, len(text))
     chunks: list[Chunk] = []
     cur: list[tuple[int, int, int]] = []  # pieces of the chunk being built

@@ -2,7 +2,7 @@
 
 | type | suffixes | text | chunk metadata |
 |---|---|---|---|
-| plain text, Markdown, reStructuredText | ``.txt .md .markdown .rst`` | the file as stored (no newline conversion), decoded as UTF-8 or, failing that, the encoding charset-normalizer detects | ``encoding`` |
+| plain text, Markdown, reStructuredText | ``.txt .md .markdown .rst`` | the file as stored (no newline conversion), decoded as UTF-8 or, failing that, the encoding charset-normalizer detects (Windows-1252 on a tie) | ``encoding`` |
 | HTML | ``.html .htm`` | the visible text (BeautifulSoup, stdlib parser; scripts, styles and ``<head>`` dropped), one paragraph per block element | ``heading`` (the section's nearest heading), ``title`` |
 | PDF | ``.pdf`` | each page's text as pypdf extracts it, pages joined by a blank line | ``page`` (1-based) |
 
@@ -174,19 +174,63 @@ def decode(path: str | Path, data: bytes) -> tuple[str, str]:
             pass
     from charset_normalizer import from_bytes
 
-    best = from_bytes(data).best()
+    results = from_bytes(data)
+    best = results.best()
     if best is None:
         raise DocumentError(str(path), "binary content or an unknown text encoding")
     enc = best.encoding
+    # On a tie (short texts often fit several single-byte code pages equally), prefer Windows-1252, the superset
+    # of Latin-1's printable characters that Western text is most often in (as browsers do).
+    for m in results:
+        if m.chaos <= best.chaos and m.coherence >= best.coherence and "cp1252" in m.could_be_from_charset:
+            enc = "cp1252"
+            break
     logger.info("%s is not UTF-8; read as %s", path, enc)
     return data.decode(enc), enc
 
 
 _BLOCK = frozenset(
-    "address article aside blockquote body dd details div dl dt fieldset figcaption figure footer form h1 h2 h3 h4 "
-    "h5 h6 header hr li main nav ol p pre section summary table td th tr ul br".split()
+    [
+        "address",
+        "article",
+        "aside",
+        "blockquote",
+        "body",
+        "dd",
+        "details",
+        "div",
+        "dl",
+        "dt",
+        "fieldset",
+        "figcaption",
+        "figure",
+        "footer",
+        "form",
+        "h1",
+        "h2",
+        "h3",
+        "h4",
+        "h5",
+        "h6",
+        "header",
+        "hr",
+        "li",
+        "main",
+        "nav",
+        "ol",
+        "p",
+        "pre",
+        "section",
+        "summary",
+        "table",
+        "td",
+        "th",
+        "tr",
+        "ul",
+        "br",
+    ]
 )
-_HIDDEN = frozenset("script style head template noscript svg iframe object".split())
+_HIDDEN = frozenset(["script", "style", "head", "template", "noscript", "svg", "iframe", "object"])
 _HEADING = re.compile(r"^h[1-6]$")
 
 

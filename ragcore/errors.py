@@ -99,7 +99,9 @@ class NoQueryTermsError(RagcoreError, ValueError):
     hint = "use mode 'dense' or 'hybrid', which match the query by meaning"
 
     def __init__(self, query: str) -> None:
-        super().__init__(f"query {query!r} has no terms BM25 can match (only punctuation, stop words or 1-letter words)")
+        super().__init__(
+            f"query {query!r} has no terms BM25 can match (only punctuation, stop words or 1-letter words)"
+        )
 
 
 class DocumentError(RagcoreError):

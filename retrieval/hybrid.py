@@ -231,9 +231,7 @@ class HybridRetriever:
         return len(new)
 
     # -- search ----------------------------------------------------------------------------------
-    def search(
-        self, query: str, k: int = 5, mode: str = "hybrid", min_score: float | None = None
-    ) -> list[ScoredChunk]:
+    def search(self, query: str, k: int = 5, mode: str = "hybrid", min_score: float | None = None) -> list[ScoredChunk]:
         return self.search_many([query], k, mode, min_score=min_score)[0]
 
     def search_many(
@@ -272,8 +270,7 @@ class HybridRetriever:
         if mode != "bm25" and q_emb is None:
             q_emb = self.embed_queries(queries)
         return [
-            self._search_one(q, None if q_emb is None else q_emb[i], k, mode, min_score)
-            for i, q in enumerate(queries)
+            self._search_one(q, None if q_emb is None else q_emb[i], k, mode, min_score) for i, q in enumerate(queries)
         ]
 
     def embed_queries(self, queries: Sequence[str]) -> np.ndarray:

@@ -182,8 +182,9 @@ def sync(
             report.version = r.save(root)
             report.written = True
         elif before is None:
+            why = "; ".join(f"{s.path!r}: {s.reason}" for s in report.skipped[:3])
             raise EmptyCorpusError(
-                f"nothing to index under {[str(p) for p in paths]}: no file of a supported type holds text"
+                f"nothing to index under {[str(p) for p in paths]}" + (f": {why}" if why else ": no files found")
             )
         report.chunks_total = len(r)
     return report
@@ -202,7 +203,9 @@ def _sizer(r: HybridRetriever, chunking: dict[str, Any]) -> dict[str, Any]:
     return {"max_chars": None, "max_tokens": size, "overlap": overlap, "sizer": TokenSizer(r._model.tokenizer)}
 
 
-def remove_sources(index: str | Path, source_ids: Iterable[str], lock_timeout: float = store.DEFAULT_LOCK_TIMEOUT) -> str:
+def remove_sources(
+    index: str | Path, source_ids: Iterable[str], lock_timeout: float = store.DEFAULT_LOCK_TIMEOUT
+) -> str:
     """Remove sources from the index (under its lock) and write a new version; returns its name.
 
     ``SourceNotFoundError`` names an id not in the index; ``EmptyCorpusError`` when no source would be left.

@@ -34,8 +34,8 @@ import json
 import logging
 import os
 import re
-import shutil
 import secrets
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
