@@ -136,6 +136,7 @@ def _fsync(path: Path) -> None:
 
 def versions(root: Path) -> list[str]:
     """Complete versions (those with a manifest), oldest first."""
+    root = Path(root)
     if not root.is_dir():
         return []
     return sorted(p.name for p in root.iterdir() if _VERSION.match(p.name) and (p / "manifest.json").exists())
