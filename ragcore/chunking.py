@@ -26,7 +26,7 @@ __all__ = ["TEXT_SUFFIXES", "CharSizer", "TokenSizer", "chunk_document", "chunk_
 _NL = r"(?:\r\n|\r|\n)"
 _PARA = re.compile(rf"{_NL}[ \t]*{_NL}|{_NL}(?=#{{1,6}} )")  # blank line (any newline style), or a markdown heading
 _SENT = re.compile(r"(?<=[.!?])\s+|(?<=[。！？])\s*")
-_WORD = re.compile(r"\w")
+_WORD = re.compile(r"[^\W_]")  # a letter or digit (``_`` alone, as in ``___``, is not a word)
 
 
 class Sizer(Protocol):

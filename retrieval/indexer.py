@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Iterable
@@ -126,6 +127,30 @@ def sync(
     paths = [Path(p) for p in paths]
     files, skipped = scan(paths)
     asked_chunking = chunking_settings(chunk_tokens, overlap, max_chars)
+    created = not root.exists()
+    try:
+        return _sync_locked(
+            root, paths, files, skipped, embedder, factory, asked_chunking, lock_timeout, progress, device
+        )
+    finally:
+        if created and not (root / "CURRENT").exists():  # a first run that wrote nothing leaves no folder behind
+            (root / store.LOCK_NAME).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                root.rmdir()
+
+
+def _sync_locked(
+    root: Path,
+    paths: list[Path],
+    files: list[Path],
+    skipped: list[Skipped],
+    embedder: str | None,
+    factory: str | None,
+    asked_chunking: dict[str, Any] | None,
+    lock_timeout: float,
+    progress: bool,
+    device: str | None,
+) -> SyncReport:
     with store.locked(root, lock_timeout):
         try:
             r = HybridRetriever.load(root, progress=progress, device=device)
