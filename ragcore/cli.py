@@ -65,7 +65,15 @@ def _index_hint(e: RagcoreError, a: argparse.Namespace) -> str | None:
         return e.hint
     from retrieval import store
 
-    ok = store.versions(getattr(a, "index", "")) if hasattr(a, "index") else []
+    if not hasattr(a, "index"):
+        return e.hint
+    bad = getattr(a, "index_version", None)
+    if bad is None:
+        try:
+            bad = store.current_version(a.index)
+        except RagcoreError:
+            bad = None
+    ok = [v for v in store.versions(a.index) if v != bad]
     if not ok:
         return "index into a new --index folder"
     if hasattr(a, "index_version"):
@@ -349,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-chars",
         type=int,
         default=None,
-        help="size chunks in characters instead of tokens (may exceed the embedder)",
+        help="size chunks in characters instead of tokens; may exceed what the embedder reads (default: off)",
     )
     sp.add_argument("--device", default=None, help="embedder device: cpu, cuda or cuda:N (default: cuda if available)")
     sp.add_argument("--strict", action="store_true", help="exit 1 when any file was skipped (default: report only)")

@@ -31,7 +31,10 @@ class DenseIndex:
         try:
             self.index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
         except RuntimeError as e:
-            raise ConfigError(f"bad FAISS index factory string {factory!r}: {e}; try 'Flat' or 'HNSW32'") from e
+            why = str(e).strip().splitlines()[-1].split(": ")[-1]
+            raise ConfigError(
+                f"bad FAISS index factory string {factory!r} ({why})", param="factory", hint="try 'Flat' or 'HNSW32'"
+            ) from e
         self.dim, self.factory = dim, factory
         self.embeddings = np.zeros((0, dim), dtype=np.float32)
 
