@@ -607,17 +607,18 @@ def test_cli_eval_kv_errors(tmp_path, capsys):
     from ragcore.cli import main
 
     base = ["eval", "kv", "--data", "tests/data/kv_small.jsonl.gz", "--model", "smollm2-135m", "--limit", "1"]
-    assert main([*base, "--compressor", "quokka"]) == 2
+    # user errors exit 1 (issue 12: 2 is for usage errors)
+    assert main([*base, "--compressor", "quokka"]) == 1
     assert "'quokka'" in capsys.readouterr().err
-    assert main([*base, "--compressor", "snapkv", "--ratio", "1.5"]) == 2
+    assert main([*base, "--compressor", "snapkv", "--ratio", "1.5"]) == 1
     assert "1.5" in capsys.readouterr().err
-    assert main([*base, "--compressor", "snapkv", "--batch-size", "0"]) == 2
+    assert main([*base, "--compressor", "snapkv", "--batch-size", "0"]) == 1
     assert "batch size must be a positive integer, got 0" in capsys.readouterr().err
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"foo": 1}\n')
-    assert main([*base[:2], "--data", str(bad), "--model", "smollm2-135m"]) == 2
+    assert main([*base[:2], "--data", str(bad), "--model", "smollm2-135m"]) == 1
     assert "unknown row format" in capsys.readouterr().err
-    assert main([*base, "--max-tokens", "60"]) == 2
+    assert main([*base, "--max-tokens", "60"]) == 1
     assert "--max-tokens" in capsys.readouterr().err
 
 
