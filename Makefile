@@ -22,7 +22,7 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	rm -rf .ragcore-demo
-	$(BIN)/ragcore index samples/ --index .ragcore-demo
+	$(BIN)/ragcore index samples/solar-system --index .ragcore-demo
 	$(BIN)/ragcore ask "Who discovered the four largest moons of Jupiter?" --index .ragcore-demo -k 3
 
 test: $(STAMP)

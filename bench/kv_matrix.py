@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from bench.results import write_section
-from compress.kv import COMPRESSORS, split_top
+from compress.kv import COMPRESSORS
 from eval.kv_compression import MATRIX_RATIOS, KVSuite, merge_matrices
 from eval.report import table, write_json
 from eval.stats import paired_difference
 from ragcore.errors import ConfigError
+from ragcore.registry import split_top
 
 logger = logging.getLogger("bench.kv_matrix")
 

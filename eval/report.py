@@ -11,7 +11,7 @@ import gzip
 import json
 import logging
 import os
-import tempfile
+import secrets
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,17 +19,52 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 
+def table_path(path: str | Path) -> Path:
+    """Where the Markdown table of the JSON at ``path`` goes: beside it, suffix ``.md``."""
+    return Path(path).with_suffix(".md")
+
+
+def check_out(path: str | Path, param: str = "out") -> Path:
+    """Refuse, before any work, an output path that cannot take the JSON: a folder, a ``.md`` name (the table
+    beside the JSON would overwrite it), or a place whose parent is a file or not writable.
+
+    Raises
+    ------
+    ragcore.errors.ConfigError
+        Naming ``param`` (the CLI shows its flag).
+    """
+    from ragcore.errors import ConfigError  # here, so the kvpress peer's environment can import this module
+
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(
+            f"output {str(path)!r} is a folder; name a file such as {str(path / 'results.json')!r}", param=param
+        )
+    if path.suffix.lower() == ".md":
+        raise ConfigError(
+            f"output {str(path)!r} ends in .md, the name of the Markdown table written beside the JSON; "
+            f"name the JSON file, e.g. {str(path.with_suffix('.json'))!r}",
+            param=param,
+        )
+    parent = next((p for p in [path.parent, *path.parent.parents] if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise ConfigError(f"output {str(path)!r}: {str(parent)!r} is a file, not a folder", param=param)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"output {str(path)!r}: folder {str(parent)!r} is not writable", param=param)
+    return path
+
+
 def write_json(path: str | Path, data: dict[str, Any], markdown: bool = True, indent: int = 2) -> Path:
-    """Write ``data`` as JSON atomically (a temporary file beside it, then a rename).
+    """Write ``data`` as JSON atomically (a temporary file beside it, then a rename), with the process's umask.
 
     Parameters
     ----------
     path : str or Path
-        Destination; its folder is created.
+        Destination; its folder is created. A ``.md`` name or a folder is refused (:func:`check_out`).
     data : dict
         JSON-serialisable results.
     markdown : bool
-        Also write ``<path>.md`` with :func:`markdown_table` of ``data``'s dict-valued entries.
+        Also write :func:`table_path` with :func:`markdown_table` of ``data``'s dict-valued entries.
     indent : int
         JSON indentation.
 
@@ -38,21 +73,24 @@ def write_json(path: str | Path, data: dict[str, Any], markdown: bool = True, in
     Path
         ``path``.
     """
-    path = Path(path)
+    path = check_out(path) if markdown else Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=indent, sort_keys=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    _atomic_write(path, json.dumps(data, indent=indent, sort_keys=False) + "\n")
     if markdown:
-        path.with_suffix(".md").write_text(markdown_table(data))
+        _atomic_write(table_path(path), markdown_table(data))
     logger.info("wrote %s", path)
     return path
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.parent / f".{path.name}-{secrets.token_hex(6)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def read_json(path: str | Path) -> Any:

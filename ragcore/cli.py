@@ -1,4 +1,10 @@
-"""Command line: ``ragcore index | search | ask | eval``."""
+"""Command line: ``ragcore index | sources | search | ask | eval``.
+
+Exit codes: 0 success; 1 a user error (bad value, missing or damaged index, unreadable input; with
+``index --strict`` also: some files were skipped), printed as one line ``ragcore: error: ...``; 2 a usage error
+(unknown option, missing argument; argparse's message); 3 an internal error (a bug: one line, the traceback with
+``-v``); 130 interrupted (Ctrl-C; nothing half-written: an index stays at its previous version).
+"""
 
 from __future__ import annotations
 
@@ -7,51 +13,182 @@ import json
 import logging
 import os
 import sys
+import traceback
 
-from ragcore.errors import RagcoreError
+from ragcore.errors import IndexCorruptError, IndexMismatchError, RagcoreError
 
 logger = logging.getLogger("ragcore")
 
 DEFAULT_INDEX = os.environ.get("RAGCORE_INDEX", ".ragcore/index")
+EXIT_OK, EXIT_USER, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+# Library errors name parameters; this maps them to the flag a user typed (per command where they differ).
+FLAGS = {
+    "path": "--index",
+    "version": "--index-version",
+    "factory": "--faiss",
+    "embedder": "--embedder",
+    "chunking": "--chunk-tokens/--overlap/--max-chars",
+    "chunk_tokens": "--chunk-tokens",
+    "overlap": "--overlap",
+    "max_chars": "--max-chars",
+    "lock_timeout": "--lock-timeout",
+    "mode": "--mode",
+    "k": "-k",
+    "min_score": "--min-score",
+    "device": "--device",
+    "model": "--model",
+    "out": "--out",
+    "dump": "--dump-retrieved",
+}
+COMMAND_FLAGS = {"index": {"model": "--embedder"}}
+
+
+def _progress(a: argparse.Namespace) -> bool:
+    """Progress bars only on a terminal and without --quiet (never mixed into piped output or error lines)."""
+    return not getattr(a, "quiet", False) and sys.stderr.isatty()
+
+
+def _close_bars() -> None:
+    try:
+        from tqdm import tqdm
+
+        for bar in list(getattr(tqdm, "_instances", ())):
+            bar.close()
+    except Exception:  # noqa: BLE001 - cosmetic only
+        pass
+
+
+def _index_hint(e: RagcoreError, a: argparse.Namespace) -> str | None:
+    """Command-specific advice for a damaged index: only commands that take --index-version are told to use it."""
+    if not isinstance(e, IndexCorruptError):
+        return e.hint
+    from retrieval import store
+
+    if not hasattr(a, "index"):
+        return e.hint
+    bad = getattr(a, "index_version", None)
+    if bad is None:
+        try:
+            bad = store.current_version(a.index)
+        except RagcoreError:
+            bad = None
+    ok = [v for v in store.versions(a.index) if v != bad]
+    if not ok:
+        return "index into a new --index folder"
+    if hasattr(a, "index_version"):
+        return f"an older complete version may still load: --index-version {ok[-1]}"
+    return (
+        f"`ragcore search --index-version {ok[-1]}` may still read an older version; "
+        "to write again, index into a new --index folder"
+    )
+
+
+def error_message(e: BaseException, a: argparse.Namespace | None) -> str:
+    """The one line a user sees for an error: the flag at fault (mapped from the parameter), the message, a hint."""
+    msg = str(e)
+    if isinstance(e, RagcoreError):
+        cmd = getattr(a, "command", None)
+        flag = COMMAND_FLAGS.get(cmd, {}).get(e.param) or FLAGS.get(e.param or "")
+        if isinstance(e, IndexMismatchError) and e.param == "embedder" and cmd != "index":
+            flag = None
+        hint = _index_hint(e, a) if a is not None else e.hint
+        if flag:
+            msg = f"{flag}: {msg}"
+        if hint:
+            msg += f"; hint: {hint}"
+    elif isinstance(e, OSError) and e.filename is not None:
+        msg = f"{e.strerror or e}: {e.filename!r}"
+    return f"ragcore: error: {msg}"
 
 
 def _cmd_index(a: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
+    from retrieval.indexer import sync
 
-    from ragcore.chunking import chunk_file, iter_files
-    from ragcore.errors import IndexNotFoundError
+    rep = sync(
+        a.index,
+        a.paths,
+        embedder=a.embedder,
+        factory=a.faiss,
+        chunk_tokens=a.chunk_tokens,
+        overlap=a.overlap,
+        max_chars=a.max_chars,
+        lock_timeout=a.lock_timeout,
+        progress=_progress(a),
+        device=a.device,
+    )
+    failed = bool(a.strict and rep.skipped)
+    if a.json:
+        print(json.dumps({**rep.to_dict(), "strict_failed": failed}, indent=2, ensure_ascii=False))
+        return EXIT_USER if failed else EXIT_OK
+    c = rep.counts()
+    files = c["new"] + c["changed"] + c["unchanged"]
+    where = f"{rep.index} -> {rep.version}" if rep.written else f"nothing changed; {rep.index} stays at {rep.version}"
+    print(
+        f"indexed {files} files: {c['new']} new, {c['changed']} changed, {c['unchanged']} unchanged, "
+        f"{c['removed']} removed; {rep.chunks_added} new chunks, {rep.chunks_total} in all; {where}"
+    )
+    if rep.truncated:
+        print(f"warning: {len(rep.truncated)} chunks are longer than the embedder reads (their tail is not embedded):")
+        for t in rep.truncated[:10]:
+            print(f"  {t['source_id']}:{t['start']}-{t['end']} ({t['tokens']} tokens)")
+    if rep.skipped:
+        print(f"skipped {len(rep.skipped)} paths:", file=sys.stderr if failed else sys.stdout)
+        for sk in rep.skipped:
+            print(f"  {sk.path}: {sk.reason}", file=sys.stderr if failed else sys.stdout)
+    if failed:
+        print(f"ragcore: error: {len(rep.skipped)} paths were skipped (--strict)", file=sys.stderr)
+        return EXIT_USER
+    return EXIT_OK
+
+
+def _cmd_sources(a: argparse.Namespace) -> int:
     from retrieval.hybrid import HybridRetriever
+    from retrieval.indexer import remove_sources
 
-    try:
-        r = HybridRetriever.load(a.index, progress=True)
-        logger.info("adding to the index at %s (%d chunks)", a.index, len(r))
-    except IndexNotFoundError:
-        r = HybridRetriever(embedder=a.embedder, factory=a.faiss, progress=True)
-    files = list(iter_files(a.paths))
-    if not files:
-        raise RagcoreError(f"no .txt/.md files found under {a.paths!r}")
-    chunks = [c for f in tqdm(files, desc="chunking", unit="file") for c in chunk_file(f, a.max_chars)]
-    new = r.add(chunks)
-    if new == 0 and len(r) == 0:
-        raise RagcoreError(f"the files under {a.paths!r} hold no text to index")
-    version = r.save(a.index)
-    print(f"indexed {len(files)} files: {new} new chunks, {len(r)} in all; {a.index} -> {version}")
-    return 0
+    if a.action == "remove":
+        version = remove_sources(a.index, a.source_ids, a.lock_timeout)
+        print(f"removed {len(a.source_ids)} sources; {a.index} -> {version}")
+        return EXIT_OK
+    r = HybridRetriever.load(a.index, version=a.index_version)
+    if a.json:
+        print(json.dumps(r.sources, indent=2, ensure_ascii=False, sort_keys=True))
+        return EXIT_OK
+    for sid, info in sorted(r.sources.items()):
+        sha = (info.get("sha256") or "unknown")[:12]
+        print(f"{sid}\t{info.get('chunks', 0)} chunks\t{info.get('type', '?')}\tsha256 {sha}")
+    print(f"{len(r.sources)} sources, {len(r)} chunks", file=sys.stderr)
+    return EXIT_OK
 
 
 def _cmd_search(a: argparse.Namespace) -> int:
     from retrieval.hybrid import HybridRetriever
 
     r = HybridRetriever.load(a.index, version=a.index_version)
-    res = r.search(a.question, a.k, a.mode)
+    res = r.search(a.question, a.k, a.mode, min_score=a.min_score)
     if a.json:
         print(json.dumps([x.to_dict() for x in res], indent=2, ensure_ascii=False))
-        return 0
+        return EXIT_OK
+    if not res:
+        print(f"no passage has a dense cosine of at least --min-score {a.min_score}", file=sys.stderr)
     for x in res:
-        scores = " ".join(f"{k}={v:.3f}" for k, v in x.scores.items())
         snippet = " ".join(x.chunk.text.split())[:160]
-        print(f"{x.rank:>2}. [{x.chunk.source_id}:{x.chunk.start}-{x.chunk.end}] {scores}\n    {snippet}")
-    return 0
+        print(f"{x.rank:>2}. [{x.chunk.source_id}:{x.chunk.start}-{x.chunk.end}] {format_scores(x.scores, r.fusion)}")
+        print(f"    {snippet}")
+    return EXIT_OK
+
+
+def format_scores(scores: dict[str, float], fusion: str = "weighted") -> str:
+    """``hybrid=0.712 (bm25=3.104, cosine=0.688)``: the fused score first, labelled as ranks under RRF, then the
+    raw scores it came from (BM25 unbounded, 0 = no query term; cosine in [-1, 1])."""
+    parts = []
+    if "hybrid" in scores:
+        parts.append(f"{'rrf' if fusion == 'rrf' else 'hybrid'}={scores['hybrid']:.3f}")
+    raw = [f"bm25={scores['bm25']:.3f}"] if "bm25" in scores else []
+    raw += [f"cosine={scores['dense']:.3f}"] if "dense" in scores else []
+    if parts and raw:
+        return f"{parts[0]} ({', '.join(raw)})"
+    return " ".join(parts + raw)
 
 
 def _cmd_ask(a: argparse.Namespace) -> int:
@@ -62,7 +199,7 @@ def _cmd_ask(a: argparse.Namespace) -> int:
 
     cfg = GenerationConfig(max_new_tokens=a.max_new_tokens)
     comp = None if a.compressor == "none" else get_compressor(a.compressor, ratio=a.ratio)
-    retriever = HybridRetriever.load(a.index, version=a.index_version)
+    retriever = HybridRetriever.load(a.index, version=a.index_version, min_score=a.min_score)
     p = Pipeline(retriever, Generator(a.model, a.device), a.k, cfg, compressor=comp, query_aware=a.query_aware)
     ans = p.ask(a.question)
     if a.json:
@@ -83,13 +220,24 @@ def _cmd_ask(a: argparse.Namespace) -> int:
 
 def _cmd_eval(a: argparse.Namespace) -> int:
     from eval import runner
-    from eval.report import write_json
+    from eval.report import check_out, write_json
 
+    if a.out:  # outputs are checked before the work, not after it
+        check_out(a.out)
+    if a.dump_retrieved:
+        check_out(a.dump_retrieved, param="dump")
     if a.suite == "retrieval":
-        res = runner.eval_retrieval(a.data, a.limit, dump=a.dump_retrieved)
+        res = runner.eval_retrieval(a.data, a.limit, progress=_progress(a), dump=a.dump_retrieved)
     elif a.suite == "qa":
         res = runner.eval_qa(
-            a.setting, a.model, a.data, a.limit, a.device, a.max_new_tokens or 32, retrieved=a.retrieved
+            a.setting,
+            a.model,
+            a.data,
+            a.limit,
+            a.device,
+            a.max_new_tokens or 32,
+            progress=_progress(a),
+            retrieved=a.retrieved,
         )
     elif a.suite == "kv":
         res = _eval_kv(a)
@@ -106,78 +254,196 @@ def _cmd_eval(a: argparse.Namespace) -> int:
 
 def _eval_kv(a: argparse.Namespace) -> dict:
     """One run for one compressor at one ratio; a matrix for several (``--compressor a,b --ratio 0.5,0.75``)."""
-    from compress.kv import split_top
     from eval.kv_compression import KVSuite
     from eval.report import write_json
     from ragcore.errors import ConfigError
+    from ragcore.registry import split_top
 
-    names = [x.strip() for x in split_top(a.compressor, ",") if x.strip()]
+    names = [x.strip() for x in split_top(a.compressor, ",") if x.strip()]  # commas inside brackets are options
     try:
         ratios = [float(x) for x in a.ratio.split(",") if x.strip()]
     except ValueError:
-        raise ConfigError(f"--ratio takes fractions separated by commas, got {a.ratio!r}") from None
+        raise ConfigError(f"ratio takes fractions separated by commas, got {a.ratio!r}", param="ratio") from None
     if not names or not ratios:
-        raise ConfigError("--compressor and --ratio need at least one value each")
+        raise ConfigError("compressor and ratio need at least one value each", param="compressor")
     sizes = dict(
         limit=a.limit, k=a.k, max_tokens=a.max_tokens, max_new_tokens=a.max_new_tokens, batch_size=a.batch_size
     )
-    suite = KVSuite(a.model, a.device, query_aware=a.query_aware, retrieved=a.retrieved, **sizes)
+    suite = KVSuite(a.model, a.device, query_aware=a.query_aware, retrieved=a.retrieved, progress=_progress(a), **sizes)
     if len(names) == 1 and len(ratios) == 1:
         return suite.run(a.data, names[0], ratios[0])
     save = (lambda part: write_json(a.out, {**part, "complete": False})) if a.out else None
     return {**suite.matrix(a.data, names, ratios, checkpoint=save), "complete": True}
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ragcore")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree without an install
+        return "unknown"
+
+
+def _models_help(kind: str, default: str) -> str:
+    from ragcore.models import REGISTRY
+
+    names = ", ".join(n for n, s in REGISTRY.items() if s.kind == kind)
+    return f"{kind}: a bundled name ({names}), a local Hugging Face folder or .gguf file, or a cached hub id (default {default})"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ragcore", description=__doc__)
-    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
-    sub = p.add_subparsers(dest="command", required=True)
+    from ragcore.models import DEFAULT_EMBEDDER, DEFAULT_GENERATOR
+    from retrieval.indexer import DEFAULT_CHUNK_TOKENS, DEFAULT_FACTORY, DEFAULT_OVERLAP_TOKENS
+    from retrieval.store import DEFAULT_LOCK_TIMEOUT
 
-    def index_opts(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--index", default=DEFAULT_INDEX, help=f"index folder (default {DEFAULT_INDEX})")
-        sp.add_argument("--index-version", default=None, help="load this version (e.g. v000001) instead of CURRENT")
+    p = argparse.ArgumentParser(
+        prog="ragcore",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"The default index folder is {DEFAULT_INDEX!r} (relative to the current folder; set $RAGCORE_INDEX "
+        "to change it).",
+    )
+    p.add_argument("--version", action="version", version=f"ragcore {_version()}")
 
-    sp = sub.add_parser("index", help="index .txt/.md files or folders (adds to an existing index)")
-    sp.add_argument("paths", nargs="+")
-    sp.add_argument("--index", default=DEFAULT_INDEX)
-    sp.add_argument("--embedder", default="minilm")
-    sp.add_argument("--faiss", default="Flat", help="FAISS index factory: Flat (exact) or e.g. HNSW32")
-    sp.add_argument("--max-chars", type=int, default=800)
+    def common(sp: argparse.ArgumentParser, top: bool = False) -> None:
+        # accepted before and after the subcommand; the subcommand's copy must not reset the top-level one
+        d = {} if top else {"default": argparse.SUPPRESS}
+        sp.add_argument("-v", "--verbose", action="store_true", help="log at INFO level (and show tracebacks)", **d)
+        sp.add_argument("-q", "--quiet", action="store_true", help="no progress bars", **d)
+
+    common(p, top=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def index_opts(sp: argparse.ArgumentParser, version: bool = True) -> None:
+        sp.add_argument(
+            "--index",
+            default=DEFAULT_INDEX,
+            help=f"index folder (default {DEFAULT_INDEX!r}: $RAGCORE_INDEX if set, else .ragcore/index)",
+        )
+        if version:
+            sp.add_argument("--index-version", default=None, help="load this version (e.g. v000001) instead of CURRENT")
+
+    def model_opt(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--model", default=DEFAULT_GENERATOR, help=_models_help("generator", DEFAULT_GENERATOR))
+        sp.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
+
+    def k_opt(sp: argparse.ArgumentParser, default: int, what: str) -> None:
+        sp.add_argument("-k", "--k", dest="k", type=int, default=default, help=f"{what} (default {default})")
+
+    sp = sub.add_parser(
+        "index",
+        help="index files and folders: add new files, update changed ones, drop deleted ones",
+        description="Sync an index with files: .txt .md .markdown .rst .html .htm .pdf. Re-running on a folder "
+        "adds new files, re-indexes changed ones and removes deleted ones; files that cannot be read are listed.",
+    )
+    common(sp)
+    sp.add_argument("paths", nargs="+", metavar="PATH", help="files and folders to index")
+    index_opts(sp, version=False)
+    sp.add_argument(
+        "--embedder",
+        default=None,
+        help=f"{_models_help('embedder', DEFAULT_EMBEDDER)}; an existing index keeps its own",
+    )
+    sp.add_argument(
+        "--faiss",
+        default=None,
+        help=f"FAISS index factory: Flat (exact), HNSW32, IVF<n>,Flat (needs >= n chunks) (default {DEFAULT_FACTORY}; "
+        "an existing index keeps its own)",
+    )
+    sp.add_argument(
+        "--chunk-tokens",
+        type=int,
+        default=None,
+        help=f"chunk size in the embedder's tokens (default {DEFAULT_CHUNK_TOKENS}; at most what it reads, 254 for minilm)",
+    )
+    sp.add_argument(
+        "--overlap",
+        type=int,
+        default=None,
+        help=f"tokens of whole sentences shared by neighbouring chunks (default {DEFAULT_OVERLAP_TOKENS})",
+    )
+    sp.add_argument(
+        "--max-chars",
+        type=int,
+        default=None,
+        help="size chunks in characters instead of tokens; may exceed what the embedder reads (default: off)",
+    )
+    sp.add_argument("--device", default=None, help="embedder device: cpu, cuda or cuda:N (default: cuda if available)")
+    sp.add_argument("--strict", action="store_true", help="exit 1 when any file was skipped (default: report only)")
+    sp.add_argument(
+        "--lock-timeout",
+        type=float,
+        default=DEFAULT_LOCK_TIMEOUT,
+        help=f"seconds to wait for another writer (default {DEFAULT_LOCK_TIMEOUT:g})",
+    )
+    sp.add_argument("--json", action="store_true", help="print the report as JSON")
     sp.set_defaults(fn=_cmd_index)
 
+    sp = sub.add_parser("sources", help="list or remove the sources (files) of an index")
+    common(sp)
+    ssub = sp.add_subparsers(dest="action", required=True, metavar="ACTION")
+    sl = ssub.add_parser("list", help="one line per source: id, chunks, type, sha256")
+    common(sl)
+    index_opts(sl)
+    sl.add_argument("--json", action="store_true", help="print {source id: info} as JSON")
+    sr = ssub.add_parser("remove", help="remove sources (by id, as `sources list` shows them)")
+    common(sr)
+    sr.add_argument("source_ids", nargs="+", metavar="SOURCE")
+    index_opts(sr, version=False)
+    sr.add_argument(
+        "--lock-timeout",
+        type=float,
+        default=DEFAULT_LOCK_TIMEOUT,
+        help=f"seconds to wait for another writer (default {DEFAULT_LOCK_TIMEOUT:g})",
+    )
+    sp.set_defaults(fn=_cmd_sources)
+
     sp = sub.add_parser("search", help="retrieve passages for a question")
+    common(sp)
     sp.add_argument("question")
     index_opts(sp)
-    sp.add_argument("-k", type=int, default=5)
-    sp.add_argument("--mode", default="hybrid", choices=["hybrid", "bm25", "dense"])
-    sp.add_argument("--json", action="store_true")
+    k_opt(sp, 5, "passages to return")
+    sp.add_argument(
+        "--mode", default="hybrid", choices=["hybrid", "bm25", "dense"], help="retrieval mode (default hybrid)"
+    )
+    sp.add_argument("--min-score", type=float, default=None, help="drop passages whose dense cosine is below this")
+    sp.add_argument("--json", action="store_true", help="print results as JSON")
     sp.set_defaults(fn=_cmd_search)
 
     sp = sub.add_parser("ask", help="retrieve, then answer with the generator and list the sources")
+    common(sp)
     sp.add_argument("question")
     index_opts(sp)
-    sp.add_argument("-k", type=int, default=5)
-    sp.add_argument("--model", default="qwen2.5-0.5b", help="registered name, local folder or hub id")
-    sp.add_argument("--device", default=None)
-    sp.add_argument("--max-new-tokens", type=int, default=64)
+    k_opt(sp, 5, "passages in the prompt")
+    model_opt(sp)
+    sp.add_argument("--min-score", type=float, default=None, help="drop passages whose dense cosine is below this")
+    sp.add_argument("--max-new-tokens", type=int, default=64, help="answer length limit in tokens (default 64)")
     sp.add_argument("--compressor", default="none", help="KV-cache compressor, as for `eval kv` (default none)")
     sp.add_argument("--ratio", type=float, default=0.5, help="with --compressor: fraction of the KV cache removed")
     sp.add_argument("--query-aware", action="store_true", help="with --compressor: compress after the question")
-    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--json", action="store_true", help="print the answer as JSON")
     sp.set_defaults(fn=_cmd_ask)
 
     sp = sub.add_parser("eval", help="offline evaluations")
+    common(sp)
     sp.add_argument("suite", choices=["retrieval", "qa", "kv"])
     sp.add_argument(
         "--data",
         default=None,
         help="NQ-open file (format of nq_open_oracle_dev.jsonl.gz); kv also takes key-value retrieval files",
     )
-    sp.add_argument("--out", default=None, help="write results as JSON (and a Markdown table beside it)")
-    sp.add_argument("--limit", type=int, default=None)
-    sp.add_argument("--setting", default="top5", choices=["closed", "oracle", "top5", "top10"])
-    sp.add_argument("--model", default="smollm2-135m")
-    sp.add_argument("--device", default=None)
+    sp.add_argument(
+        "--out", default=None, help="write results as JSON (a .json name; the Markdown table goes beside it as .md)"
+    )
+    sp.add_argument("--limit", type=int, default=None, help="questions to evaluate (default all)")
+    sp.add_argument(
+        "--setting",
+        default="top5",
+        choices=["closed", "oracle", "top5", "top10"],
+        help="qa: passages given (default top5)",
+    )
+    model_opt(sp)
     sp.add_argument("--dump-retrieved", default=None, help="retrieval: write each question's hybrid top 20 ids")
     sp.add_argument("--retrieved", default=None, help="qa, kv: take the top k from a --dump-retrieved file")
     sp.add_argument("--max-new-tokens", type=int, default=None, help="default 32 (kv: 64 for key-value files)")
@@ -190,7 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--ratio", default="0.5", help="kv: fraction of the context's KV cache removed; several: a matrix (0.5,0.75)"
     )
-    sp.add_argument("--k", type=int, default=5, help="kv: passages retrieved per NQ question")
+    k_opt(sp, 5, "kv: passages retrieved per NQ question")
     sp.add_argument("--max-tokens", type=int, default=None, help="kv: prompt + answer token limit (cuts records)")
     sp.add_argument("--query-aware", action="store_true", help="kv: compress after reading the question too")
     sp.add_argument("--batch-size", type=int, default=1, help="kv: questions decoded together (same answers)")
@@ -199,6 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (see the module docstring)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
@@ -210,9 +477,26 @@ def main(argv: list[str] | None = None) -> int:
         hf_logging.disable_progress_bar()
         hf_logging.set_verbosity_error()
         return args.fn(args)
-    except (RagcoreError, FileNotFoundError) as e:
-        print(f"ragcore: error: {e}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        _close_bars()
+        print("ragcore: interrupted; nothing was written (an index stays at its previous version)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (RagcoreError, OSError) as e:
+        _close_bars()
+        if args.verbose:
+            traceback.print_exc()
+        print(error_message(e, args), file=sys.stderr)
+        return EXIT_USER
+    except Exception as e:  # noqa: BLE001 - a bug: one line, and the traceback with -v
+        _close_bars()
+        if args.verbose:
+            traceback.print_exc()
+        print(
+            f"ragcore: internal error: {type(e).__name__}: {e} (a bug; run again with -v for the traceback "
+            "and report it)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -25,7 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ragcore.errors import ConfigError, ModelIntegrityError, ModelNotInstalledError, UnknownModelError
+from ragcore.errors import (
+    ConfigError,
+    DeviceError,
+    ModelIntegrityError,
+    ModelNotAvailableError,
+    ModelNotInstalledError,
+    UnknownModelError,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -186,13 +194,47 @@ def convert_gguf(gguf: Path, name: str) -> Path:
 
 
 def pick_device(device: str | None = None) -> str:
+    """``cpu``, ``cuda`` or ``cuda:N``; ``None``/``auto`` picks CUDA when available. ``DeviceError`` (parameter
+    ``device``) when CUDA is asked for but this torch has no CUDA support or sees no GPU, or ``cuda:N`` is out of
+    range."""
     import torch
 
     if device in (None, "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
-        raise ConfigError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if device not in ("cpu", "cuda") and not (isinstance(device, str) and re.fullmatch(r"cuda:\d+", device)):
+        raise DeviceError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if device.startswith("cuda"):
+        if torch.version.cuda is None:
+            raise DeviceError(
+                f"device {device!r} asked for, but this torch ({torch.__version__}) is a CPU-only build",
+                hint="use device 'cpu', or install a CUDA build of torch",
+            )
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device {device!r} asked for, but no CUDA GPU is visible", hint="use device 'cpu'")
+        n = torch.cuda.device_count()
+        if ":" in device and int(device.split(":")[1]) >= n:
+            raise DeviceError(f"device {device!r} asked for, but there are {n} CUDA devices (cuda:0..cuda:{n - 1})")
     return str(device)
+
+
+def _not_available(name: str, e: Exception, kind: str | None = None) -> ModelNotAvailableError:
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    why = "the hub is offline (HF_HUB_OFFLINE=1)" if offline else "it could not be fetched"
+    return ModelNotAvailableError(
+        f"model {name!r} is not in the local Hugging Face cache and {why} ({type(e).__name__})",
+        hint=f"download it once with network access (`hf download {name}`), or use a bundled {kind or 'model'}: {_options(kind)}",
+    )
+
+
+def _is_missing_model(e: Exception) -> bool:
+    """Whether a loading error means 'not in the cache / cannot be downloaded' (not a damaged model)."""
+    names = {type(x).__name__ for x in type(e).__mro__}
+    if names & {"LocalEntryNotFoundError", "RepositoryNotFoundError", "GatedRepoError", "EntryNotFoundError"}:
+        return True
+    msg = str(e)
+    return isinstance(e, OSError) and any(
+        s in msg for s in ("offline", "Offline", "couldn't connect", "not a valid model identifier", "outgoing traffic")
+    )
 
 
 @functools.lru_cache(maxsize=4)
@@ -200,7 +242,13 @@ def load_embedder(name: str = DEFAULT_EMBEDDER, device: str | None = None) -> Se
     """Load a sentence-transformers model (shared: inference does not change it)."""
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(resolve(name, "embedder"), device=pick_device(device))
+    path, dev = resolve(name, "embedder"), pick_device(device)
+    try:
+        return SentenceTransformer(path, device=dev)
+    except (OSError, ValueError) as e:
+        if _is_missing_model(e):
+            raise _not_available(name, e, "embedder") from e
+        raise
 
 
 def load_generator(
@@ -218,8 +266,13 @@ def load_generator(
             raise ConfigError(f"unknown dtype {dtype!r}; options: 'float32', 'bfloat16', 'float16'")
         dtype = getattr(torch, dtype)
     path = resolve(name, "generator")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs).to(device).eval()
-    tok = AutoTokenizer.from_pretrained(path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs).to(device).eval()
+        tok = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        if _is_missing_model(e):
+            raise _not_available(name, e, "generator") from e
+        raise
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return model, tok

@@ -1,4 +1,17 @@
-"""Sparse retrieval: BM25 through bm25s (stemming + English stop words)."""
+"""Sparse retrieval: BM25 through bm25s.
+
+The analyser, per language (``tokenize``):
+
+* English and other space-separated scripts: lower-cased words of two or more characters, English stop words
+  dropped, Snowball English stemming (other languages get their words matched, unstemmed in effect);
+* Chinese, Japanese (kanji and kana) and Korean (hangul): overlapping character bigrams of each run of those
+  characters (a one-character run is one token), as Lucene's CJK analyser does; no stop words, no stemming;
+* scripts written without spaces that are not CJK (Thai, Lao, Khmer, Myanmar): one token per unspaced run, so
+  BM25 matches whole runs only; dense retrieval still matches them by meaning.
+
+A query with no token (``C++``, ``???``, only stop words) gets no BM25 score: ``scores`` returns zeros and
+``has_terms`` is false.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +27,14 @@ from ragcore.errors import ConfigError, EmptyCorpusError
 
 logger = logging.getLogger(__name__)
 
-_TOKEN = re.compile(r"(?u)\b\w\w+\b")
+_TOKEN = re.compile(r"\w+")
+_CJK = (
+    "\u1100-\u11ff\u2e80-\u2fdf\u3040-\u30ff\u3130-\u318f\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff"
+    "\ua960-\ua97f\uac00-\ud7ff\uf900-\ufaff\uff66-\uff9f\U00020000-\U0003134f"
+)
+_CJK_SPLIT = re.compile(f"([{_CJK}]+)")
+_IS_CJK = re.compile(f"[{_CJK}]")
+ANALYZER = "words-en-stem+cjk-bigrams"  # recorded in the index manifest
 METHODS = ("lucene", "robertson", "atire", "bm25l", "bm25+")
 
 
@@ -41,13 +61,32 @@ def _stopwords() -> frozenset[str]:
     return frozenset(STOPWORDS_EN)
 
 
+def _cjk_grams(run: str) -> list[str]:
+    return [run] if len(run) == 1 else [run[i : i + 2] for i in range(len(run) - 1)]
+
+
 def tokenize(text: str, stem: bool = True, stopwords: bool = True) -> list[str]:
-    """Lower-case word tokens of two or more characters, English stop words dropped, Snowball-stemmed."""
-    toks = _TOKEN.findall(text.lower())
+    """BM25 tokens of ``text`` (see the module docstring for the analyser per language)."""
+    toks: list[str] = []
+    cjk: list[str] = []
+    for word in _TOKEN.findall(text.lower()):
+        if not _IS_CJK.search(word):
+            if len(word) > 1:
+                toks.append(word)
+            continue
+        for part in _CJK_SPLIT.split(word):
+            if not part:
+                continue
+            if _IS_CJK.match(part):
+                cjk += _cjk_grams(part)
+            elif len(part) > 1:
+                toks.append(part)
     if stopwords:
         sw = _stopwords()
         toks = [t for t in toks if t not in sw]
-    return _stemmer().stemWords(toks) if stem else toks
+    if stem:
+        toks = _stemmer().stemWords(toks)
+    return toks + cjk
 
 
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -77,14 +116,25 @@ class BM25Index:
         if not texts:
             raise EmptyCorpusError("cannot build a BM25 index over no documents")
         bm = bm25s.BM25(k1=self.k1, b=self.b, method=self.method)
-        bm.index([tokenize(t) for t in texts], show_progress=False)
+        corpus = [tokenize(t) for t in texts]
+        if not any(corpus):  # bm25s cannot build an empty vocabulary; a token no query can hold stands in
+            corpus[0] = ["\0"]
+        bm.index(corpus, show_progress=False)
         self._bm25, self.n_docs = bm, len(texts)
 
     def scores(self, query: str) -> np.ndarray:
         """BM25 score of every document for ``query`` (float32, length ``n_docs``)."""
         if self._bm25 is None:
             raise EmptyCorpusError("the BM25 index is empty; add documents first")
-        return np.asarray(self._bm25.get_scores(tokenize(query)), dtype=np.float32)
+        toks = tokenize(query)
+        if not toks:
+            return np.zeros(self.n_docs, dtype=np.float32)
+        return np.asarray(self._bm25.get_scores(toks), dtype=np.float32)
+
+    @staticmethod
+    def has_terms(query: str) -> bool:
+        """Whether ``query`` has any token BM25 can match (``C++`` and ``???`` have none)."""
+        return bool(tokenize(query))
 
     def search(self, query: str, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top ``k`` (doc indices, scores), best first."""
@@ -94,7 +144,7 @@ class BM25Index:
         self._bm25.save(str(folder), show_progress=False)
 
     @classmethod
-    def load(cls, folder: Path, k1: float, b: float, method: str, n_docs: int) -> BM25Index:
+    def load(cls, folder: Path, k1: float, b: float, method: str, n_docs: int, **_: object) -> BM25Index:
         bm25s = _bm25s()
 
         idx = cls(k1=k1, b=b, method=method)

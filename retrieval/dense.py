@@ -31,7 +31,10 @@ class DenseIndex:
         try:
             self.index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
         except RuntimeError as e:
-            raise ConfigError(f"bad FAISS index factory string {factory!r}: {e}; try 'Flat' or 'HNSW32'") from e
+            why = str(e).strip().splitlines()[-1].split(": ")[-1]
+            raise ConfigError(
+                f"bad FAISS index factory string {factory!r} ({why})", param="factory", hint="try 'Flat' or 'HNSW32'"
+            ) from e
         self.dim, self.factory = dim, factory
         self.embeddings = np.zeros((0, dim), dtype=np.float32)
 
@@ -40,13 +43,47 @@ class DenseIndex:
         return len(self.embeddings)
 
     def add(self, emb: np.ndarray) -> None:
+        """Add unit-length embeddings (float32, shape ``(n, dim)``). A factory that needs training (IVF, PQ) is
+        trained on the first batch; ``ConfigError`` (parameter ``factory``) when that batch is too small."""
         emb = np.ascontiguousarray(emb, dtype=np.float32)
         if emb.ndim != 2 or emb.shape[1] != self.dim:
             raise ConfigError(f"embeddings must have shape (n, {self.dim}), got {emb.shape}")
         if not self.index.is_trained:
-            self.index.train(emb)
+            self._train(emb)
         self.index.add(emb)
         self.embeddings = np.concatenate([self.embeddings, emb]) if self.n_docs else emb
+
+    def _train(self, emb: np.ndarray) -> None:
+        import faiss
+
+        try:
+            nlist = faiss.extract_index_ivf(self.index).nlist
+        except RuntimeError:
+            nlist = 0
+        if len(emb) < nlist:
+            raise ConfigError(
+                f"FAISS index factory {self.factory!r} has {nlist} clusters and needs at least {nlist} chunks to "
+                f"train, but there are {len(emb)}",
+                param="factory",
+                hint="use 'Flat' (exact, right for small collections) or an IVF with fewer clusters than chunks",
+            )
+        try:
+            self.index.train(emb)
+        except RuntimeError as e:
+            msg = str(e).split("failed: ")[-1].strip()
+            raise ConfigError(
+                f"FAISS index factory {self.factory!r} could not be trained on {len(emb)} chunks: {msg}",
+                param="factory",
+                hint="use 'Flat' (exact) or 'HNSW32', which need no training",
+            ) from e
+
+    def keep(self, mask: np.ndarray) -> DenseIndex:
+        """A new index over the rows where ``mask`` is true (FAISS indexes cannot drop rows in place everywhere)."""
+        out = DenseIndex(self.dim, self.factory)
+        kept = self.embeddings[np.asarray(mask, dtype=bool)]
+        if len(kept):
+            out.add(kept)
+        return out
 
     def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top ``k`` (doc indices, inner products) for one query embedding, best first."""

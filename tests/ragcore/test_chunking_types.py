@@ -1,7 +1,7 @@
 import pytest
 
 from ragcore.chunking import chunk_file, chunk_text, iter_files
-from ragcore.errors import ConfigError
+from ragcore.errors import ConfigError, DocumentError
 from ragcore.types import Answer, Chunk, Citation, ScoredChunk
 
 TEXT = "# Title\n\nFirst paragraph here.\n\n## Section\nSecond one. It has two sentences.\n\n\n   Third.  \n"
@@ -60,6 +60,6 @@ def test_files(tmp_path):
     assert c.source_id == str(files[0]) and TEXT[c.start : c.end] == c.text
     with pytest.raises(FileNotFoundError, match="nope"):
         list(iter_files([tmp_path / "nope"]))
-    (tmp_path / "bad.txt").write_bytes(b"\xff\xfe\xfa")
-    with pytest.raises(ConfigError, match="UTF-8"):
+    (tmp_path / "bad.txt").write_bytes(b"\x00\x01\x02 binary")  # not text in any encoding (issue 12 reads Latin-1)
+    with pytest.raises(DocumentError, match="binary"):
         chunk_file(tmp_path / "bad.txt")

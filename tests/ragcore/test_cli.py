@@ -53,12 +53,12 @@ def test_index_search_ask(tmp_path, corpus, capsys):
 def test_clear_errors(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert main(["index", str(empty), "--index", str(tmp_path / "i")]) == 2
-    assert "no .txt/.md files" in capsys.readouterr().err
-    assert main(["search", "x", "--index", str(tmp_path / "none")]) == 2
+    assert main(["index", str(empty), "--index", str(tmp_path / "i")]) == 1  # a user error (issue 12: usage is 2)
+    assert "nothing to index" in capsys.readouterr().err
+    assert main(["search", "x", "--index", str(tmp_path / "none")]) == 1
     assert "no index at" in capsys.readouterr().err
     (empty / "blank.txt").write_text("   \n\n")
-    assert main(["index", str(empty), "--index", str(tmp_path / "i")]) == 2
+    assert main(["index", str(empty), "--index", str(tmp_path / "i")]) == 1
     assert "no text" in capsys.readouterr().err
 
 
@@ -66,9 +66,9 @@ def test_ask_errors(tmp_path, corpus, capsys):
     idx = str(tmp_path / "idx")
     main(["index", str(corpus), "--index", idx])
     capsys.readouterr()
-    assert main(["ask", "   ", "--index", idx, "--model", "smollm2-135m"]) == 2
+    assert main(["ask", "   ", "--index", idx, "--model", "smollm2-135m"]) == 1
     assert "query must contain text" in capsys.readouterr().err
-    assert main(["ask", "hi", "--index", idx, "--model", "nope-model"]) == 2
+    assert main(["ask", "hi", "--index", idx, "--model", "nope-model"]) == 1
     assert "unknown model 'nope-model'" in capsys.readouterr().err
 
 
@@ -89,7 +89,7 @@ def test_ask_with_a_kv_compressor(tmp_path, corpus, capsys):
     assert main([*base, "--compressor", "knorm", "--ratio", "0.75"]) == 0
     out = capsys.readouterr().out
     assert "KV cache: " in out and "MiB held (knorm, ratio 0.75)" in out
-    assert main([*base, "--compressor", "snapkv2"]) == 2
+    assert main([*base, "--compressor", "snapkv2"]) == 1
     assert "unknown KV compressor 'snapkv2'" in capsys.readouterr().err
 
 
@@ -118,7 +118,7 @@ def test_eval_qa(tmp_path, monkeypatch, setting):
 
 
 def test_eval_bad_limit(capsys):
-    assert main(["eval", "qa", "--data", DATA, "--limit", "0", "--model", "smollm2-135m"]) == 2
+    assert main(["eval", "qa", "--data", DATA, "--limit", "0", "--model", "smollm2-135m"]) == 1
     assert "--limit" in capsys.readouterr().err
 
 
@@ -133,4 +133,4 @@ def test_eval_qa_on_dumped_retrieval(tmp_path, monkeypatch):
     args = ["eval", "qa", "--data", DATA, "--setting", "top5", "--model", "smollm2-135m", "--limit", "3"]
     assert main([*args, "--retrieved", str(dump), "--max-new-tokens", "4", "--out", str(out)]) == 0
     assert json.loads(out.read_text())["n"] == 3
-    assert main([*args[:-1], "5", "--retrieved", str(dump)]) == 2  # questions 4 and 5 are not in the file
+    assert main([*args[:-1], "5", "--retrieved", str(dump)]) == 1  # questions 4 and 5 are not in the file
