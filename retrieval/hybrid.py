@@ -26,7 +26,7 @@ from retrieval.dense import DenseIndex, embed
 
 logger = logging.getLogger(__name__)
 
-FUSIONS = ("weighted", "rrf")
+FUSIONS = ("weighted", "minmax", "rrf")
 MODES = ("hybrid", "bm25", "dense")
 
 
@@ -50,11 +50,15 @@ def fuse(
     ``weighted``: ``w * max(cosine, 0) + (1 - w) * bm25 / max(bm25 over the pool)``, in [0, 1]: the dense side
     keeps its absolute scale, so a query that matches nothing scores low and a perfect match high whatever the
     pool (issue 12: min-max over the pool showed 0.9 for no match and 0.0 for a one-chunk index).
+    ``minmax``: ``w * minmax(cosine) + (1 - w) * minmax(bm25)`` over the pool (the default before issue 12; its scores
+    are only relative to the pool: docs/RESULTS.md, fusion-sweep, compares the two).
     ``rrf``: reciprocal rank fusion, ``w / (k + rank_dense) + (1 - w) / (k + rank_bm25)`` (plain RRF at w=0.5,
     up to a factor 2): a score of ranks, not of match quality.
     """
     if fusion == "weighted":
         return dense_weight * np.clip(dense, 0, None) + (1 - dense_weight) * scale_bm25(bm25)
+    if fusion == "minmax":
+        return dense_weight * minmax(dense) + (1 - dense_weight) * minmax(bm25)
     if fusion == "rrf":
         rb = np.argsort(np.argsort(-bm25, kind="stable"), kind="stable") + 1
         rd = np.argsort(np.argsort(-dense, kind="stable"), kind="stable") + 1

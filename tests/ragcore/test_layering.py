@@ -41,11 +41,3 @@ def test_no_private_name_is_imported_from_another_module():
                 if isinstance(node, ast.ImportFrom):
                     private = [a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
                     assert not private, f"{path.relative_to(ROOT)} imports {private} from {node.module}"
-
-
-def test_no_sys_path_edits():
-    for pkg in ("bench", "tests"):
-        for path in (ROOT / pkg).rglob("*.py"):
-            if path.name == "test_layering.py":
-                continue
-            assert "sys.path" not in path.read_text(), path
