@@ -17,7 +17,6 @@ from eval.report import table
 from eval.runner import corpus_retriever
 from retrieval.hybrid import HybridRetriever
 
-
 DEFAULT_SETTING = "weighted cosine + bm25/max w=0.9"  # HybridRetriever's default fusion, by its name in the table
 
 
