@@ -85,7 +85,9 @@ def _window_limit(gen: Generator, max_tokens: int | None, new_tokens: int) -> in
     window = int(getattr(gen.model.config, "max_position_embeddings", 0) or 2048)
     limit = window if max_tokens is None else min(max_tokens, window)
     if limit <= new_tokens + 16:
-        raise ConfigError(f"--max-tokens {max_tokens!r} leaves no room for a prompt and {new_tokens} new tokens")
+        raise ConfigError(
+            f"max_tokens={max_tokens!r} leaves no room for a prompt and {new_tokens} new tokens", param="max_tokens"
+        )
     return limit - new_tokens
 
 
@@ -114,7 +116,9 @@ def kv_retrieval_prompt(gen: Generator, row: dict, budget: int) -> Prompt:
         else:
             hi = mid - 1
     if best is None:
-        raise ConfigError(f"even one key-value record does not fit in {budget} prompt tokens; raise --max-tokens")
+        raise ConfigError(
+            f"even one key-value record does not fit in {budget} prompt tokens", param="max_tokens", hint="raise it"
+        )
     return best
 
 
@@ -134,18 +138,18 @@ def load_items(
     from eval.runner import passage_source
 
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ConfigError(f"--limit must be a positive integer, got {limit!r}")
+        raise ConfigError(f"limit must be a positive integer, got {limit!r}", param="limit")
     if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-        raise ConfigError(f"--offset must be a non-negative integer, got {offset!r}")
+        raise ConfigError(f"offset must be a non-negative integer, got {offset!r}", param="offset")
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ConfigError(f"--k must be a positive integer, got {k!r}")
+        raise ConfigError(f"k must be a positive integer, got {k!r}", param="k")
     path = Path(data) if data else NQ_OPEN
     if not path.exists():
         raise FileNotFoundError(f"no data file at {str(path)!r}")
     rows = read_jsonl(path)
     fmt = detect_format(rows, path)
     if offset >= len(rows):
-        raise ConfigError(f"--offset {offset} skips all {len(rows)} items of {str(path)!r}")
+        raise ConfigError(f"offset {offset} skips all {len(rows)} items of {str(path)!r}", param="offset")
     gen.warm_up()
     budget = _window_limit(gen, max_tokens, max_new_tokens or DEFAULT_NEW_TOKENS[fmt])
     items: list[EvalItem] = []
@@ -156,13 +160,8 @@ def load_items(
     ds = load_nq_open(path)
     top = passage_source(ds, path, retrieved, progress)
     for ex in tqdm(ds.examples[offset:][:limit], desc="retrieval", disable=not progress):
-        passages = top(ex, k)
-        p = gen.prompt(ex.question, passages)
-        while len(p) > budget and len(passages) > 1:  # drop the lowest-ranked passages until it fits
-            passages = passages[:-1]
-            p = gen.prompt(ex.question, passages)
-        if len(p) > budget:
-            raise ConfigError(f"question {ex.id!r} does not fit in {budget} prompt tokens; raise --max-tokens")
+        new_tokens = max_new_tokens or DEFAULT_NEW_TOKENS[fmt]
+        p, _ = gen.fit_prompt(ex.question, top(ex, k), new_tokens, budget + new_tokens)  # the lowest ranked go first
         items.append(EvalItem(ex.id, p, ex.answers))
     return fmt, items
 

@@ -28,7 +28,7 @@ SETTINGS = ("closed", "oracle", "top5", "top10")
 
 def _take(ds: QADataset, limit: int | None) -> list:
     if limit is not None and limit < 1:
-        raise ConfigError(f"--limit must be a positive integer, got {limit!r}")
+        raise ConfigError(f"limit must be a positive integer, got {limit!r}", param="limit")
     return ds.examples[:limit] if limit else ds.examples
 
 

@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import traceback
+from typing import Any
 
 from ragcore.errors import IndexCorruptError, IndexMismatchError, RagcoreError
 
@@ -40,6 +41,12 @@ FLAGS = {
     "model": "--model",
     "out": "--out",
     "dump": "--dump-retrieved",
+    "limit": "--limit",
+    "offset": "--offset",
+    "max_tokens": "--max-tokens",
+    "ratio": "--ratio",
+    "compressor": "--compressor",
+    "batch_size": "--batch-size",
 }
 COMMAND_FLAGS = {"index": {"model": "--embedder"}}
 
@@ -192,13 +199,12 @@ def format_scores(scores: dict[str, float], fusion: str = "weighted") -> str:
 
 
 def _cmd_ask(a: argparse.Namespace) -> int:
-    from compress.kv import get_compressor
     from ragcore.generator import GenerationConfig, Generator
     from ragcore.pipeline import Pipeline
     from retrieval.hybrid import HybridRetriever
 
     cfg = GenerationConfig(max_new_tokens=a.max_new_tokens)
-    comp = None if a.compressor == "none" else get_compressor(a.compressor, ratio=a.ratio)
+    comp = None if a.compressor == "none" else _compressor(a.compressor, a.ratio)
     retriever = HybridRetriever.load(a.index, version=a.index_version, min_score=a.min_score)
     p = Pipeline(retriever, Generator(a.model, a.device), a.k, cfg, compressor=comp, query_aware=a.query_aware)
     ans = p.ask(a.question)
@@ -213,9 +219,21 @@ def _cmd_ask(a: argparse.Namespace) -> int:
         kv = ans.kv
         print(
             f"\nKV cache: {kv['kv_bytes'] / 2**20:.2f} of {kv['kv_bytes_full'] / 2**20:.2f} MiB held ({kv['compressor']}, "
-            f"ratio {a.ratio}{', padded slots masked' if kv.get('masks_only') else ''})"
+            f"ratio {comp.ratio}{', padded slots masked' if kv.get('masks_only') else ''})"
         )
     return 0
+
+
+def _compressor(spec: str, ratio: float | None) -> Any:
+    """The KV compressor of ``--compressor`` at ``--ratio``; a ratio or budget in the spec is used as given, and the
+    registry refuses one given both ways; with neither, ratio 0.5."""
+    from compress.kv import get_compressor
+    from ragcore.registry import parse_spec
+
+    _, options, _ = parse_spec(spec, "kv_compressor")
+    if ratio is None and "ratio" not in options and "budget" not in options:
+        ratio = 0.5
+    return get_compressor(spec, **({} if ratio is None else {"ratio": ratio}))
 
 
 def _cmd_eval(a: argparse.Namespace) -> int:
@@ -331,6 +349,16 @@ def build_parser() -> argparse.ArgumentParser:
     def k_opt(sp: argparse.ArgumentParser, default: int, what: str) -> None:
         sp.add_argument("-k", "--k", dest="k", type=int, default=default, help=f"{what} (default {default})")
 
+    def question_cmd(name: str, help: str, k_what: str) -> argparse.ArgumentParser:
+        """A command that takes a question against an index: search, ask."""
+        sp = sub.add_parser(name, help=help)
+        common(sp)
+        sp.add_argument("question")
+        index_opts(sp)
+        k_opt(sp, 5, k_what)
+        sp.add_argument("--min-score", type=float, default=None, help="drop passages whose dense cosine is below this")
+        return sp
+
     sp = sub.add_parser(
         "index",
         help="index files and folders: add new files, update changed ones, drop deleted ones",
@@ -399,28 +427,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.set_defaults(fn=_cmd_sources)
 
-    sp = sub.add_parser("search", help="retrieve passages for a question")
-    common(sp)
-    sp.add_argument("question")
-    index_opts(sp)
-    k_opt(sp, 5, "passages to return")
+    sp = question_cmd("search", "retrieve passages for a question", "passages to return")
     sp.add_argument(
         "--mode", default="hybrid", choices=["hybrid", "bm25", "dense"], help="retrieval mode (default hybrid)"
     )
-    sp.add_argument("--min-score", type=float, default=None, help="drop passages whose dense cosine is below this")
     sp.add_argument("--json", action="store_true", help="print results as JSON")
     sp.set_defaults(fn=_cmd_search)
 
-    sp = sub.add_parser("ask", help="retrieve, then answer with the generator and list the sources")
-    common(sp)
-    sp.add_argument("question")
-    index_opts(sp)
-    k_opt(sp, 5, "passages in the prompt")
+    sp = question_cmd("ask", "retrieve, then answer with the generator and list the sources", "passages in the prompt")
     model_opt(sp)
-    sp.add_argument("--min-score", type=float, default=None, help="drop passages whose dense cosine is below this")
     sp.add_argument("--max-new-tokens", type=int, default=64, help="answer length limit in tokens (default 64)")
     sp.add_argument("--compressor", default="none", help="KV-cache compressor, as for `eval kv` (default none)")
-    sp.add_argument("--ratio", type=float, default=0.5, help="with --compressor: fraction of the KV cache removed")
+    sp.add_argument(
+        "--ratio",
+        type=float,
+        default=None,
+        help="with --compressor: fraction of the KV cache removed (default 0.5, or the spec's own ratio)",
+    )
     sp.add_argument("--query-aware", action="store_true", help="with --compressor: compress after the question")
     sp.add_argument("--json", action="store_true", help="print the answer as JSON")
     sp.set_defaults(fn=_cmd_ask)

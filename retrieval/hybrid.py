@@ -150,14 +150,7 @@ class HybridRetriever:
             return 0
         try:
             self.warm_up()
-            cut = self.truncated(new)
-            for c, n in cut[:20]:
-                logger.warning(
-                    "chunk %s:%d-%d has %d tokens; the embedder reads %d, the rest is not embedded",
-                    c.source_id, c.start, c.end, n, self.max_tokens,
-                )  # fmt: skip
-            if len(cut) > 20:
-                logger.warning("... and %d more truncated chunks", len(cut) - 20)
+            self.warn_truncated(new)
             self.dense.add(embed(self._model, [c.text for c in new], batch_size, self.progress))
         except BaseException:
             self._ids.difference_update(c.id for c in new)
@@ -177,6 +170,17 @@ class HybridRetriever:
         ids = self._model.tokenizer([c.text for c in chunks], add_special_tokens=False)["input_ids"]
         limit = self.max_tokens
         return [(c, len(t)) for c, t in zip(chunks, ids) if len(t) > limit]
+
+    def warn_truncated(self, chunks: Sequence[Chunk], shown: int = 20) -> None:
+        """Log a warning naming each chunk the embedder reads only in part (the first ``shown``, then a count)."""
+        cut = self.truncated(chunks)
+        for c, n in cut[:shown]:
+            logger.warning(
+                "chunk %s:%d-%d has %d tokens; the embedder reads %d, the rest is not embedded",
+                c.source_id, c.start, c.end, n, self.max_tokens,
+            )  # fmt: skip
+        if len(cut) > shown:
+            logger.warning("... and %d more truncated chunks", len(cut) - shown)
 
     def remove(self, source_id: str) -> int:
         """Drop every chunk of one source; returns how many. ``SourceNotFoundError`` (naming close ids) if absent."""
@@ -218,12 +222,7 @@ class HybridRetriever:
                 raise ConfigError(f"chunk {c!r:.80} does not belong to the sources given", param="docs")
         self.warm_up()
         emb = embed(self._model, [c.text for c in new], batch_size, self.progress) if new else None
-        cut = self.truncated(new)
-        for c, n in cut[:20]:
-            logger.warning(
-                "chunk %s:%d-%d has %d tokens; the embedder reads %d, the rest is not embedded",
-                c.source_id, c.start, c.end, n, self.max_tokens,
-            )  # fmt: skip
+        self.warn_truncated(new)
         self.remove_sources(docs)
         if emb is not None and len(new):
             if self.dense is None:

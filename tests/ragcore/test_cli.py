@@ -90,7 +90,28 @@ def test_ask_with_a_kv_compressor(tmp_path, corpus, capsys):
     out = capsys.readouterr().out
     assert "KV cache: " in out and "MiB held (knorm, ratio 0.75)" in out
     assert main([*base, "--compressor", "snapkv2"]) == 1
-    assert "unknown KV compressor 'snapkv2'" in capsys.readouterr().err
+    assert "unknown kv_compressor 'snapkv2' (did you mean 'snapkv'?)" in capsys.readouterr().err
+
+
+def test_ask_compressor_spec_and_ratio(tmp_path, corpus, capsys):
+    """Field report: --compressor "snapkv(ratio=0.9)" ran at --ratio's default and said 0.5. The spec's own ratio
+    is used; one given both ways is refused; a missing bracket and an unknown option are named."""
+    idx = str(tmp_path / "idx")
+    main(["index", str(corpus), "--index", idx])
+    capsys.readouterr()
+    base = ["ask", "What is the tallest volcano?", "--index", idx, "--model", "smollm2-135m", "-k", "2"]
+    base += ["--max-new-tokens", "4"]
+    assert main([*base, "--compressor", "snapkv(ratio=0.9)"]) == 0
+    assert "(snapkv, ratio 0.9)" in capsys.readouterr().out
+    assert main([*base, "--compressor", "knorm(budget=8)"]) == 0
+    assert "(knorm, ratio 0.0)" in capsys.readouterr().out
+    assert main([*base, "--compressor", "snapkv(ratio=0.9)", "--ratio", "0.5"]) == 1
+    assert "ratio is set twice" in capsys.readouterr().err
+    assert main([*base, "--compressor", "chunk(chunk_size=5:snapkv"]) == 1
+    assert "unbalanced brackets" in capsys.readouterr().err
+    assert main([*base, "--compressor", "snapkv(windw=4)"]) == 1
+    err = capsys.readouterr().err
+    assert "unknown option 'windw'" in err and "window, kernel_size" in err
 
 
 def test_eval_retrieval_writes_the_stable_keys(tmp_path, monkeypatch):
