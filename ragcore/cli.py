@@ -246,7 +246,12 @@ def config_from_args(a: argparse.Namespace):  # noqa: ANN201 - ragcore.config.Pi
         for flag, key in CONFIG_FLAGS.items()
         if hasattr(a, flag) and getattr(a, flag) != getattr(defaults, flag, None)
     }
-    return PipelineConfig.load(a.config, **given)
+    try:
+        return PipelineConfig.load(a.config, **given)
+    except RagcoreError as e:
+        if e.param not in given:  # the bad value came from the file or the environment, not from a flag
+            e.param = "config" if a.config is not None else None
+        raise
 
 
 def _cmd_serve(a: argparse.Namespace) -> int:

@@ -116,7 +116,7 @@ def test_protected_reads_and_health(index, gen):
         assert c.get("/health/live").json() == {"status": "live"}
         assert c.get("/health/ready").json()["status"] == "ready"
         assert "/v1/ask/stream" in c.get("/openapi.json").json()["paths"]
-        assert "<form id=\"ask\">" in c.get("/").text
+        assert '<form id="ask">' in c.get("/").text
 
 
 def test_not_ready_without_an_index(tmp_path):
