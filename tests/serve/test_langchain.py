@@ -59,8 +59,12 @@ def test_a_reranker_as_a_document_compressor_returns_scored_copies(index):
     out = RagcoreCompressor(stage=ShortestFirst()).compress_documents(docs, "planet")
     assert [len(d.page_content) for d in out] == sorted(len(d.page_content) for d in docs)
     assert [d.metadata["relevance_score"] for d in out] == [1 / len(d.page_content) for d in out]
-    assert all("relevance_score" in d.metadata and d.metadata["relevance_score"] != 1 / len(d.page_content) for d in docs)
-    plain = RagcoreCompressor(stage=ShortestFirst()).compress_documents([Document(page_content="ab"), Document(page_content="a")], "q")
+    assert all(
+        "relevance_score" in d.metadata and d.metadata["relevance_score"] != 1 / len(d.page_content) for d in docs
+    )
+    plain = RagcoreCompressor(stage=ShortestFirst()).compress_documents(
+        [Document(page_content="ab"), Document(page_content="a")], "q"
+    )
     assert [d.page_content for d in plain] == ["a", "ab"]
 
 
