@@ -41,7 +41,9 @@ def test_documents_are_added_and_removed_in_new_versions(pipe):
     rep = pipe.add_documents([{"source_id": "pluto", "text": "Pluto is a dwarf planet in the Kuiper belt."}])
     assert rep.written and rep.new == ["pluto"]
     assert pipe.retrieve("dwarf planet Kuiper belt")[0].chunk.source_id == "pluto"
-    assert not pipe.add_documents([{"source_id": "pluto", "text": "Pluto is a dwarf planet in the Kuiper belt."}]).written
+    assert not pipe.add_documents(
+        [{"source_id": "pluto", "text": "Pluto is a dwarf planet in the Kuiper belt."}]
+    ).written
     pipe.remove_source("pluto")
     assert "pluto" not in {p.chunk.source_id for p in pipe.retrieve("dwarf planet Kuiper belt")}
     with pytest.raises(SourceNotFoundError, match="no source 'pluto'"):
