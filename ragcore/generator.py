@@ -185,7 +185,11 @@ class Generator:
                 return done.value
 
     def stream(
-        self, question: str | Prompt, passages: Sequence[Chunk | ScoredChunk] | None = None, **options: Any
+        self,
+        question: str | Prompt,
+        passages: Sequence[Chunk | ScoredChunk] | None = None,
+        config: GenerationConfig | None = None,
+        **options: Any,
     ) -> Generator_[str, None, Generation]:
         """Yield the answer as text pieces, token by token (pieces are decoded so multi-byte text stays whole).
 
@@ -194,7 +198,7 @@ class Generator:
         self.warm_up()
         ids: list[int] = []
         shown = ""
-        tokens = self._decode(question, passages, **options)
+        tokens = self._decode(question, passages, config, **options)
         while True:
             try:
                 tok = next(tokens)
