@@ -26,6 +26,7 @@ demo: $(STAMP)
 	$(BIN)/ragcore ask "Who discovered the four largest moons of Jupiter?" --index .ragcore-demo -k 3
 
 test: $(STAMP)
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)   # the web page's browser test
 	$(BIN)/python -m pytest -q tests
 
 lint: $(STAMP)

@@ -47,6 +47,9 @@ FLAGS = {
     "ratio": "--ratio",
     "compressor": "--compressor",
     "batch_size": "--batch-size",
+    "config": "--config",
+    "generator": "--model",
+    "max_new_tokens": "--max-new-tokens",
 }
 COMMAND_FLAGS = {"index": {"model": "--embedder"}}
 
@@ -203,10 +206,13 @@ def _cmd_ask(a: argparse.Namespace) -> int:
     from ragcore.pipeline import Pipeline
     from retrieval.hybrid import HybridRetriever
 
-    cfg = GenerationConfig(max_new_tokens=a.max_new_tokens)
-    comp = None if a.compressor == "none" else _compressor(a.compressor, a.ratio)
-    retriever = HybridRetriever.load(a.index, version=a.index_version, min_score=a.min_score)
-    p = Pipeline(retriever, Generator(a.model, a.device), a.k, cfg, compressor=comp, query_aware=a.query_aware)
+    if a.config is not None:
+        p, comp = Pipeline.from_config(config_from_args(a)), None
+    else:
+        cfg = GenerationConfig(max_new_tokens=a.max_new_tokens)
+        comp = None if a.compressor == "none" else _compressor(a.compressor, a.ratio)
+        retriever = HybridRetriever.load(a.index, version=a.index_version, min_score=a.min_score)
+        p = Pipeline(retriever, Generator(a.model, a.device), a.k, cfg, compressor=comp, query_aware=a.query_aware)
     ans = p.ask(a.question)
     if a.json:
         print(json.dumps(ans.to_dict(), indent=2, ensure_ascii=False))
@@ -234,6 +240,46 @@ def _compressor(spec: str, ratio: float | None) -> Any:
     if ratio is None and "ratio" not in options and "budget" not in options:
         ratio = 0.5
     return get_compressor(spec, **({} if ratio is None else {"ratio": ratio}))
+
+
+# flags of `ask` and `serve` that override a --config file's key when given (not left at their default)
+CONFIG_FLAGS = {
+    "index": "index",
+    "k": "k",
+    "model": "generator",
+    "device": "device",
+    "max_new_tokens": "max_new_tokens",
+}
+
+
+def config_from_args(a: argparse.Namespace):  # noqa: ANN201 - ragcore.config.PipelineConfig (imported lazily)
+    """The ``--config`` file, environment variables, and the pipeline flags given on the command line (those
+    that differ from their defaults), in rising priority."""
+    from ragcore.config import PipelineConfig
+
+    defaults = build_parser().parse_args([a.command, *(["q"] if a.command == "ask" else [])])
+    given = {
+        key: getattr(a, flag)
+        for flag, key in CONFIG_FLAGS.items()
+        if hasattr(a, flag) and getattr(a, flag) != getattr(defaults, flag, None)
+    }
+    try:
+        return PipelineConfig.load(a.config, **given)
+    except RagcoreError as e:
+        if e.param not in given:  # the bad value came from the file or the environment, not from a flag
+            e.param = "config" if a.config is not None else None
+        raise
+
+
+def _cmd_serve(a: argparse.Namespace) -> int:
+    import uvicorn
+
+    from serve.app import create_app
+
+    app = create_app(config_from_args(a))
+    logging.getLogger("serve.access").setLevel(logging.INFO)
+    uvicorn.run(app, host=a.host, port=a.port, log_level="info" if a.verbose else "warning", access_log=False)
+    return EXIT_OK
 
 
 def _cmd_eval(a: argparse.Namespace) -> int:
@@ -446,7 +492,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--query-aware", action="store_true", help="with --compressor: compress after the question")
     sp.add_argument("--json", action="store_true", help="print the answer as JSON")
+    sp.add_argument(
+        "--config",
+        default=None,
+        help="a pipeline config (TOML; keys of ragcore.config.PipelineConfig, $RAGCORE_* override it); "
+        "--index, -k, --model, --device, --max-new-tokens given here override both",
+    )
     sp.set_defaults(fn=_cmd_ask)
+
+    sp = sub.add_parser("serve", help="run the QA service (FastAPI, uvicorn): /v1/ask, /v1/ask/stream, the web page")
+    common(sp)
+    sp.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    sp.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    sp.add_argument("--config", default=None, help="a pipeline config (TOML), as for `ask --config`")
+    sp.add_argument("--index", default=DEFAULT_INDEX, help=f"index folder (default {DEFAULT_INDEX!r})")
+    k_opt(sp, 5, "default passages per question")
+    model_opt(sp)
+    sp.add_argument("--max-new-tokens", type=int, default=64, help="answer length limit in tokens (default 64)")
+    sp.set_defaults(fn=_cmd_serve)
 
     sp = sub.add_parser("eval", help="offline evaluations")
     common(sp)

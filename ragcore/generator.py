@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Generator as Generator_
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -185,15 +185,25 @@ class Generator:
                 return done.value
 
     def stream(
-        self, question: str | Prompt, passages: Sequence[Chunk | ScoredChunk] | None = None, **options: Any
-    ) -> Iterator[str]:
+        self,
+        question: str | Prompt,
+        passages: Sequence[Chunk | ScoredChunk] | None = None,
+        config: GenerationConfig | None = None,
+        **options: Any,
+    ) -> Generator_[str, None, Generation]:
         """Yield the answer as text pieces, token by token (pieces are decoded so multi-byte text stays whole).
 
-        ``options``: ``config``, ``compressor`` and ``query_aware``, as in :meth:`generate`."""
+        ``options``: ``config``, ``compressor`` and ``query_aware``, as in :meth:`generate`. The generator's return
+        value (``StopIteration.value``, or ``g = yield from gen.stream(...)``) is the ``Generation``."""
         self.warm_up()
         ids: list[int] = []
         shown = ""
-        for tok in self._decode(question, passages, **options):
+        tokens = self._decode(question, passages, config, **options)
+        while True:
+            try:
+                tok = next(tokens)
+            except StopIteration as done:
+                return done.value
             ids.append(tok)
             text = self.tokenizer.decode(ids, skip_special_tokens=True)
             if text.endswith("\ufffd"):

@@ -6,20 +6,31 @@ Typed against the stage protocols of :mod:`ragcore.stages`; concrete stages are 
 
 from __future__ import annotations
 
+import asyncio
+import copy
+import dataclasses
+import inspect
 import re
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ragcore.errors import ConfigError, RagcoreError, StageError
-from ragcore.generator import GenerationConfig, Generator
+from ragcore.events import CitationEvent, DoneEvent, Event, RetrievalEvent, TokenEvent
+from ragcore.generator import Generation, GenerationConfig, Generator
 from ragcore.models import DEFAULT_GENERATOR
+from ragcore.prompt import Prompt
 from ragcore.registry import registry
 from ragcore.stages import ContextCompressor, KVCompressor, Reranker, Retriever
 from ragcore.types import Answer, Citation, ScoredChunk, StageReport
 
+if TYPE_CHECKING:
+    from ragcore.config import PipelineConfig
+
 _CITE = re.compile(r"\[(\d+)\]")
+_WRITE = threading.Lock()
 R = TypeVar("R")
 
 
@@ -108,7 +119,10 @@ class Pipeline:
         self.reranker = _stage("reranker", reranker, Reranker)
         self.context_compressor = _stage("context_compressor", context_compressor, ContextCompressor)
         self.query_aware = bool(query_aware)
+        self.index: Path | None = None  # the index folder, when the retriever was loaded from one
+        self.max_tokens: int | None = None  # prompt + answer token budget (None: the model's window)
         if isinstance(retriever, (str, Path)):
+            self.index = Path(retriever)
             retriever = load_retriever(retriever)
         if not isinstance(retriever, Retriever):
             raise ConfigError(f"retriever must have retrieve(question, k) or be an index path, got {retriever!r}")
@@ -154,9 +168,7 @@ class Pipeline:
         """Retrieve, fit the passages to the model's window, generate and cite. Raises ``EmptyQueryError``,
         ``PromptTooLongError`` (the question alone does not fit), or a stage's error naming the stage."""
         reports: list[StageReport] = []
-        passages = self.passages(question, reports)
-        prompt, kept = self.generator.fit_prompt(question, passages, self.config.max_new_tokens)
-        dropped, passages = passages[len(kept) :], passages[: len(kept)]
+        passages, dropped, prompt = self.prompt_for(question, reports)
         g, rep = run_stage(
             "generator",
             self.generator,
@@ -165,6 +177,28 @@ class Pipeline:
             ),
             reports,
         )
+        return self.answer(question, passages, dropped, g, rep, reports)
+
+    def prompt_for(
+        self, question: str, reports: list[StageReport]
+    ) -> tuple[list[ScoredChunk], list[ScoredChunk], Prompt]:
+        """The passages that fit the window (``max_tokens``, if set, or the model's), those dropped, the prompt."""
+        passages = self.passages(question, reports)
+        prompt, kept = self.generator.fit_prompt(
+            question, passages, self.config.max_new_tokens, max_tokens=self.max_tokens
+        )
+        return passages[: len(kept)], passages[len(kept) :], prompt
+
+    def answer(
+        self,
+        question: str,
+        passages: list[ScoredChunk],
+        dropped: list[ScoredChunk],
+        g: Generation,
+        rep: StageReport,
+        reports: list[StageReport],
+    ) -> Answer:
+        """The ``Answer`` of a generation ``g`` (its report ``rep`` completed, the KV compressor's added)."""
         rep.label = self.generator.model_name
         rep.items_in, rep.items_out = g.prompt_tokens, len(g.token_ids)
         rep.details = {"prefill_s": g.prefill_s, "decode_s": g.decode_s, "stopped": g.stopped}
@@ -211,3 +245,191 @@ class Pipeline:
             )
             for n in numbers
         ]
+
+    # ---- from a config; streaming, batches, async; documents (issue 15) ----------------------------------------
+    @classmethod
+    def from_config(cls, cfg: PipelineConfig | None = None, generator: Generator | None = None) -> Pipeline:
+        """The pipeline a :class:`ragcore.config.PipelineConfig` describes (default: the config from the
+        environment). ``generator``: an already loaded generator to use instead of loading ``cfg.generator``.
+        Tracer and detector stages are passed on when the config names them; this build refuses them with a
+        ``ConfigError`` if its Pipeline has no such stage."""
+        from ragcore.config import PipelineConfig
+        from ragcore.registry import parse_spec
+
+        cfg = cfg or PipelineConfig.load()
+        name, options, _ = parse_spec(cfg.retriever, "retriever")
+        retriever = load_retriever(cfg.index, name, **options)
+        gen = generator or Generator(cfg.generator, cfg.device)
+        gcfg = GenerationConfig(max_new_tokens=cfg.max_new_tokens, max_time=cfg.max_time)
+        extra: dict[str, Any] = {}
+        for kind in ("tracer", "detector"):
+            spec = getattr(cfg, kind)
+            if spec is not None:
+                if kind not in inspect.signature(cls).parameters:
+                    raise ConfigError(f"{kind} {spec!r}: this build of the Pipeline has no {kind} stage", param=kind)
+                extra[kind] = spec
+        p = cls(
+            retriever,
+            gen,
+            cfg.k,
+            gcfg,
+            compressor=cfg.kv_compressor,
+            query_aware=cfg.query_aware,
+            reranker=cfg.reranker,
+            context_compressor=cfg.context_compressor,
+            **extra,
+        )
+        p.index, p.max_tokens, p.lock_timeout = Path(cfg.index), cfg.max_prompt_tokens, cfg.lock_timeout
+        return p
+
+    def with_options(self, k: int | None = None, max_new_tokens: int | None = None) -> Pipeline:
+        """A copy sharing every stage and model, with another ``k`` or answer length (one request's options)."""
+        p = copy.copy(self)
+        if k is not None:
+            if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+                raise ConfigError(f"k must be a positive integer, got {k!r}", param="k")
+            p.k = k
+        if max_new_tokens is not None:
+            p.config = dataclasses.replace(self.config, max_new_tokens=max_new_tokens)
+        return p
+
+    def stream(self, question: str) -> Iterator[Event]:
+        """Answer ``question`` as events: ``retrieval``, ``token`` (many), ``citation`` (one per cited passage),
+        ``done`` (the ``Answer``, equal to ``ask``'s). Closing the iterator stops the generation."""
+        reports: list[StageReport] = []
+        passages, dropped, prompt = self.prompt_for(question, reports)
+        yield RetrievalEvent(passages, [p.chunk.id for p in dropped])
+        name = "generator"
+        pieces = self.generator.stream(
+            prompt, config=self.config, compressor=self.compressor, query_aware=self.query_aware
+        )
+        t0 = time.perf_counter()
+        while True:
+            try:
+                piece = next(pieces)
+            except StopIteration as done:
+                g = done.value
+                break
+            except RagcoreError as e:
+                e.args = (f"generator {name!r}: {e}", *e.args[1:])
+                raise
+            except Exception as e:
+                raise StageError(f"generator {name!r} failed: {type(e).__name__}: {e}") from e
+            if piece:
+                yield TokenEvent(piece)
+        rep = StageReport("generator", name, self.generator.model_name, time.perf_counter() - t0)
+        reports.append(rep)
+        answer = self.answer(question, passages, dropped, g, rep, reports)
+        for c in answer.citations:
+            yield CitationEvent(c)
+        yield DoneEvent(answer)
+
+    def ask_batch(self, questions: Sequence[str]) -> list[Answer]:
+        """Answer several questions: each is retrieved and prompted on its own, then all decode together
+        (``Generator.generate_batch``: the same greedy answers as ``ask``, up to floating-point ties)."""
+        questions = list(questions)
+        if not questions:
+            return []
+        parts, prompts = [], []
+        for q in questions:
+            reports: list[StageReport] = []
+            passages, dropped, prompt = self.prompt_for(q, reports)
+            parts.append((q, passages, dropped, reports))
+            prompts.append(prompt)
+        batch: list[StageReport] = []
+        gens, rep = run_stage(
+            "generator",
+            self.generator,
+            lambda: self.generator.generate_batch(
+                prompts, config=self.config, compressor=self.compressor, query_aware=self.query_aware
+            ),
+            batch,
+        )
+        out = []
+        for (q, passages, dropped, reports), g in zip(parts, gens):
+            mine = dataclasses.replace(rep, details={})
+            reports.append(mine)
+            out.append(self.answer(q, passages, dropped, g, mine, reports))
+        return out
+
+    async def aask(self, question: str) -> Answer:
+        """``ask`` in a worker thread, so an event loop stays free."""
+        return await asyncio.to_thread(self.ask, question)
+
+    async def aask_batch(self, questions: Sequence[str]) -> list[Answer]:
+        return await asyncio.to_thread(self.ask_batch, questions)
+
+    async def astream(self, question: str) -> AsyncIterator[Event]:
+        """``stream`` run in a worker thread, its events handed to the event loop as they come; when the consumer
+        stops early (a client went away), the generation stops at its next token."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        stop = threading.Event()
+
+        def work() -> None:
+            events = self.stream(question)
+            try:
+                for ev in events:
+                    loop.call_soon_threadsafe(queue.put_nowait, ("event", ev))
+                    if stop.is_set():
+                        break
+            except BaseException as e:  # handed to the consumer, raised there
+                loop.call_soon_threadsafe(queue.put_nowait, ("error", e))
+            finally:
+                events.close()
+                loop.call_soon_threadsafe(queue.put_nowait, ("end", None))
+
+        task = loop.run_in_executor(None, work)
+        try:
+            while True:
+                what, item = await queue.get()
+                if what == "end":
+                    break
+                if what == "error":
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            await asyncio.shield(task)
+
+    def add_documents(self, documents: Iterable[Any]) -> Any:
+        """Add or replace sources in the pipeline's index and search the new version from now on.
+
+        ``documents``: paths of files, ``ragcore.documents.Document`` objects, or dicts with ``source_id`` and
+        ``text`` (or ``data`` bytes and a ``filename`` giving the type). The new version is written atomically
+        under the index's writer lock; returns the ``SyncReport``."""
+        from retrieval.indexer import document, ingest
+
+        docs = []
+        for d in documents:
+            if isinstance(d, (str, Path)):
+                docs.append(document(str(d), data=Path(d).read_bytes(), filename=str(d)))
+            elif isinstance(d, dict):
+                docs.append(document(d.get("source_id", ""), d.get("text"), d.get("data"), d.get("filename")))
+            else:
+                docs.append(d)
+        return self._write(lambda: ingest(self.index_path(), docs, like=self.retriever, lock_timeout=self._lock_s()))
+
+    def remove_source(self, source_id: str) -> Any:
+        """Remove one source from the pipeline's index (a new version, atomically); returns the ``SyncReport``.
+        ``SourceNotFoundError`` when the index has no such source."""
+        from retrieval.indexer import ingest
+
+        return self._write(
+            lambda: ingest(self.index_path(), remove=[source_id], like=self.retriever, lock_timeout=self._lock_s())
+        )
+
+    def index_path(self) -> Path:
+        """The index folder this pipeline's retriever was loaded from (``ConfigError`` when it was given ready)."""
+        if self.index is None:
+            raise ConfigError("this pipeline's retriever was not loaded from an index folder", param="index")
+        return self.index
+
+    def _lock_s(self) -> float:
+        return getattr(self, "lock_timeout", 30.0)
+
+    def _write(self, fn: Callable[[], tuple[Any, Retriever]]) -> Any:
+        with _WRITE:  # one writer per process; the index's file lock keeps other processes out
+            report, retriever = fn()
+            self.retriever = retriever  # searches already running finish on the version they started with
+        return report

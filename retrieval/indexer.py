@@ -246,3 +246,76 @@ def remove_sources(
                 f"removing {ids} would leave the index at {str(root)!r} empty; delete the folder instead"
             )
         return r.save(root)
+
+
+SEARCH_OPTIONS = ("fusion", "dense_weight", "pool", "rrf_k", "min_score", "device")
+
+
+def document(source_id: str, text: str | None = None, data: bytes | None = None, filename: str | None = None):
+    """A ``Document`` from text, or from a file's bytes read as its ``filename``'s type (``.pdf``, ``.html``,
+    ``.md``, ...); ``source_id`` names it in the index. Raises ``ConfigError`` (``param="documents"``) when the
+    id is empty or neither or both of ``text`` and ``data`` are given, and ``DocumentError`` for unreadable bytes."""
+    from dataclasses import replace
+
+    from ragcore.documents import Document, Section
+
+    if not isinstance(source_id, str) or not source_id.strip():
+        raise ConfigError(f"a document needs a non-empty source_id, got {source_id!r}", param="documents")
+    if (text is None) == (data is None):
+        raise ConfigError(f"document {source_id!r}: give its text or its file's bytes, one of them", param="documents")
+    if text is not None:
+        return Document(
+            source_id, text, [Section(0, len(text), {})], {"type": "text", "sha256": fingerprint(text.encode())}
+        )
+    doc = load_document(filename or source_id, data)
+    return replace(doc, source_id=source_id)
+
+
+def ingest(
+    index: str | Path,
+    documents: Iterable[Any] = (),
+    remove: Iterable[str] = (),
+    like: HybridRetriever | None = None,
+    lock_timeout: float = store.DEFAULT_LOCK_TIMEOUT,
+) -> tuple[SyncReport, HybridRetriever]:
+    """Add or replace the sources of ``documents`` (``Document`` objects, see :func:`document`) and remove the
+    sources ``remove``, in one new version written atomically under the index's writer lock (a process killed
+    meanwhile leaves the previous version current). The index is created when missing (default settings).
+
+    Returns the report and the retriever of the new version, with the search settings of ``like`` (so a running
+    pipeline can swap it in). Raises ``SourceNotFoundError`` for an id in ``remove`` not in the index,
+    ``EmptyCorpusError`` when nothing would be left, ``IndexLockedError``, ``DocumentError``."""
+    root = store.check_root(index)
+    documents, remove = list(documents), list(remove)
+    options = {k: getattr(like, k) for k in SEARCH_OPTIONS} if like is not None else {}
+    with store.locked(root, lock_timeout):
+        try:
+            r = HybridRetriever.load(root, **options)
+        except IndexNotFoundError:
+            r = HybridRetriever(factory=DEFAULT_FACTORY, **options)
+        before = store.current_version(root) if (root / "CURRENT").exists() else None
+        r.chunking = r.chunking or _default_chunking()
+        report = SyncReport(str(root), before, False, settings=r.settings())
+        for sid in remove:
+            r.remove(sid)
+            report.removed.append(sid)
+        docs: dict[str, tuple[list, dict]] = {}
+        for doc in documents:
+            fp = doc.metadata.get("sha256") or fingerprint(doc.text.encode())
+            if doc.source_id in r.sources and r.sources[doc.source_id].get("sha256") == fp:
+                report.unchanged.append(doc.source_id)
+                continue
+            chunks = chunk_document(doc, **_sizer(r, r.chunking))
+            if not chunks:
+                report.skipped.append(Skipped(doc.source_id, "holds no text to index"))
+                continue
+            (report.changed if doc.source_id in r.sources else report.new).append(doc.source_id)
+            docs[doc.source_id] = (chunks, {"sha256": fp, "type": doc.metadata.get("type", "text")})
+        if docs or remove:
+            report.chunks_added = r.replace_sources(docs)
+            if not r.chunks:
+                raise EmptyCorpusError(f"no source would be left; the index at {str(root)!r} was not written")
+            report.version = r.save(root)
+            report.written = True
+        report.chunks_total = len(r)
+    return report, r
