@@ -21,6 +21,7 @@ from compress.kv.chunk import ChunkKV
 from compress.kv.expected_attention import ExpectedAttention
 from compress.kv.h2o import H2O
 from compress.kv.knorm import KNorm
+from compress.kv.kvzip import KVzip
 from compress.kv.layers import LayerShared
 from compress.kv.passages import PassageKV
 from compress.kv.pyramid import PyramidKV
@@ -51,6 +52,7 @@ KV_COMPRESSORS.add(
     Razor,
     RetrievalHeads,
     RandomPress,
+    KVzip,
     aliases={"retrieval": "retrieval_heads"},
 )
 COMPRESSORS = KV_COMPRESSORS.classes()  # name -> class, in registration order
