@@ -14,6 +14,8 @@ import logging
 import os
 import sys
 import traceback
+from pathlib import Path
+from typing import Any
 
 from ragcore.errors import IndexCorruptError, IndexMismatchError, RagcoreError
 
@@ -39,6 +41,7 @@ FLAGS = {
     "device": "--device",
     "model": "--model",
     "out": "--out",
+    "context_cache": "--context-cache",
     "dump": "--dump-retrieved",
 }
 COMMAND_FLAGS = {"index": {"model": "--embedder"}}
@@ -198,10 +201,10 @@ def _cmd_ask(a: argparse.Namespace) -> int:
     from retrieval.hybrid import HybridRetriever
 
     cfg = GenerationConfig(max_new_tokens=a.max_new_tokens)
-    comp = None if a.compressor == "none" else get_compressor(a.compressor, ratio=a.ratio)
+    comp = None if a.compressor == "none" or a.context_cache else get_compressor(a.compressor, ratio=a.ratio)
     retriever = HybridRetriever.load(a.index, version=a.index_version, min_score=a.min_score)
     p = Pipeline(retriever, Generator(a.model, a.device), a.k, cfg, compressor=comp, query_aware=a.query_aware)
-    ans = p.ask(a.question)
+    ans = _ask_context(p, a) if a.context_cache else p.ask(a.question)
     if a.json:
         print(json.dumps(ans.to_dict(), indent=2, ensure_ascii=False))
         return 0
@@ -209,13 +212,35 @@ def _cmd_ask(a: argparse.Namespace) -> int:
     for c in ans.citations:
         snippet = " ".join(c.text.split())[:120]
         print(f"  [{c.number}] {c.source_id}:{c.start}-{c.end} (score {c.score:.3f}) {snippet}")
-    if comp is not None:
+    if comp is not None or a.context_cache:
         kv = ans.kv
+        mode = "question-agnostic" if a.context_cache or not a.query_aware else "query-aware"
+        ratio = "" if a.context_cache else f", ratio {a.ratio}"
         print(
-            f"\nKV cache: {kv['kv_bytes'] / 2**20:.2f} of {kv['kv_bytes_full'] / 2**20:.2f} MiB held ({kv['compressor']}, "
-            f"ratio {a.ratio}{', padded slots masked' if kv.get('masks_only') else ''})"
+            f"\nKV cache: {kv['kv_bytes'] / 2**20:.2f} of {kv['kv_bytes_full'] / 2**20:.2f} MiB held ({kv['compressor']}"
+            f"{ratio}){'; padded slots masked' if kv.get('masks_only') else ''}; compressed {mode}"
         )
+        if "context_cache" in kv:
+            cc = kv["context_cache"]
+            print(f"Context cache: {cc['state']} {cc['folder']} ({cc['context_tokens']} context tokens)")
     return 0
+
+
+def _ask_context(p: Any, a: argparse.Namespace) -> Any:
+    """``ask --context-cache DIR``: answer from the context saved in DIR, or compress and save one there first."""
+    from ragcore.context_cache import MANIFEST, CompressedContext
+
+    folder = Path(a.context_cache)
+    if (folder / MANIFEST).exists() or (folder.exists() and any(folder.iterdir())):
+        ctx = CompressedContext.load(folder, p.generator)  # refuses a folder that holds something else
+        state = "reused"
+    else:
+        ctx = p.compress_context(a.question, None if a.compressor == "none" else a.compressor, a.ratio)
+        ctx.save(folder)
+        state = "written"
+    ans = p.ask_context(ctx, a.question)
+    ans.kv["context_cache"] = {"folder": str(folder), "state": state, "context_tokens": ctx.context_tokens}
+    return ans
 
 
 def _cmd_eval(a: argparse.Namespace) -> int:
@@ -421,7 +446,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--max-new-tokens", type=int, default=64, help="answer length limit in tokens (default 64)")
     sp.add_argument("--compressor", default="none", help="KV-cache compressor, as for `eval kv` (default none)")
     sp.add_argument("--ratio", type=float, default=0.5, help="with --compressor: fraction of the KV cache removed")
-    sp.add_argument("--query-aware", action="store_true", help="with --compressor: compress after the question")
+    sp.add_argument(
+        "--query-aware",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="with --compressor: compress after reading the question (default); --no-query-aware: the context alone",
+    )
+    sp.add_argument(
+        "--context-cache",
+        metavar="DIR",
+        default=None,
+        help="answer from the compressed context saved in DIR; if DIR holds none, compress the question's passages "
+        "question-agnostic (--compressor, default compress.kv.DEFAULT_AGNOSTIC, at --ratio) and save them there",
+    )
     sp.add_argument("--json", action="store_true", help="print the answer as JSON")
     sp.set_defaults(fn=_cmd_ask)
 

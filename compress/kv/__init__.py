@@ -57,6 +57,11 @@ KV_COMPRESSORS.add(
 )
 COMPRESSORS = KV_COMPRESSORS.classes()  # name -> class, in registration order
 
+# The question-agnostic default (a stable interface: ``compress_context``, ``prefill_context`` and tools read it):
+# the method and options chosen on the development questions (docs/RESULTS.md, kv-agnostic-dev), and its ratio.
+DEFAULT_AGNOSTIC = "kvzip"
+DEFAULT_AGNOSTIC_RATIO = 0.5
+
 
 def get_compressor(spec: str | KVCompressor, **options: Any) -> KVCompressor:
     """A KV compressor from a spec string (``"chunk(chunk_size=5):snapkv"``); ``options`` (e.g. ``ratio``) go to
@@ -66,6 +71,8 @@ def get_compressor(spec: str | KVCompressor, **options: Any) -> KVCompressor:
 
 __all__ = [
     "COMPRESSORS",
+    "DEFAULT_AGNOSTIC",
+    "DEFAULT_AGNOSTIC_RATIO",
     "KV_COMPRESSORS",
     "KVBudget",
     "KVCall",
