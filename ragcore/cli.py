@@ -42,6 +42,8 @@ FLAGS = {
     "model": "--model",
     "out": "--out",
     "context_cache": "--context-cache",
+    "reuse": "--reuse",
+    "offset": "--offset",
     "dump": "--dump-retrieved",
 }
 COMMAND_FLAGS = {"index": {"model": "--embedder"}}
@@ -277,6 +279,22 @@ def _cmd_eval(a: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_kv_reuse(a: argparse.Namespace) -> dict:
+    """``eval kv --reuse Q``: Q questions of each of --limit (default 5) contexts compressed once."""
+    from eval.kv_reuse import run_reuse
+    from ragcore.errors import ConfigError
+
+    try:
+        ratio = None if a.ratio is None else float(a.ratio)
+    except ValueError:
+        raise ConfigError(f"--reuse takes one ratio, got {a.ratio!r}", param="ratio") from None
+    comp = None if a.compressor == "none" else a.compressor
+    return run_reuse(
+        a.model, a.data, comp, ratio, a.reuse, a.limit or 5, a.offset or 0, a.device, a.max_tokens,
+        a.max_new_tokens, progress=_progress(a),
+    )  # fmt: skip
+
+
 def _eval_kv(a: argparse.Namespace) -> dict:
     """One run for one compressor at one ratio; a matrix for several (``--compressor a,b --ratio 0.5,0.75``)."""
     from eval.kv_compression import KVSuite
@@ -284,6 +302,8 @@ def _eval_kv(a: argparse.Namespace) -> dict:
     from ragcore.errors import ConfigError
     from ragcore.registry import split_top
 
+    if a.reuse is not None:
+        return _eval_kv_reuse(a)
     names = [x.strip() for x in split_top(a.compressor, ",") if x.strip()]  # commas inside brackets are options
     try:
         ratios = [float(x) for x in a.ratio.split(",") if x.strip()]
@@ -294,6 +314,8 @@ def _eval_kv(a: argparse.Namespace) -> dict:
     sizes = dict(
         limit=a.limit, k=a.k, max_tokens=a.max_tokens, max_new_tokens=a.max_new_tokens, batch_size=a.batch_size
     )
+    if a.offset:
+        sizes["offset"] = a.offset
     suite = KVSuite(a.model, a.device, query_aware=a.query_aware, retrieved=a.retrieved, progress=_progress(a), **sizes)
     if len(names) == 1 and len(ratios) == 1:
         return suite.run(a.data, names[0], ratios[0])
@@ -497,6 +519,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--max-tokens", type=int, default=None, help="kv: prompt + answer token limit (cuts records)")
     sp.add_argument("--query-aware", action="store_true", help="kv: compress after reading the question too")
     sp.add_argument("--batch-size", type=int, default=1, help="kv: questions decoded together (same answers)")
+    sp.add_argument("--offset", type=int, default=None, help="kv: items skipped first (a development slice)")
+    sp.add_argument(
+        "--reuse",
+        type=int,
+        default=None,
+        metavar="Q",
+        help="kv: ask Q questions of each of --limit (default 5) contexts compressed once, question-agnostic "
+        "(--compressor, default compress.kv.DEFAULT_AGNOSTIC), against Q full prefills",
+    )
     sp.set_defaults(fn=_cmd_eval)
     return p
 
