@@ -57,8 +57,9 @@ KV_COMPRESSORS.add(
 )
 COMPRESSORS = KV_COMPRESSORS.classes()  # name -> class, in registration order
 
-# The question-agnostic default (a stable interface: ``compress_context``, ``prefill_context`` and tools read it):
-# the method and options chosen on the development questions (docs/RESULTS.md, kv-agnostic-dev), and its ratio.
+# The question-agnostic default (a stable interface: ``compress_context``, ``prefill_context`` and tools read it),
+# and its ratio. KVzip with the paper's options (global budgets); bench/gpu_kv_agnostic.sh's ``dev`` step compares it
+# with the other candidates on questions 301-600 (docs/RESULTS.md, kv-agnostic-dev-gpu) and names the one to keep.
 DEFAULT_AGNOSTIC = "kvzip"
 DEFAULT_AGNOSTIC_RATIO = 0.5
 
