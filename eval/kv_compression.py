@@ -91,6 +91,9 @@ def _window_limit(gen: Generator, max_tokens: int | None, new_tokens: int) -> in
     return limit - new_tokens
 
 
+window_limit = _window_limit  # public: the prompt budget other suites (eval.kv_reuse) fit to
+
+
 def kv_retrieval_prompt(gen: Generator, row: dict, budget: int) -> Prompt:
     """The key-value retrieval prompt with as many records (a window holding the gold one) as fit in ``budget``
     tokens."""

@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import traceback
+from pathlib import Path
 from typing import Any
 
 from ragcore.errors import IndexCorruptError, IndexMismatchError, RagcoreError
@@ -40,9 +41,11 @@ FLAGS = {
     "device": "--device",
     "model": "--model",
     "out": "--out",
+    "context_cache": "--context-cache",
+    "reuse": "--reuse",
+    "offset": "--offset",
     "dump": "--dump-retrieved",
     "limit": "--limit",
-    "offset": "--offset",
     "max_tokens": "--max-tokens",
     "ratio": "--ratio",
     "compressor": "--compressor",
@@ -210,10 +213,11 @@ def _cmd_ask(a: argparse.Namespace) -> int:
         p, comp = Pipeline.from_config(config_from_args(a)), None
     else:
         cfg = GenerationConfig(max_new_tokens=a.max_new_tokens)
-        comp = None if a.compressor == "none" else _compressor(a.compressor, a.ratio)
+        use = a.compressor != "none" and not a.context_cache
+        comp = _compressor(a.compressor, a.ratio) if use else None
         retriever = HybridRetriever.load(a.index, version=a.index_version, min_score=a.min_score)
         p = Pipeline(retriever, Generator(a.model, a.device), a.k, cfg, compressor=comp, query_aware=a.query_aware)
-    ans = p.ask(a.question)
+    ans = _ask_context(p, a) if a.context_cache else p.ask(a.question)
     if a.json:
         print(json.dumps(ans.to_dict(), indent=2, ensure_ascii=False))
         return 0
@@ -221,12 +225,17 @@ def _cmd_ask(a: argparse.Namespace) -> int:
     for c in ans.citations:
         snippet = " ".join(c.text.split())[:120]
         print(f"  [{c.number}] {c.source_id}:{c.start}-{c.end} (score {c.score:.3f}) {snippet}")
-    if comp is not None:
+    if comp is not None or a.context_cache:
         kv = ans.kv
+        mode = "question-agnostic" if a.context_cache or not a.query_aware else "query-aware"
+        ratio = "" if a.context_cache or comp is None else f", ratio {comp.ratio}"
         print(
-            f"\nKV cache: {kv['kv_bytes'] / 2**20:.2f} of {kv['kv_bytes_full'] / 2**20:.2f} MiB held ({kv['compressor']}, "
-            f"ratio {comp.ratio}{', padded slots masked' if kv.get('masks_only') else ''})"
+            f"\nKV cache: {kv['kv_bytes'] / 2**20:.2f} of {kv['kv_bytes_full'] / 2**20:.2f} MiB held ({kv['compressor']}"
+            f"{ratio}){'; padded slots masked' if kv.get('masks_only') else ''}; compressed {mode}"
         )
+        if "context_cache" in kv:
+            cc = kv["context_cache"]
+            print(f"Context cache: {cc['state']} {cc['folder']} ({cc['context_tokens']} context tokens)")
     return 0
 
 
@@ -282,6 +291,23 @@ def _cmd_serve(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _ask_context(p: Any, a: argparse.Namespace) -> Any:
+    """``ask --context-cache DIR``: answer from the context saved in DIR, or compress and save one there first."""
+    from ragcore.context_cache import MANIFEST, CompressedContext
+
+    folder = Path(a.context_cache)
+    if (folder / MANIFEST).exists() or (folder.exists() and any(folder.iterdir())):
+        ctx = CompressedContext.load(folder, p.generator)  # refuses a folder that holds something else
+        state = "reused"
+    else:
+        ctx = p.compress_context(a.question, None if a.compressor == "none" else a.compressor, a.ratio)
+        ctx.save(folder)
+        state = "written"
+    ans = p.ask_context(ctx, a.question)
+    ans.kv["context_cache"] = {"folder": str(folder), "state": state, "context_tokens": ctx.context_tokens}
+    return ans
+
+
 def _cmd_eval(a: argparse.Namespace) -> int:
     from eval import runner
     from eval.report import check_out, write_json
@@ -316,6 +342,22 @@ def _cmd_eval(a: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_kv_reuse(a: argparse.Namespace) -> dict:
+    """``eval kv --reuse Q``: Q questions of each of --limit (default 5) contexts compressed once."""
+    from eval.kv_reuse import run_reuse
+    from ragcore.errors import ConfigError
+
+    try:
+        ratio = None if a.ratio is None else float(a.ratio)
+    except ValueError:
+        raise ConfigError(f"--reuse takes one ratio, got {a.ratio!r}", param="ratio") from None
+    comp = None if a.compressor == "none" else a.compressor
+    return run_reuse(
+        a.model, a.data, comp, ratio, a.reuse, a.limit or 5, a.offset or 0, a.device, a.max_tokens,
+        a.max_new_tokens, progress=_progress(a),
+    )  # fmt: skip
+
+
 def _eval_kv(a: argparse.Namespace) -> dict:
     """One run for one compressor at one ratio; a matrix for several (``--compressor a,b --ratio 0.5,0.75``)."""
     from eval.kv_compression import KVSuite
@@ -323,6 +365,8 @@ def _eval_kv(a: argparse.Namespace) -> dict:
     from ragcore.errors import ConfigError
     from ragcore.registry import split_top
 
+    if a.reuse is not None:
+        return _eval_kv_reuse(a)
     names = [x.strip() for x in split_top(a.compressor, ",") if x.strip()]  # commas inside brackets are options
     try:
         ratios = [float(x) for x in a.ratio.split(",") if x.strip()]
@@ -333,6 +377,8 @@ def _eval_kv(a: argparse.Namespace) -> dict:
     sizes = dict(
         limit=a.limit, k=a.k, max_tokens=a.max_tokens, max_new_tokens=a.max_new_tokens, batch_size=a.batch_size
     )
+    if a.offset:
+        sizes["offset"] = a.offset
     suite = KVSuite(a.model, a.device, query_aware=a.query_aware, retrieved=a.retrieved, progress=_progress(a), **sizes)
     if len(names) == 1 and len(ratios) == 1:
         return suite.run(a.data, names[0], ratios[0])
@@ -490,7 +536,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="with --compressor: fraction of the KV cache removed (default 0.5, or the spec's own ratio)",
     )
-    sp.add_argument("--query-aware", action="store_true", help="with --compressor: compress after the question")
+    sp.add_argument(
+        "--query-aware",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="with --compressor: compress after reading the question (default); --no-query-aware: the context alone",
+    )
+    sp.add_argument(
+        "--context-cache",
+        metavar="DIR",
+        default=None,
+        help="answer from the compressed context saved in DIR; if DIR holds none, compress the question's passages "
+        "question-agnostic (--compressor, default compress.kv.DEFAULT_AGNOSTIC, at --ratio) and save them there",
+    )
     sp.add_argument("--json", action="store_true", help="print the answer as JSON")
     sp.add_argument(
         "--config",
@@ -546,6 +604,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--max-tokens", type=int, default=None, help="kv: prompt + answer token limit (cuts records)")
     sp.add_argument("--query-aware", action="store_true", help="kv: compress after reading the question too")
     sp.add_argument("--batch-size", type=int, default=1, help="kv: questions decoded together (same answers)")
+    sp.add_argument("--offset", type=int, default=None, help="kv: items skipped first (a development slice)")
+    sp.add_argument(
+        "--reuse",
+        type=int,
+        default=None,
+        metavar="Q",
+        help="kv: ask Q questions of each of --limit (default 5) contexts compressed once, question-agnostic "
+        "(--compressor, default compress.kv.DEFAULT_AGNOSTIC), against Q full prefills",
+    )
     sp.set_defaults(fn=_cmd_eval)
     return p
 

@@ -134,3 +134,9 @@ class PromptTooLongError(RagcoreError, ValueError):
 
 class StageError(RagcoreError):
     """A pipeline stage failed with an error of its own; the message names the stage kind and its name."""
+
+
+class ContextCacheError(RagcoreError):
+    """A saved compressed context is missing, truncated, tampered with, of another version, or of another model."""
+
+    param = "context_cache"

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from compress.kv.base import KVCompressor
+    from ragcore.context_cache import CompressedContext
 
 logger = logging.getLogger(__name__)
 Passages = Sequence[Chunk | ScoredChunk]
@@ -293,6 +294,70 @@ class Generator:
             )
             for i in range(b)
         ]
+
+    def prefill_context(
+        self,
+        passages: Sequence[Chunk | ScoredChunk],
+        compressor: KVCompressor | str | None = None,
+        system: str | None = None,
+        ratio: float | None = None,
+    ) -> CompressedContext:
+        """Prefill the prompt's context (instruction and ``passages``, everything before the question) once,
+        compressing it question-agnostic with ``compressor`` (a stage or spec string; default
+        ``compress.kv.DEFAULT_AGNOSTIC`` at ``ratio``), and return the :class:`ragcore.context_cache.CompressedContext`
+        that answers any number of questions from it (see :func:`ragcore.context_cache.prefill_context`)."""
+        from ragcore.context_cache import prefill_context
+
+        return prefill_context(self, passages, compressor, system, ratio)
+
+    @torch.inference_mode()
+    def decode_on(
+        self,
+        cache: Any,
+        prompt: Prompt,
+        start: int,
+        config: GenerationConfig | None = None,
+        masks: dict[int, torch.Tensor] | None = None,
+    ) -> Generation:
+        """Answer ``prompt`` on a ``cache`` that already holds (possibly compressed) its first ``start`` tokens:
+        feed the rest at their absolute positions, then decode as :meth:`generate` does. ``masks``: per layer,
+        the (B, H_kv, S) per-head visibility of the cache's first slots (an uneven compression), passed to
+        attention through the cache adapter's mask hook. ``cache`` grows by the tokens fed."""
+        self.warm_up()
+        cfg = config or GenerationConfig()
+        model, dev = self.model, self.model.device
+        n = len(prompt)
+        gen = torch.Generator(device=dev)
+        if cfg.seed is not None:
+            gen.manual_seed(cfg.seed)
+        masks = masks or {}
+
+        def visible(module: Any, c: Any) -> torch.Tensor | None:
+            return masks.get(module.layer_idx) if c is cache else None
+
+        out: list[int] = []
+        stopped = "max_new_tokens"
+        with kvcache.attention_hooks(model, pre=kvcache.head_mask_hook(visible)):
+            t0 = time.perf_counter()
+            logits = kvcache.feed(model, prompt.input_ids[:, start:].to(dev), cache, start)
+            _sync(dev)
+            t1 = time.perf_counter()
+            for step in range(cfg.max_new_tokens):
+                tok = _pick(logits[0].float(), cfg, gen)
+                if tok in self.eos_ids:
+                    stopped = "eos"
+                    break
+                out.append(tok)
+                if cfg.max_time is not None and time.perf_counter() - t0 > cfg.max_time:
+                    stopped = "max_time"
+                    break
+                if step + 1 == cfg.max_new_tokens:
+                    break
+                logits = kvcache.feed(model, torch.tensor([[tok]], device=dev), cache, n + step)
+        _sync(dev)
+        t2 = time.perf_counter()
+        text = self.tokenizer.decode(out, skip_special_tokens=True).strip() if self.tokenizer else ""
+        return Generation(text, out, n, t1 - t0, t2 - t1, stopped, {"kv_bytes": kvcache.kv_bytes(cache)})
 
     def _prefill(
         self, prompt: Prompt, compressor: KVCompressor | None, query_aware: bool, hooks: contextlib.ExitStack

@@ -28,6 +28,7 @@ from ragcore.types import Answer, Citation, ScoredChunk, StageReport
 
 if TYPE_CHECKING:
     from ragcore.config import PipelineConfig
+    from ragcore.context_cache import CompressedContext
 
 _CITE = re.compile(r"\[(\d+)\]")
 _WRITE = threading.Lock()
@@ -83,9 +84,11 @@ class Pipeline:
         Decoding settings.
     compressor:
         A KV compressor, or its spec string (``"snapkv(ratio=0.5)"``); compresses the generator's KV cache after
-        the prefill, question-agnostic unless ``query_aware``. ``Answer.kv`` then says how many bytes it held.
+        the prefill. ``Answer.kv`` then says how many bytes it held.
     query_aware:
-        Compress after reading the question.
+        Compress after reading the question (the default: one question is asked, and the methods reach their
+        targets only when they read it first). ``False`` compresses the context alone; to answer several questions
+        from one compressed context use :meth:`compress_context`.
     reranker:
         A reranker or its spec string: the order the generator reads the passages in.
     context_compressor:
@@ -105,7 +108,7 @@ class Pipeline:
         k: int = 5,
         config: GenerationConfig | None = None,
         compressor: KVCompressor | str | None = None,
-        query_aware: bool = False,
+        query_aware: bool = True,
         reranker: Reranker | str | None = None,
         context_compressor: ContextCompressor | str | None = None,
     ) -> None:
@@ -433,3 +436,44 @@ class Pipeline:
             report, retriever = fn()
             self.retriever = retriever  # searches already running finish on the version they started with
         return report
+
+    def compress_context(
+        self,
+        passages_or_question: str | list[Any],
+        compressor: KVCompressor | str | None = None,
+        ratio: float | None = None,
+    ) -> CompressedContext:
+        """Prefill and compress a context once, question-agnostic, to answer many questions from it
+        (:meth:`ask_context`, or ``ctx.ask``); returns a :class:`ragcore.context_cache.CompressedContext`.
+
+        ``passages_or_question``: the passages (``Chunk`` or ``ScoredChunk``), or a question whose retrieved (and
+        reranked, compressed) passages make the context, fitted to the model's window. ``compressor``: a KV
+        compressor or its spec string, default ``compress.kv.DEFAULT_AGNOSTIC`` (at ``ratio``, default
+        ``compress.kv.DEFAULT_AGNOSTIC_RATIO``)."""
+        if isinstance(passages_or_question, str):
+            passages: list[Any] = self.passages(passages_or_question, [])
+            _, passages = self.generator.fit_prompt(passages_or_question, passages, self.config.max_new_tokens)
+        else:
+            passages = list(passages_or_question)
+        return self.generator.prefill_context(passages, compressor, ratio=ratio)
+
+    def ask_context(self, ctx: CompressedContext, question: str) -> Answer:
+        """Answer ``question`` from a compressed context (:meth:`compress_context`), with citations."""
+        t0 = time.perf_counter()
+        g = ctx.ask(question, self.config)
+        passages = [ScoredChunk(c, rank=i + 1) for i, c in enumerate(ctx.passages)]
+        kv = {key: g.stats[key] for key in ("kv_bytes", "kv_bytes_full", "masks_only", "compressor")}
+        kv["query_aware"] = False
+        report = StageReport("generator", "generator", self.generator.model_name, time.perf_counter() - t0)
+        report.items_in, report.items_out = g.prompt_tokens, len(g.token_ids)
+        timings = {"retrieve_s": 0.0, "prefill_s": g.prefill_s, "decode_s": g.decode_s}
+        return Answer(
+            question,
+            g.text,
+            self.cite(passages, g.text),
+            passages,
+            self.generator.model_name,
+            timings,
+            kv,
+            stages=[report],
+        )

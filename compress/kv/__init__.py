@@ -21,6 +21,7 @@ from compress.kv.chunk import ChunkKV
 from compress.kv.expected_attention import ExpectedAttention
 from compress.kv.h2o import H2O
 from compress.kv.knorm import KNorm
+from compress.kv.kvzip import KVzip
 from compress.kv.layers import LayerShared
 from compress.kv.passages import PassageKV
 from compress.kv.pyramid import PyramidKV
@@ -51,9 +52,16 @@ KV_COMPRESSORS.add(
     Razor,
     RetrievalHeads,
     RandomPress,
+    KVzip,
     aliases={"retrieval": "retrieval_heads"},
 )
 COMPRESSORS = KV_COMPRESSORS.classes()  # name -> class, in registration order
+
+# The question-agnostic default (a stable interface: ``compress_context``, ``prefill_context`` and tools read it),
+# and its ratio. KVzip with the paper's options (global budgets); bench/gpu_kv_agnostic.sh's ``dev`` step compares it
+# with the other candidates on questions 301-600 (docs/RESULTS.md, kv-agnostic-dev-gpu) and names the one to keep.
+DEFAULT_AGNOSTIC = "kvzip"
+DEFAULT_AGNOSTIC_RATIO = 0.5
 
 
 def get_compressor(spec: str | KVCompressor, **options: Any) -> KVCompressor:
@@ -64,6 +72,8 @@ def get_compressor(spec: str | KVCompressor, **options: Any) -> KVCompressor:
 
 __all__ = [
     "COMPRESSORS",
+    "DEFAULT_AGNOSTIC",
+    "DEFAULT_AGNOSTIC_RATIO",
     "KV_COMPRESSORS",
     "KVBudget",
     "KVCall",

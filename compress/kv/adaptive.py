@@ -12,15 +12,19 @@ from ragcore.errors import ConfigError
 from ragcore.stages import option
 
 
-def adaptive_budgets(scores: torch.Tensor, protected: torch.Tensor, k: int, floor: int) -> torch.Tensor:
+def adaptive_budgets(
+    scores: torch.Tensor, protected: torch.Tensor, k: int, floor: int, normalise: bool = True
+) -> torch.Tensor:
     """Tokens per head (B, N) out of a total of ``N x k``, for scores (B, N, T) of N heads.
 
     Every head first gets ``floor`` of its best tokens (its protected ones first); the rest of the total goes to
     the best remaining (head, token) pairs across all heads, each head's scores made a distribution so heads
-    compare, protected tokens before any other."""
+    compare (``normalise=False``: scores already compare across heads, e.g. attention probabilities in [0, 1]),
+    protected tokens before any other."""
     b, n, t = scores.shape
     floor = max(0, min(floor, k, t))
-    s = as_distribution(scores).masked_fill(protected, 2.0)  # distributions are <= 1: protected tokens first
+    s = as_distribution(scores) if normalise else scores.clamp(max=1.0)
+    s = s.masked_fill(protected, 2.0)  # scores are <= 1: protected tokens first
     budgets = torch.full((b, n), floor, dtype=torch.long, device=scores.device)
     if floor:
         s = s.scatter(-1, torch.topk(s, floor, dim=-1).indices, float("-inf"))  # each head's floor, given

@@ -158,6 +158,7 @@ class KVCall:
         self.compressor, self.model, self.prompt = compressor, model, prompt
         self.cache, self.bound = cache, cache is not None
         self.n_layers = len(decoder_layers(model))
+        self.inputs: dict[str, Any] = {}  # what methods that re-read the prompt record of the model's input
         self._start(cache)
 
     def _start(self, cache: Any) -> None:

@@ -59,5 +59,7 @@ def test_ours_kwargs_match_the_press():
         "budget": 50,
     }
     assert ours_kwargs("streaming_llm", press, 0.75, 101, match_kept=False) == {"ratio": 0.75, "n_sink": 4}
+    zip_press = types.SimpleNamespace(n_sink=4, layerwise=False)
+    assert ours_kwargs("kvzip", zip_press, 0.5, 100, match_kept=False) == {"ratio": 0.5, "n_sink": 4, "scope": "global"}
     with pytest.raises(ConfigError, match="no ragcore counterpart"):
         ours_kwargs("h2o", press, 0.5, 100, match_kept=False)

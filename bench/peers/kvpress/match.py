@@ -17,7 +17,7 @@ from typing import Any
 
 from ragcore.errors import ConfigError
 
-METHODS = ("snapkv", "knorm", "streaming_llm", "expected_attention")
+METHODS = ("snapkv", "knorm", "streaming_llm", "expected_attention", "kvzip")
 # imported by kvpress at module level only for presses not used here (DuoAttention, LUKV, ExpectedAttentionStats)
 STANDINS = ("datasets", "fire", "requests")
 
@@ -37,6 +37,15 @@ NOTES = {
         "kvpress leaves the sinks out of the softmax over keys, ragcore includes them (both then keep the sinks); "
         "this only changes the per-head normalisation before the group mean and the epsilon term",
         "ragcore computes the averaged rotation and scores in float32; kvpress in the model dtype (bf16 on GPU)",
+    ],
+    "kvzip": [
+        "kvpress reconstructs the context after the chat template's prefix (the system turn's header) and leaves the "
+        "prefix's scores at 0 but for the sinks; ragcore reconstructs every context token",
+        "kvpress's reconstruction ends its instruction with the chat template's assistant header; ragcore's does not",
+        "both score a token by the largest attention of any reconstruction query of its key/value group; kvpress's "
+        "softmax spans the sinks, the chunk's own keys and the repeat, ragcore's every cached key and the repeat",
+        "uneven budgets: kvpress zeroes pruned keys and values in place (fake compression), ragcore keeps each "
+        "layer's longest head budget and masks the rest (kv bytes held can exceed 1 - ratio on both)",
     ],
 }
 # Matched per item, since kvpress derives them from the context length.
@@ -107,6 +116,8 @@ def ours_kwargs(method: str, press: Any, ratio: float, n_ctx: int, match_kept: b
             epsilon=float(press.epsilon),
             n_recent=max(1, n_ctx - press.n_sink),
         )
+    elif method == "kvzip":
+        kw.update(n_sink=press.n_sink, scope="layer" if press.layerwise else "global")
     elif method != "knorm":
         raise ConfigError(f"no ragcore counterpart mapped for {method!r}")
     if match_kept:

@@ -52,6 +52,8 @@ PRESSES = {
     "expected_attention": kvpress.ExpectedAttentionPress,
     "none": None,
 }
+if hasattr(kvpress, "KVzipPress"):  # context reconstruction (KVzip); make_press("kvzip") is a KeyError without it
+    PRESSES["kvzip"] = kvpress.KVzipPress
 
 # --- running -------------------------------------------------------------------------------------------------
 

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Issue #16 on one GPU machine: a question-agnostic KV compressor chosen on a development slice, measured on
+# questions no choice saw, side by side with kvpress; and one compressed context reused for 10 questions.
+# Steps (in this order; each waits for its processes):
+#   dev     every candidate, question-agnostic, ratio 0.5, NQ-open top 5, questions 301-600 (the development slice
+#           of docs/RESULTS.md kv-headline-fresh-gpu), one matrix with the full cache; the table names the best
+#           change (-> PICK, and compress.kv.DEFAULT_AGNOSTIC if it differs from today's).
+#   head    the full cache, PICK (default: compress.kv.DEFAULT_AGNOSTIC) and REFERENCE (expected_attention) on questions 1-300 and 1001-1983
+#           (none of them seen by the choice), question-agnostic, ratio 0.5.
+#   sxs     kvpress 0.5.5 side by side on the same prompts (questions 1-300): snapkv, knorm, streaming_llm,
+#           expected_attention, kvzip at 0.5, ours question-agnostic, kvpress's defaults, the full cache first.
+#   reuse   eval kv --reuse 10: 30 key-value contexts (10 keys each) and 30 NQ-open contexts (the gold passages of
+#           10 questions + 10 distractors), ratio 0.5, PICK; one prefill + 10 answers against 10 full prefills.
+#   report  the RESULTS sections (kv-agnostic-dev-gpu, kv-agnostic-head-gpu, kv-reuse-gpu, kv-vs-kvpress-agnostic-gpu).
+#   MODEL=/var/tmp/m/qwen2.5-0.5b.gguf RETRIEVED=/var/tmp/m/retrieved.json KVP=/var/tmp/kvp \
+#     RAGCORE_CACHE=/var/tmp/cache bench/gpu_kv_agnostic.sh OUTDIR STEP...   (STEP "a+b": a and b together)
+set -uo pipefail
+OUT=${1:?output folder}; shift
+mkdir -p "$OUT"
+PY=${PY:-python3}
+: "${MODEL:?}" "${RETRIEVED:?}" "${KVP:?}" "${RAGCORE_CACHE:?}"
+B=${BATCH:-32}
+CANDIDATES=${CANDIDATES:-"kvzip,kvzip(scope='layer'),expected_attention,h2o,snapkv,knorm,streaming_llm,tova,adaptive:expected_attention"}
+PICK=${PICK:-$($PY -c "from compress.kv import DEFAULT_AGNOSTIC; print(DEFAULT_AGNOSTIC)")}
+export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+NQ=(--k 5 --retrieved "$RETRIEVED")
+KV=(eval/data/kv_retrieval_75_keys.jsonl.gz)
+ev() { # name, then `ragcore eval kv` arguments
+  local name=$1; shift
+  $PY -m ragcore.cli eval kv --model "$MODEL" --device cuda --out "$OUT/$name.json" "$@" > "$OUT/$name.log" 2>&1 &
+}
+
+for steps in "$@"; do
+  echo "$(date +%T) $steps"
+  for step in ${steps//+/ }; do
+  case $step in
+  dev) ev dev --compressor "$CANDIDATES" --ratio 0.5 --offset 300 --limit 300 --batch-size "$B" "${NQ[@]}" ;;
+  head)
+    ev head --compressor "$PICK,${REFERENCE:-expected_attention}" --ratio 0.5 --limit 300 --batch-size "$B" "${NQ[@]}"
+    ev fresh --compressor "$PICK,${REFERENCE:-expected_attention}" --ratio 0.5 --offset 1000 --batch-size "$B" "${NQ[@]}"
+    ;;
+  sxs)
+    PYTHONPATH="$KVP:${PYTHONPATH:-}" RAGCORE_CACHE="$RAGCORE_CACHE-kvp" \
+      $PY -m bench.kv_side_by_side --model "$MODEL" --device cuda --no-progress \
+      --methods snapkv,knorm,streaming_llm,expected_attention,kvzip --ratios 0.5 --limit 300 \
+      "${NQ[@]}" --out "$OUT/sxs-agnostic.json" > "$OUT/sxs-agnostic.log" 2>&1 &
+    ;;
+  reuse)
+    ev reuse-kv --reuse 10 --limit 30 --compressor "$PICK" --ratio 0.5 --data "${KV[0]}"
+    ev reuse-nq --reuse 10 --limit 30 --compressor "$PICK" --ratio 0.5
+    ;;
+  report)
+    NOTE="Ran on one GPU by bench/gpu_kv_agnostic.sh (qwen2.5-0.5b, $($PY -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))."
+    $PY -m bench.kv_agnostic --matrix "$OUT/dev.json" --write-results kv-agnostic-dev-gpu \
+      --title "KV compression, question-agnostic: the choice on the development slice" --note "$NOTE"
+    $PY -m bench.kv_agnostic --matrix "$OUT/head.json" --write-results kv-agnostic-head-gpu \
+      --title "KV compression, question-agnostic: the choice on questions 1-300" --note "$NOTE"
+    $PY -m bench.kv_agnostic --matrix "$OUT/fresh.json" --write-results kv-agnostic-fresh-gpu \
+      --title "KV compression, question-agnostic: the choice on questions 1001-1983" --note "$NOTE"
+    $PY -m bench.kv_agnostic --reuse "$OUT/reuse-kv.json" "$OUT/reuse-nq.json" --write-results kv-reuse-gpu \
+      --title "KV compression: one compressed context, 10 questions" --note "$NOTE"
+    $PY -m bench.kv_side_by_side --render "$OUT/sxs-agnostic.json" --write-results kv-vs-kvpress-agnostic-gpu \
+      --note "$NOTE Ours question-agnostic against kvpress's presses with their defaults."
+    ;;
+  *) echo "unknown step $step (dev, head, sxs, reuse, report)"; exit 2 ;;
+  esac
+  done
+  wait
+done
+echo "$(date +%T) all done"

@@ -1,0 +1,116 @@
+"""Question-agnostic KV compression and context reuse: tables for docs/RESULTS.md from the suites' JSON.
+
+* ``--matrix FILE``: a ``ragcore eval kv --compressor a,b,... --ratio R`` matrix run question-agnostic (its
+  full-cache run first): per compressor its accuracy, its paired change against the full cache (points, 95%
+  interval) and the KV bytes held; the best change is marked (on a development slice: the choice).
+* ``--reuse FILE ...``: ``ragcore eval kv --reuse Q`` results: accuracy of one compressed context answering Q
+  questions against Q full prefills (paired), accuracy per question index, the seconds of both and their ratio,
+  the KV bytes held.
+
+Usage::
+
+    python -m bench.kv_agnostic --matrix out/agnostic-dev.json --write-results kv-agnostic-dev-cpu --note "..."
+    python -m bench.kv_agnostic --reuse out/reuse-kv.json --write-results kv-reuse-cpu --note "..."
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from bench.results import write_section
+from eval.report import read_json
+from eval.stats import paired_difference
+
+
+def matrix_table(m: dict[str, Any]) -> tuple[str, str]:
+    """The matrix's rows as a Markdown table, and the label of the compressor with the best change."""
+    runs = m["runs"]
+    full = next(r for r in runs if r["compressor"] == "none")
+    rows = []
+    for r in runs:
+        if r["compressor"] == "none" or r.get("shared_baseline"):
+            continue
+        d, ci = paired_difference(r, full)
+        rows.append((r, d, ci))
+    best = max(rows, key=lambda x: x[1])[0]["compressor"] if rows else ""
+    lines = [
+        f"Full cache: {full['accuracy']:.3f} ± {full['accuracy_ci95']:.3f} on {full['n']} questions.",
+        "",
+        "| compressor | ratio | accuracy | change vs full (points) | kv bytes / full | masks | best |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r, d, ci in rows:
+        kv = r["kv_bytes"] / r["kv_bytes_full"] if r["kv_bytes_full"] else 0.0
+        mark = "**best**" if r["compressor"] == best else ""
+        lines.append(
+            f"| {r['compressor']} | {r['ratio']} | {r['accuracy']:.3f} | {100 * d:+.1f} ± {100 * ci:.1f} | "
+            f"{kv:.3f} | {'yes' if r.get('masks_only') else 'no'} | {mark} |"
+        )
+    return "\n".join(lines), best
+
+
+def reuse_table(results: list[dict[str, Any]]) -> str:
+    """One row per ``eval kv --reuse`` result, then accuracy per question index."""
+    lines = [
+        "| data | model | compressor | contexts x Q | context tokens | full | reuse | change (points) | "
+        "seconds: Q full prefills | seconds: one prefill + Q answers | speedup | kv bytes / full |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        kv = r["kv_bytes"] / r["kv_bytes_full"] if r["kv_bytes_full"] else 0.0
+        lines.append(
+            f"| {r['format']} | {r['model']} | {r['compressor']} (ratio {r['ratio']}) | {r['contexts']} x "
+            f"{r['reuse']} | {r['mean_context_tokens']:.0f} | {r['accuracy_full']:.3f} | {r['accuracy_reuse']:.3f} | "
+            f"{100 * r['diff']:+.1f} ± {100 * r['diff_ci95']:.1f} | {r['seconds_full']:.1f} | "
+            f"{r['seconds_reuse']:.1f} | {r['speedup']:.2f}x | {kv:.3f} |"
+        )
+    for r in results:
+        lines += ["", f"Accuracy per question index ({r['format']}, {r['compressor']}): full / reuse", ""]
+        lines.append("| index | " + " | ".join(str(x["index"] + 1) for x in r["by_index"]) + " |")
+        lines.append("|---" * (len(r["by_index"]) + 1) + "|")
+        lines.append("| full | " + " | ".join(f"{x['accuracy_full']:.2f}" for x in r["by_index"]) + " |")
+        lines.append("| reuse | " + " | ".join(f"{x['accuracy_reuse']:.2f}" for x in r["by_index"]) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--matrix", default=None, help="a question-agnostic `eval kv` matrix JSON")
+    ap.add_argument("--reuse", nargs="*", default=[], help="`eval kv --reuse` JSON files")
+    ap.add_argument("--title", default=None, help="the section's title")
+    ap.add_argument("--note", default="", help="text before the table (where and how it ran)")
+    ap.add_argument("--write-results", default=None, metavar="SECTION", help="write this docs/RESULTS.md section")
+    a = ap.parse_args(argv)
+    if not a.matrix and not a.reuse:
+        ap.error("give --matrix or --reuse")
+    parts = [a.note.strip()] if a.note.strip() else []
+    if a.matrix:
+        m = read_json(a.matrix)
+        if m.get("query_aware"):
+            ap.error(f"{a.matrix} is query-aware; this table is for question-agnostic runs")
+        table, best = matrix_table(m)
+        parts.append(
+            f"Question-agnostic (the context compressed before the question is read), {m['model']}, "
+            f"{m['format']}, questions {m['offset'] + 1}-{m['offset'] + m['n']} of `{m['data']}`, top {m['k']}. "
+            "Changes are paired per question, in accuracy points (x100), with their 95% intervals. KV bytes are "
+            "those held (uneven per-head budgets keep padded slots hidden by masks). Best change: "
+            f"`{best}`.\n\n{table}"
+        )
+    if a.reuse:
+        parts.append(
+            "One context prefilled and compressed once, question-agnostic, answers Q different questions "
+            "(`CompressedContext.ask`), against Q full prefills of the full prompt, uncompressed. Changes are "
+            "paired per question, in accuracy points (x100), with their 95% intervals; seconds include every "
+            "answer's decoding on both sides.\n\n" + reuse_table([read_json(f) for f in a.reuse])
+        )
+    body = "\n\n".join(parts)
+    print(body)
+    if a.write_results:
+        title = a.title or ("KV compression, question-agnostic" if a.matrix else "KV compression: context reuse")
+        write_section(a.write_results, title + " (issue #16)", body)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

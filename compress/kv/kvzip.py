@@ -1,0 +1,145 @@
+"""KVzip: score each cached token by the attention it receives while the model repeats the context."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import nn
+
+from compress.kv.adaptive import adaptive_budgets
+from compress.kv.base import KVBudget, KVCall, KVCompressor, LayerPrefill
+from ragcore import cache as kvcache
+from ragcore.attention import rows_attention
+from ragcore.stages import option
+
+if TYPE_CHECKING:
+    from ragcore.prompt import Prompt
+
+
+@dataclass
+class KVzip(KVCompressor):
+    """KVzip (Kim et al., 2025, https://arxiv.org/abs/2505.23416): question-agnostic scores from context
+    reconstruction. After the prefill of ``T`` tokens, the model reads "repeat the previous context" followed by
+    the context itself (teacher-forced, ``chunk`` tokens at a time, each chunk on the full cache, then cropped
+    off); a cached token's score in a key/value head is the largest attention any reconstruction query of the
+    head's group pays it. Tokens the model needs to reproduce the context are those a later question needs too,
+    so one compressed cache serves many questions.
+
+    The reconstruction is a second prefill of about ``T`` tokens (the paper's cost, about 2x one prefill); it runs
+    once every layer holds its cache, so the prefill's peak memory is that of an uncompressed cache plus a chunk.
+    Without a tokenizer on the prompt (a bare model) the reconstruction is the context alone, no instruction.
+
+    Parameters
+    ----------
+    scope:
+        ``"global"`` (the paper and kvpress's default): one threshold over every layer and head, so budgets move
+        between layers and heads (uneven budgets enforced by masks, ``masks_only``); ``"layer"``: ``k`` tokens in
+        every head of every layer (a physically smaller cache).
+    chunk:
+        Context tokens reconstructed per forward pass (memory O(chunk x T) per layer).
+    instruction:
+        The text before the repeated context (tokenised with the prompt's tokenizer).
+    n_sink:
+        Leading tokens always kept.
+    ratio, budget, protect_last:
+        As in :class:`KVCompressor`.
+    """
+
+    scope: str = option("global", choices=("global", "layer"))
+    chunk: int = option(2048, minimum=1)
+    instruction: str = option("\n\nRepeat the previous context exactly.")
+    n_sink: int = option(4, minimum=0)
+    name: ClassVar[str] = "kvzip"
+    attention_based: ClassVar[bool] = True
+
+    # ---- the budget --------------------------------------------------------------------------------------
+    def budget_rule(self, t: int, n_layers: int, n_kv: int) -> KVBudget:
+        if self.scope == "layer":
+            return super().budget_rule(t, n_layers, n_kv)
+        k = self.n_keep(t)
+        return KVBudget(t if k >= t else 1, n_layers * n_kv * k)
+
+    # ---- the reconstruction --------------------------------------------------------------------------------
+    @contextmanager
+    def apply(self, model: nn.Module, cache: Any = None, prompt: Prompt | None = None) -> Iterator[KVCall]:
+        """As :meth:`KVCompressor.apply`, also recording the token ids the model reads (the context to repeat)."""
+        with super().apply(model, cache, prompt) as call:
+
+            def record(_module: nn.Module, args: tuple) -> None:
+                if args and isinstance(args[0], torch.Tensor) and args[0].dim() == 2:
+                    call.inputs["input_ids"] = args[0]
+
+            handle = model.get_input_embeddings().register_forward_pre_hook(record)
+            try:
+                yield call
+            finally:
+                handle.remove()
+
+    def score(self, x: LayerPrefill) -> torch.Tensor:
+        raise NotImplementedError("kvzip scores every layer at once, after the last layer's prefill (see keep)")
+
+    def keep(self, x: LayerPrefill, k: int) -> None:
+        if x.call.gather(x.layer, k) is None:  # wait for the last layer: the reconstruction runs through them all
+            return
+        call, t = x.call, x.keys.shape[-2]
+        scores = self.reconstruction_scores(call, t)  # per layer (B, H_kv, T)
+        prot, floor = call.protected_floor(t, x.keys.device)
+        if self.scope == "layer":
+            for layer, s in enumerate(scores):
+                idx, _ = self.select(torch.maximum(s, floor), k)
+                self.prune_layer(call, layer, idx, None)
+            return
+        h = x.keys.shape[1]
+        budgets = adaptive_budgets(torch.cat(scores, 1), prot, k, 1, normalise=False)  # (B, L x H_kv)
+        for layer, s in enumerate(scores):
+            idx, mask = self.select(torch.maximum(s, floor), k, budgets[:, layer * h : (layer + 1) * h])
+            self.prune_layer(call, layer, idx, torch.ones_like(idx, dtype=torch.bool) if mask is None else mask)
+
+    def repeat_ids(self, call: KVCall, t: int) -> list[torch.Tensor]:
+        """The reconstruction inputs: per chunk of the context, the instruction then the chunk's tokens."""
+        ids = call.inputs["input_ids"]
+        device = ids.device
+        context = ids[:, -t:] if ids.shape[1] >= t else ids  # a prefill after cached tokens: its own tokens
+        tokenizer = getattr(call.prompt, "tokenizer", None)
+        head = (
+            torch.tensor([tokenizer.encode(self.instruction, add_special_tokens=False)], device=device)
+            if tokenizer is not None and self.instruction
+            else context[:, :0]
+        )
+        return [torch.cat([head, context[:, s : s + self.chunk]], 1) for s in range(0, context.shape[1], self.chunk)]
+
+    @torch.no_grad()
+    def reconstruction_scores(self, call: KVCall, t: int) -> list[torch.Tensor]:
+        """Per layer, the largest attention (B, H_kv, T) that a reconstruction query pays each of the ``T`` cached
+        positions, over every chunk's queries and the query heads of each key/value group."""
+        model = call.model
+        base = getattr(model, model.base_model_prefix, model)
+        best: dict[int, torch.Tensor] = {}
+
+        def capture(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+            if kvcache.from_call(kwargs) is not call.cache:
+                return
+            hidden = kwargs.get("hidden_states", args[0] if args else None)
+            keys, _ = kvcache.get_kv(call.cache, module.layer_idx)
+            r = hidden.shape[1]
+            for s in range(0, r, 256):  # rows in blocks: memory O(256 x (T + r))
+                a = rows_attention(
+                    module, hidden, kwargs["position_embeddings"], slice(s, min(s + 256, r)), keys, keys.shape[-2] - r
+                )[..., :t]
+                a = a.amax(2)  # (B, H, T): the loudest row
+                a = a.view(a.shape[0], keys.shape[1], -1, t).amax(2)  # the loudest query head of each group
+                lay = module.layer_idx
+                best[lay] = a if lay not in best else torch.maximum(best[lay], a)
+
+        for piece in self.repeat_ids(call, t):
+            pos = torch.arange(t, t + piece.shape[1], device=piece.device)[None]
+            with kvcache.attention_hooks(model, post=capture):
+                kvcache.call(base, call.cache, input_ids=piece, position_ids=pos, use_cache=True)
+            for layer in range(call.n_layers):  # crop the reconstruction off again
+                k, v = kvcache.get_kv(call.cache, layer)
+                kvcache.set_kv(call.cache, layer, k[:, :, :t], v[:, :, :t])
+        return [best[layer] for layer in range(call.n_layers)]

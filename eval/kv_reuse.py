@@ -1,0 +1,241 @@
+"""The reuse suite (``ragcore eval kv --reuse Q``): Q different questions asked of one compressed context.
+
+Each context is prefilled and compressed once, question-agnostic (``Generator.prefill_context``), and answers Q
+questions (``CompressedContext.ask``); the same Q questions are also answered with Q full prefills of the full
+prompt, no compression. Reported: accuracy per question index for both and their paired difference, the seconds
+of one prefill + Q answers against Q full prefills (with their answers) as a ratio, and the KV bytes held.
+
+Contexts, by data format:
+
+* ``"kv_retrieval"``: one row's records (a window that fits ``max_tokens``) asked for the values of Q keys spread
+  evenly over the records shown;
+* ``"nq"``: the gold passages of Q consecutive NQ-open questions plus ``distractors`` gold passages of the
+  questions that follow them, in a fixed shuffled order; each of the Q questions is asked.
+
+Figures: docs/RESULTS.md, sections ``kv-reuse-*``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from eval.datasets import NQ_OPEN, load_nq_open, read_jsonl
+from eval.kv_compression import DEFAULT_NEW_TOKENS, KV_RETRIEVAL_SYSTEM, detect_format, score_answer, window_limit
+from eval.stats import mean_ci
+from ragcore.errors import ConfigError
+from ragcore.generator import GenerationConfig, Generator
+from ragcore.types import Chunk
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ReuseContext:
+    """One context: its passages, the system prompt, and the Q (question, answers) asked of it."""
+
+    id: str
+    passages: list[Chunk]
+    system: str | None
+    questions: list[tuple[str, list[str]]]
+
+
+def kv_question(key: str) -> str:
+    return f'What is the value of the key "{key}" in the JSON object above? Answer with the value only.'
+
+
+def records_passage(records: list[tuple[str, str]]) -> list[Chunk]:
+    """Key-value records as one JSON object in one passage."""
+    return [Chunk(json.dumps(dict(records), indent=1), "kv-records")]
+
+
+def kv_contexts(gen: Generator, rows: list[dict], q: int, budget: int) -> list[ReuseContext]:
+    """Per row, the most records (from the first) that fit ``budget`` with the longest question, and ``q`` keys
+    spread evenly over them."""
+    out = []
+    for i, row in enumerate(rows):
+        records = [tuple(r) for r in row["ordered_kv_records"]]
+        longest = kv_question(max((k for k, _ in records), key=len))
+
+        lo, hi, best = 1, len(records), 0
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            if len(gen.prompt(longest, records_passage(records[:mid]), KV_RETRIEVAL_SYSTEM)) <= budget:
+                best, lo = mid, mid + 1
+            else:
+                hi = mid - 1
+        if best < q:
+            raise ConfigError(f"only {best} key-value records fit in {budget} prompt tokens, fewer than --reuse {q}")
+        picks = [records[int((j + 0.5) * best / q)] for j in range(q)]
+        questions = [(kv_question(k), [str(v)]) for k, v in picks]
+        out.append(ReuseContext(str(row.get("id", i)), records_passage(records[:best]), KV_RETRIEVAL_SYSTEM, questions))
+    return out
+
+
+def nq_contexts(gen: Generator, path: Path, q: int, n: int, offset: int, distractors: int, budget: int) -> list:
+    """``n`` contexts of ``q`` consecutive questions' gold passages (from ``offset`` on) plus ``distractors`` gold
+    passages of the questions after them, shuffled with a fixed seed; distractors are dropped until it fits."""
+    ds = load_nq_open(path)
+    by_id = ds.by_id()
+    ex = ds.examples
+    out = []
+    for c in range(n):
+        s = offset + c * q
+        group = ex[s : s + q]
+        if len(group) < q:
+            raise ConfigError(f"{str(path)!r} has too few questions after --offset {offset} for {n} x {q}")
+        gold = [by_id[next(iter(e.gold_ids))] for e in group]
+        extra = [by_id[next(iter(e.gold_ids))] for e in ex[s + q : s + q + distractors]]
+        extra = [x for x in extra if x not in gold]
+        longest = max((e.question for e in group), key=len)
+        while True:
+            passages = gold + extra
+            random.Random(s).shuffle(passages)
+            if len(gen.prompt(longest, passages)) <= budget:
+                break
+            if not extra:
+                raise ConfigError(f"the gold passages of {q} questions do not fit {budget} prompt tokens")
+            extra = extra[:-1]
+        out.append(ReuseContext(group[0].id, passages, None, [(e.question, e.answers) for e in group]))
+    return out
+
+
+def run_reuse(
+    model: str | Generator = "smollm2-135m",
+    data: str | Path | None = None,
+    compressor: str | None = None,
+    ratio: float | None = None,
+    reuse: int = 10,
+    limit: int = 5,
+    offset: int = 0,
+    device: str | None = None,
+    max_tokens: int | None = None,
+    max_new_tokens: int | None = None,
+    distractors: int = 10,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Ask ``reuse`` questions of each of ``limit`` contexts, from one compressed context and from full prefills.
+
+    Parameters
+    ----------
+    model:
+        A generator name or a loaded :class:`Generator`.
+    data:
+        Key-value retrieval or NQ-open JSON lines (default: the bundled NQ-open).
+    compressor:
+        A KV compressor spec (default ``compress.kv.DEFAULT_AGNOSTIC``), compressed question-agnostic.
+    ratio:
+        Fraction of the context's cache removed (default ``compress.kv.DEFAULT_AGNOSTIC_RATIO``).
+    reuse:
+        Questions per context (Q).
+    limit:
+        Contexts.
+    offset:
+        Rows (key-value) or questions (NQ-open) skipped first.
+    device, max_tokens, max_new_tokens:
+        As for :class:`eval.kv_compression.KVSuite`.
+    distractors:
+        NQ-open: gold passages of other questions added to each context.
+    progress:
+        Show a progress bar.
+
+    Returns
+    -------
+    dict
+        ``accuracy_full``/``accuracy_reuse`` (with ``_ci95``), ``diff`` and ``diff_ci95`` (paired, reuse - full,
+        over every question), ``by_index`` (per question index: accuracy of both), ``seconds_full`` (Q full
+        prefills and answers, summed over contexts), ``seconds_reuse`` (one prefill + Q answers), ``speedup``
+        (their ratio), ``kv_bytes`` and ``kv_bytes_full`` (the context's cache, mean per context), ``n`` (questions),
+        ``contexts``, the settings and ``predictions``.
+    """
+    from compress.kv import DEFAULT_AGNOSTIC, DEFAULT_AGNOSTIC_RATIO, get_compressor
+
+    for name, v, lo in (("reuse", reuse, 1), ("limit", limit, 1), ("offset", offset, 0)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise ConfigError(f"--{name} must be an integer >= {lo}, got {v!r}", param=name)
+    spec = compressor or DEFAULT_AGNOSTIC
+    ratio = DEFAULT_AGNOSTIC_RATIO if ratio is None else ratio
+    label = get_compressor(spec, ratio=ratio).label  # a bad spec or ratio fails before the model loads
+    path = Path(data) if data else NQ_OPEN
+    if not path.exists():
+        raise FileNotFoundError(f"no data file at {str(path)!r}")
+    rows = read_jsonl(path)
+    fmt = detect_format(rows, path)
+    gen = model if isinstance(model, Generator) else Generator(model, device=device)
+    gen.warm_up()
+    new = max_new_tokens or DEFAULT_NEW_TOKENS[fmt]
+    budget = window_limit(gen, max_tokens, new)
+    if fmt == "kv_retrieval":
+        contexts = kv_contexts(gen, rows[offset : offset + limit], reuse, budget)
+    else:
+        contexts = nq_contexts(gen, path, reuse, limit, offset, distractors, budget)
+    cfg = GenerationConfig(max_new_tokens=new)
+    full_acc: list[float] = []
+    reuse_acc: list[float] = []
+    preds = []
+    t_full = t_reuse = 0.0
+    kv_b = kv_full = ctx_tokens = 0
+    for c in tqdm(contexts, desc=f"reuse {label} {ratio}", disable=not progress):
+        t0 = time.perf_counter()
+        ctx = gen.prefill_context(c.passages, spec, c.system, ratio)
+        answers = [ctx.ask(question, cfg) for question, _ in c.questions]
+        t_reuse += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        fulls = [gen.generate(gen.prompt(question, c.passages, c.system), config=cfg) for question, _ in c.questions]
+        t_full += time.perf_counter() - t0
+        kv_b += ctx.kv_bytes
+        kv_full += answers[0].stats["kv_bytes_full"] * ctx.context_tokens // answers[0].prompt_tokens
+        ctx_tokens += ctx.context_tokens
+        for j, ((question, gold), a, f) in enumerate(zip(c.questions, answers, fulls)):
+            full_acc.append(score_answer(fmt, f.text, gold))
+            reuse_acc.append(score_answer(fmt, a.text, gold))
+            preds.append({"context": c.id, "index": j, "question": question, "answers": gold,
+                          "full": f.text, "reuse": a.text, "accuracy_full": full_acc[-1],
+                          "accuracy_reuse": reuse_acc[-1]})  # fmt: skip
+    n_ctx = len(contexts)
+    diff, diff_ci = mean_ci([r - f for r, f in zip(reuse_acc, full_acc)])
+    af, af_ci = mean_ci(full_acc)
+    ar, ar_ci = mean_ci(reuse_acc)
+    by_index = [
+        {
+            "index": j,
+            "accuracy_full": sum(full_acc[i] for i in range(j, len(full_acc), reuse)) / n_ctx,
+            "accuracy_reuse": sum(reuse_acc[i] for i in range(j, len(reuse_acc), reuse)) / n_ctx,
+        }
+        for j in range(reuse)
+    ]
+    return {
+        "suite": "kv-reuse",
+        "data": str(path),
+        "format": fmt,
+        "model": gen.model_name,
+        "compressor": label,
+        "ratio": float(ratio),
+        "query_aware": False,
+        "reuse": reuse,
+        "contexts": n_ctx,
+        "offset": offset,
+        "n": len(full_acc),
+        "accuracy_full": af,
+        "accuracy_full_ci95": af_ci,
+        "accuracy_reuse": ar,
+        "accuracy_reuse_ci95": ar_ci,
+        "diff": diff,
+        "diff_ci95": diff_ci,
+        "by_index": by_index,
+        "seconds_full": t_full,
+        "seconds_reuse": t_reuse,
+        "speedup": t_full / t_reuse if t_reuse > 0 else 0.0,
+        "kv_bytes": kv_b / n_ctx,
+        "kv_bytes_full": kv_full / n_ctx,
+        "mean_context_tokens": ctx_tokens / n_ctx,
+        "max_new_tokens": new,
+        "predictions": preds,
+    }

@@ -1,0 +1,293 @@
+"""Compress a context once, answer many questions from it, and keep it on disk.
+
+``ctx = generator.prefill_context(passages, "kvzip(ratio=0.5)")`` prefills the prompt's context (instruction and
+passages: every token before the question) once under a question-agnostic KV compressor; ``ctx.ask(question)``
+then feeds the question and decodes on a view of the compressed cache (a new cache object over the same tensors;
+what the answer appends goes to new tensors), so the context never changes and the tenth answer to a question is
+the first one. The answer is the one ``Generator.generate(prompt, compressor=..., query_aware=False)`` gives: the
+same compressed cache, the question fed at the same absolute positions, the same per-head masks.
+
+On disk (``ctx.save(folder)``) a compressed context is::
+
+    folder/
+        kv.safetensors   keys.<layer>, values.<layer> (B, H_kv, S_l, D), mask.<layer> (uneven compressions),
+                         context_ids (1, T)
+        manifest.json    written last: format, version, model, compressor label, context length, passages,
+                         system prompt, report, and the bytes and sha256 of kv.safetensors
+
+written into a temporary folder beside it and renamed into place. ``CompressedContext.load`` refuses a folder
+whose manifest is missing or of another version, whose tensors file has another size or sha256 (truncated or
+tampered with), or whose model differs from the generator's, with :class:`ragcore.errors.ContextCacheError`. No
+pickle: tensors go through safetensors, the rest is JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ragcore import cache as kvcache
+from ragcore.errors import ConfigError, ContextCacheError
+from ragcore.registry import registry
+from ragcore.types import Chunk, ScoredChunk
+
+if TYPE_CHECKING:
+    from ragcore.generator import Generation, GenerationConfig, Generator
+    from ragcore.prompt import Prompt
+
+logger = logging.getLogger(__name__)
+FORMAT, VERSION = "ragcore-context-cache", 1
+TENSORS, MANIFEST = "kv.safetensors", "manifest.json"
+PLACEHOLDER = "?"  # the question of the prompt whose context is prefilled (only the tokens before it are used)
+
+
+@dataclass
+class CompressedContext:
+    """A prefilled, compressed context that answers any number of questions.
+
+    Parameters
+    ----------
+    generator:
+        The loaded generator whose model made (and reads) the cache.
+    passages:
+        The passages in the context, in prompt order.
+    context_ids:
+        (1, T) token ids of the context: the prompt up to where the question starts.
+    layers:
+        Per layer, the compressed (keys, values), each (1, H_kv, S_l, D) (keys rotated at their positions).
+    masks:
+        Per layer, the (1, H_kv, S_l) visibility of the slots after an uneven per-head compression (empty when
+        every head sees its whole layer).
+    compressor:
+        The compressor's label with its ratio (``"kvzip(ratio=0.5)"``), or ``"none"``.
+    system:
+        The system prompt the context was built with (None: the default).
+    report:
+        The compression's :class:`compress.kv.KVReport` as a dict, and ``prefill_s`` (seconds of prefill plus
+        compression).
+    """
+
+    generator: Generator
+    passages: list[Chunk]
+    context_ids: torch.Tensor
+    layers: list[tuple[torch.Tensor, torch.Tensor]]
+    masks: dict[int, torch.Tensor] = field(default_factory=dict)
+    compressor: str = "none"
+    system: str | None = None
+    report: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def context_tokens(self) -> int:
+        return int(self.context_ids.shape[-1])
+
+    @property
+    def kv_bytes(self) -> int:
+        """Bytes the compressed keys and values hold (padded slots of uneven budgets included)."""
+        return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in self.layers)
+
+    def prompt(self, question: str) -> Prompt:
+        """The full prompt for ``question``, checked to start with this context's tokens."""
+        p = self.generator.prompt(question, self.passages, self.system)
+        n = self.context_tokens
+        if p.question_start != n or not torch.equal(p.input_ids[:, :n], self.context_ids.to(p.input_ids.device)):
+            raise ContextCacheError(
+                f"the prompt for {question!r} does not start with the cached context's {n} tokens "
+                "(another tokenizer or prompt template made this cache)"
+            )
+        return p
+
+    def ask(self, question: str, config: GenerationConfig | None = None) -> Generation:
+        """Answer ``question`` from the compressed context, leaving the context unchanged. ``Generation.stats``
+        gets ``kv_bytes`` (the context's compressed cache), ``kv_bytes_full`` (an uncompressed one of the same
+        prompt), ``masks_only`` and ``compressor``."""
+        p = self.prompt(question)
+        dev = self.generator.model.device
+        cache = kvcache.new_cache(self.generator.model.config, [(k.to(dev), v.to(dev)) for k, v in self.layers])
+        masks = {i: m.to(dev) for i, m in self.masks.items()}
+        g = self.generator.decode_on(cache, p, self.context_tokens, config, masks)
+        per_token = kvcache.bytes_per_token(cache)
+        g.stats.update(
+            kv_bytes=self.kv_bytes,
+            kv_bytes_full=per_token * len(p),
+            masks_only=bool(self.report.get("masks_only", False)),
+            compressor=self.compressor,
+        )
+        return g
+
+    # ---- on disk ---------------------------------------------------------------------------------------------
+    def save(self, folder: str | Path) -> Path:
+        """Write the context to ``folder`` (replacing one there), atomically: a temporary folder beside it is
+        filled, synced and renamed into place. Returns the folder."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {"context_ids": self.context_ids.cpu().contiguous()}
+        for i, (k, v) in enumerate(self.layers):
+            tensors[f"keys.{i}"] = k.cpu().contiguous()
+            tensors[f"values.{i}"] = v.cpu().contiguous()
+        for i, m in self.masks.items():
+            tensors[f"mask.{i}"] = m.cpu().contiguous()
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        try:
+            save_file(tensors, str(tmp / TENSORS))
+            _fsync(tmp / TENSORS)
+            manifest = {
+                "format": FORMAT,
+                "version": VERSION,
+                "model": self.generator.model_name,
+                "compressor": self.compressor,
+                "context_tokens": self.context_tokens,
+                "n_layers": len(self.layers),
+                "system": self.system,
+                "passages": [c.to_dict() for c in self.passages],
+                "report": self.report,
+                "files": {TENSORS: {"bytes": (tmp / TENSORS).stat().st_size, "sha256": _sha256(tmp / TENSORS)}},
+            }
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+            _fsync(tmp / MANIFEST)
+            old = None
+            if folder.exists():
+                old = folder.with_name(f".{folder.name}.old.{os.getpid()}")
+                os.replace(folder, old)
+            os.replace(tmp, folder)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path, generator: Generator) -> CompressedContext:
+        """Read a context that :meth:`save` wrote, for ``generator`` (which must be the model that made it).
+        Raises ``ContextCacheError`` when the folder is missing, incomplete, of another version, truncated or
+        tampered with, or made by another model."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        mpath = folder / MANIFEST
+        if not mpath.is_file():
+            raise ContextCacheError(f"{str(folder)!r} holds no saved context (no {MANIFEST})")
+        try:
+            m = json.loads(mpath.read_text())
+            files = m["files"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ContextCacheError(f"{str(mpath)!r} is not a context manifest: {e}") from None
+        if m.get("format") != FORMAT or m.get("version") != VERSION:
+            raise ContextCacheError(
+                f"{str(folder)!r} is format {m.get('format')!r} version {m.get('version')!r}; "
+                f"this ragcore reads {FORMAT!r} version {VERSION}"
+            )
+        path = folder / TENSORS
+        want = files.get(TENSORS, {})
+        if not path.is_file():
+            raise ContextCacheError(f"{str(path)!r} is missing")
+        size = path.stat().st_size
+        if size != want.get("bytes"):
+            raise ContextCacheError(f"{str(path)!r} has {size} bytes, its manifest says {want.get('bytes')}: truncated")
+        if _sha256(path) != want.get("sha256"):
+            raise ContextCacheError(f"{str(path)!r} does not match its manifest's sha256: the file was changed")
+        generator.warm_up()
+        if m["model"] != generator.model_name:
+            raise ContextCacheError(
+                f"{str(folder)!r} was made by model {m['model']!r}, not {generator.model_name!r}", param="model"
+            )
+        try:
+            t = load_file(str(path))
+        except SafetensorError as e:
+            raise ContextCacheError(f"{str(path)!r} cannot be read: {e}") from None
+        n = int(m["n_layers"])
+        return cls(
+            generator,
+            [Chunk.from_dict(c) for c in m["passages"]],
+            t["context_ids"],
+            [(t[f"keys.{i}"], t[f"values.{i}"]) for i in range(n)],
+            {i: t[f"mask.{i}"] for i in range(n) if f"mask.{i}" in t},
+            m["compressor"],
+            m["system"],
+            m["report"],
+        )
+
+
+def prefill_context(
+    generator: Generator,
+    passages: Sequence[Chunk | ScoredChunk],
+    compressor: Any = None,
+    system: str | None = None,
+    ratio: float | None = None,
+) -> CompressedContext:
+    """Prefill ``passages`` (the prompt up to its question) once under ``compressor`` and return the
+    :class:`CompressedContext`.
+
+    ``compressor``: a KV compressor, its spec string, ``"none"`` (the full cache) or None for
+    ``compress.kv.DEFAULT_AGNOSTIC`` at ``ratio`` (default ``compress.kv.DEFAULT_AGNOSTIC_RATIO``); ``ratio``
+    also applies to a spec string that does not set one. Raises ``ConfigError`` for a bad compressor or ratio,
+    or no passages."""
+    from compress.kv import DEFAULT_AGNOSTIC, DEFAULT_AGNOSTIC_RATIO
+
+    chunks = [p.chunk if isinstance(p, ScoredChunk) else p for p in passages]
+    if not chunks:
+        raise ConfigError("prefill_context needs at least one passage", param="passages")
+    if compressor is None:
+        compressor, ratio = DEFAULT_AGNOSTIC, DEFAULT_AGNOSTIC_RATIO if ratio is None else ratio
+    comp = None
+    if compressor != "none":
+        comp = registry("kv_compressor").build(compressor, **({} if ratio is None else {"ratio": ratio}))
+    generator.warm_up()
+    prompt = generator.prompt(PLACEHOLDER, chunks, system)
+    n = prompt.question_start
+    model = generator.model
+    ids = prompt.input_ids[:, :n].to(model.device)
+    cache = kvcache.new_cache(model.config)
+    base = getattr(model, model.base_model_prefix, model)
+    t0 = time.perf_counter()
+    masks: dict[int, torch.Tensor] = {}
+    report: dict[str, Any] = {}
+    with torch.inference_mode():
+        if comp is None:
+            kvcache.call(base, cache, input_ids=ids, use_cache=True)
+        else:
+            with comp.apply(model, cache, prompt) as call:
+                kvcache.call(base, cache, input_ids=ids, use_cache=True)
+            masks, report = call.head_masks(), call.report.to_dict()
+    report["prefill_s"] = time.perf_counter() - t0
+    layers = [kvcache.get_kv(cache, i) for i in range(kvcache.n_layers(cache))]
+    label = "none" if comp is None else _with_ratio(comp)
+    logger.info("prefilled a context of %d tokens under %s", n, label)
+    return CompressedContext(generator, chunks, ids.cpu(), layers, masks, label, system, report)
+
+
+def _with_ratio(comp: Any) -> str:
+    """The compressor's label with its ratio (or budget), which the label leaves out."""
+    label = comp.label
+    extra = f"budget={comp.budget}" if comp.budget is not None else f"ratio={comp.ratio:g}"
+    head, sep, rest = label.partition(":")
+    if head.endswith(")"):
+        return f"{head[:-1]}, {extra}){sep}{rest}"
+    return f"{head}({extra}){sep}{rest}"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())

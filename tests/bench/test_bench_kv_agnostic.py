@@ -1,0 +1,30 @@
+"""bench.kv_agnostic renders a question-agnostic matrix (paired changes, the best marked) and reuse results."""
+
+from __future__ import annotations
+
+from bench.kv_agnostic import matrix_table, reuse_table
+
+
+def run(name: str, accs: list[float], **kw) -> dict:
+    preds = [{"id": str(i), "accuracy": a} for i, a in enumerate(accs)]
+    base = {"compressor": name, "ratio": 0.5, "accuracy": sum(accs) / len(accs), "accuracy_ci95": 0.1}
+    return {**base, "n": len(accs), "kv_bytes": 50, "kv_bytes_full": 100, "predictions": preds, **kw}
+
+
+def test_matrix_marks_the_best_paired_change():
+    m = {"runs": [run("none", [1, 0, 1, 0]), run("kvzip", [1, 0, 1, 1]), run("h2o", [0, 0, 1, 0])]}
+    table, best = matrix_table(m)
+    assert best == "kvzip"
+    assert "| kvzip | 0.5 | 0.750 | +25.0 ± " in table and "| h2o | 0.5 | 0.250 | -25.0 ± " in table
+    assert table.count("**best**") == 1
+
+
+def test_reuse_table_has_the_speedup_and_every_index():
+    r = {"format": "kv_retrieval", "model": "m", "compressor": "kvzip", "ratio": 0.5, "contexts": 2, "reuse": 2,
+         "mean_context_tokens": 900, "accuracy_full": 1.0, "accuracy_reuse": 0.75, "diff": -0.25, "diff_ci95": 0.3,
+         "seconds_full": 40.0, "seconds_reuse": 10.0, "speedup": 4.0, "kv_bytes": 50, "kv_bytes_full": 100,
+         "by_index": [{"index": 0, "accuracy_full": 1.0, "accuracy_reuse": 1.0},
+                      {"index": 1, "accuracy_full": 1.0, "accuracy_reuse": 0.5}]}  # fmt: skip
+    table = reuse_table([r])
+    assert "| 4.00x | 0.500 |" in table and "-25.0 ± 30.0" in table
+    assert "| reuse | 1.00 | 0.50 |" in table

@@ -1,0 +1,85 @@
+"""A compressed context answers many questions unchanged, equals a fresh compression, and survives a save only
+when intact."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from compress.kv import DEFAULT_AGNOSTIC, get_compressor
+from ragcore.context_cache import MANIFEST, TENSORS, CompressedContext
+from ragcore.errors import ConfigError, ContextCacheError
+from ragcore.generator import GenerationConfig
+from ragcore.pipeline import Pipeline
+from tests.helpers import PASSAGES, QUESTION
+
+CFG = GenerationConfig(max_new_tokens=4)
+OTHER = "What colour are bananas?"
+
+
+def test_reuse_equals_a_fresh_compression_and_never_changes(smol):
+    """The tenth answer equals the first; each equals what a fresh question-agnostic compression answers; the
+    compressed tensors are untouched by answering. ``kvzip``'s global budgets carry per-head masks."""
+    spec = "kvzip"
+    ctx = smol.prefill_context(PASSAGES, spec, ratio=0.5)
+    before = [(k.clone(), v.clone()) for k, v in ctx.layers]
+    first = ctx.ask(QUESTION, CFG)
+    other = ctx.ask(OTHER, CFG)
+    for _ in range(8):
+        last = ctx.ask(QUESTION, CFG)
+    assert last.token_ids == first.token_ids and len(first.token_ids) > 0
+    for (k, v), (k0, v0) in zip(ctx.layers, before):
+        assert torch.equal(k, k0) and torch.equal(v, v0)
+    for q, got in ((QUESTION, first), (OTHER, other)):
+        fresh = smol.generate(smol.prompt(q, PASSAGES), config=CFG, compressor=get_compressor(spec, ratio=0.5))
+        assert got.token_ids == fresh.token_ids, (spec, q)
+        assert got.stats["kv_bytes"] == fresh.stats["kv_report"]["kv_bytes_after"]
+    assert first.stats["kv_bytes"] < first.stats["kv_bytes_full"]
+    assert ctx.masks and ctx.report["masks_only"]
+
+
+def test_save_load_round_trip_and_refusals(smol, tmp_path):
+    ctx = smol.prefill_context(PASSAGES, ratio=0.5)  # the default: compress.kv.DEFAULT_AGNOSTIC
+    assert ctx.compressor.startswith(DEFAULT_AGNOSTIC.split("(")[0]) and "ratio=0.5" in ctx.compressor
+    want = ctx.ask(QUESTION, CFG).token_ids
+    folder = ctx.save(tmp_path / "ctx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ctx"]  # no temporary folder left
+    again = CompressedContext.load(folder, smol)
+    assert again.ask(QUESTION, CFG).token_ids == want and again.masks.keys() == ctx.masks.keys()
+    ctx.save(folder)  # replacing a saved context is atomic too
+    assert CompressedContext.load(folder, smol).compressor == ctx.compressor
+
+    data = (folder / TENSORS).read_bytes()
+    (folder / TENSORS).write_bytes(data[: len(data) // 2])
+    with pytest.raises(ContextCacheError, match="truncated"):
+        CompressedContext.load(folder, smol)
+    flipped = bytearray(data)
+    flipped[-5] ^= 0xFF
+    (folder / TENSORS).write_bytes(bytes(flipped))
+    with pytest.raises(ContextCacheError, match="sha256"):
+        CompressedContext.load(folder, smol)
+    (folder / TENSORS).write_bytes(data)
+    m = json.loads((folder / MANIFEST).read_text())
+    (folder / MANIFEST).write_text(json.dumps({**m, "version": 99}))
+    with pytest.raises(ContextCacheError, match="version 99"):
+        CompressedContext.load(folder, smol)
+    (folder / MANIFEST).write_text(json.dumps({**m, "model": "qwen2.5-0.5b"}))
+    with pytest.raises(ContextCacheError, match="made by model 'qwen2.5-0.5b'"):
+        CompressedContext.load(folder, smol)
+    with pytest.raises(ContextCacheError, match="no manifest.json"):
+        CompressedContext.load(tmp_path / "nothing", smol)
+
+
+def test_pipeline_defaults(retriever, smol):
+    """One question compresses query-aware by default; compress_context is question-agnostic with the default."""
+    p = Pipeline(retriever, smol, k=2, config=CFG, compressor="snapkv(ratio=0.5)")
+    assert p.query_aware is True
+    assert p.ask("What is the tallest volcano?").kv["query_aware"] is True
+    ctx = p.compress_context("What is the tallest volcano?")
+    assert len(ctx.passages) == 2 and ctx.compressor.startswith("kvzip")
+    ans = p.ask_context(ctx, "Which planet has the most extensive rings?")
+    assert ans.kv["query_aware"] is False and ans.citations and ans.text
+    with pytest.raises(ConfigError, match="at least one passage"):
+        p.compress_context([])
