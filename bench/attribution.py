@@ -46,13 +46,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dev", type=int, default=None, help="injection: development contexts (default: --injection)")
     ap.add_argument("--dev-offset", type=int, default=1000, help="injection: first development question")
     ap.add_argument("--methods", default=TRACE_METHODS)
+    ap.add_argument("--max-new-tokens", type=int, default=32, help="answer length limit")
     ap.add_argument("--detectors", default="rules,judge")
     ap.add_argument("--out-dir", default="bench/out/attribution")
     ap.add_argument("--write-results", action="store_true", help="write the section of docs/RESULTS.md")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     out = Path(a.out_dir)
-    common = {"model": a.model, "device": a.device}
+    common = {"model": a.model, "device": a.device, "max_new_tokens": a.max_new_tokens}
     runs = {}
     if a.poisoned:
         runs["poisoned"] = attribution.eval_poisoned(None, a.methods, limit=a.poisoned, **common)

@@ -172,6 +172,7 @@ def eval_poisoned(
             kept = [c for p, c in enumerate(ctx) if p not in top]
             g2 = lm.generate(lm.prompt(r["question"], kept), config=cfg)
             per[m]["def"].append(float(bad in normalize(g2.text)))
+        logger.info("poisoned %d/%d: attacked=%s", i + 1, len(rows), bool(hit))
         if progress:
             progress(i + 1, len(rows))
     out: dict[str, Any] = {
@@ -303,6 +304,7 @@ def eval_injection(
                     res[d]["tf"].append(float(any(s.passage == where for s in top)))
                 else:
                     res[d]["fp"].append(float(bool(flagged)))
+        logger.info("injection %d/%d", i + 1, len(exs))
         if progress:
             progress(i + 1, len(exs))
     out: dict[str, Any] = {
@@ -366,6 +368,7 @@ def eval_citations(
             secs[m].append(t.seconds)
             if ok and t.segments:
                 hits[m].append(float(t.segments[t.top(1)[0]].passage == gold))
+        logger.info("citations %d/%d: correct=%s", i + 1, len(exs), bool(ok))
         if progress:
             progress(i + 1, len(exs))
     out: dict[str, Any] = {
