@@ -53,6 +53,8 @@ FLAGS = {
     "config": "--config",
     "generator": "--model",
     "max_new_tokens": "--max-new-tokens",
+    "method": "--method",
+    "data": "--data",
 }
 COMMAND_FLAGS = {"index": {"model": "--embedder"}}
 
@@ -216,10 +218,21 @@ def _cmd_ask(a: argparse.Namespace) -> int:
         use = a.compressor != "none" and not a.context_cache
         comp = _compressor(a.compressor, a.ratio) if use else None
         retriever = HybridRetriever.load(a.index, version=a.index_version, min_score=a.min_score)
-        p = Pipeline(retriever, Generator(a.model, a.device), a.k, cfg, compressor=comp, query_aware=a.query_aware)
+        p = Pipeline(
+            retriever,
+            Generator(a.model, a.device),
+            a.k,
+            cfg,
+            compressor=comp,
+            query_aware=a.query_aware,
+            **_attribution_args(a),
+        )
     ans = _ask_context(p, a) if a.context_cache else p.ask(a.question)
     if a.json:
         print(json.dumps(ans.to_dict(), indent=2, ensure_ascii=False))
+        return 0
+    if ans.sentences or ans.flags:
+        print_traced(ans)
         return 0
     print(f"Q: {ans.question}\nA: {ans.text}\n\nSources:")
     for c in ans.citations:
@@ -308,6 +321,35 @@ def _ask_context(p: Any, a: argparse.Namespace) -> Any:
     return ans
 
 
+def _attribution_args(a: argparse.Namespace) -> dict:
+    """Pipeline arguments of ``ask --tracer/--detector/--defend``."""
+    tracer = getattr(a, "tracer", None)
+    return {
+        "tracer": True if tracer == "interactive" else tracer,
+        "detector": getattr(a, "detector", None),
+        "defend": bool(getattr(a, "defend", False)),
+    }
+
+
+def print_traced(ans: object) -> None:
+    """A traced answer: each sentence with its [n] markers and the source spans it was traced to, then the
+    flagged segments."""
+    print(f"Q: {ans.question}\nA: {ans.render()}\n")
+    for s in ans.sentences:
+        print(f"  {s.text!r}")
+        for c in s.citations:
+            snippet = " ".join(c.text.split())[:120]
+            print(f"    [{c.number}] {c.source_id}:{c.start}-{c.end} (score {c.score:.2f}) {snippet}")
+        if not s.citations:
+            print("    (no passage reaches the confidence threshold)")
+    if ans.flags:
+        print("\nFlagged:")
+        for f in ans.flags:
+            what = "removed, answered again" if f.removed else "kept"
+            snippet = " ".join(f.text.split())[:120]
+            print(f"  [{f.number}] {f.source_id}:{f.start}-{f.end} {f.reason} ({what}): {snippet}")
+
+
 def _cmd_eval(a: argparse.Namespace) -> int:
     from eval import runner
     from eval.report import check_out, write_json
@@ -331,6 +373,8 @@ def _cmd_eval(a: argparse.Namespace) -> int:
         )
     elif a.suite == "kv":
         res = _eval_kv(a)
+    elif a.suite in ("poisoned", "injection", "citations"):
+        res = _eval_attribution(a)
     else:  # pragma: no cover - argparse restricts the choices
         raise RagcoreError(f"unknown eval suite {a.suite!r}")
     if a.out:
@@ -384,6 +428,25 @@ def _eval_kv(a: argparse.Namespace) -> dict:
         return suite.run(a.data, names[0], ratios[0])
     save = (lambda part: write_json(a.out, {**part, "complete": False})) if a.out else None
     return {**suite.matrix(a.data, names, ratios, checkpoint=save), "complete": True}
+
+
+def _eval_attribution(a: argparse.Namespace) -> dict:
+    """``eval poisoned|injection|citations`` (eval/attribution.py)."""
+    from eval import attribution
+    from ragcore.models import DEFAULT_GENERATOR
+
+    common = dict(
+        model=a.model or DEFAULT_GENERATOR,
+        limit=a.limit,
+        device=a.device,
+        seed=a.seed,
+        max_new_tokens=a.max_new_tokens or 32,
+    )
+    if a.suite == "poisoned":
+        return attribution.eval_poisoned(a.data, a.method, **common)
+    if a.suite == "injection":
+        return attribution.eval_injection(a.detector, nq=a.data, offset=a.offset or 0, tracer=a.tracer, **common)
+    return attribution.eval_citations(a.method, nq=a.data, offset=a.offset or 0, **common)
 
 
 def _version() -> str:
@@ -556,6 +619,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="a pipeline config (TOML; keys of ragcore.config.PipelineConfig, $RAGCORE_* override it); "
         "--index, -k, --model, --device, --max-new-tokens given here override both",
     )
+    sp.add_argument(
+        "--tracer",
+        nargs="?",
+        const="interactive",
+        default=None,
+        help="cite each answer sentence by tracing it: alone, the one-forward AttnTrace setting; or a spec "
+        "(attntrace, attntrace(subsamples=30, keep=0.4), attention, loo, contextcite)",
+    )
+    sp.add_argument("--detector", default=None, help="flag instructions in the top traced segments: rules or judge")
+    sp.add_argument("--defend", action="store_true", help="drop flagged passages and answer again (implies rules)")
     sp.set_defaults(fn=_cmd_ask)
 
     sp = sub.add_parser("serve", help="run the QA service (FastAPI, uvicorn): /v1/ask, /v1/ask/stream, the web page")
@@ -571,7 +644,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("eval", help="offline evaluations")
     common(sp)
-    sp.add_argument("suite", choices=["retrieval", "qa", "kv"])
+    sp.add_argument("suite", choices=["retrieval", "qa", "kv", "poisoned", "injection", "citations"])
     sp.add_argument(
         "--data",
         default=None,
@@ -604,7 +677,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--max-tokens", type=int, default=None, help="kv: prompt + answer token limit (cuts records)")
     sp.add_argument("--query-aware", action="store_true", help="kv: compress after reading the question too")
     sp.add_argument("--batch-size", type=int, default=1, help="kv: questions decoded together (same answers)")
-    sp.add_argument("--offset", type=int, default=None, help="kv: items skipped first (a development slice)")
+    sp.add_argument(
+        "--offset", type=int, default=None, help="kv, injection, citations: items skipped first (a development slice)"
+    )
     sp.add_argument(
         "--reuse",
         type=int,
@@ -613,6 +688,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="kv: ask Q questions of each of --limit (default 5) contexts compressed once, question-agnostic "
         "(--compressor, default compress.kv.DEFAULT_AGNOSTIC), against Q full prefills",
     )
+    sp.add_argument(
+        "--method",
+        default="attntrace",
+        help="poisoned, citations: tracers side by side on the same answers (attntrace,contextcite,loo,attention)",
+    )
+    sp.add_argument("--detector", default="rules", help="injection: detectors side by side (rules,judge)")
+    sp.add_argument("--tracer", default=None, help="injection: the tracer whose top K the detector reads")
+    sp.add_argument("--seed", type=int, default=0, help="poisoned, injection, citations: shuffles and positions")
     sp.set_defaults(fn=_cmd_eval)
     return p
 

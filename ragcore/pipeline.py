@@ -23,8 +23,8 @@ from ragcore.generator import Generation, GenerationConfig, Generator
 from ragcore.models import DEFAULT_GENERATOR
 from ragcore.prompt import Prompt
 from ragcore.registry import registry
-from ragcore.stages import ContextCompressor, KVCompressor, Reranker, Retriever
-from ragcore.types import Answer, Citation, ScoredChunk, StageReport
+from ragcore.stages import ContextCompressor, Detector, KVCompressor, Reranker, Retriever, Tracer
+from ragcore.types import Answer, Citation, Flag, ScoredChunk, StageReport
 
 if TYPE_CHECKING:
     from ragcore.config import PipelineConfig
@@ -93,6 +93,15 @@ class Pipeline:
         A reranker or its spec string: the order the generator reads the passages in.
     context_compressor:
         A context compressor or its spec string: which text of the passages the generator reads.
+    tracer:
+        A tracer or its spec string (``"attntrace"``), or True for the interactive setting
+        (``ragcore.attribution.INTERACTIVE_TRACER``): ``Answer.sentences`` then cites, per answer sentence, the
+        passages and source spans the tracer found, and ``Answer.citations`` are those passages.
+    detector:
+        A detector or its spec string (``"rules"``, ``"judge"``): run on the tracer's top-K segments only;
+        ``Answer.flags`` lists what it flagged and why. Implies the interactive tracer when none is given.
+    defend:
+        Drop the passages holding a flagged segment and answer again (needs a detector; default ``rules``).
 
     Every stage is optional but the retriever and the generator; each reports its seconds and counts in
     ``Answer.stages``, and a failing stage is named in the error. Citations are the passages the answer cites as
@@ -111,6 +120,9 @@ class Pipeline:
         query_aware: bool = True,
         reranker: Reranker | str | None = None,
         context_compressor: ContextCompressor | str | None = None,
+        tracer: Tracer | str | bool | None = None,
+        detector: Detector | str | None = None,
+        defend: bool = False,
     ) -> None:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ConfigError(f"k must be a positive integer, got {k!r}")
@@ -124,6 +136,7 @@ class Pipeline:
         self.query_aware = bool(query_aware)
         self.index: Path | None = None  # the index folder, when the retriever was loaded from one
         self.max_tokens: int | None = None  # prompt + answer token budget (None: the model's window)
+        self.tracer, self.detector, self.defend = attribution_stages(tracer, detector, defend)
         if isinstance(retriever, (str, Path)):
             self.index = Path(retriever)
             retriever = load_retriever(retriever)
@@ -180,7 +193,7 @@ class Pipeline:
             ),
             reports,
         )
-        return self.answer(question, passages, dropped, g, rep, reports)
+        return self.answer(question, passages, dropped, g, rep, reports, prompt)
 
     def prompt_for(
         self, question: str, reports: list[StageReport]
@@ -200,8 +213,10 @@ class Pipeline:
         g: Generation,
         rep: StageReport,
         reports: list[StageReport],
+        prompt: Prompt | None = None,
     ) -> Answer:
-        """The ``Answer`` of a generation ``g`` (its report ``rep`` completed, the KV compressor's added)."""
+        """The ``Answer`` of a generation ``g`` (its report ``rep`` completed, the KV compressor's added), traced
+        from ``prompt`` (citations per sentence, flags) when the pipeline has a tracer."""
         rep.label = self.generator.model_name
         rep.items_in, rep.items_out = g.prompt_tokens, len(g.token_ids)
         rep.details = {"prefill_s": g.prefill_s, "decode_s": g.decode_s, "stopped": g.stopped}
@@ -219,7 +234,7 @@ class Pipeline:
                 )
             )
         timings = {"retrieve_s": reports[0].seconds, "prefill_s": g.prefill_s, "decode_s": g.decode_s}
-        return Answer(
+        answer = Answer(
             question,
             g.text,
             self.cite(passages, g.text),
@@ -230,6 +245,60 @@ class Pipeline:
             dropped=[p.chunk.id for p in dropped],
             stages=reports,
         )
+        return answer if self.tracer is None or prompt is None else self._trace(answer, prompt, g, reports)
+
+    def _trace(self, answer: Answer, prompt: Any, g: Any, reports: list[StageReport]) -> Answer:
+        """Trace the answer (citations per sentence), run the detector on the top-K traced segments, and with
+        ``defend`` drop the passages holding a flagged segment and answer again (traced again)."""
+        lm = self.generator
+        tr, rep = run_stage("tracer", self.tracer, lambda: self.tracer.trace(prompt, g, lm), reports)
+        rep.items_in, rep.items_out = len(tr.segments), len(tr.sentences)
+        rep.details = {"forwards": tr.forwards, "unit": self.tracer.unit, "citations": "tracer"}
+        answer.sentences = tr.cite(prompt, self.tracer.threshold, self.tracer.top_k)
+        answer.citations = traced_citations(answer)
+        if self.detector is None:
+            return answer
+        top = tr.top(self.tracer.top_k)
+        found, rep = run_stage(
+            "detector", self.detector, lambda: self.detector.flag([tr.segments[j] for j in top], lm), reports
+        )
+        rep.items_in, rep.items_out = len(top), len(found)
+        for f in found:
+            seg = tr.segments[top[f.index]]
+            chunk = prompt.passages[seg.passage]
+            answer.flags.append(
+                Flag(
+                    self.detector.name,
+                    f.reason,
+                    seg.passage + 1,
+                    chunk.id,
+                    chunk.source_id,
+                    chunk.start + seg.start,
+                    chunk.start + seg.end,
+                    seg.text,
+                    f.score,
+                    removed=self.defend,
+                )
+            )
+        if not (self.defend and answer.flags):
+            return answer
+        bad = {f.chunk_id for f in answer.flags}
+        passages = [p for p in answer.passages if p.chunk.id not in bad]
+        prompt, kept = lm.fit_prompt(answer.question, passages, self.config.max_new_tokens, max_tokens=self.max_tokens)
+        g, rep = run_stage(
+            "generator",
+            lm,
+            lambda: lm.generate(prompt, config=self.config, compressor=self.compressor, query_aware=self.query_aware),
+            reports,
+        )
+        rep.label, rep.details = lm.model_name, {"regenerated": True, "removed": sorted(bad)}
+        tr, rep = run_stage("tracer", self.tracer, lambda: self.tracer.trace(prompt, g, lm), reports)
+        rep.items_in, rep.items_out = len(tr.segments), len(tr.sentences)
+        answer.text, answer.passages = g.text, list(passages[: len(kept)])
+        answer.dropped += sorted(bad)
+        answer.sentences = tr.cite(prompt, self.tracer.threshold, self.tracer.top_k)
+        answer.citations = traced_citations(answer)
+        return answer
 
     @staticmethod
     def cite(passages: list[ScoredChunk], text: str) -> list[Citation]:
@@ -322,7 +391,7 @@ class Pipeline:
                 yield TokenEvent(piece)
         rep = StageReport("generator", name, self.generator.model_name, time.perf_counter() - t0)
         reports.append(rep)
-        answer = self.answer(question, passages, dropped, g, rep, reports)
+        answer = self.answer(question, passages, dropped, g, rep, reports, prompt)
         for c in answer.citations:
             yield CitationEvent(c)
         yield DoneEvent(answer)
@@ -337,7 +406,7 @@ class Pipeline:
         for q in questions:
             reports: list[StageReport] = []
             passages, dropped, prompt = self.prompt_for(q, reports)
-            parts.append((q, passages, dropped, reports))
+            parts.append((q, passages, dropped, reports, prompt))
             prompts.append(prompt)
         batch: list[StageReport] = []
         gens, rep = run_stage(
@@ -349,10 +418,10 @@ class Pipeline:
             batch,
         )
         out = []
-        for (q, passages, dropped, reports), g in zip(parts, gens):
+        for (q, passages, dropped, reports, prompt), g in zip(parts, gens):
             mine = dataclasses.replace(rep, details={})
             reports.append(mine)
-            out.append(self.answer(q, passages, dropped, g, mine, reports))
+            out.append(self.answer(q, passages, dropped, g, mine, reports, prompt))
         return out
 
     async def aask(self, question: str) -> Answer:
@@ -477,3 +546,30 @@ class Pipeline:
             kv,
             stages=[report],
         )
+
+
+def attribution_stages(tracer: Any, detector: Any, defend: bool) -> tuple[Any, Any, bool]:
+    """The tracer, detector and defence a Pipeline runs: a detector or the defence implies the interactive
+    tracer, the defence implies the default detector."""
+    from ragcore.attribution import DEFAULT_DETECTOR, INTERACTIVE_TRACER
+
+    if not isinstance(defend, bool):
+        raise ConfigError(f"defend must be True or False, got {defend!r}")
+    if defend and detector is None:
+        detector = DEFAULT_DETECTOR
+    if tracer is True or (tracer in (None, False) and detector is not None):
+        tracer = INTERACTIVE_TRACER
+    return _stage("tracer", tracer or None, Tracer), _stage("detector", detector, Detector), defend
+
+
+def traced_citations(answer: Answer) -> list[Citation]:
+    """The passages the answer's sentences cite, in order of first citation, each with its best score."""
+    best: dict[int, float] = {}
+    for s in answer.sentences:
+        for c in s.citations:
+            best[c.number] = max(best.get(c.number, 0.0), c.score)
+    out = []
+    for n, score in best.items():
+        chunk = answer.passages[n - 1].chunk
+        out.append(Citation(n, chunk.id, chunk.source_id, chunk.start, chunk.end, score, chunk.text))
+    return out

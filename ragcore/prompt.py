@@ -33,6 +33,8 @@ class Prompt:
     input_ids: torch.Tensor  # (1, T)
     spans: dict[str, tuple[int, int]] = field(default_factory=dict)
     passages: list[Chunk] = field(default_factory=list)
+    question: str = ""  # the question as asked (tracers rebuild the prompt around parts of the context)
+    system: str | None = None  # the system instruction, when not the default
     tokenizer: PreTrainedTokenizerBase | None = field(default=None, repr=False, compare=False)  # that built it
 
     def __len__(self) -> int:
@@ -93,7 +95,8 @@ def build_prompt(
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, return_tensors="pt")
     offsets = enc["offset_mapping"][0].tolist()
     spans = {name: _token_span(offsets, a, b) for name, (a, b) in char_spans.items()}
-    return Prompt(text=text, input_ids=enc["input_ids"], spans=spans, passages=chunks, tokenizer=tokenizer)
+    custom = system if system not in (SYSTEM, SYSTEM_CLOSED) else None
+    return Prompt(text, enc["input_ids"], spans, chunks, question.strip(), custom, tokenizer=tokenizer)
 
 
 def _token_span(offsets: list[list[int]], a: int, b: int) -> tuple[int, int]:

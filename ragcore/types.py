@@ -109,6 +109,19 @@ class Answer:
     kv: dict[str, Any] = field(default_factory=dict)  # compressor, kv_bytes held after prefill, kv_bytes_full, ...
     dropped: list[str] = field(default_factory=list)  # ids of retrieved chunks left out: the window was full
     stages: list[StageReport] = field(default_factory=list)
+    sentences: list[SentenceCitation] = field(default_factory=list)  # per answer sentence, from a tracer
+    flags: list[Flag] = field(default_factory=list)  # context segments a detector flagged
+
+    def render(self) -> str:
+        """The answer with ``[n]`` markers after each sentence (the passages it was traced to), or the plain
+        text when it was not traced."""
+        if not self.sentences:
+            return self.text
+        parts = []
+        for s in self.sentences:
+            marks = "".join(f"[{c.number}]" for c in s.citations)
+            parts.append(f"{s.text}{' ' + marks if marks else ''}")
+        return " ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -121,6 +134,8 @@ class Answer:
             "kv": dict(self.kv),
             "dropped": list(self.dropped),
             "stages": [r.to_dict() for r in self.stages],
+            "sentences": [s.to_dict() for s in self.sentences],
+            "flags": [f.to_dict() for f in self.flags],
         }
 
     @classmethod
@@ -135,4 +150,65 @@ class Answer:
             kv=dict(d.get("kv", {})),
             dropped=list(d.get("dropped", [])),
             stages=[StageReport.from_dict(r) for r in d.get("stages", [])],
+            sentences=[SentenceCitation.from_dict(s) for s in d.get("sentences", [])],
+            flags=[Flag.from_dict(f) for f in d.get("flags", [])],
         )
+
+
+@dataclass
+class SourceSpan(_Record):
+    """A cited passage: its ``[n]`` in the prompt, its chunk and source ids, and the character span
+    [``start``, ``end``) in the source of its best-scoring segment (a sentence, a word window or the whole
+    passage), with that segment's ``text`` and the tracer's ``score`` (relative to the sentence's best, in
+    [0, 1])."""
+
+    number: int
+    chunk_id: str
+    source_id: str
+    start: int
+    end: int
+    score: float
+    text: str = ""
+
+
+@dataclass
+class SentenceCitation:
+    """One answer sentence (``text``, its character span [``start``, ``end``) in ``Answer.text``) and the
+    passages it was traced to: those whose relative score reaches ``threshold``, best first."""
+
+    text: str
+    start: int
+    end: int
+    citations: list[SourceSpan] = field(default_factory=list)
+    threshold: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "start": self.start,
+            "end": self.end,
+            "citations": [c.to_dict() for c in self.citations],
+            "threshold": self.threshold,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SentenceCitation:
+        return cls(d["text"], d["start"], d["end"], [SourceSpan.from_dict(c) for c in d["citations"]], d["threshold"])
+
+
+@dataclass
+class Flag(_Record):
+    """A context segment a detector flagged: the ``detector``'s name, the ``reason``, its passage ``number``,
+    chunk and source ids, its character span in the source and its text, the detector's ``score``, and whether
+    the defence ``removed`` it before regenerating."""
+
+    detector: str
+    reason: str
+    number: int
+    chunk_id: str
+    source_id: str
+    start: int
+    end: int
+    text: str
+    score: float = 1.0
+    removed: bool = False

@@ -1,0 +1,135 @@
+"""Issue 13's figures: PoisonedRAG traceback and defence, injected instructions, citations on NQ-open, and the
+seconds per traced answer of every tracer side by side; writes the JSON of each suite and the "Attribution"
+section of docs/RESULTS.md.
+
+    python -m bench.attribution --model qwen2.5-0.5b --device cpu --poisoned 3 --injection 4 --citations 4 \\
+        --out-dir bench/out/attribution --write-results
+
+The injection suite runs each detector on a development slice (questions from ``--dev-offset`` on) to choose the
+default, then on the report slice (from question 0), which no choice saw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from bench.results import write_section
+from eval import attribution
+from eval.report import write_json
+
+INTERACTIVE = "attntrace(subsamples=1, keep=1.0)"
+TRACE_METHODS = f"attntrace,contextcite,loo,attention,{INTERACTIVE}"
+
+
+def _fmt(x: object) -> str:
+    return f"{x:.3f}" if isinstance(x, float) else str(x)
+
+
+def _rows(res: dict, cols: list[str]) -> str:
+    lines = ["| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for k, v in res.items():
+        if isinstance(v, dict) and "mean" not in v:
+            lines.append(f"| `{v.get('label', k)}` | " + " | ".join(_fmt(v.get(c, "")) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="qwen2.5-0.5b")
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--poisoned", type=int, default=100, help="PoisonedRAG target questions")
+    ap.add_argument("--injection", type=int, default=200, help="injected (and as many clean) contexts")
+    ap.add_argument("--citations", type=int, default=300, help="NQ-open questions")
+    ap.add_argument("--dev", type=int, default=None, help="injection: development contexts (default: --injection)")
+    ap.add_argument("--dev-offset", type=int, default=1000, help="injection: first development question")
+    ap.add_argument("--methods", default=TRACE_METHODS)
+    ap.add_argument("--max-new-tokens", type=int, default=32, help="answer length limit")
+    ap.add_argument("--detectors", default="rules,judge")
+    ap.add_argument("--out-dir", default="bench/out/attribution")
+    ap.add_argument("--write-results", action="store_true", help="write the section of docs/RESULTS.md")
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    out = Path(a.out_dir)
+    common = {"model": a.model, "device": a.device, "max_new_tokens": a.max_new_tokens}
+    runs = {}
+    if a.poisoned:
+        runs["poisoned"] = attribution.eval_poisoned(None, a.methods, limit=a.poisoned, **common)
+    if a.injection:
+        dev = attribution.eval_injection(a.detectors, limit=a.dev or a.injection, offset=a.dev_offset, **common)
+        names = [d for d in a.detectors.split(",") if d in dev]
+        ok = [d for d in names if dev[d]["fpr"] <= 0.05] or names
+        best = max(ok, key=lambda d: dev[d]["tpr"])
+        runs["injection_dev"] = {**dev, "chosen": best}
+        runs["injection"] = attribution.eval_injection(a.detectors, limit=a.injection, **common)
+    if a.citations:
+        runs["citations"] = attribution.eval_citations(a.methods, limit=a.citations, **common)
+    for name, res in runs.items():
+        write_json(out / f"{name}.json", res)
+    if not a.write_results:
+        print(json.dumps(runs, indent=2, default=str))
+        return 0
+    body = [
+        f"Model `{a.model}`, device `{a.device or 'auto'}`; JSON in `{out}/`. Intervals: 95%, normal approximation."
+    ]
+    if "poisoned" in runs:
+        r = runs["poisoned"]
+        body += [
+            f"\n### PoisonedRAG NQ (n={r['n']}; ASR without defence {r['asr']['mean']:.3f} ± {r['asr']['ci95']:.3f})\n",
+            "Top-5 traced segments (the 10 texts) against the 5 attack texts, on attacked answers; ASR after removing "
+            "the top 5 and answering again; seconds per traced answer, as a ratio to the first method and to the "
+            "generation.\n",
+            _rows(
+                r,
+                [
+                    "n_attacked",
+                    "trace_precision",
+                    "trace_precision_ci95",
+                    "trace_recall",
+                    "asr_defended",
+                    "asr_defended_ci95",
+                    "seconds_per_trace",
+                    "ratio_to_attntrace",
+                    "ratio_to_generation",
+                ],
+            ),
+        ]
+    if "injection" in runs:
+        r, dev = runs["injection"], runs["injection_dev"]
+        body += [
+            f"\n### Injected instructions (n={r['n_injected']} injected, {r['n_clean']} clean; tracer `{r['tracer']}`)\n",
+            f"Detector chosen on the development slice ({dev['n_injected']} + {dev['n_clean']} contexts from "
+            f"question {a.dev_offset}): `{dev['chosen']}` (best TPR at FPR <= 0.05). Report slice below; the answer "
+            f"followed the injection in {r['followed']['mean']:.3f} ± {r['followed']['ci95']:.3f} of injected "
+            "contexts without defence.\n",
+            _rows(
+                {k: {**v, "label": k} for k, v in r.items() if isinstance(v, dict) and "tpr" in v},
+                [
+                    "tpr",
+                    "tpr_ci95",
+                    "fpr",
+                    "fpr_ci95",
+                    "injection_in_top_k",
+                    "followed",
+                    "followed_defended",
+                    "followed_defended_ci95",
+                ],
+            ),
+        ]
+    if "citations" in runs:
+        r = runs["citations"]
+        body += [
+            f"\n### Citations on NQ-open (n={r['n']}, {r['n_correct']} correct; gold among 4 BM25 neighbours)\n",
+            "Share of correct answers whose top-scored passage is the gold one; seconds per traced answer.\n",
+            _rows(
+                r, ["top_is_gold", "top_is_gold_ci95", "seconds_per_trace", "ratio_to_attntrace", "ratio_to_generation"]
+            ),
+        ]
+    write_section("attribution", "Attribution (issue 13)", "\n".join(body))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

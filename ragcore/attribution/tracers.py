@@ -1,0 +1,313 @@
+"""Tracers: which context segments caused an answer, scored per answer sentence.
+
+* :class:`AttnTrace` (``attntrace``): attention of the answer tokens to the context, recomputed through
+  :mod:`ragcore.attention` on random subsamples of the segments, top-k token averaging.
+* :class:`RawAttention` (``attention``): the same attention on the whole context once, summed per segment.
+* :class:`LeaveOneOut` (``loo``): the drop in the answer's log-probability when one segment is removed.
+* :class:`ContextCite` (``contextcite``): a sparse linear surrogate (scikit-learn LASSO) fit on random
+  ablations; our in-process implementation of the method, not the ``context-cite`` package.
+
+Every tracer returns a :class:`Trace`: a score for every segment, for the whole answer and for each of its
+sentences; :meth:`Trace.cite` turns it into per-sentence citations with source character spans. Results:
+docs/RESULTS.md, section "Attribution".
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+import torch
+
+from ragcore.attention import attention_to_spans
+from ragcore.attribution.segments import UNITS, Rebuilt, Segment, answer_sentences, rebuild, split
+from ragcore.stages import Stage, option
+from ragcore.types import SentenceCitation, SourceSpan
+
+if TYPE_CHECKING:
+    from ragcore.generator import Generation, Generator
+    from ragcore.prompt import Prompt
+
+
+@dataclass
+class Trace:
+    """A tracer's result for one answer.
+
+    Attributes
+    ----------
+    segments : list of Segment
+        The context's segments, in prompt order.
+    scores : numpy.ndarray
+        (n_segments,) scores for the whole answer (higher: more responsible).
+    sentence_scores : numpy.ndarray
+        (n_sentences, n_segments) scores for each answer sentence.
+    sentences : list of (int, int)
+        Character spans of the answer sentences in ``answer``.
+    answer : str
+        The answer's text.
+    method : str
+        The tracer's label.
+    seconds : float
+        Wall-clock seconds of the trace.
+    forwards : int
+        Forward passes of the model it took.
+    """
+
+    segments: list[Segment]
+    scores: np.ndarray
+    sentence_scores: np.ndarray
+    sentences: list[tuple[int, int]]
+    answer: str
+    method: str
+    seconds: float = 0.0
+    forwards: int = 0
+
+    def top(self, k: int) -> list[int]:
+        """Indices of the ``k`` best-scoring segments for the whole answer, best first (stable on ties)."""
+        return [int(i) for i in np.argsort(-self.scores, kind="stable")[:k]]
+
+    def cite(self, prompt: Prompt, threshold: float = 0.5, k: int = 5) -> list[SentenceCitation]:
+        """Per answer sentence, the passages (at most ``k``) whose best segment scores at least ``threshold``
+        times the sentence's best score, best first, each with the source span of that best segment. A sentence
+        whose best score is not positive cites nothing."""
+        out = []
+        for s, (a, b) in enumerate(self.sentences):
+            row = self.sentence_scores[s] if len(self.sentence_scores) else np.zeros(0)
+            best: dict[int, int] = {}  # passage -> its best segment
+            for j in np.argsort(-row, kind="stable"):
+                best.setdefault(self.segments[j].passage, int(j))
+            top = float(row.max()) if row.size else 0.0
+            cites = []
+            for p, j in best.items():
+                rel = float(row[j]) / top if top > 0 else 0.0
+                if top <= 0 or rel < threshold or len(cites) == k:
+                    break
+                seg, chunk = self.segments[j], prompt.passages[p]
+                cites.append(
+                    SourceSpan(
+                        p + 1, chunk.id, chunk.source_id, chunk.start + seg.start, chunk.start + seg.end, rel, seg.text
+                    )
+                )
+            out.append(SentenceCitation(self.answer[a:b], a, b, cites, threshold))
+        return out
+
+
+@dataclass
+class TracerBase(Stage):
+    """Options every tracer shares.
+
+    Parameters
+    ----------
+    unit : str
+        Segments: ``"sentence"`` (pysbd), ``"passage"`` or ``"words"`` (windows of ``words`` words).
+    words : int
+        Words per window with ``unit="words"``.
+    top_k : int
+        K: segments reported (and passages cited) at most.
+    threshold : float
+        Confidence threshold in [0, 1]: a passage is cited for a sentence when its score is at least this share
+        of the sentence's best score.
+    seed : int
+        Seed of the random subsamples or ablations (the same seed gives the same trace).
+    """
+
+    name: ClassVar[str] = "tracer"
+    unit: str = option("sentence", choices=UNITS)
+    words: int = option(50, minimum=1)
+    top_k: int = option(5, minimum=1)
+    threshold: float = option(0.5, low=0.0, high=1.0)
+    seed: int = option(0, minimum=0)
+
+    def trace(self, prompt: Prompt, generation: Generation, lm: Generator) -> Trace:
+        """Score every segment of ``prompt``'s passages for ``generation``'s answer (whole and per sentence)."""
+        t0 = time.perf_counter()
+        lm.warm_up()
+        segments = split(prompt.passages, self.unit, self.words)
+        answer = list(generation.token_ids)
+        spans, owner = answer_sentences(lm, answer, generation.text)
+        if not segments or not answer:
+            zeros = np.zeros((len(spans) + 1, len(segments)))
+            return Trace(segments, zeros[0], zeros[1:], spans, generation.text, self.label, 0.0, 0)
+        groups = [np.arange(len(answer))] + [np.flatnonzero(owner == s) for s in range(len(spans))]
+        scores, forwards = self.score(lm, prompt, segments, answer, groups, np.random.default_rng(self.seed))
+        return Trace(
+            segments, scores[0], scores[1:], spans, generation.text, self.label, time.perf_counter() - t0, forwards
+        )
+
+    def score(
+        self,
+        lm: Generator,
+        prompt: Prompt,
+        segments: list[Segment],
+        answer: list[int],
+        groups: list[np.ndarray],
+        rng: np.random.Generator,
+    ) -> tuple[np.ndarray, int]:
+        """(len(groups), n_segments) scores, one row per group of answer tokens; and the forward passes taken."""
+        raise NotImplementedError
+
+
+def _with_answer(rb: Rebuilt, answer: Sequence[int]) -> torch.Tensor:
+    return torch.cat([rb.prompt.input_ids, torch.tensor([list(answer)], dtype=rb.prompt.input_ids.dtype)], dim=1)
+
+
+def _segment_scores(
+    token_scores: torch.Tensor, owner: np.ndarray, segments: Sequence[int], avg_k: int | None
+) -> np.ndarray:
+    """(G, n) scores of the ``segments`` from (G, T) token scores: the mean of each segment's ``avg_k`` best
+    tokens, or the sum over its tokens when ``avg_k`` is None."""
+    owner_t = torch.as_tensor(owner)
+    out = np.zeros((token_scores.shape[0], len(segments)))
+    for i, j in enumerate(segments):
+        cols = token_scores[:, owner_t == j]
+        if cols.shape[1] == 0:
+            continue
+        v = cols.sum(1) if avg_k is None else cols.topk(min(avg_k, cols.shape[1]), dim=1).values.mean(1)
+        out[:, i] = v.numpy()
+    return out
+
+
+@dataclass
+class AttnTrace(TracerBase):
+    """AttnTrace (Wang et al. 2025, https://arxiv.org/abs/2508.03793): the attention the answer tokens pay to the
+    context, on random subsamples of the context's segments.
+
+    For each of ``subsamples`` (B) draws, a fraction ``keep`` (q) of the segments is kept in its order and the
+    prompt rebuilt from them; one forward over prompt + answer gives, through :mod:`ragcore.attention`, the
+    attention of each answer token's row (the row that predicted it) to every context token, averaged over
+    layers and heads. A segment scores the mean of its ``avg_k`` highest token scores; its trace score is the
+    mean over the subsamples that kept it. Subsampling spreads the attention that redundant segments share;
+    top-k averaging keeps a long segment's few decisive tokens from being diluted.
+
+    Parameters
+    ----------
+    subsamples : int
+        B, subsamples drawn (paper: 30). ``subsamples=1, keep=1.0`` is the one-forward interactive setting.
+    keep : float
+        q, fraction of the segments each subsample keeps, in (0, 1] (paper: 0.4).
+    avg_k : int
+        Tokens averaged per segment (paper: 5).
+    unit, words, top_k, threshold, seed :
+        See :class:`TracerBase` (paper: K = ``top_k`` = 5).
+    """
+
+    name: ClassVar[str] = "attntrace"
+    subsamples: int = option(30, minimum=1)
+    keep: float = option(0.4, low=0.0, high=1.0, low_open=True)
+    avg_k: int = option(5, minimum=1)
+
+    def score(self, lm, prompt, segments, answer, groups, rng):  # noqa: ANN001, ANN201 - see TracerBase.score
+        n = len(segments)
+        total, seen = np.zeros((len(groups), n)), np.zeros(n)
+        m = max(1, round(self.keep * n))
+        draws = 1 if m == n else self.subsamples
+        for _ in range(draws):
+            keep = np.zeros(n, dtype=bool)
+            keep[rng.choice(n, size=m, replace=False) if m < n else slice(None)] = True
+            rb = rebuild(lm, prompt, segments, keep)
+            tp = len(rb.prompt)
+            att = attention_to_spans(
+                lm.model, _with_answer(rb, answer), rows=(tp - 1, tp - 1 + len(answer)), reduce_rows=False
+            ).tokens  # (L, H, A, T)
+            per_token = att.float().mean((0, 1))[:, :tp]  # (A, T_prompt)
+            grouped = torch.stack([per_token[torch.as_tensor(g)].mean(0) for g in groups])
+            kept = np.flatnonzero(keep)
+            total[:, kept] += _segment_scores(grouped, rb.token_segment, kept, self.avg_k_or_none)
+            seen[kept] += 1
+        return total / np.maximum(seen, 1), draws
+
+    @property
+    def avg_k_or_none(self) -> int | None:
+        return self.avg_k
+
+
+@dataclass
+class RawAttention(AttnTrace):
+    """Raw attention, the baseline AttnTrace improves on: one forward on the whole context (no subsampling), a
+    segment scores the sum of the attention its tokens receive (no top-k averaging), averaged over layers and
+    heads. Options as :class:`TracerBase`."""
+
+    name: ClassVar[str] = "attention"
+    label_skip: ClassVar[tuple[str, ...]] = ("subsamples", "keep", "avg_k")
+    subsamples: int = option(1, minimum=1, maximum=1)
+    keep: float = option(1.0, low=1.0, high=1.0)
+
+    @property
+    def avg_k_or_none(self) -> int | None:
+        return None
+
+
+@torch.inference_mode()
+def answer_logprobs(lm: Generator, rb: Rebuilt, answer: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p and log(1 - p) of each answer token given ``rb``'s prompt (teacher-forced), each (A,)."""
+    ids = _with_answer(rb, answer).to(lm.model.device)
+    a = len(answer)
+    logits = lm.model(input_ids=ids, use_cache=False, logits_to_keep=a + 1).logits[0, :a].float()
+    lp = torch.log_softmax(logits, -1)[torch.arange(a), torch.tensor(list(answer), device=logits.device)].cpu()
+    return lp, torch.log1p(-lp.exp().clamp(max=1 - 1e-7))
+
+
+def _group_sums(values: torch.Tensor, groups: list[np.ndarray]) -> np.ndarray:
+    return np.array([float(values[torch.as_tensor(g)].sum()) for g in groups])
+
+
+@dataclass
+class LeaveOneOut(TracerBase):
+    """Leave-one-out ablation: a segment scores the drop in the answer's log-probability (per answer sentence)
+    when the prompt is rebuilt without it; one forward for the whole context plus one per segment. Options as
+    :class:`TracerBase`."""
+
+    name: ClassVar[str] = "loo"
+
+    def score(self, lm, prompt, segments, answer, groups, rng):  # noqa: ANN001, ANN201 - see TracerBase.score
+        n = len(segments)
+        full = _group_sums(answer_logprobs(lm, rebuild(lm, prompt, segments, np.ones(n, bool)), answer)[0], groups)
+        out = np.zeros((len(groups), n))
+        for j in range(n):
+            keep = np.ones(n, dtype=bool)
+            keep[j] = False
+            out[:, j] = full - _group_sums(answer_logprobs(lm, rebuild(lm, prompt, segments, keep), answer)[0], groups)
+        return out, n + 1
+
+
+@dataclass
+class ContextCite(TracerBase):
+    """ContextCite (Cohen-Wang et al. 2024, https://arxiv.org/abs/2409.00729), implemented in process: random
+    ablations keep each segment with probability ``keep``; the target is the answer's summed per-token logit
+    probability log(p / (1 - p)); a LASSO (scikit-learn, ``alpha``) on the keep masks gives each segment's
+    weight, its score. This is our implementation of the method, not the ``context-cite`` package.
+
+    Parameters
+    ----------
+    ablations : int
+        Ablated contexts, one forward each (64 here; the paper studies 32 to 256).
+    keep : float
+        Probability that an ablation keeps a segment.
+    alpha : float
+        LASSO regularisation strength.
+    unit, words, top_k, threshold, seed :
+        See :class:`TracerBase`.
+    """
+
+    name: ClassVar[str] = "contextcite"
+    ablations: int = option(64, minimum=2)
+    keep: float = option(0.5, low=0.0, high=1.0, low_open=True, high_open=True)
+    alpha: float = option(0.01, low=0.0, low_open=True)
+
+    def score(self, lm, prompt, segments, answer, groups, rng):  # noqa: ANN001, ANN201 - see TracerBase.score
+        from sklearn.linear_model import Lasso
+
+        n = len(segments)
+        masks = rng.random((self.ablations, n)) < self.keep
+        masks[masks.sum(1) == 0, rng.integers(n)] = True  # every ablation keeps something
+        y = np.zeros((self.ablations, len(groups)))
+        for i, keep in enumerate(masks):
+            lp, l1p = answer_logprobs(lm, rebuild(lm, prompt, segments, keep), answer)
+            y[i] = _group_sums(lp - l1p, groups)
+        out = np.zeros((len(groups), n))
+        for g in range(len(groups)):
+            out[g] = Lasso(alpha=self.alpha, max_iter=10_000).fit(masks.astype(float), y[:, g]).coef_
+        return out, self.ablations
