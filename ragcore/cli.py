@@ -1,4 +1,4 @@
-"""Command line: ``ragcore index | sources | search | ask | eval``.
+"""Command line: ``ragcore index | sources | search | ask | calibrate | eval``.
 
 Exit codes: 0 success; 1 a user error (bad value, missing or damaged index, unreadable input; with
 ``index --strict`` also: some files were skipped), printed as one line ``ragcore: error: ...``; 2 a usage error
@@ -40,6 +40,10 @@ FLAGS = {
     "model": "--model",
     "out": "--out",
     "dump": "--dump-retrieved",
+    "order": "--order",
+    "offset": "--offset",
+    "tokens": "--tokens",
+    "method": "--method",
 }
 COMMAND_FLAGS = {"index": {"model": "--embedder"}}
 
@@ -200,7 +204,16 @@ def _cmd_ask(a: argparse.Namespace) -> int:
     cfg = GenerationConfig(max_new_tokens=a.max_new_tokens)
     comp = None if a.compressor == "none" else get_compressor(a.compressor, ratio=a.ratio)
     retriever = HybridRetriever.load(a.index, version=a.index_version, min_score=a.min_score)
-    p = Pipeline(retriever, Generator(a.model, a.device), a.k, cfg, compressor=comp, query_aware=a.query_aware)
+    p = Pipeline(
+        retriever,
+        Generator(a.model, a.device),
+        a.k,
+        cfg,
+        compressor=comp,
+        query_aware=a.query_aware,
+        reranker=a.rerank,
+        context_compressor=a.compress_context,
+    )
     ans = p.ask(a.question)
     if a.json:
         print(json.dumps(ans.to_dict(), indent=2, ensure_ascii=False))
@@ -241,6 +254,10 @@ def _cmd_eval(a: argparse.Namespace) -> int:
         )
     elif a.suite == "kv":
         res = _eval_kv(a)
+    elif a.suite in ("position", "longctx", "crag"):
+        from eval import context_suites
+
+        res = context_suites.run_suite(a, progress=_progress(a))
     else:  # pragma: no cover - argparse restricts the choices
         raise RagcoreError(f"unknown eval suite {a.suite!r}")
     if a.out:
@@ -274,6 +291,24 @@ def _eval_kv(a: argparse.Namespace) -> dict:
         return suite.run(a.data, names[0], ratios[0])
     save = (lambda part: write_json(a.out, {**part, "complete": False})) if a.out else None
     return {**suite.matrix(a.data, names, ratios, checkpoint=save), "complete": True}
+
+
+def _cmd_calibrate(a: argparse.Namespace) -> int:
+    from eval.position import calibration_examples
+    from ragcore.generator import Generator
+    from rerank.attnrank import calibrate, profile_path
+
+    lm = Generator(a.model, a.device)
+    lm.warm_up()
+    prof = calibrate(lm, calibration_examples(a.data, a.limit, progress=_progress(a)), str(a.data or "bundled"))
+    path = prof.save(profile_path(lm))
+    if a.out:
+        prof.save(a.out)
+    ratios = prof.ratios()
+    print(f"profile of {prof.model} over {prof.n} questions: {path}")
+    print(f"layer {prof.layer} chosen ({prof.rule}); its edge-to-middle ratio {ratios[prof.layer]:.3f}")
+    print("slot attention of that layer: " + " ".join(f"{x:.3f}" for x in prof.attention[prof.layer]))
+    return 0
 
 
 def _version() -> str:
@@ -422,12 +457,29 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--compressor", default="none", help="KV-cache compressor, as for `eval kv` (default none)")
     sp.add_argument("--ratio", type=float, default=0.5, help="with --compressor: fraction of the KV cache removed")
     sp.add_argument("--query-aware", action="store_true", help="with --compressor: compress after the question")
+    sp.add_argument("--rerank", default=None, help="reranker spec: the passages' order, e.g. attnrank, reversed")
+    sp.add_argument(
+        "--compress-context", default=None, help="context compressor spec: the text read, e.g. 'crag(k=3)', infiniretri"
+    )
     sp.add_argument("--json", action="store_true", help="print the answer as JSON")
     sp.set_defaults(fn=_cmd_ask)
 
+    sp = sub.add_parser(
+        "calibrate",
+        help="measure a generator's positional attention profile (for the attnrank reranker)",
+        description="Attention of the question's tokens to each of 10 passage slots, per layer, over the development "
+        "slice of NQ-open; stored in the cache directory with the model's digest and prompt format.",
+    )
+    common(sp)
+    model_opt(sp)
+    sp.add_argument("--data", default=None, help="NQ-open file (default: the bundled one)")
+    sp.add_argument("--limit", type=int, default=200, help="development questions (at most 200; default 200)")
+    sp.add_argument("--out", default=None, help="also write the profile to this .json file")
+    sp.set_defaults(fn=_cmd_calibrate)
+
     sp = sub.add_parser("eval", help="offline evaluations")
     common(sp)
-    sp.add_argument("suite", choices=["retrieval", "qa", "kv"])
+    sp.add_argument("suite", choices=["retrieval", "qa", "kv", "position", "longctx", "crag"])
     sp.add_argument(
         "--data",
         default=None,
@@ -460,6 +512,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--max-tokens", type=int, default=None, help="kv: prompt + answer token limit (cuts records)")
     sp.add_argument("--query-aware", action="store_true", help="kv: compress after reading the question too")
     sp.add_argument("--batch-size", type=int, default=1, help="kv: questions decoded together (same answers)")
+    sp.add_argument("--order", default="all", help="position: reranker specs separated by commas, or all")
+    sp.add_argument("--offset", type=int, default=None, help="position, longctx, crag: skip the first N questions")
+    sp.add_argument("--tokens", type=int, default=8192, help="longctx: input length in tokens (default 8192)")
+    sp.add_argument(
+        "--method",
+        default="infiniretri",
+        help="longctx: infiniretri (options in brackets), truncate, or a KV compressor",
+    )
     sp.set_defaults(fn=_cmd_eval)
     return p
 
