@@ -6,7 +6,7 @@ import random
 
 from ragcore.types import Chunk, ScoredChunk
 
-WORDS = "river mountain city bridge harbour forest castle valley island desert".split()
+WORDS = ["river", "mountain", "city", "bridge", "harbour", "forest", "castle", "valley", "island", "desert"]
 
 
 def passages(n: int, seed: int = 0) -> list[ScoredChunk]:

@@ -18,7 +18,26 @@ from tests.helpers import tiny_generator, tiny_model
 
 NAMES = CONTEXT_COMPRESSORS.names()
 SMALL = {"segment": 64, "carry": 48, "top_k": 8}  # options that exist are applied, so the input spans segments
-WORDS = "the river city bridge was built in 1889 by engineers who crossed a long valley near the harbour".split()
+WORDS = [
+    "the",
+    "river",
+    "city",
+    "bridge",
+    "was",
+    "built",
+    "in",
+    "1889",
+    "by",
+    "engineers",
+    "who",
+    "crossed",
+    "a",
+    "long",
+    "valley",
+    "near",
+    "the",
+    "harbour",
+]
 
 
 @pytest.fixture(scope="module")
