@@ -31,7 +31,7 @@ def _ci(m: float, h: float, pct: bool = True) -> str:
     return f"{m * f:+.1f} [{(m - h) * f:+.1f}, {(m + h) * f:+.1f}]" if pct else f"{m:.3f} ± {h:.3f}"
 
 
-def profile_body(profiles: list[dict[str, Any]]) -> str:
+def profile_body(profiles: list[dict[str, Any]], figure: str = "attn_profile") -> str:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -64,8 +64,8 @@ def profile_body(profiles: list[dict[str, Any]]) -> str:
         )
     FIGURES.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(FIGURES / "attn_profile.png", dpi=110)
-    return "![attention profile per layer and slot](figures/attn_profile.png)\n\n" + "\n\n".join(parts)
+    fig.savefig(FIGURES / f"{figure}.png", dpi=110)
+    return f"![attention profile per layer and slot](figures/{figure}.png)\n\n" + "\n\n".join(parts)
 
 
 def position_body(res: dict[str, Any], profile: dict[str, Any] | None) -> str:
@@ -181,7 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     data = [read_json(f) for f in a.files]
     if a.kind == "profile":
-        body, title = profile_body(data), "Positional attention profile (AttnRank calibration)"
+        body, title = (
+            profile_body(data, a.section or "attn_profile"),
+            "Positional attention profile (AttnRank calibration)",
+        )
     elif a.kind == "position":
         prof = json.loads(Path(a.profile).read_text()) if a.profile else None
         body, title = (

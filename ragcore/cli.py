@@ -41,6 +41,7 @@ FLAGS = {
     "out": "--out",
     "dump": "--dump-retrieved",
     "order": "--order",
+    "limit": "--limit",
     "offset": "--offset",
     "tokens": "--tokens",
     "method": "--method",
@@ -298,9 +299,9 @@ def _cmd_calibrate(a: argparse.Namespace) -> int:
     from ragcore.generator import Generator
     from rerank.attnrank import calibrate, profile_path
 
+    examples = calibration_examples(a.data, a.limit, progress=_progress(a))  # checks --limit before loading a model
     lm = Generator(a.model, a.device)
-    lm.warm_up()
-    prof = calibrate(lm, calibration_examples(a.data, a.limit, progress=_progress(a)), str(a.data or "bundled"))
+    prof = calibrate(lm, examples, str(a.data or "bundled"))
     path = prof.save(profile_path(lm))
     if a.out:
         prof.save(a.out)
