@@ -91,12 +91,14 @@ def kv_haystacks(lm: Generator, path: Path, tokens: int, limit: int, offset: int
 
 
 def needle_haystacks(lm: Generator, tokens: int, limit: int, offset: int) -> list[dict]:
-    """Needle tasks of ``hard-needle`` (three confusable facts in its built-in distractor text), ``tokens`` long."""
+    """Needle tasks of ``hard-needle`` (three confusable facts in its built-in distractor text), about ``tokens``
+    tokens long (``6 * tokens`` characters)."""
     from hard_needle import generate_hard_example
 
     out = []
     for i in range(offset, offset + limit):
-        ex = generate_hard_example(3, ctx_chars=tokens * 5, ctx_tokens=tokens, tokenizer=lm.tokenizer, seed=i)
+        # no token truncation (it may cut a needle away): its distractor text runs about 6 characters per token
+        ex = generate_hard_example(3, ctx_chars=tokens * 6, seed=i)
         text = ex["prompt"].split("Document:\n", 1)[1].rsplit("\n\nQuestion:", 1)[0]
         rec = next(r for r in ex["needle_records"] if r["value"] == ex["target_value"])
         out.append(

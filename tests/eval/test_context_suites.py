@@ -53,6 +53,7 @@ def test_longctx_inputs_and_runs(lm):
         assert 450 < n < 700 and f'"{h["answer"]}"' in h["text"] and h["text"].count(h["answer"]) == 1
     needles = needle_haystacks(lm, 300, limit=1, offset=0)
     assert needles[0]["answer"] in needles[0]["text"]
+    assert 200 < len(lm.tokenizer(needles[0]["text"])["input_ids"]) < 450
     for method in ("infiniretri(segment=128, carry=64)", "truncate", "snapkv"):
         res = run_longctx(lm, KV, 600, method, limit=1, max_new_tokens=2)
         assert {"accuracy", "seconds_per_query", "peak_mem_bytes", "n"} <= set(res) and res["n"] == 1
