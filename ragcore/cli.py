@@ -1,4 +1,4 @@
-"""Command line: ``ragcore index | sources | search | ask | eval``.
+"""Command line: ``ragcore index | sources | search | ask | calibrate | eval``.
 
 Exit codes: 0 success; 1 a user error (bad value, missing or damaged index, unreadable input; with
 ``index --strict`` also: some files were skipped), printed as one line ``ragcore: error: ...``; 2 a usage error
@@ -55,6 +55,8 @@ FLAGS = {
     "max_new_tokens": "--max-new-tokens",
     "method": "--method",
     "data": "--data",
+    "order": "--order",
+    "tokens": "--tokens",
 }
 COMMAND_FLAGS = {"index": {"model": "--embedder"}}
 
@@ -225,6 +227,8 @@ def _cmd_ask(a: argparse.Namespace) -> int:
             cfg,
             compressor=comp,
             query_aware=a.query_aware,
+            reranker=a.rerank,
+            context_compressor=a.compress_context,
             **_attribution_args(a),
         )
     ans = _ask_context(p, a) if a.context_cache else p.ask(a.question)
@@ -375,6 +379,10 @@ def _cmd_eval(a: argparse.Namespace) -> int:
         res = _eval_kv(a)
     elif a.suite in ("poisoned", "injection", "citations"):
         res = _eval_attribution(a)
+    elif a.suite in ("position", "longctx", "crag"):
+        from eval import context_suites
+
+        res = context_suites.run_suite(a, progress=_progress(a))
     else:  # pragma: no cover - argparse restricts the choices
         raise RagcoreError(f"unknown eval suite {a.suite!r}")
     if a.out:
@@ -443,10 +451,28 @@ def _eval_attribution(a: argparse.Namespace) -> dict:
         max_new_tokens=a.max_new_tokens or 32,
     )
     if a.suite == "poisoned":
-        return attribution.eval_poisoned(a.data, a.method, **common)
+        return attribution.eval_poisoned(a.data, a.method or "attntrace", **common)
     if a.suite == "injection":
         return attribution.eval_injection(a.detector, nq=a.data, offset=a.offset or 0, tracer=a.tracer, **common)
-    return attribution.eval_citations(a.method, nq=a.data, offset=a.offset or 0, **common)
+    return attribution.eval_citations(a.method or "attntrace", nq=a.data, offset=a.offset or 0, **common)
+
+
+def _cmd_calibrate(a: argparse.Namespace) -> int:
+    from eval.position import calibration_examples
+    from ragcore.generator import Generator
+    from rerank.attnrank import calibrate, profile_path
+
+    examples = calibration_examples(a.data, a.limit, progress=_progress(a))  # checks --limit before loading a model
+    lm = Generator(a.model, a.device)
+    prof = calibrate(lm, examples, str(a.data or "bundled"))
+    path = prof.save(profile_path(lm))
+    if a.out:
+        prof.save(a.out)
+    ratios = prof.ratios()
+    print(f"profile of {prof.model} over {prof.n} questions: {path}")
+    print(f"layer {prof.layer} chosen ({prof.rule}); its edge-to-middle ratio {ratios[prof.layer]:.3f}")
+    print("slot attention of that layer: " + " ".join(f"{x:.3f}" for x in prof.attention[prof.layer]))
+    return 0
 
 
 def _version() -> str:
@@ -612,6 +638,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="answer from the compressed context saved in DIR; if DIR holds none, compress the question's passages "
         "question-agnostic (--compressor, default compress.kv.DEFAULT_AGNOSTIC, at --ratio) and save them there",
     )
+    sp.add_argument("--rerank", default=None, help="reranker spec: the passages' order, e.g. attnrank, reversed")
+    sp.add_argument(
+        "--compress-context", default=None, help="context compressor spec: the text read, e.g. 'crag(k=3)', infiniretri"
+    )
     sp.add_argument("--json", action="store_true", help="print the answer as JSON")
     sp.add_argument(
         "--config",
@@ -642,9 +672,24 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--max-new-tokens", type=int, default=64, help="answer length limit in tokens (default 64)")
     sp.set_defaults(fn=_cmd_serve)
 
+    sp = sub.add_parser(
+        "calibrate",
+        help="measure a generator's positional attention profile (for the attnrank reranker)",
+        description="Attention of the question's tokens to each of 10 passage slots, per layer, over the development "
+        "slice of NQ-open; stored in the cache directory with the model's digest and prompt format.",
+    )
+    common(sp)
+    model_opt(sp)
+    sp.add_argument("--data", default=None, help="NQ-open file (default: the bundled one)")
+    sp.add_argument("--limit", type=int, default=200, help="development questions (at most 200; default 200)")
+    sp.add_argument("--out", default=None, help="also write the profile to this .json file")
+    sp.set_defaults(fn=_cmd_calibrate)
+
     sp = sub.add_parser("eval", help="offline evaluations")
     common(sp)
-    sp.add_argument("suite", choices=["retrieval", "qa", "kv", "poisoned", "injection", "citations"])
+    sp.add_argument(
+        "suite", choices=["retrieval", "qa", "kv", "poisoned", "injection", "citations", "position", "longctx", "crag"]
+    )
     sp.add_argument(
         "--data",
         default=None,
@@ -678,7 +723,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--query-aware", action="store_true", help="kv: compress after reading the question too")
     sp.add_argument("--batch-size", type=int, default=1, help="kv: questions decoded together (same answers)")
     sp.add_argument(
-        "--offset", type=int, default=None, help="kv, injection, citations: items skipped first (a development slice)"
+        "--offset",
+        type=int,
+        default=None,
+        help="kv, injection, citations, position, longctx, crag: items skipped first (a development slice)",
     )
     sp.add_argument(
         "--reuse",
@@ -690,12 +738,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument(
         "--method",
-        default="attntrace",
-        help="poisoned, citations: tracers side by side on the same answers (attntrace,contextcite,loo,attention)",
+        default=None,
+        help="poisoned, citations: tracers side by side on the same answers (attntrace,contextcite,loo,attention; "
+        "default attntrace); longctx: infiniretri (options in brackets), truncate, or a KV compressor (default "
+        "infiniretri)",
     )
     sp.add_argument("--detector", default="rules", help="injection: detectors side by side (rules,judge)")
     sp.add_argument("--tracer", default=None, help="injection: the tracer whose top K the detector reads")
     sp.add_argument("--seed", type=int, default=0, help="poisoned, injection, citations: shuffles and positions")
+    sp.add_argument("--order", default="all", help="position: reranker specs separated by commas, or all")
+    sp.add_argument("--tokens", type=int, default=8192, help="longctx: input length in tokens (default 8192)")
     sp.set_defaults(fn=_cmd_eval)
     return p
 

@@ -69,6 +69,15 @@ def run_stage(kind: str, stage: Any, fn: Callable[[], R], reports: list[StageRep
     return out, report
 
 
+def _tokens(lm: Generator, passages: list[ScoredChunk]) -> int | None:
+    """Tokens of the passages' texts in the generator's tokenizer (None without one)."""
+    lm.warm_up()
+    tok = lm.tokenizer
+    if tok is None or not passages:
+        return None if tok is None else 0
+    return sum(len(ids) for ids in tok([p.chunk.text for p in passages], add_special_tokens=False)["input_ids"])
+
+
 class Pipeline:
     """Retrieve, then answer with citations: ``Pipeline(retriever, generator).ask(question)`` -> ``Answer``.
 
@@ -178,6 +187,7 @@ class Pipeline:
             rep.items_in, rep.items_out = len(before), len(passages)
             rep.details["chars_in"] = sum(len(p.chunk.text) for p in before)
             rep.details["chars_out"] = sum(len(p.chunk.text) for p in passages)
+            rep.details["tokens_in"], rep.details["tokens_out"] = _tokens(lm, before), _tokens(lm, passages)
         return passages
 
     def ask(self, question: str) -> Answer:

@@ -1,0 +1,203 @@
+"""Figures of issue 14 (attention-driven order and context), from result JSON written by ``ragcore`` commands.
+
+Every run is a ``ragcore`` command that writes its JSON (``ragcore calibrate --out``, ``ragcore eval position |
+longctx | crag --out``); this driver renders them into docs/RESULTS.md sections (tables, with the commands that
+made them) and plots under docs/figures/. Long-context runs are separate processes so that each length's peak
+memory is its own (on CPU, the process's peak resident size).
+
+    python -m bench.rerank_context profile out/profile-smollm2.json out/profile-qwen.json
+    python -m bench.rerank_context position out/position-qwen.json --profile out/profile-qwen.json
+    python -m bench.rerank_context longctx out/longctx-*.json
+    python -m bench.rerank_context crag out/crag-qwen.json
+
+``--section`` overrides the section name (default: the kind, with ``--note`` text under the title).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from bench.results import write_section
+from eval.report import read_json, table
+
+FIGURES = Path(__file__).resolve().parent.parent / "docs" / "figures"
+
+
+def _ci(m: float, h: float, pct: bool = True) -> str:
+    f = 100 if pct else 1
+    return f"{m * f:+.1f} [{(m - h) * f:+.1f}, {(m + h) * f:+.1f}]" if pct else f"{m:.3f} ± {h:.3f}"
+
+
+def profile_body(profiles: list[dict[str, Any]], figure: str = "attn_profile") -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    parts = []
+    fig, axes = plt.subplots(1, len(profiles), figsize=(6 * len(profiles), 4), squeeze=False)
+    for ax, p in zip(axes[0], profiles):
+        a = np.asarray(p["attention"])
+        ratios = ((a[:, 0] + a[:, -1]) / 2) / a[:, 1:-1].mean(1)
+        im = ax.imshow(a, aspect="auto", cmap="viridis")
+        ax.set_title(f"{p['model']} (n={p['n']}; chosen layer {p['layer']})")
+        ax.set_xlabel("passage slot")
+        ax.set_ylabel("layer")
+        fig.colorbar(im, ax=ax, label="share of passage attention")
+        rows = [
+            {
+                "layer": f"{i}{' (chosen)' if i == p['layer'] else ''}",
+                **{f"slot {j}": a[i, j] for j in range(a.shape[1])},
+                "edge/middle": ratios[i],
+            }
+            for i in range(a.shape[0])
+        ]
+        cols = ["layer", *[f"slot {j}" for j in range(a.shape[1])], "edge/middle"]
+        parts.append(
+            f"**{p['model']}**: {p['n']} development questions, {a.shape[1]} passages each; layer rule: {p['rule']}. "
+            f"Chosen layer {p['layer']}, edge-to-middle ratio {ratios[p['layer']]:.3f}; mean over layers "
+            f"{ratios.mean():.3f}.\n\n" + table(rows, cols, "{:.3f}")
+        )
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(FIGURES / f"{figure}.png", dpi=110)
+    return f"![attention profile per layer and slot](figures/{figure}.png)\n\n" + "\n\n".join(parts)
+
+
+def position_body(res: dict[str, Any], profile: dict[str, Any] | None) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pos = [str(p) for p in res["positions"]]
+    rows, cols = (
+        [],
+        ["order", *[f"gold rank {int(p) + 1}" for p in pos], "average", "vs retrieval (points, 95% CI)", "s/query"],
+    )
+    fig, axes = plt.subplots(1, 2 if profile else 1, figsize=(11 if profile else 6, 4), squeeze=False)
+    for label, s in res["orders"].items():
+        diff = _ci(s["diff_vs_retrieval"], s["diff_ci95"]) if "diff_vs_retrieval" in s else "-"
+        rows.append(
+            {
+                "order": label,
+                **{f"gold rank {int(p) + 1}": s["accuracy"][p] for p in pos},
+                "average": s["accuracy_avg"],
+                "vs retrieval (points, 95% CI)": diff,
+                "s/query": s["seconds_per_query"],
+            }
+        )
+        axes[0][0].plot([int(p) + 1 for p in pos], [s["accuracy"][p] for p in pos], marker="o", label=label)
+    axes[0][0].set_xlabel("relevance rank of the gold passage (= its slot in retrieval order)")
+    axes[0][0].set_ylabel("accuracy")
+    axes[0][0].legend(fontsize=7)
+    if profile:
+        a = profile["attention"][profile["layer"]]
+        axes[0][1].bar(range(1, len(a) + 1), a)
+        axes[0][1].set_title(f"measured profile, layer {profile['layer']}")
+        axes[0][1].set_xlabel("slot")
+        axes[0][1].set_ylabel("share of passage attention")
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    name = f"position_{res['model']}.png".replace("/", "_")
+    fig.savefig(FIGURES / name, dpi=110)
+    head = (
+        f"{res['model']}, n = {res['n']} questions per gold rank (NQ-open from question {res['offset']}), 10 passages "
+        "(gold + 9 retrieved distractors without a gold answer). Accuracy per relevance rank given to the gold passage; "
+        "each order then places it. Paired differences per question and rank against the retrieval order.\n\n"
+    )
+    return head + f"![accuracy per position](figures/{name})\n\n" + table(rows, cols, "{:.3f}")
+
+
+def longctx_body(runs: list[dict[str, Any]]) -> str:
+    rows = [
+        {
+            "model": r["model"],
+            "data": Path(r["data"]).name,
+            "method": r["method"],
+            "tokens": r["tokens"],
+            "n": r["n"],
+            "accuracy": r["accuracy"],
+            "ci95": r["ci95"],
+            "s/query": r["seconds_per_query"],
+            "peak MiB": r["peak_mem_bytes"] / 2**20,
+            "prompt tokens read": r["prompt_tokens_mean"],
+            "device": r["device"],
+        }
+        for r in sorted(runs, key=lambda r: (r["model"], r["data"], r["method"], r["tokens"]))
+    ]
+    cols = [
+        "model",
+        "data",
+        "method",
+        "tokens",
+        "n",
+        "accuracy",
+        "ci95",
+        "s/query",
+        "peak MiB",
+        "prompt tokens read",
+        "device",
+    ]
+    return (
+        "Peak memory: the GPU's peak allocation, or on CPU the process's peak resident size (model included).\n\n"
+        + table(rows, cols, "{:.3f}")
+    )
+
+
+def crag_body(res: dict[str, Any]) -> str:
+    arm = res["method"]
+    rows = [
+        {
+            "arm": a,
+            "accuracy": res[a]["accuracy"][0],
+            "ci95": res[a]["accuracy"][1],
+            "generator input tokens": res[a]["tokens_mean"],
+            "s/query": res[a]["seconds_per_query"],
+        }
+        for a in ("plain", arm)
+    ]
+    return (
+        f"{res['model']}, NQ-open, top {res['k']} hybrid-retrieved passages, n = {res['n']}. {arm} against plain top "
+        f"{res['k']}, paired per question: tokens saved {_ci(res['tokens_saved'], res['tokens_saved_ci95'])} %, "
+        f"accuracy change {_ci(res['accuracy_diff'], res['accuracy_diff_ci95'])} points.\n\n"
+        + table(rows, ["arm", "accuracy", "ci95", "generator input tokens", "s/query"], "{:.3f}")
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.rerank_context", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("kind", choices=["profile", "position", "longctx", "crag"])
+    p.add_argument("files", nargs="+")
+    p.add_argument("--profile", default=None, help="position: the profile JSON plotted beside the accuracy")
+    p.add_argument("--section", default=None)
+    p.add_argument("--note", default="", help="a line under the title (where it ran)")
+    a = p.parse_args(argv)
+    data = [read_json(f) for f in a.files]
+    if a.kind == "profile":
+        body, title = (
+            profile_body(data, a.section or "attn_profile"),
+            "Positional attention profile (AttnRank calibration)",
+        )
+    elif a.kind == "position":
+        prof = json.loads(Path(a.profile).read_text()) if a.profile else None
+        body, title = (
+            position_body(data[0], prof),
+            f"Position sweep: accuracy per gold position and order ({data[0]['model']})",
+        )
+    elif a.kind == "longctx":
+        body, title = longctx_body(data), "Long inputs: InfiniRetri against truncation"
+    else:
+        body, title = crag_body(data[0]), f"CRAG against plain top-{data[0]['k']} ({data[0]['model']})"
+    write_section(a.section or a.kind, title, (a.note + "\n\n" if a.note else "") + body)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

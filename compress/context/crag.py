@@ -1,0 +1,156 @@
+"""CRAG, clustered retrieval-augmented generation (Akesson & Santos 2024, arXiv 2406.00029): fewer tokens for the
+generator by clustering the retrieved chunks and condensing each cluster.
+
+The chunks are embedded (``embedder``, a sentence-transformers model) and clustered by k-means (scikit-learn); with
+``k=None`` the number of clusters follows the rule of thumb ``k = ceil(sqrt(n / 2))`` for ``n`` chunks (3 for the
+top 10). Each cluster is condensed:
+
+* ``mode="extractive"`` (default): the ``sentences`` sentences of its chunks with the highest cosine to the
+  cluster's centre plus cosine to the question; each comes out as a passage holding its source's exact text and
+  character span (adjacent sentences of one chunk are joined), with ``metadata["cluster"]`` and
+  ``metadata["parent"]`` (the chunk id it came from);
+* ``mode="abstractive"``: the generator summarises the cluster's chunks in at most ``summary_tokens`` tokens; the
+  passage's text is the summary (not text of the input), ``metadata["sources"]`` lists the chunk ids and character
+  spans it summarises.
+
+Clusters come out in the order of their best-ranked chunk. Results: docs/RESULTS.md, section ``crag``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from compress.context.sentences import split_sentences
+from ragcore.stages import Stage, option
+from ragcore.types import Chunk, ScoredChunk
+
+SUMMARY_SYSTEM = (
+    "Summarise the passages in a few sentences, keeping every name, date and number that may answer the question."
+)
+
+
+@functools.cache
+def _embedder(name: str) -> Any:
+    from ragcore.models import load_embedder
+
+    return load_embedder(name, "cpu")
+
+
+def _embed(name: str, texts: list[str]) -> np.ndarray:
+    return np.asarray(_embedder(name).encode(texts, normalize_embeddings=True, show_progress_bar=False))
+
+
+def default_k(n: int) -> int:
+    """The number of clusters for ``n`` chunks: ``ceil(sqrt(n / 2))``, at most ``n``."""
+    return max(1, min(n, math.ceil(math.sqrt(n / 2))))
+
+
+@dataclass
+class CRAG(Stage):
+    """Clustered retrieval (arXiv 2406.00029): k-means over chunk embeddings, each cluster condensed.
+
+    Parameters
+    ----------
+    k : int or None
+        Clusters; None: ``ceil(sqrt(n / 2))`` for ``n`` passages.
+    sentences : int
+        Extractive: sentences kept per cluster.
+    mode : str
+        ``"extractive"`` (text of the input) or ``"abstractive"`` (the generator's summary).
+    embedder : str
+        Sentence-transformers model of the embeddings (a bundled name such as ``minilm``, or a folder).
+    summary_tokens : int
+        Abstractive: the summary's length limit in tokens.
+    seed : int
+        Seed of k-means.
+    """
+
+    name: ClassVar[str] = "crag"
+    k: int | None = option(None, kind=int, minimum=1)
+    sentences: int = option(2, minimum=1)
+    mode: str = option("extractive", choices=("extractive", "abstractive"))
+    embedder: str = option("minilm")
+    summary_tokens: int = option(96, minimum=8)
+    seed: int = option(0, minimum=0)
+
+    def warm_up(self) -> None:
+        _embedder(self.embedder)
+
+    def output_budget(self, passages: Sequence[ScoredChunk], lm: Any) -> int:
+        """The most tokens (of ``lm``'s tokenizer, sentence by sentence) the extractive output holds: those of the
+        ``k * sentences`` longest sentences of the input."""
+        texts = [p.chunk.text[a:b] for p in passages for a, b in split_sentences(p.chunk.text)]
+        lens = sorted((len(x) for x in lm.tokenizer(texts, add_special_tokens=False)["input_ids"]), reverse=True)
+        k = min(self.k or default_k(len(passages)), len(passages))
+        return sum(lens[: k * self.sentences])
+
+    def clusters(self, passages: Sequence[ScoredChunk]) -> tuple[list[int], np.ndarray, np.ndarray]:
+        """Cluster label of every passage, the centres (k, d) and the passages' embeddings (n, d)."""
+        from sklearn.cluster import KMeans
+
+        emb = _embed(self.embedder, [p.chunk.text for p in passages])
+        k = min(self.k or default_k(len(passages)), len(passages))
+        if k == 1:
+            return [0] * len(passages), emb.mean(0, keepdims=True), emb
+        km = KMeans(n_clusters=k, n_init=4, random_state=self.seed).fit(emb)
+        return [int(x) for x in km.labels_], km.cluster_centers_, emb
+
+    def compress(self, question: str, passages: Sequence[ScoredChunk], lm: Any) -> list[ScoredChunk]:
+        if not passages:
+            return []
+        labels, centres, _ = self.clusters(passages)
+        order = list(dict.fromkeys(labels))  # clusters by their best-ranked chunk
+        q = _embed(self.embedder, [question])[0]
+        out: list[ScoredChunk] = []
+        for c in order:
+            members = [i for i, lab in enumerate(labels) if lab == c]
+            if self.mode == "abstractive":
+                out.append(self._summary(question, [passages[i] for i in members], c, lm))
+            else:
+                out.extend(self._extract(passages, members, centres[c], q, c))
+        return out
+
+    def _extract(
+        self, passages: Sequence[ScoredChunk], members: list[int], centre: np.ndarray, q: np.ndarray, c: int
+    ) -> list[ScoredChunk]:
+        sents = [(i, a, b) for i in members for a, b in split_sentences(passages[i].chunk.text)]
+        if not sents:
+            return []
+        emb = _embed(self.embedder, [passages[i].chunk.text[a:b] for i, a, b in sents])
+        centre = centre / max(float(np.linalg.norm(centre)), 1e-12)
+        score = emb @ centre + emb @ q
+        keep = sorted(np.argsort(-score, kind="stable")[: self.sentences].tolist())
+        out: list[ScoredChunk] = []
+        run: list[int] = []
+        for j in [*keep, None]:
+            if run and (j is None or sents[j][0] != sents[run[-1]][0] or j != run[-1] + 1):
+                i, a, b = sents[run[0]][0], sents[run[0]][1], sents[run[-1]][2]
+                src = passages[i]
+                ch = src.chunk
+                meta = dict(ch.metadata, cluster=c, parent=ch.id)
+                chunk = Chunk(ch.text[a:b], ch.source_id, ch.start + a, ch.start + b, meta)
+                out.append(ScoredChunk(chunk, {**src.scores, self.name: float(max(score[r] for r in run))}, src.rank))
+                run = []
+            if j is not None:
+                run.append(j)
+        return out
+
+    def _summary(self, question: str, members: list[ScoredChunk], c: int, lm: Any) -> ScoredChunk:
+        from ragcore.generator import GenerationConfig
+
+        g = lm.generate(
+            lm.prompt(f"Summarise these passages for the question: {question}", members, system=SUMMARY_SYSTEM),
+            config=GenerationConfig(max_new_tokens=self.summary_tokens),
+        )
+        sources = [
+            {"chunk_id": p.chunk.id, "source_id": p.chunk.source_id, "start": p.chunk.start, "end": p.chunk.end}
+            for p in members
+        ]
+        chunk = Chunk(g.text, f"crag:cluster{c}", metadata={"cluster": c, "abstractive": True, "sources": sources})
+        return ScoredChunk(chunk, {self.name: float(len(members))}, members[0].rank)

@@ -1,0 +1,56 @@
+"""Sentences with their character spans, by pysbd (rule-based sentence boundary detection).
+
+pysbd's time grows faster than linearly with the text's length, so the text is first cut into blocks at line
+breaks and, for lines over ``BLOCK_CHARS`` characters, after the last ". " (or space) before that size; pysbd then
+splits each block. Line breaks always end a sentence (records, lists and headings are one line each).
+"""
+
+from __future__ import annotations
+
+import functools
+
+BLOCK_CHARS = 4000
+
+
+@functools.cache
+def _segmenter():  # noqa: ANN202 - pysbd has no type hints
+    import pysbd
+
+    return pysbd.Segmenter(language="en", clean=False, char_span=True)
+
+
+def _blocks(text: str, size: int = BLOCK_CHARS) -> list[tuple[int, int]]:
+    out = []
+    pos = 0
+    for line in text.splitlines(keepends=True):
+        a, b = pos, pos + len(line)
+        pos = b
+        while b - a > size:
+            cut = text.rfind(". ", a, a + size)
+            cut = cut + 2 if cut > a else text.rfind(" ", a, a + size) + 1
+            if cut <= a:
+                cut = a + size
+            out.append((a, cut))
+            a = cut
+        if b > a:
+            out.append((a, b))
+    return out
+
+
+def split_sentences(text: str) -> list[tuple[int, int]]:
+    """Character spans [start, end) of the sentences of ``text``, in order, covering every non-blank character;
+    spans leave out surrounding whitespace."""
+    spans = []
+    for a, b in _blocks(text):
+        block = text[a:b]
+        if not block.strip():
+            continue
+        for s in _segmenter().segment(block):
+            s0, s1 = a + s.start, a + s.end
+            while s0 < s1 and text[s0].isspace():
+                s0 += 1
+            while s1 > s0 and text[s1 - 1].isspace():
+                s1 -= 1
+            if s1 > s0:
+                spans.append((s0, s1))
+    return spans

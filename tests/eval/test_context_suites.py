@@ -1,0 +1,68 @@
+"""The suites of issue 14 run end to end on a tiny model (SmolLM2's tokenizer) and write the keys they promise."""
+
+from __future__ import annotations
+
+import pytest
+
+from eval.context_suites import kv_haystacks, needle_haystacks, run_crag, run_longctx
+from eval.position import POSITIONS, calibration_examples, position_items, run_position
+from ragcore.errors import ConfigError
+from tests.helpers import tiny_generator, tiny_model
+
+NQ = "tests/data/nq_small.jsonl.gz"
+KV = "tests/data/kv_small.jsonl.gz"
+
+
+@pytest.fixture(scope="module")
+def lm(_smol_session):
+    g = tiny_generator(tiny_model(vocab=len(_smol_session.tokenizer)), _smol_session.tokenizer)
+    g.model.config.max_position_embeddings = 2048
+    return g
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("RAGCORE_CACHE", str(tmp_path_factory.getbasetemp() / "cache14"))
+
+
+def test_position_items_hold_no_answer_in_distractors():
+    items = position_items(NQ, limit=3, offset=0)
+    assert items
+    for it in items:
+        assert len(it.distractors) == 9 and it.gold.id not in {c.id for c in it.distractors}
+        for p in POSITIONS:
+            ps = it.passages(p)
+            assert ps[p].chunk.id == it.gold.id and len(ps) == 10
+    assert len(calibration_examples(NQ, limit=2)) <= 2
+    with pytest.raises(ConfigError, match="development slice"):
+        calibration_examples(NQ, limit=201)
+
+
+def test_position_run(lm):
+    res = run_position(lm, NQ, ["retrieval", "reversed"], limit=1, offset=0, positions=(0, 9), max_new_tokens=2)
+    assert res["n"] == 1 and set(res["orders"]) == {"retrieval", "reversed"}
+    rev = res["orders"]["reversed"]
+    assert rev["gold_slot"] == {"0": 9, "9": 0} and "diff_vs_retrieval" in rev
+    assert set(rev["accuracy"]) == {"0", "9"}
+
+
+def test_longctx_inputs_and_runs(lm):
+    hay = kv_haystacks(lm, __import__("pathlib").Path(KV), 600, limit=2, offset=0)
+    for h in hay:
+        n = len(lm.tokenizer(h["text"])["input_ids"])
+        assert 450 < n < 700 and f'"{h["answer"]}"' in h["text"] and h["text"].count(h["answer"]) == 1
+    needles = needle_haystacks(lm, 300, limit=1, offset=0)
+    assert needles[0]["answer"] in needles[0]["text"]
+    assert 200 < len(lm.tokenizer(needles[0]["text"])["input_ids"]) < 450
+    for method in ("infiniretri(segment=128, carry=64)", "truncate", "snapkv"):
+        res = run_longctx(lm, KV, 600, method, limit=1, max_new_tokens=2)
+        assert {"accuracy", "seconds_per_query", "peak_mem_bytes", "n"} <= set(res) and res["n"] == 1
+        assert res["peak_mem_bytes"] > 0
+    with pytest.raises(ConfigError, match="method 'nosuch'"):
+        run_longctx(lm, KV, 600, "nosuch", limit=1)
+
+
+def test_crag_run(lm):
+    res = run_crag(lm, NQ, k=5, limit=2, offset=0, max_new_tokens=2)
+    assert res["n"] == 2 and res["crag"]["tokens_mean"] < res["plain"]["tokens_mean"]
+    assert 0 < res["tokens_saved"] < 1 and "accuracy_diff_ci95" in res
