@@ -105,7 +105,7 @@ def _tracers(methods: str | Sequence[str], unit: str) -> dict[str, Any]:
             continue
         spec = {"attntrace": "attntrace"}.get(m, m)
         try:
-            out[m] = registry("tracer").build(spec, unit=unit) if "(" not in spec else registry("tracer").build(spec)
+            out[m] = registry("tracer").build(spec) if "unit=" in spec else registry("tracer").build(spec, unit=unit)
         except ConfigError as e:
             raise ConfigError(f"method {m!r}: {e}", param="method") from None
     if not out:

@@ -21,14 +21,15 @@ def poisoned(retriever):
 
 
 def test_a_traced_answer_cites_per_sentence_and_the_defence_removes_the_injection(poisoned, smol):
-    p = Pipeline(poisoned, smol, k=3, config=CFG, tracer=True, detector="rules", defend=True)
+    tracer = "attntrace(subsamples=1, keep=1.0, top_k=20)"  # the detector reads every traced segment here
+    p = Pipeline(poisoned, smol, k=6, config=CFG, tracer=tracer, detector="rules", defend=True)
     ans = p.ask("Which planet has the tallest volcano?")
     assert [f.source_id for f in ans.flags] == ["evil"] and ans.flags[0].removed and "override" in ans.flags[0].reason
     assert all(pp.chunk.source_id != "evil" for pp in ans.passages) and ans.flags[0].chunk_id in ans.dropped
     kinds = [r.kind for r in ans.stages]
     assert kinds.count("tracer") == 2 and kinds.count("generator") == 2 and "detector" in kinds
-    tracer = next(r for r in ans.stages if r.kind == "tracer")
-    assert tracer.details["citations"] == "tracer" and tracer.label == "attntrace(subsamples=1, keep=1.0)"
+    report = next(r for r in ans.stages if r.kind == "tracer")
+    assert report.details["citations"] == "tracer" and report.label == p.tracer.label
     assert ans.sentences and "".join(s.text for s in ans.sentences).replace(" ", "") == ans.text.replace(" ", "")
     for s in ans.sentences:
         for c in s.citations:
