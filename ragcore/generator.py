@@ -10,10 +10,10 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable, Sequence
 from collections.abc import Generator as Generator_
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 Passages = Sequence[Chunk | ScoredChunk]
+R = TypeVar("R")
 _LOAD = threading.Lock()  # one model load at a time, so threads sharing a Generator load it once
 
 
@@ -178,12 +179,7 @@ class Generator:
         prefill), ``kv_bytes_full`` (an uncompressed cache of the same prompt), ``masks_only`` and, with a
         compressor, ``kv_report``.
         """
-        tokens = self._decode(question, passages, config, compressor=compressor, query_aware=query_aware)
-        while True:  # the decode loop yields token ids and returns the Generation
-            try:
-                next(tokens)
-            except StopIteration as done:
-                return done.value
+        return _drain(self._decode(question, passages, config, compressor=compressor, query_aware=query_aware))
 
     def stream(
         self,
@@ -335,29 +331,44 @@ class Generator:
         def visible(module: Any, c: Any) -> torch.Tensor | None:
             return masks.get(module.layer_idx) if c is cache else None
 
-        out: list[int] = []
-        stopped = "max_new_tokens"
         with kvcache.attention_hooks(model, pre=kvcache.head_mask_hook(visible)):
             t0 = time.perf_counter()
             logits = kvcache.feed(model, prompt.input_ids[:, start:].to(dev), cache, start)
             _sync(dev)
             t1 = time.perf_counter()
-            for step in range(cfg.max_new_tokens):
-                tok = _pick(logits[0].float(), cfg, gen)
-                if tok in self.eos_ids:
-                    stopped = "eos"
-                    break
-                out.append(tok)
-                if cfg.max_time is not None and time.perf_counter() - t0 > cfg.max_time:
-                    stopped = "max_time"
-                    break
-                if step + 1 == cfg.max_new_tokens:
-                    break
-                logits = kvcache.feed(model, torch.tensor([[tok]], device=dev), cache, n + step)
+
+            def step(tok: int, i: int) -> torch.Tensor:
+                return kvcache.feed(model, torch.tensor([[tok]], device=dev), cache, n + i)
+
+            out, stopped = _drain(self._loop(logits, cfg, gen, t0, step))
         _sync(dev)
         t2 = time.perf_counter()
         text = self.tokenizer.decode(out, skip_special_tokens=True).strip() if self.tokenizer else ""
         return Generation(text, out, n, t1 - t0, t2 - t1, stopped, {"kv_bytes": kvcache.kv_bytes(cache)})
+
+    def _loop(
+        self,
+        logits: torch.Tensor,
+        cfg: GenerationConfig,
+        gen: torch.Generator,
+        t0: float,
+        step: Callable[[int, int], torch.Tensor],
+    ) -> Generator_[int, None, tuple[list[int], str]]:
+        """Pick tokens from ``logits`` (1, V) and feed each back with ``step(token, i)`` until an end-of-sequence
+        token, ``max_new_tokens`` or ``max_time`` (counted from ``t0``); yields each token, returns (tokens, why)."""
+        out: list[int] = []
+        for i in range(cfg.max_new_tokens):
+            tok = _pick(logits[0].float(), cfg, gen)
+            if tok in self.eos_ids:
+                return out, "eos"
+            out.append(tok)
+            yield tok
+            if cfg.max_time is not None and time.perf_counter() - t0 > cfg.max_time:
+                return out, "max_time"
+            if i + 1 == cfg.max_new_tokens:
+                break
+            logits = step(tok, i)
+        return out, "max_new_tokens"
 
     def _prefill(
         self, prompt: Prompt, compressor: KVCompressor | None, query_aware: bool, hooks: contextlib.ExitStack
@@ -414,25 +425,12 @@ class Generator:
             cache, logits, stats, _ = self._prefill(prompt, compressor, query_aware, hooks)
             _sync(dev)
             t1 = time.perf_counter()
-            out: list[int] = []
-            stopped = "max_new_tokens"
-            for step in range(cfg.max_new_tokens):
-                tok = _pick(logits[0].float(), cfg, gen)
-                if tok in self.eos_ids:
-                    stopped = "eos"
-                    break
-                out.append(tok)
-                yield tok
-                if cfg.max_time is not None and time.perf_counter() - t0 > cfg.max_time:
-                    stopped = "max_time"
-                    break
-                if step + 1 == cfg.max_new_tokens:
-                    break
-                if compressor is not None:
-                    logits = kvcache.feed(model, torch.tensor([[tok]], device=dev), cache, n + step)
-                    continue
-                pos = torch.tensor([[n + step]], device=dev)
-                logits = kvcache.call(
+
+            def step(tok: int, i: int) -> torch.Tensor:
+                if compressor is not None:  # a compressed cache is shorter than the absolute position
+                    return kvcache.feed(model, torch.tensor([[tok]], device=dev), cache, n + i)
+                pos = torch.tensor([[n + i]], device=dev)
+                return kvcache.call(
                     model,
                     cache,
                     input_ids=torch.tensor([[tok]], device=dev),
@@ -440,10 +438,21 @@ class Generator:
                     cache_position=pos[0],
                     use_cache=True,
                 ).logits[:, -1]
+
+            out, stopped = yield from self._loop(logits, cfg, gen, t0, step)
         _sync(dev)
         t2 = time.perf_counter()
         text = self.tokenizer.decode(out, skip_special_tokens=True).strip() if self.tokenizer else ""
         return Generation(text, out, n, t1 - t0, t2 - t1, stopped, stats)
+
+
+def _drain(steps: Generator_[int, None, R]) -> R:
+    """Run a generator to its end; its return value."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
 
 
 class _BatchedCache:

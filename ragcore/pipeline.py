@@ -195,15 +195,20 @@ class Pipeline:
         ``PromptTooLongError`` (the question alone does not fit), or a stage's error naming the stage."""
         reports: list[StageReport] = []
         passages, dropped, prompt = self.prompt_for(question, reports)
-        g, rep = run_stage(
+        g, rep = self.generate(prompt, reports)
+        return self.answer(question, passages, dropped, g, rep, reports, prompt)
+
+    def generate(self, prompt: Prompt | list[Prompt], reports: list[StageReport]) -> tuple[Any, StageReport]:
+        """The generator stage on one prompt (a ``Generation``) or several decoded together (a list), with the
+        pipeline's decoding settings and KV compressor; its report is appended to ``reports``."""
+        lm = self.generator
+        fn = lm.generate_batch if isinstance(prompt, list) else lm.generate
+        return run_stage(
             "generator",
-            self.generator,
-            lambda: self.generator.generate(
-                prompt, config=self.config, compressor=self.compressor, query_aware=self.query_aware
-            ),
+            lm,
+            lambda: fn(prompt, config=self.config, compressor=self.compressor, query_aware=self.query_aware),
             reports,
         )
-        return self.answer(question, passages, dropped, g, rep, reports, prompt)
 
     def prompt_for(
         self, question: str, reports: list[StageReport]
@@ -243,18 +248,7 @@ class Pipeline:
                     details=dict(kv),
                 )
             )
-        timings = {"retrieve_s": reports[0].seconds, "prefill_s": g.prefill_s, "decode_s": g.decode_s}
-        answer = Answer(
-            question,
-            g.text,
-            self.cite(passages, g.text),
-            passages,
-            self.generator.model_name,
-            timings,
-            kv,
-            dropped=[p.chunk.id for p in dropped],
-            stages=reports,
-        )
+        answer = self._record(question, g, passages, kv, reports, dropped, reports[0].seconds)
         return answer if self.tracer is None or prompt is None else self._trace(answer, prompt, g, reports)
 
     def _trace(self, answer: Answer, prompt: Any, g: Any, reports: list[StageReport]) -> Answer:
@@ -295,12 +289,7 @@ class Pipeline:
         bad = {f.chunk_id for f in answer.flags}
         passages = [p for p in answer.passages if p.chunk.id not in bad]
         prompt, kept = lm.fit_prompt(answer.question, passages, self.config.max_new_tokens, max_tokens=self.max_tokens)
-        g, rep = run_stage(
-            "generator",
-            lm,
-            lambda: lm.generate(prompt, config=self.config, compressor=self.compressor, query_aware=self.query_aware),
-            reports,
-        )
+        g, rep = self.generate(prompt, reports)
         rep.label, rep.details = lm.model_name, {"regenerated": True, "removed": sorted(bad)}
         tr, rep = run_stage("tracer", self.tracer, lambda: self.tracer.trace(prompt, g, lm), reports)
         rep.items_in, rep.items_out = len(tr.segments), len(tr.sentences)
@@ -309,6 +298,22 @@ class Pipeline:
         answer.sentences = tr.cite(prompt, self.tracer.threshold, self.tracer.top_k)
         answer.citations = traced_citations(answer)
         return answer
+
+    def _record(
+        self,
+        question: str,
+        g: Generation,
+        passages: list[ScoredChunk],
+        kv: dict[str, Any],
+        reports: list[StageReport],
+        dropped: Sequence[ScoredChunk] = (),
+        retrieve_s: float = 0.0,
+    ) -> Answer:
+        """The ``Answer`` of generation ``g`` from ``passages``, cited by its ``[n]`` markers."""
+        timings = {"retrieve_s": retrieve_s, "prefill_s": g.prefill_s, "decode_s": g.decode_s}
+        cited = self.cite(passages, g.text)
+        dropped_ids = [p.chunk.id for p in dropped]
+        return Answer(question, g.text, cited, passages, self.generator.model_name, timings, kv, dropped_ids, reports)
 
     @staticmethod
     def cite(passages: list[ScoredChunk], text: str) -> list[Citation]:
@@ -419,14 +424,7 @@ class Pipeline:
             parts.append((q, passages, dropped, reports, prompt))
             prompts.append(prompt)
         batch: list[StageReport] = []
-        gens, rep = run_stage(
-            "generator",
-            self.generator,
-            lambda: self.generator.generate_batch(
-                prompts, config=self.config, compressor=self.compressor, query_aware=self.query_aware
-            ),
-            batch,
-        )
+        gens, rep = self.generate(prompts, batch)
         out = []
         for (q, passages, dropped, reports, prompt), g in zip(parts, gens):
             mine = dataclasses.replace(rep, details={})
@@ -545,17 +543,7 @@ class Pipeline:
         kv["query_aware"] = False
         report = StageReport("generator", "generator", self.generator.model_name, time.perf_counter() - t0)
         report.items_in, report.items_out = g.prompt_tokens, len(g.token_ids)
-        timings = {"retrieve_s": 0.0, "prefill_s": g.prefill_s, "decode_s": g.decode_s}
-        return Answer(
-            question,
-            g.text,
-            self.cite(passages, g.text),
-            passages,
-            self.generator.model_name,
-            timings,
-            kv,
-            stages=[report],
-        )
+        return self._record(question, g, passages, kv, [report])
 
 
 def attribution_stages(tracer: Any, detector: Any, defend: bool) -> tuple[Any, Any, bool]:

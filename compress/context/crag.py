@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from compress.context.sentences import split_sentences
+from ragcore.sentences import split_sentences
 from ragcore.stages import Stage, option
 from ragcore.types import Chunk, ScoredChunk
 

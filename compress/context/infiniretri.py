@@ -1,7 +1,7 @@
 """InfiniRetri (arXiv 2502.12962): read an input of any length through the model's own attention, a window at a
 time, carrying forward only the sentences the question attends to.
 
-The passages are split into sentences (:func:`compress.context.sentences.split_sentences`, pysbd) and packed in
+The passages are split into sentences (:func:`ragcore.sentences.split_sentences`, pysbd) and packed in
 order into segments of at most ``segment`` tokens. For each segment the model reads the carried sentences, the
 segment and the question (one ``Generator.prompt``); the attention that the question's tokens pay to each context
 token is read at ``layer`` (default: the last), summed over heads and averaged over the question's tokens (each
@@ -25,9 +25,9 @@ from typing import Any, ClassVar
 
 import torch
 
-from compress.context.sentences import split_sentences
 from ragcore.attention import attention_to_spans, decoder_layers
 from ragcore.errors import ConfigError
+from ragcore.sentences import split_sentences
 from ragcore.stages import Stage, option
 from ragcore.types import Chunk, ScoredChunk
 

@@ -1,13 +1,12 @@
 """Segments of a context (passages, sentences or word windows) and of an answer (sentences), with their
 character spans, and prompts rebuilt from a subset of the context's segments.
 
-Sentences come from pysbd (rule-based, with character spans); a word window is ``words`` whitespace-separated
+Sentences come from pysbd (rule-based, with character spans; :mod:`ragcore.sentences`); a word window is ``words`` whitespace-separated
 words.
 """
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ragcore.errors import ConfigError
+from ragcore.sentences import split_sentences
 from ragcore.types import Chunk
 
 if TYPE_CHECKING:
@@ -37,25 +37,9 @@ class Segment:
     text: str
 
 
-@functools.lru_cache(maxsize=1)
-def _segmenter():  # noqa: ANN202 - pysbd has no stubs
-    import pysbd
-
-    return pysbd.Segmenter(language="en", clean=False, char_span=True)
-
-
 def sentences(text: str) -> list[tuple[int, int]]:
-    """Character spans [start, end) of the sentences of ``text`` (surrounding whitespace left out)."""
-    spans = []
-    for s in _segmenter().segment(text) if text.strip() else []:
-        a, b = s.start, s.end
-        while a < b and text[a].isspace():
-            a += 1
-        while b > a and text[b - 1].isspace():
-            b -= 1
-        if b > a:
-            spans.append((a, b))
-    return spans
+    """Character spans [start, end) of the sentences of ``text`` (pysbd, through :mod:`ragcore.sentences`)."""
+    return split_sentences(text)
 
 
 def word_windows(text: str, words: int) -> list[tuple[int, int]]:

@@ -101,8 +101,8 @@ class TracerBase(Stage):
 
     Parameters
     ----------
-    unit : str
-        Segments: ``"sentence"`` (pysbd), ``"passage"`` or ``"words"`` (windows of ``words`` words).
+    unit : {"sentence", "passage", "words"}
+        Segments: sentences (pysbd), whole passages, or windows of ``words`` words.
     words : int
         Words per window with ``unit="words"``.
     top_k : int

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from compress.context.sentences import split_sentences
+from ragcore.sentences import split_sentences
 
 
 def test_sentences_cover_the_text_with_true_spans():
