@@ -33,6 +33,7 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ragcore.config import PipelineConfig
 from ragcore.errors import (
@@ -275,6 +276,14 @@ def create_app(config: PipelineConfig | None = None, pipeline: Pipeline | None =
         where = ".".join(str(x) for x in first.get("loc", ()) if x != "body") or "body"
         msg = f"{where}: {first.get('msg')}" + (f", got {first['input']!r:.200}" if "input" in first else "")
         return error_response(request, 422, "InvalidRequest", msg, where)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _starlette(request: Request, e: StarletteHTTPException) -> JSONResponse:
+        # FastAPI's own refusals (a body that is not JSON, an unknown path, a method not allowed) in our error shape
+        names = {400: "BadRequest", 404: "NotFound", 405: "MethodNotAllowed"}
+        return error_response(
+            request, e.status_code, names.get(e.status_code, "HTTPError"), str(e.detail), None, e.headers
+        )
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, e: Exception) -> JSONResponse:
