@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -161,6 +162,23 @@ def attention_layers(model: Any) -> list[Any]:
     return [layer.self_attn for layer in decoder_layers(model)]
 
 
+def _with_kwargs(hook: Callable[..., Any], extra: int) -> Callable[..., Any]:
+    """``hook`` called only with the keyword arguments it was registered for. torch writes a hook and its "with
+    kwargs" flag one after the other, so a forward running in another thread at that instant can call the hook
+    without them; such a call (never the hook's own generation's) is passed over."""
+
+    def call(module: Any, args: tuple, *rest: Any) -> Any:
+        return hook(module, args, *rest) if len(rest) == extra else None
+
+    return call
+
+
+# torch numbers hook handles from a class counter that is not thread-safe, and keys the "with kwargs" flag by that
+# number: two threads registering at once can share a number, and removing one then strips the other's flag.
+# Registration and removal are therefore serialised (the hooks themselves run concurrently).
+HOOKS_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def attention_hooks(
     model: Any, pre: Callable[..., Any] | None = None, post: Callable[..., Any] | None = None
@@ -170,15 +188,17 @@ def attention_hooks(
     return ``(args, kwargs)`` to replace the call's arguments (the per-head masks below do)."""
     handles = []
     try:
-        for attn in attention_layers(model):
-            if pre is not None:
-                handles.append(attn.register_forward_pre_hook(pre, with_kwargs=True))
-            if post is not None:
-                handles.append(attn.register_forward_hook(post, with_kwargs=True))
+        with HOOKS_LOCK:
+            for attn in attention_layers(model):
+                if pre is not None:
+                    handles.append(attn.register_forward_pre_hook(_with_kwargs(pre, 1), with_kwargs=True))
+                if post is not None:
+                    handles.append(attn.register_forward_hook(_with_kwargs(post, 2), with_kwargs=True))
         yield
     finally:
-        for h in handles:
-            h.remove()
+        with HOOKS_LOCK:
+            for h in handles:
+                h.remove()
 
 
 def visibility_mask(visible: torch.Tensor, past: int, q: int, module: Any, dtype: torch.dtype) -> torch.Tensor:

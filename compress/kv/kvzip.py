@@ -66,18 +66,26 @@ class KVzip(KVCompressor):
     # ---- the reconstruction --------------------------------------------------------------------------------
     @contextmanager
     def apply(self, model: nn.Module, cache: Any = None, prompt: Prompt | None = None) -> Iterator[KVCall]:
-        """As :meth:`KVCompressor.apply`, also recording the token ids the model reads (the context to repeat)."""
+        """As :meth:`KVCompressor.apply`. The context to repeat is the ``prompt``'s tokens (each call its own, so
+        concurrent calls on one model stay apart); without a prompt (a bare ``apply`` around model calls, one at a
+        time) the token ids the model reads are recorded by a hook on its input embeddings."""
         with super().apply(model, cache, prompt) as call:
+            if prompt is not None:
+                call.inputs["input_ids"] = prompt.input_ids
+                yield call
+                return
 
             def record(_module: nn.Module, args: tuple) -> None:
                 if args and isinstance(args[0], torch.Tensor) and args[0].dim() == 2:
                     call.inputs["input_ids"] = args[0]
 
-            handle = model.get_input_embeddings().register_forward_pre_hook(record)
+            with kvcache.HOOKS_LOCK:
+                handle = model.get_input_embeddings().register_forward_pre_hook(record)
             try:
                 yield call
             finally:
-                handle.remove()
+                with kvcache.HOOKS_LOCK:
+                    handle.remove()
 
     def score(self, x: LayerPrefill) -> torch.Tensor:
         raise NotImplementedError("kvzip scores every layer at once, after the last layer's prefill (see keep)")
@@ -102,6 +110,8 @@ class KVzip(KVCompressor):
     def repeat_ids(self, call: KVCall, t: int) -> list[torch.Tensor]:
         """The reconstruction inputs: per chunk of the context, the instruction then the chunk's tokens."""
         ids = call.inputs["input_ids"]
+        if call.prompt is not None:  # the prompt's first t tokens are what the cache holds
+            ids = ids[:, :t].to(call.model.device)
         device = ids.device
         context = ids[:, -t:] if ids.shape[1] >= t else ids  # a prefill after cached tokens: its own tokens
         tokenizer = getattr(call.prompt, "tokenizer", None)

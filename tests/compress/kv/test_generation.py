@@ -41,7 +41,7 @@ def test_batch_generation_equals_one_by_one(smol):
         smol.generate_batch(["a question"])
 
 
-@pytest.mark.parametrize("spec", ["snapkv", "adaptive:snapkv", "layers:snapkv"])
+@pytest.mark.parametrize("spec", ["snapkv", "adaptive:snapkv", "layers:snapkv", "kvzip"])
 def test_one_instance_serves_two_threads(smol, spec):
     """One compressor, one Generator, two threads generating at once (each several times, started together): each
     thread gets the answer and the KV report it gets alone."""
