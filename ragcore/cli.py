@@ -1,4 +1,4 @@
-"""Command line: ``ragcore index | sources | search | ask | calibrate | eval``.
+"""Command line: ``ragcore index | sources | search | ask | serve | calibrate | eval``.
 
 Exit codes: 0 success; 1 a user error (bad value, missing or damaged index, unreadable input; with
 ``index --strict`` also: some files were skipped), printed as one line ``ragcore: error: ...``; 2 a usage error
@@ -56,6 +56,7 @@ FLAGS = {
     "method": "--method",
     "data": "--data",
     "order": "--order",
+    "port": "--port",
     "tokens": "--tokens",
 }
 COMMAND_FLAGS = {"index": {"model": "--embedder"}}
@@ -300,9 +301,13 @@ def config_from_args(a: argparse.Namespace):  # noqa: ANN201 - ragcore.config.Pi
 def _cmd_serve(a: argparse.Namespace) -> int:
     import uvicorn
 
+    from ragcore.errors import ConfigError
     from serve.app import create_app
 
+    if not 0 < a.port < 65536:  # checked before anything loads (0 would pick a port nobody is told about)
+        raise ConfigError(f"port must be in 1..65535, got {a.port!r}", param="port")
     app = create_app(config_from_args(a))
+    print(f"ragcore serve: http://{a.host}:{a.port} (the web page at /, the API under /v1)", file=sys.stderr)
     logging.getLogger("serve.access").setLevel(logging.INFO)
     uvicorn.run(app, host=a.host, port=a.port, log_level="info" if a.verbose else "warning", access_log=False)
     return EXIT_OK

@@ -273,6 +273,9 @@ def create_app(config: PipelineConfig | None = None, pipeline: Pipeline | None =
     async def _invalid(request: Request, e: RequestValidationError) -> JSONResponse:
         errs = e.errors()
         first = errs[0] if errs else {"loc": (), "msg": "invalid request"}
+        if first.get("type") == "json_invalid":  # loc is ("body", character offset): say so, not a field
+            at = first.get("loc", ("body", "?"))[-1]
+            return error_response(request, 422, "InvalidJSON", f"body is not valid JSON (at character {at})", "body")
         where = ".".join(str(x) for x in first.get("loc", ()) if x != "body") or "body"
         msg = f"{where}: {first.get('msg')}" + (f", got {first['input']!r:.200}" if "input" in first else "")
         return error_response(request, 422, "InvalidRequest", msg, where)

@@ -280,3 +280,17 @@ def test_the_demo_does_not_index_the_samples_readme(tmp_path, capsys):
     sources = HybridRetriever.load(tmp_path / "demo").sources
     assert sources and not any(s.endswith("README.md") for s in sources)
     assert {Path(s).name for s in sources} >= {"jupiter.md", "earth.txt"}
+
+
+def test_serve_refuses_a_port_out_of_range_before_loading(capsys):
+    """New-user report: --port 99999 reached uvicorn and ended in a traceback; --port 0 listened on a port nobody
+    was told about."""
+    from ragcore.cli import main
+
+    for port in ("99999", "0", "-1"):
+        assert main(["serve", "--port", port, "--index", "/nowhere"]) == 1
+        err = capsys.readouterr().err
+        assert (
+            err.startswith(f"ragcore: error: --port: port must be in 1..65535, got {int(port)}")
+            and "Traceback" not in err
+        )

@@ -127,3 +127,9 @@ def test_not_ready_without_an_index(tmp_path):
         r = c.get("/health/ready")
         assert r.status_code == 503 and "no index" in r.json()["error"].lower()
         assert c.post("/v1/ask", json={"question": Q}).status_code == 503
+
+
+def test_a_body_that_is_not_json_is_named(client):
+    r = client.post("/v1/ask", content=b'{"question": ', headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["error"] == "InvalidJSON" and r.json()["param"] == "body"
+    assert "not valid JSON (at character 13)" in r.json()["message"]
