@@ -32,38 +32,49 @@ def edges_first(n: int) -> list[int]:
 
 
 @dataclass
-class RetrievalOrder(Stage):
+class SlotOrder(Stage):
+    """An order that depends only on the number of passages (and, for a seeded one, on the question):
+    ``slots(n, question)`` gives the slot of the passage of each relevance rank."""
+
+    def slots(self, n: int, question: str) -> list[int]:
+        raise NotImplementedError
+
+    def rerank(self, question: str, passages: Sequence[ScoredChunk], lm: Any = None) -> list[ScoredChunk]:
+        return place(passages, self.slots(len(passages), question), self.name)
+
+
+@dataclass
+class RetrievalOrder(SlotOrder):
     """The retriever's order: best first (the plain baseline)."""
 
     name: ClassVar[str] = "retrieval"
 
-    def rerank(self, question: str, passages: Sequence[ScoredChunk], lm: Any = None) -> list[ScoredChunk]:
-        return place(passages, range(len(passages)), self.name)
+    def slots(self, n: int, question: str) -> list[int]:
+        return list(range(n))
 
 
 @dataclass
-class ReversedOrder(Stage):
+class ReversedOrder(SlotOrder):
     """Best last, next to the question (recency bias, Liu et al. 2023, arXiv 2307.03172)."""
 
     name: ClassVar[str] = "reversed"
 
-    def rerank(self, question: str, passages: Sequence[ScoredChunk], lm: Any = None) -> list[ScoredChunk]:
-        n = len(passages)
-        return place(passages, [n - 1 - r for r in range(n)], self.name)
+    def slots(self, n: int, question: str) -> list[int]:
+        return [n - 1 - r for r in range(n)]
 
 
 @dataclass
-class LostInTheMiddleOrder(Stage):
+class LostInTheMiddleOrder(SlotOrder):
     """Best at both ends, worst in the middle (the U-shaped accuracy of Liu et al. 2023, arXiv 2307.03172)."""
 
     name: ClassVar[str] = "lost_in_the_middle"
 
-    def rerank(self, question: str, passages: Sequence[ScoredChunk], lm: Any = None) -> list[ScoredChunk]:
-        return place(passages, edges_first(len(passages)), self.name)
+    def slots(self, n: int, question: str) -> list[int]:
+        return edges_first(n)
 
 
 @dataclass
-class RandomOrder(Stage):
+class RandomOrder(SlotOrder):
     """A random order, seeded by ``seed`` and the question (the same question gets the same order).
 
     Parameters
@@ -75,7 +86,7 @@ class RandomOrder(Stage):
     name: ClassVar[str] = "random"
     seed: int = option(0, minimum=0)
 
-    def rerank(self, question: str, passages: Sequence[ScoredChunk], lm: Any = None) -> list[ScoredChunk]:
-        slots = list(range(len(passages)))
+    def slots(self, n: int, question: str) -> list[int]:
+        slots = list(range(n))
         random.Random(f"{self.seed}\0{question}").shuffle(slots)
-        return place(passages, slots, self.name)
+        return slots

@@ -6,7 +6,6 @@ import gzip
 import json
 
 import pytest
-import torch
 
 from eval import kv_compression
 from eval.kv_compression import KVSuite, format_name, load_items, merge_matrices
@@ -18,13 +17,7 @@ NQ_DATA = "tests/data/nq_small.jsonl.gz"
 SMALL = ["--limit", "2", "--k", "2", "--max-tokens", "320", "--max-new-tokens", "6", "--device", "cpu"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The test machine has 2 shared cores; one intra-op thread avoids oversubscription."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize(("data", "fmt", "compressor"), [(KV_DATA, "kv_retrieval", "snapkv"), (NQ_DATA, "nq", "none")])

@@ -2,13 +2,14 @@
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+from transformers import AutoModelForCausalLM, LlamaConfig
 
 from ragcore.attention import attention_to_spans, rows_attention
 from ragcore.errors import ConfigError
 from ragcore.models import load_generator
 from ragcore.prompt import build_prompt
 from ragcore.types import Chunk
+from tests.helpers import tiny_model
 
 PASSAGES = [Chunk("The Eiffel Tower was completed in 1889.", "e"), Chunk("Bananas are yellow fruit.", "b")]
 Q = "When was the Eiffel Tower completed?"
@@ -47,19 +48,9 @@ def test_matches_eager_on_bundled_models(bundled, rows):
     assert torch.allclose(red.spans["passage:1"], ref[:, :, a:b, s0:s1].sum(-1).mean(-1), atol=1e-4)
 
 
-@pytest.mark.parametrize("cfg_cls", [LlamaConfig, Qwen2Config])
-def test_matches_eager_on_tiny_models_and_layer_subsets(cfg_cls):
-    torch.manual_seed(0)
-    cfg = cfg_cls(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=128,
-    )
-    model = AutoModelForCausalLM.from_config(cfg).eval()
-    model.config._attn_implementation = "sdpa"
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_matches_eager_on_tiny_models_and_layer_subsets(kind):
+    model = tiny_model(kind, layers=3, vocab=128)
     ids = torch.randint(0, 128, (1, 40))
     ref = _eager(model, ids)
     got = attention_to_spans(model, ids, {"a": (0, 10)}, [5, 17, 39], layers=[0, 2], reduce_rows=False)
