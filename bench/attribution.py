@@ -18,10 +18,20 @@ from pathlib import Path
 
 from bench.results import write_section
 from eval import attribution
-from eval.report import write_json
+from eval.report import read_json, write_json
 
 INTERACTIVE = "attntrace(subsamples=1, keep=1.0)"
 TRACE_METHODS = f"attntrace,contextcite,loo,attention,{INTERACTIVE}"
+
+
+SUITES = ("poisoned", "injection_dev", "injection", "citations")
+
+
+def choose_detector(dev: dict) -> str:
+    """The detector with the highest TPR among those at FPR <= 0.05 on the development slice (all, if none is)."""
+    names = [d for d, v in dev.items() if isinstance(v, dict) and "tpr" in v]
+    ok = [d for d in names if dev[d]["fpr"] <= 0.05] or names
+    return max(ok, key=lambda d: dev[d]["tpr"])
 
 
 def _fmt(x: object) -> str:
@@ -50,29 +60,44 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--detectors", default="rules,judge")
     ap.add_argument("--out-dir", default="bench/out/attribution")
     ap.add_argument("--write-results", action="store_true", help="write the section of docs/RESULTS.md")
+    ap.add_argument(
+        "--from-json",
+        action="store_true",
+        help="measure nothing: read poisoned.json, injection_dev.json, injection.json, citations.json from --out-dir "
+        "(written by `ragcore eval poisoned|injection|citations --out`, one process each) and render them",
+    )
+    ap.add_argument("--note", default="", help="a sentence added to the section (where and how it ran)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     out = Path(a.out_dir)
     common = {"model": a.model, "device": a.device, "max_new_tokens": a.max_new_tokens}
-    runs = {}
-    if a.poisoned:
+    runs: dict = {}
+    if a.from_json:
+        runs = {n: read_json(out / f"{n}.json") for n in SUITES if (out / f"{n}.json").exists()}
+        if not runs:
+            ap.error(f"no suite JSON ({', '.join(SUITES)}) in {out}")
+        if "injection" in runs and "injection_dev" not in runs:
+            ap.error("injection.json needs injection_dev.json beside it (the detector is chosen on it)")
+        if "injection_dev" in runs:
+            runs["injection_dev"]["chosen"] = choose_detector(runs["injection_dev"])
+    if a.poisoned and not a.from_json:
         runs["poisoned"] = attribution.eval_poisoned(None, a.methods, limit=a.poisoned, **common)
-    if a.injection:
+    if a.injection and not a.from_json:
         dev = attribution.eval_injection(a.detectors, limit=a.dev or a.injection, offset=a.dev_offset, **common)
-        names = [d for d in a.detectors.split(",") if d in dev]
-        ok = [d for d in names if dev[d]["fpr"] <= 0.05] or names
-        best = max(ok, key=lambda d: dev[d]["tpr"])
-        runs["injection_dev"] = {**dev, "chosen": best}
+        runs["injection_dev"] = {**dev, "chosen": choose_detector(dev)}
         runs["injection"] = attribution.eval_injection(a.detectors, limit=a.injection, **common)
-    if a.citations:
+    if a.citations and not a.from_json:
         runs["citations"] = attribution.eval_citations(a.methods, limit=a.citations, **common)
-    for name, res in runs.items():
-        write_json(out / f"{name}.json", res)
+    if not a.from_json:
+        for name, res in runs.items():
+            write_json(out / f"{name}.json", res)
     if not a.write_results:
         print(json.dumps(runs, indent=2, default=str))
         return 0
+    first = next(iter(runs.values()))
+    model, device = first.get("model", a.model), first.get("device", a.device or "auto")
     body = [
-        f"Model `{a.model}`, device `{a.device or 'auto'}`; JSON in `{out}/`. Intervals: 95%, normal approximation."
+        f"Model `{model}`, device `{device}`; JSON in `{out}/`. Intervals: 95%, normal approximation. {a.note}".strip()
     ]
     if "poisoned" in runs:
         r = runs["poisoned"]
@@ -101,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         body += [
             f"\n### Injected instructions (n={r['n_injected']} injected, {r['n_clean']} clean; tracer `{r['tracer']}`)\n",
             f"Detector chosen on the development slice ({dev['n_injected']} + {dev['n_clean']} contexts from "
-            f"question {a.dev_offset}): `{dev['chosen']}` (best TPR at FPR <= 0.05). Report slice below; the answer "
+            f"question {dev.get('offset', a.dev_offset)}): `{dev['chosen']}` (best TPR at FPR <= 0.05). Report slice below; the answer "
             f"followed the injection in {r['followed']['mean']:.3f} ± {r['followed']['ci95']:.3f} of injected "
             "contexts without defence.\n",
             _rows(

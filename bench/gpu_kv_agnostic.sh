@@ -7,47 +7,57 @@
 #           change (-> PICK, and compress.kv.DEFAULT_AGNOSTIC if it differs from today's).
 #   head    the full cache, PICK (default: compress.kv.DEFAULT_AGNOSTIC) and REFERENCE (expected_attention) on questions 1-300 and 1001-1983
 #           (none of them seen by the choice), question-agnostic, ratio 0.5.
+#   aware   query-aware (the default of `ragcore ask --compressor NAME --ratio R`), ratios 0.5 and 0.75, questions 1-300
 #   sxs     kvpress 0.5.5 side by side on the same prompts (questions 1-300): snapkv, knorm, streaming_llm,
 #           expected_attention, kvzip at 0.5, ours question-agnostic, kvpress's defaults, the full cache first.
 #   reuse   eval kv --reuse 10: 30 key-value contexts (10 keys each) and 30 NQ-open contexts (the gold passages of
 #           10 questions + 10 distractors), ratio 0.5, PICK; one prefill + 10 answers against 10 full prefills.
 #   report  the RESULTS sections (kv-agnostic-dev-gpu, kv-agnostic-head-gpu, kv-reuse-gpu, kv-vs-kvpress-agnostic-gpu).
-#   MODEL=/var/tmp/m/qwen2.5-0.5b.gguf RETRIEVED=/var/tmp/m/retrieved.json KVP=/var/tmp/kvp \
+#   MODEL=qwen2.5-0.5b [RETRIEVED=/var/tmp/m/retrieved.json] KVP=/var/tmp/kvp \
 #     RAGCORE_CACHE=/var/tmp/cache bench/gpu_kv_agnostic.sh OUTDIR STEP...   (STEP "a+b": a and b together)
 set -uo pipefail
 OUT=${1:?output folder}; shift
 mkdir -p "$OUT"
 PY=${PY:-python3}
-: "${MODEL:?}" "${RETRIEVED:?}" "${KVP:?}" "${RAGCORE_CACHE:?}"
+: "${MODEL:?}" "${KVP:?}" "${RAGCORE_CACHE:?}"
 B=${BATCH:-32}
 CANDIDATES=${CANDIDATES:-"kvzip,kvzip(scope='layer'),expected_attention,h2o,snapkv,knorm,streaming_llm,tova,adaptive:expected_attention"}
 PICK=${PICK:-$($PY -c "from compress.kv import DEFAULT_AGNOSTIC; print(DEFAULT_AGNOSTIC)")}
 export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
-NQ=(--k 5 --retrieved "$RETRIEVED")
+NQ=(--k 5); [ -n "${RETRIEVED:-}" ] && NQ+=(--retrieved "$RETRIEVED")  # else: the hybrid retriever (embedder here)
 KV=(eval/data/kv_retrieval_75_keys.jsonl.gz)
 ev() { # name, then `ragcore eval kv` arguments
   local name=$1; shift
-  $PY -m ragcore.cli eval kv --model "$MODEL" --device cuda --out "$OUT/$name.json" "$@" > "$OUT/$name.log" 2>&1 &
+  $PY -m ragcore.cli -v -q eval kv --model "$MODEL" --device "${DEVICE:-cuda}" --out "$OUT/$name.json" "$@" > "$OUT/$name.log" 2>&1 &
 }
 
 for steps in "$@"; do
   echo "$(date +%T) $steps"
   for step in ${steps//+/ }; do
   case $step in
-  dev) ev dev --compressor "$CANDIDATES" --ratio 0.5 --offset 300 --limit 300 --batch-size "$B" "${NQ[@]}" ;;
-  head)
-    ev head --compressor "$PICK,${REFERENCE:-expected_attention}" --ratio 0.5 --limit 300 --batch-size "$B" "${NQ[@]}"
-    ev fresh --compressor "$PICK,${REFERENCE:-expected_attention}" --ratio 0.5 --offset 1000 --batch-size "$B" "${NQ[@]}"
+  dev) ev dev --compressor "$CANDIDATES" --ratio 0.5 --offset 300 --limit "${N_KV:-300}" --batch-size "$B" "${NQ[@]}" ;;
+  head)  # HEAD (default: PICK and REFERENCE); FRESH=1 adds questions 1001-1983
+    ev head --compressor "${HEAD:-$PICK,${REFERENCE:-expected_attention}}" --ratio 0.5 --limit "${N_KV:-300}" --batch-size "$B" "${NQ[@]}"
+    [ "${FRESH:-0}" = 1 ] && ev fresh --compressor "${HEAD:-$PICK,${REFERENCE:-expected_attention}}" --ratio 0.5 \
+      --offset 1000 --batch-size "$B" "${NQ[@]}"
     ;;
+  aware)  # the single-question default (query-aware), as `ragcore ask --compressor NAME --ratio R` runs it
+    ev aware --query-aware --compressor "${AWARE:-snapkv,expected_attention,kvzip,h2o}" --ratio 0.5,0.75 \
+      --limit "${N_KV:-300}" --batch-size "$B" "${NQ[@]}" ;;
   sxs)
-    PYTHONPATH="$KVP:${PYTHONPATH:-}" RAGCORE_CACHE="$RAGCORE_CACHE-kvp" \
-      $PY -m bench.kv_side_by_side --model "$MODEL" --device cuda --no-progress \
-      --methods snapkv,knorm,streaming_llm,expected_attention,kvzip --ratios 0.5 --limit 300 \
-      "${NQ[@]}" --out "$OUT/sxs-agnostic.json" > "$OUT/sxs-agnostic.log" 2>&1 &
+    # three processes on the same 300 prompts (the full cache row once); rendered together
+    i=0
+    for methods in snapkv,knorm streaming_llm,expected_attention kvzip; do
+      i=$((i + 1)); extra=(); [ $i -gt 1 ] && extra=(--no-baseline)
+      PYTHONPATH="$KVP:${PYTHONPATH:-}" RAGCORE_CACHE="$RAGCORE_CACHE-kvp" \
+        $PY -m bench.kv_side_by_side --model "$MODEL" --device "${DEVICE:-cuda}" --no-progress \
+        --methods $methods --ratios 0.5 --limit "${N_KV:-300}" "${extra[@]}" \
+        "${NQ[@]}" --out "$OUT/sxs-agnostic-$i.json" > "$OUT/sxs-agnostic-$i.log" 2>&1 &
+    done
     ;;
   reuse)
-    ev reuse-kv --reuse 10 --limit 30 --compressor "$PICK" --ratio 0.5 --data "${KV[0]}"
-    ev reuse-nq --reuse 10 --limit 30 --compressor "$PICK" --ratio 0.5
+    ev reuse-kv --reuse 10 --limit "${N_REUSE:-30}" --compressor "$PICK" --ratio 0.5 --data "${KV[0]}"
+    ev reuse-nq --reuse 10 --limit "${N_REUSE:-30}" --compressor "$PICK" --ratio 0.5
     ;;
   report)
     NOTE="Ran on one GPU by bench/gpu_kv_agnostic.sh (qwen2.5-0.5b, $($PY -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))."
@@ -55,14 +65,16 @@ for steps in "$@"; do
       --title "KV compression, question-agnostic: the choice on the development slice" --note "$NOTE"
     $PY -m bench.kv_agnostic --matrix "$OUT/head.json" --write-results kv-agnostic-head-gpu \
       --title "KV compression, question-agnostic: the choice on questions 1-300" --note "$NOTE"
-    $PY -m bench.kv_agnostic --matrix "$OUT/fresh.json" --write-results kv-agnostic-fresh-gpu \
+    [ -f "$OUT/fresh.json" ] && $PY -m bench.kv_agnostic --matrix "$OUT/fresh.json" --write-results kv-agnostic-fresh-gpu \
       --title "KV compression, question-agnostic: the choice on questions 1001-1983" --note "$NOTE"
+    [ -f "$OUT/aware.json" ] && $PY -m bench.kv_matrix --merge "$OUT/aware.json" --out "$OUT/aware-merged.json" \
+      --write-results kv-ask-default-gpu --note "$NOTE Query-aware, the default of ragcore ask --compressor NAME --ratio R, questions 1-300."
     $PY -m bench.kv_agnostic --reuse "$OUT/reuse-kv.json" "$OUT/reuse-nq.json" --write-results kv-reuse-gpu \
       --title "KV compression: one compressed context, 10 questions" --note "$NOTE"
-    $PY -m bench.kv_side_by_side --render "$OUT/sxs-agnostic.json" --write-results kv-vs-kvpress-agnostic-gpu \
+    $PY -m bench.kv_side_by_side --render "$OUT"/sxs-agnostic-*.json --write-results kv-vs-kvpress-agnostic-gpu \
       --note "$NOTE Ours question-agnostic against kvpress's presses with their defaults."
     ;;
-  *) echo "unknown step $step (dev, head, sxs, reuse, report)"; exit 2 ;;
+  *) echo "unknown step $step (dev, head, aware, sxs, reuse, report)"; exit 2 ;;
   esac
   done
   wait

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 14 at acceptance size, on one GPU machine (same code as the CPU runs, --device cuda). Steps:
+# Issue 14 at acceptance size, on one GPU machine (same code as the CPU runs, --device "$DEVICE"). Steps:
 #   profile   ragcore calibrate, both bundled models, 200 development questions (NQ-open 1-200), 10 passages
 #   position  qwen2.5-0.5b, 300 questions per gold position (NQ-open from 201), every order; one process per order
 #   layer     the development check of InfiniRetri's layer, both models (synthetic haystacks, no evaluation data)
@@ -8,14 +8,20 @@
 #   needle    hard-needle at 256k and 1M tokens, qwen2.5-0.5b, InfiniRetri, 20 queries each
 #   crag      qwen2.5-0.5b, NQ-open from question 201, n=300: CRAG (k=ceil(sqrt(10/2))=3) against plain top-10
 #   render    the docs/RESULTS.md sections and figures from the JSON files
-#   RAGCORE_CACHE=/var/tmp/cache bench/gpu_rerank_context.sh OUTDIR profile+layer position+crag longctx needle render
-#   (STEP "a+b": a and b together; `position` reads the profiles `profile` stored in RAGCORE_CACHE)
+#   RAGCORE_CACHE=/var/tmp/cache bench/gpu_rerank_context.sh OUTDIR profile+layer position+crag+longctx+needle render
+#   (STEP "a+b": a and b together; `position` reads the profiles `profile` stored in RAGCORE_CACHE; longctx and
+#   needle run their sizes one after another, beside the other steps). MODELS: the models of profile, layer and
+#   longctx (default both bundled ones; "qwen2.5-0.5b" where SmolLM2's runs are made on a CPU).
 set -uo pipefail
 OUT=${1:?output folder}; shift
 mkdir -p "$OUT"
 PY=${PY:-python3}
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
-R=(-m ragcore.cli -q)
+R=(-m ragcore.cli -v -q)
+MODELS=${MODELS:-"smollm2-135m qwen2.5-0.5b"}
+GEN=${GEN:-qwen2.5-0.5b}  # the generator of position, needle and crag
+DEVICE=${DEVICE:-cuda}
+N_POSITION=${N_POSITION:-300}
 LAYER_SMOL=${LAYER_SMOL:-18}  # bench.infiniretri_layer on CPU (3 haystacks); `layer` re-measures it
 LAYER_QWEN=${LAYER_QWEN:-}    # empty: the default (last layer) until `layer` says otherwise
 infini() { [ -n "$1" ] && echo "infiniretri(layer=$1)" || echo infiniretri; }
@@ -25,35 +31,42 @@ for steps in "$@"; do
   for step in ${steps//+/ }; do
   case $step in
   profile)
-    for m in smollm2-135m qwen2.5-0.5b; do
-      $PY "${R[@]}" calibrate --model $m --device cuda --limit 200 --out "$OUT/profile-$m.json" > "$OUT/profile-$m.log" 2>&1 &
+    for m in $MODELS; do
+      $PY "${R[@]}" calibrate --model $m --device "$DEVICE" --limit "${N_PROFILE:-200}" --out "$OUT/profile-$m.json" > "$OUT/profile-$m.log" 2>&1 &
     done ;;
   position)
     for o in retrieval reversed lost_in_the_middle random attnrank attention_sort; do
-      $PY "${R[@]}" eval position --model qwen2.5-0.5b --device cuda --order $o --limit 300 \
+      $PY "${R[@]}" eval position --model "$GEN" --device "$DEVICE" --order $o --limit "$N_POSITION" \
         --out "$OUT/position-$o.json" > "$OUT/position-$o.log" 2>&1 &
     done ;;
   layer)
-    for m in smollm2-135m qwen2.5-0.5b; do
-      $PY -m bench.infiniretri_layer --model $m --device cuda --trials 20 > "$OUT/layer-$m.log" 2>&1 &
+    for m in $MODELS; do
+      $PY -m bench.infiniretri_layer --model $m --device "$DEVICE" --trials "${N_LAYER:-20}" > "$OUT/layer-$m.log" 2>&1 &
     done ;;
+  longctx|needle)
+    if [ -z "$LAYER_QWEN" ]; then  # the layer `layer` chose for qwen2.5-0.5b (synthetic haystacks, no evaluation data)
+      LAYER_QWEN=$(sed -n '/BEGIN infiniretri-layer-qwen2.5-0.5b/,/END infiniretri-layer-qwen2.5-0.5b/p' docs/RESULTS.md \
+        | grep -o "Best layer: [0-9]*" | grep -o "[0-9]*$" || true)
+      echo "LAYER_QWEN=${LAYER_QWEN:-(default)}"
+    fi ;;&
   longctx)
-    for t in 8192 16384 32768 65536; do
-      for m in smollm2-135m:$LAYER_SMOL qwen2.5-0.5b:$LAYER_QWEN; do
+    ms=(); for m in $MODELS; do [ "$m" = smollm2-135m ] && ms+=("$m:$LAYER_SMOL") || ms+=("$m:$LAYER_QWEN"); done
+    for t in ${LONGCTX_TOKENS:-8192 16384 32768 65536}; do
+      for m in "${ms[@]}"; do
         for meth in "$(infini "${m#*:}")" truncate; do
           name=longctx-${m%%:*}-$t-$(echo "$meth" | tr '()=,' '____')
-          $PY "${R[@]}" eval longctx --model "${m%%:*}" --device cuda --tokens $t --method "$meth" --limit 50 \
+          $PY "${R[@]}" eval longctx --model "${m%%:*}" --device "$DEVICE" --tokens $t --method "$meth" --limit "${N_LONGCTX:-50}" \
             --out "$OUT/$name.json" > "$OUT/$name.log" 2>&1
         done
       done
-    done ;;
+    done & ;;
   needle)
-    for t in 262144 1048576; do
-      $PY "${R[@]}" eval longctx --data needle --model qwen2.5-0.5b --device cuda --tokens $t \
-        --method "$(infini "$LAYER_QWEN")" --limit 20 --out "$OUT/needle-$t.json" > "$OUT/needle-$t.log" 2>&1
-    done ;;
+    for t in ${NEEDLE_TOKENS:-262144 1048576}; do
+      $PY "${R[@]}" eval longctx --data needle --model "$GEN" --device "$DEVICE" --tokens $t \
+        --method "$(infini "$LAYER_QWEN")" --limit "${N_NEEDLE:-20}" --out "$OUT/needle-$t.json" > "$OUT/needle-$t.log" 2>&1
+    done & ;;
   crag)
-    $PY "${R[@]}" eval crag --model qwen2.5-0.5b --device cuda --k 10 --limit 300 --out "$OUT/crag-qwen.json" \
+    $PY "${R[@]}" eval crag --model "$GEN" --device "$DEVICE" --k 10 --limit "${N_CRAG:-300}" --out "$OUT/crag-qwen.json" \
       > "$OUT/crag.log" 2>&1 & ;;
   render)
     $PY -m bench.rerank_context profile "$OUT"/profile-*.json --section attn-profile-gpu --note "GPU run"

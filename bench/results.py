@@ -7,6 +7,7 @@ read by ``eval.report`` (``write_json``, ``read_json``), tables made by ``eval.r
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import sys
@@ -30,7 +31,18 @@ def command_line() -> str:
 
 
 def write_section(name: str, title: str, body: str, command: str | None = None, path: Path = RESULTS) -> None:
-    """Replace (or append) the section ``name`` of ``path`` with ``title``, the command, today's date and ``body``."""
+    """Replace (or append) the section ``name`` of ``path`` with ``title``, the command, today's date and ``body``.
+
+    Drivers that finish together (one GPU session's scripts) may write at once: the read-modify-write holds a file
+    lock beside ``path`` and the new text replaces the file atomically."""
+    from filelock import FileLock
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        _write_section(name, title, body, command, path)
+
+
+def _write_section(name: str, title: str, body: str, command: str | None, path: Path) -> None:
     text = path.read_text() if path.exists() else HEADER
     block = (
         f"<!-- BEGIN {name} -->\n## {title}\n\n"
@@ -39,5 +51,6 @@ def write_section(name: str, title: str, body: str, command: str | None = None, 
     )
     pat = re.compile(rf"<!-- BEGIN {re.escape(name)} -->.*?<!-- END {re.escape(name)} -->", re.S)
     text = pat.sub(lambda _: block, text) if pat.search(text) else text.rstrip() + "\n\n" + block + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -157,21 +157,21 @@ def eval_poisoned(
 ) -> dict[str, Any]:
     """The PoisonedRAG suite (module docstring); one entry per method, each with ``asr``, ``asr_defended``,
     ``trace_precision``, ``trace_recall``, ``seconds_per_trace`` and ``n``."""
-    r = Run(**run)
-    model, limit, seed, progress = r.model, r.limit, r.seed, r.progress
+    run_opts = Run(**run)
+    model, limit, seed, progress = run_opts.model, run_opts.limit, run_opts.seed, run_opts.progress
     rows = load_poisoned(data or POISONED_NQ)[:limit]
     tracers = _tracers(methods, "passage")
     corpus = Corpus(nq)
-    lm, cfg = r.loaded()
+    lm, cfg = run_opts.loaded()
     attacked: list[float] = []
     gen_s: list[float] = []
     per: dict[str, dict[str, list[float]]] = {m: {"p": [], "r": [], "def": [], "s": []} for m in tracers}
-    for i, r in enumerate(rows):
-        bad = normalize(r["incorrect answer"])
-        adv = [Chunk(t, f"attack:{j}") for j, t in enumerate(r["adv_texts"][:5])]
-        ctx = adv + corpus.top(r["question"], 5)
+    for i, row in enumerate(rows):
+        bad = normalize(row["incorrect answer"])
+        adv = [Chunk(t, f"attack:{j}") for j, t in enumerate(row["adv_texts"][:5])]
+        ctx = adv + corpus.top(row["question"], 5)
         random.Random(seed * 100_003 + i).shuffle(ctx)
-        prompt = lm.prompt(r["question"], ctx)
+        prompt = lm.prompt(row["question"], ctx)
         t0 = time.perf_counter()
         g = lm.generate(prompt, config=cfg)
         gen_s.append(time.perf_counter() - t0)
@@ -186,7 +186,7 @@ def eval_poisoned(
                 per[m]["p"].append(len(top & is_adv) / max(len(top), 1))
                 per[m]["r"].append(len(top & is_adv) / max(len(is_adv), 1))
             kept = [c for p, c in enumerate(ctx) if p not in top]
-            g2 = lm.generate(lm.prompt(r["question"], kept), config=cfg)
+            g2 = lm.generate(lm.prompt(row["question"], kept), config=cfg)
             per[m]["def"].append(float(bad in normalize(g2.text)))
         logger.info("poisoned %d/%d: attacked=%s", i + 1, len(rows), bool(hit))
         if progress:
@@ -195,6 +195,7 @@ def eval_poisoned(
         "suite": "poisoned",
         "data": str(data or POISONED_NQ),
         "model": model,
+        "device": run_opts.device or "auto",
         "seed": seed,
         "n": len(rows),
         "asr": _ci(attacked),
@@ -321,6 +322,8 @@ def eval_injection(
     out: dict[str, Any] = {
         "suite": "injection",
         "model": model,
+        "device": r.device or "auto",
+        "offset": offset,
         "tracer": tr.label,
         "seed": seed,
         "n_injected": len(followed),
@@ -380,6 +383,8 @@ def eval_citations(
     out: dict[str, Any] = {
         "suite": "citations",
         "model": model,
+        "device": r.device or "auto",
+        "offset": offset,
         "seed": seed,
         "n": len(exs),
         "n_correct": int(sum(correct)),

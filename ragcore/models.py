@@ -101,9 +101,11 @@ def join_parts(parts: list[Path], dest: Path, sha256: str) -> Path:
 
 
 def _qwen() -> Path:
-    parts = _qwen_parts()
+    """The joined GGUF in the cache directory: joined from the packages' parts and checked once (a file put there
+    by hand, on a machine without the packages, is used as it is)."""
     dest = cache_dir() / "gguf" / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
     if not dest.exists():
+        parts = _qwen_parts()
         logger.info("joining %d parts of qwen2.5-0.5b into %s", len(parts), dest)
         join_parts(parts, dest, QWEN_SHA256)
     return dest

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# One GPU lease for the open issues #13, #14 and #16: everything at once on one H200, then the RESULTS sections.
+#
+# Carried (docs/gpu-runs.md, "One lease for every open issue"): the payload tar (qwen2.5-0.5b's GGUF and the wheels
+# the machine's image lacks) in 55 MiB parts, joined and checked by `bench/gpu_session.sh join PARTS_DIR`; then
+#   setsid bash bench/gpu_session.sh run RES > RES.log 2>&1 &
+# runs, from a copy of the repository in /var/tmp/repo (so later carry calls cannot change the code under it):
+#   setup     wheels into /var/tmp/site (and kvpress's into /var/tmp/kvp), the GGUF into both caches, the model
+#             converted once per cache, NQ-open's top-20 ids dumped once (every KV suite reads the same file)
+#   issue 13  bench/gpu_attribution.sh                      (4 processes)
+#   issue 14  bench/gpu_rerank_context.sh, qwen2.5-0.5b only (SmolLM2's figures are made on a CPU)
+#   issue 16  bench/gpu_kv_agnostic.sh dev+head+aware+sxs+reuse, then report
+# and finally packs RES and the repository's docs/RESULTS.md and docs/figures into /var/tmp/res.tgz.
+set -uo pipefail
+cmd=${1:?join|run}
+case $cmd in
+join)
+  parts=${2:?parts folder}
+  cat "$parts"/p?? > /var/tmp/payload.tar
+  want=$(cat "$parts/PAYLOAD_SHA256")
+  got=$(sha256sum /var/tmp/payload.tar | cut -d' ' -f1)
+  [ "$want" = "$got" ] || { echo "payload sha256 $got != $want"; exit 3; }
+  tar xf /var/tmp/payload.tar -C /var/tmp && (cd /var/tmp/payload && sha256sum -c --quiet SHA256SUMS) && echo "payload ok"
+  exit ;;
+run) ;;
+*) echo "usage: gpu_session.sh join PARTS | run RES"; exit 2 ;;
+esac
+
+RES=${2:?results folder}
+mkdir -p "$RES"
+P=/var/tmp/payload
+export RAGCORE_CACHE=/var/tmp/cache HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
+PY=${PY:-python3}
+rm -rf /var/tmp/repo && mkdir -p /var/tmp/repo && tar cf - --exclude=./.carry --exclude=./.git . | tar xf - -C /var/tmp/repo
+cd /var/tmp/repo || exit 1
+
+echo "$(date +%T) setup"
+$PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /var/tmp/site $P/whl/*.whl || exit 1
+$PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /var/tmp/kvp $P/kvp/*.whl || exit 1
+export PYTHONPATH=/var/tmp/site
+for c in "$RAGCORE_CACHE" "$RAGCORE_CACHE-kvp"; do
+  mkdir -p "$c/gguf" && ln -f $P/qwen.gguf "$c/gguf/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+done
+conv='from ragcore.models import resolve; print(resolve("qwen2.5-0.5b"))'
+$PY -c "$conv" > "$RES/convert.log" 2>&1 &
+PYTHONPATH="/var/tmp/kvp:/var/tmp/site" RAGCORE_CACHE="$RAGCORE_CACHE-kvp" $PY -c "$conv" > "$RES/convert-kvp.log" 2>&1 &
+$PY -m ragcore.cli -q eval retrieval --device cuda --dump-retrieved /var/tmp/retrieved.json --out "$RES/retrieval.json" \
+  > "$RES/retrieval.log" 2>&1 &
+wait
+tail -n 2 "$RES"/convert*.log "$RES/retrieval.log"
+nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader
+$PY -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'
+
+echo "$(date +%T) issues"
+bench/gpu_attribution.sh "$RES/attribution" > "$RES/attribution.log" 2>&1 &
+MODELS=qwen2.5-0.5b N_POSITION=${N_POSITION:-215} LONGCTX_TOKENS=${LONGCTX_TOKENS:-"8192 65536"} \
+  bench/gpu_rerank_context.sh "$RES/rerank" profile+layer position+crag+longctx+needle render > "$RES/rerank.log" 2>&1 &
+MODEL=qwen2.5-0.5b RETRIEVED=/var/tmp/retrieved.json KVP=/var/tmp/kvp \
+  HEAD=${HEAD:-"kvzip,kvzip(scope='layer'),expected_attention,h2o"} \
+  bench/gpu_kv_agnostic.sh "$RES/kv" dev+head+aware+sxs+reuse report > "$RES/kv.log" 2>&1 &
+wait
+echo "$(date +%T) done"
+tar czf /var/tmp/res.tgz -C /var/tmp/repo docs/RESULTS.md docs/figures -C "$(dirname "$RES")" "$(basename "$RES")"
