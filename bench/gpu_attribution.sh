@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Issue 13 at the acceptance's sizes on one GPU, one process per suite, all at once:
+# Issue 13 at the acceptance's sizes on one GPU, every suite at once (the slow ones in shards):
 #   poisoned   PoisonedRAG NQ, all 100 target questions; every tracer side by side on the same answers (AttnTrace at
 #              the paper's setting, ContextCite with 64 ablations, leave-one-out, raw attention, the one-forward
 #              interactive AttnTrace)
 #   injection  detectors rules and judge on a 200-question development slice (questions from 1000), then on the
 #              report slice (questions from 0, 200 injected + 200 clean contexts) that no choice saw
-#   citations  NQ-open, CITATIONS questions (default 650, for >= 300 correct answers), the tracers of CITE_METHODS
+#   citations  NQ-open, CITATIONS questions (default 1000: about a third are answered correctly), the tracers of
+#              CITE_METHODS (default the Pipeline's interactive AttnTrace)
 # then `python -m bench.attribution --from-json` writes the "Attribution" section of docs/RESULTS.md.
 #   RAGCORE_CACHE=/var/tmp/cache bench/gpu_attribution.sh OUTDIR [MODEL]
 set -uo pipefail
@@ -13,18 +14,28 @@ OUT=${1:?output folder}
 MODEL=${2:-qwen2.5-0.5b}
 PY=${PY:-python3}
 DEVICE=${DEVICE:-cuda}
-POISONED=${POISONED:-100} INJECTION=${INJECTION:-200} CITATIONS=${CITATIONS:-650}
-CITE_METHODS=${CITE_METHODS:-"attntrace,attntrace(subsamples=1, keep=1.0),attention"}
+POISONED=${POISONED:-100} INJECTION=${INJECTION:-200} CITATIONS=${CITATIONS:-1000}
+CITE_METHODS=${CITE_METHODS:-"attntrace(subsamples=1, keep=1.0)"}
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 ev() { # name, then `ragcore eval` arguments
   local name=$1; shift
   $PY -m ragcore.cli -v -q eval "$@" --model "$MODEL" --device "$DEVICE" --out "$OUT/$name.json" > "$OUT/$name.log" 2>&1 &
 }
-ev poisoned poisoned --method "attntrace,contextcite,loo,attention,attntrace(subsamples=1, keep=1.0)" --limit "$POISONED"
+# shards: one suite's questions split over processes (about 40 s per PoisonedRAG target with every tracer, 2.5 s per
+# citation question, measured with ~20 processes on one H200); bench.attribution --from-json merges NAME-K.json
+P_SHARDS=${P_SHARDS:-10} C_SHARDS=${C_SHARDS:-4}
+P_METHODS=${P_METHODS:-"attntrace,contextcite,loo,attention,attntrace(subsamples=1, keep=1.0)"}
+for ((k = 0; k < P_SHARDS; k++)); do
+  n=$(((POISONED + P_SHARDS - 1) / P_SHARDS))
+  ev poisoned-$k poisoned --method "$P_METHODS" --offset $((k * n)) --limit $n
+done
 ev injection_dev injection --detector rules,judge --offset 1000 --limit "$INJECTION"
 ev injection injection --detector rules,judge --limit "$INJECTION"
-ev citations citations --method "$CITE_METHODS" --limit "$CITATIONS"
+for ((k = 0; k < C_SHARDS; k++)); do
+  n=$(((CITATIONS + C_SHARDS - 1) / C_SHARDS))
+  ev citations-$k citations --method "$CITE_METHODS" --offset $((k * n)) --limit $n
+done
 wait
 $PY -m bench.attribution --from-json --out-dir "$OUT" --write-results \
-  --note "Ran on one GPU by bench/gpu_attribution.sh, one process per suite, all at once (times within a suite are comparable)."
+  --note "Ran on one GPU by bench/gpu_attribution.sh, every suite at once, the slow ones in shards (times compare within a suite only)."

@@ -153,13 +153,16 @@ def eval_poisoned(
     methods: str | Sequence[str] = "attntrace",
     top_k: int = 5,
     nq: str | Path | None = None,
+    offset: int = 0,
     **run: Any,
 ) -> dict[str, Any]:
     """The PoisonedRAG suite (module docstring); one entry per method, each with ``asr``, ``asr_defended``,
-    ``trace_precision``, ``trace_recall``, ``seconds_per_trace`` and ``n``."""
+    ``trace_precision``, ``trace_recall``, ``seconds_per_trace`` and ``n``. ``offset`` skips target questions
+    (shards of one run: each question's shuffle is seeded by its index in the file, so shards merged with
+    :func:`merge` equal one run)."""
     run_opts = Run(**run)
     model, limit, seed, progress = run_opts.model, run_opts.limit, run_opts.seed, run_opts.progress
-    rows = load_poisoned(data or POISONED_NQ)[:limit]
+    rows = load_poisoned(data or POISONED_NQ)[offset:][:limit]
     tracers = _tracers(methods, "passage")
     corpus = Corpus(nq)
     lm, cfg = run_opts.loaded()
@@ -170,7 +173,7 @@ def eval_poisoned(
         bad = normalize(row["incorrect answer"])
         adv = [Chunk(t, f"attack:{j}") for j, t in enumerate(row["adv_texts"][:5])]
         ctx = adv + corpus.top(row["question"], 5)
-        random.Random(seed * 100_003 + i).shuffle(ctx)
+        random.Random(seed * 100_003 + offset + i).shuffle(ctx)
         prompt = lm.prompt(row["question"], ctx)
         t0 = time.perf_counter()
         g = lm.generate(prompt, config=cfg)
@@ -196,6 +199,7 @@ def eval_poisoned(
         "data": str(data or POISONED_NQ),
         "model": model,
         "device": run_opts.device or "auto",
+        "offset": offset,
         "seed": seed,
         "n": len(rows),
         "asr": _ci(attacked),
@@ -395,4 +399,61 @@ def eval_citations(
     for m in tracers:
         out[m] = {"label": tracers[m].label, "top_is_gold": _ci(hits[m])["mean"], **speed[m]}
         out[m]["top_is_gold_ci95"] = _ci(hits[m])["ci95"]
+    return out
+
+
+def merge(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One ``poisoned`` or ``citations`` result from shards of the same run (disjoint questions, same methods):
+    counts added, means and intervals pooled exactly (:func:`eval.stats.pool`), seconds averaged per question and
+    the ratios recomputed. ``shards`` lists each shard's ``offset`` and ``n``."""
+    from eval.stats import pool
+
+    if not results:
+        raise ConfigError("merge needs at least one result", param="results")
+    suites = {r.get("suite") for r in results}
+    if len(suites) != 1 or not suites <= {"poisoned", "citations"}:
+        raise ConfigError(f"merge takes shards of one poisoned or citations run, got suites {sorted(map(str, suites))}")
+    suite = suites.pop()
+    methods = [k for k, v in results[0].items() if isinstance(v, dict) and "label" in v]
+    if any([k for k, v in r.items() if isinstance(v, dict) and "label" in v] != methods for r in results):
+        raise ConfigError("merge takes shards with the same methods", param="results")
+
+    def pooled(get: Callable[[dict[str, Any]], tuple[float, float, int]]) -> tuple[float, float, int]:
+        return pool([get(r) for r in results])
+
+    def per_q(get: Callable[[dict[str, Any]], float]) -> float:
+        return sum(get(r) * r["n"] for r in results) / sum(r["n"] for r in results)
+
+    out = {k: v for k, v in results[0].items() if not isinstance(v, dict) and k not in ("n", "offset", "n_correct")}
+    out["n"] = sum(r["n"] for r in results)
+    out["shards"] = [{"offset": r.get("offset", 0), "n": r["n"]} for r in results]
+    out["generation_seconds"] = gen = per_q(lambda r: r["generation_seconds"])
+    if suite == "poisoned":
+        m, h, _ = pooled(lambda r: (r["asr"]["mean"], r["asr"]["ci95"], r["n"]))
+        out["asr"] = {"mean": m, "ci95": h}
+    else:
+        out["n_correct"] = sum(r["n_correct"] for r in results)
+        m, h, _ = pooled(lambda r: (r["accuracy"]["mean"], r["accuracy"]["ci95"], r["n"]))
+        out["accuracy"] = {"mean": m, "ci95": h}
+    secs = {meth: per_q(lambda r, meth=meth: r[meth]["seconds_per_trace"]) for meth in methods}
+    first = methods[0]
+    for meth in methods:
+        e = {"label": results[0][meth]["label"], "seconds_per_trace": secs[meth]}
+        e["ratio_to_" + first] = secs[meth] / secs[first] if secs[first] else float("nan")
+        e["ratio_to_generation"] = secs[meth] / gen if gen else float("nan")
+        if suite == "poisoned":
+            e["n"], e["asr"] = out["n"], out["asr"]["mean"]
+            e["n_attacked"] = sum(r[meth]["n_attacked"] for r in results)
+            e["asr_defended"], e["asr_defended_ci95"], _ = pooled(
+                lambda r, meth=meth: (r[meth]["asr_defended"], r[meth]["asr_defended_ci95"], r["n"])
+            )
+            for key in ("trace_precision", "trace_recall"):
+                e[key], e[key + "_ci95"], _ = pooled(
+                    lambda r, meth=meth, key=key: (r[meth][key], r[meth][key + "_ci95"], r[meth]["n_attacked"])
+                )
+        else:
+            e["top_is_gold"], e["top_is_gold_ci95"], _ = pooled(
+                lambda r, meth=meth: (r[meth]["top_is_gold"], r[meth]["top_is_gold_ci95"], r["n_correct"])
+            )
+        out[meth] = e
     return out

@@ -38,6 +38,28 @@ def mean_ci(xs: Sequence[float], z: float = Z95) -> tuple[float, float]:
     return m, z * math.sqrt(var / n)
 
 
+def pool(parts: Sequence[tuple[float, float, int]], z: float = Z95) -> tuple[float, float, int]:
+    """The :func:`mean_ci` of the union of disjoint samples, from each sample's ``(mean, half-width, n)``.
+
+    Exact (not an approximation): each part's sample variance is recovered from its half-width, and the pooled
+    variance adds the spread of the part means. Used to merge shards of one suite run in several processes.
+
+    Returns
+    -------
+    (float, float, int)
+        The pooled mean, its half-width at ``z`` and the total ``n``; ``(0, 0, 0)`` when every part is empty.
+    """
+    parts = [(m, h, n) for m, h, n in parts if n > 0]
+    total = sum(n for _, _, n in parts)
+    if total == 0:
+        return 0.0, 0.0, 0
+    mean = sum(m * n for m, _, n in parts) / total
+    if total == 1:
+        return mean, 0.0, 1
+    ss = sum((n - 1) * (h / z) ** 2 * n + n * (m - mean) ** 2 for m, h, n in parts)  # (h/z)^2 * n = sample variance
+    return mean, z * math.sqrt(ss / (total - 1) / total), total
+
+
 def paired_diffs(xs: Sequence[float], ys: Sequence[float]) -> list[float]:
     """Per item, ``xs[i] - ys[i]``.
 

@@ -456,7 +456,7 @@ def _eval_attribution(a: argparse.Namespace) -> dict:
         max_new_tokens=a.max_new_tokens or 32,
     )
     if a.suite == "poisoned":
-        return attribution.eval_poisoned(a.data, a.method or "attntrace", **common)
+        return attribution.eval_poisoned(a.data, a.method or "attntrace", offset=a.offset or 0, **common)
     if a.suite == "injection":
         return attribution.eval_injection(a.detector, nq=a.data, offset=a.offset or 0, tracer=a.tracer, **common)
     return attribution.eval_citations(a.method or "attntrace", nq=a.data, offset=a.offset or 0, **common)

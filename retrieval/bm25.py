@@ -40,8 +40,28 @@ METHODS = ("lucene", "robertson", "atire", "bm25l", "bm25+")
 
 def _bm25s():  # noqa: ANN202
     """bm25s, imported on first use. Its import sets its logger to DEBUG with its own handler (every build is logged
-    to stderr), so the level is lowered after the import, not before."""
-    import bm25s
+    to stderr), so the level is lowered after the import, not before.
+
+    Where JAX is installed and not yet imported, bm25s is imported with JAX hidden: its ``selection`` module would
+    otherwise import JAX and run one top-k at import, which starts JAX's GPU backend and, by JAX's default, reserves
+    75% of the GPU's memory in every process that builds or loads an index (seen on an H200: 105 GiB per process).
+    This index only asks bm25s for scores (``get_scores``), never for its JAX top-k; JAX itself is untouched and
+    can be imported afterwards as usual."""
+    import sys
+
+    if "bm25s" in sys.modules or "jax" in sys.modules:
+        import bm25s
+    else:
+        hidden = {m: sys.modules.get(m) for m in ("jax", "jax.lax")}
+        sys.modules.update(dict.fromkeys(hidden))  # None: `import jax` raises ImportError inside bm25s only
+        try:
+            import bm25s
+        finally:
+            for m, mod in hidden.items():
+                if mod is None:
+                    sys.modules.pop(m, None)
+                else:  # pragma: no cover - not reachable: jax was not imported
+                    sys.modules[m] = mod
 
     logging.getLogger("bm25s").setLevel(logging.WARNING)
     return bm25s

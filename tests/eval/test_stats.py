@@ -39,3 +39,18 @@ def test_paired_interval_is_narrower_than_the_runs_own():
     change, ci = paired_difference(run, base)
     assert change == pytest.approx(-1 / 60)
     assert ci < mean_ci(right)[1] / 3
+
+
+def test_pool_equals_mean_ci_of_the_union():
+    import random
+
+    from eval.stats import mean_ci, pool
+
+    rng = random.Random(3)
+    xs = [rng.random() for _ in range(57)] + [float(rng.random() < 0.3) for _ in range(40)]
+    cuts = [0, 10, 11, 50, 97]
+    parts = [(*mean_ci(xs[a:b]), b - a) for a, b in zip(cuts, cuts[1:])]
+    m, h, n = pool(parts)
+    m0, h0 = mean_ci(xs)
+    assert n == len(xs) and abs(m - m0) < 1e-12 and abs(h - h0) < 1e-12
+    assert pool([]) == (0.0, 0.0, 0) and pool([(0.5, 0.0, 1), (0.0, 0.0, 0)]) == (0.5, 0.0, 1)

@@ -59,3 +59,24 @@ def test_building_logs_nothing_below_warning(capfd):
     BM25Index().build(["one document about moons", "another about rings"])
     assert logging.getLogger("bm25s").level == logging.WARNING
     assert "DEBUG" not in capfd.readouterr().err
+
+
+def test_bm25s_is_imported_without_jax(tmp_path):
+    """bm25s imports JAX and runs a top-k at import (JAX then reserves most of a GPU); the index hides JAX from it,
+    and JAX stays importable afterwards."""
+    import os
+    import subprocess
+    import sys
+
+    fake = tmp_path / "jax"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("import pathlib\npathlib.Path(__file__).with_name('imported').write_text('1')\n")
+    (fake / "lax.py").write_text("def top_k(x, k):\n    return x[:k], list(range(k))\n")
+    code = (
+        "import sys\nfrom retrieval.bm25 import BM25Index\nBM25Index().build(['a cat', 'a dog'])\n"
+        "assert 'jax' not in sys.modules, 'jax imported by bm25s'\nimport jax\nprint('jax ok')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.getcwd()])}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "jax ok" in out.stdout and (fake / "imported").exists()  # imported by us, after the index
