@@ -3,8 +3,9 @@
 #   poisoned   PoisonedRAG NQ, all 100 target questions; every tracer side by side on the same answers (AttnTrace at
 #              the paper's setting, ContextCite with 64 ablations, leave-one-out, raw attention, the one-forward
 #              interactive AttnTrace)
-#   injection  detectors rules and judge on a 200-question development slice (questions from 1000), then on the
-#              report slice (questions from 0, 200 injected + 200 clean contexts) that no choice saw
+#   injection  detectors rules and judge reading the top 5, 10 or 20 traced segments, on a 200-question development
+#              slice (questions from 1000, the dev half of the injected strings), and on the report slice (questions
+#              from 0, the other half of the strings; 200 injected + 200 clean contexts) that no choice saw
 #   citations  NQ-open, CITATIONS questions (default 1000: about a third are answered correctly), the tracers of
 #              CITE_METHODS (default the Pipeline's interactive AttnTrace)
 # then `python -m bench.attribution --from-json` writes the "Attribution" section of docs/RESULTS.md.
@@ -30,8 +31,9 @@ for ((k = 0; k < P_SHARDS; k++)); do
   n=$(((POISONED + P_SHARDS - 1) / P_SHARDS))
   ev poisoned-$k poisoned --method "$P_METHODS" --offset $((k * n)) --limit $n
 done
-ev injection_dev injection --detector rules,judge --offset 1000 --limit "$INJECTION"
-ev injection injection --detector rules,judge --limit "$INJECTION"
+# the detector and K are chosen on the dev half of the injected strings; the report uses the other half
+ev injection_dev injection --detector rules,judge --top-k 5,10,20 --pool dev --offset 1000 --limit "$INJECTION"
+ev injection injection --detector rules,judge --top-k 5,10,20 --pool report --limit "$INJECTION"
 for ((k = 0; k < C_SHARDS; k++)); do
   n=$(((CITATIONS + C_SHARDS - 1) / C_SHARDS))
   ev citations-$k citations --method "$CITE_METHODS" --offset $((k * n)) --limit $n

@@ -17,6 +17,7 @@ Every method runs on the same generations, so ``seconds_per_trace`` compares the
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
@@ -239,14 +240,26 @@ def _gold_context(corpus: Corpus, ex: QAExample, rng: random.Random, k: int = 5)
     return ctx, pos
 
 
-def injections(seed: int = 0) -> list[str]:
+POOLS = ("dev", "report", "all")
+
+
+def injections(seed: int = 0, pool: str = "all") -> list[str]:
     """Injected instructions: the malicious ``bastioncorpus`` strings and :data:`OWN_INJECTIONS`, each followed by
-    one of :data:`GOALS` (so following it is measurable), in a seeded order."""
+    one of :data:`GOALS` (so following it is measurable), in a seeded order.
+
+    ``pool`` ``"dev"`` or ``"report"`` keeps one of two disjoint halves (by a hash of the string, stable across
+    versions of the package), so detectors are chosen and tuned on strings that the reported figures never use;
+    ``"all"`` keeps both."""
+    if pool not in POOLS:
+        raise ConfigError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}", param="pool")
     try:
         from bastioncorpus import load_corpus
     except ImportError as e:  # pragma: no cover - a declared dependency
         raise ConfigError("the injection suite needs the bastioncorpus package (pip install bastioncorpus)") from e
     texts = [r.text for r in load_corpus() if r.label == "malicious"] + OWN_INJECTIONS
+    if pool != "all":
+        half = {t: hashlib.sha256(t.strip().encode()).digest()[0] % 2 for t in texts}
+        texts = [t for t in texts if half[t] == POOLS.index(pool)]
     rng = random.Random(seed)
     rng.shuffle(texts)
     return [f"{t.strip()} {GOALS[i % len(GOALS)]}" for i, t in enumerate(texts)]
@@ -268,9 +281,16 @@ def eval_injection(
     tracer: str | None = None,
     nq: str | Path | None = None,
     offset: int = 0,
+    pool: str = "report",
+    top_k: int | Sequence[int] | None = None,
     **run: Any,
 ) -> dict[str, Any]:
-    """The injection suite: ``limit`` injected and ``limit`` clean contexts (module docstring)."""
+    """The injection suite: ``limit`` injected and ``limit`` clean contexts (module docstring), the injected
+    strings from ``pool`` (:func:`injections`; ``"dev"`` for a development slice). The detectors read the tracer's
+    top ``top_k`` segments (default: the tracer's ``top_k``; several values: every one on the same answers, in
+    ``by_k``, the first also at the top level). Also reports ``injection_rank``: per injected
+    context, the best trace rank of a segment overlapping the injection (0 = top), from which the coverage of
+    any K follows (``coverage_at``)."""
     r = Run(**run)
     model, limit, seed, progress = r.model, r.limit, r.seed, r.progress
     from ragcore.attribution import INTERACTIVE_TRACER
@@ -280,9 +300,14 @@ def eval_injection(
     dets = {d: registry("detector").build(d) for d in names if d}
     tr = registry("tracer").build(tracer or INTERACTIVE_TRACER)
     corpus, exs = _nq_examples(nq, limit, seed, offset)
-    pool = injections(seed)
+    strings = injections(seed, pool)
+    ks = [tr.top_k] if top_k is None else [top_k] if isinstance(top_k, int) else list(top_k)
+    if not ks or any(isinstance(x, bool) or not isinstance(x, int) or x < 1 for x in ks):
+        raise ConfigError(f"top_k must be positive integers, got {top_k!r}", param="top_k")
+    k = ks[0]
+    ranks: list[int] = []
     lm, cfg = r.loaded()
-    res: dict[str, dict[str, list[float]]] = {d: {"tp": [], "fp": [], "def": [], "tf": []} for d in dets}
+    res = {(d, kk): {"tp": [], "fp": [], "def": [], "tf": []} for d in dets for kk in ks}
     followed, correct_clean, trace_s, gen_s = [], [], [], []
     for i, ex in enumerate(exs):
         rng = random.Random(seed * 7919 + i)
@@ -291,7 +316,7 @@ def eval_injection(
             span, where = None, -1
             if injected:
                 where = rng.randrange(len(ctx))
-                planted, span = plant(ctx[where], pool[i % len(pool)], rng)
+                planted, span = plant(ctx[where], strings[i % len(strings)], rng)
                 ctx_i = [*ctx[:where], planted, *ctx[where + 1 :]]
             else:
                 ctx_i = ctx
@@ -305,21 +330,31 @@ def eval_injection(
                 correct_clean.append(accuracy(g.text, ex.answers))
             t = tr.trace(prompt, g, lm)
             trace_s.append(t.seconds)
-            top: list[Segment] = [t.segments[j] for j in t.top(tr.top_k)]
+            order = t.top(len(t.segments))
+            widest: list[Segment] = [t.segments[j] for j in order[: max(ks)]]
+            if injected:
+                a, b = span
+                hits = [
+                    r
+                    for r, j in enumerate(order)
+                    if t.segments[j].passage == where and t.segments[j].start < b and t.segments[j].end > a
+                ]
+                ranks.append(hits[0] if hits else len(order))
             for d, det in dets.items():
-                flags = det.flag(top, lm)
-                flagged = [top[f.index] for f in flags]
-                if injected:
-                    a, b = span
-                    hit = any(s.passage == where and s.start < b and s.end > a for s in flagged)
-                    res[d]["tp"].append(float(hit))
-                    drop = {s.passage for s in flagged}
-                    kept = [c for p, c in enumerate(ctx_i) if p not in drop]
-                    g2 = g if not drop else lm.generate(lm.prompt(ex.question, kept), config=cfg)
-                    res[d]["def"].append(float(MARKER.lower() in g2.text.lower()))
-                    res[d]["tf"].append(float(any(s.passage == where for s in top)))
-                else:
-                    res[d]["fp"].append(float(bool(flagged)))
+                flags = det.flag(widest, lm)  # per segment, so the top K's flags are those of index < K
+                for kk in ks:
+                    v, top = res[(d, kk)], widest[:kk]
+                    flagged = [widest[f.index] for f in flags if f.index < kk]
+                    if injected:
+                        a, b = span
+                        v["tp"].append(float(any(s.passage == where and s.start < b and s.end > a for s in flagged)))
+                        drop = {s.passage for s in flagged}
+                        kept = [c for p, c in enumerate(ctx_i) if p not in drop]
+                        g2 = g if not drop else lm.generate(lm.prompt(ex.question, kept), config=cfg)
+                        v["def"].append(float(MARKER.lower() in g2.text.lower()))
+                        v["tf"].append(float(any(s.passage == where for s in top)))
+                    else:
+                        v["fp"].append(float(bool(flagged)))
         logger.info("injection %d/%d", i + 1, len(exs))
         if progress:
             progress(i + 1, len(exs))
@@ -334,11 +369,18 @@ def eval_injection(
         "n_clean": len(correct_clean),
         "followed": _ci(followed),
         "clean_accuracy": _ci(correct_clean),
+        "pool": pool,
+        "top_k": k,
+        "injection_rank": ranks,
+        "coverage_at": {
+            str(c): float(np.mean([r < c for r in ranks])) if ranks else float("nan") for c in (1, 3, 5, 10, 20)
+        },
         "trace_seconds": float(np.mean(trace_s)) if trace_s else float("nan"),
         "generation_seconds": float(np.mean(gen_s)) if gen_s else float("nan"),
     }
-    for d, v in res.items():
-        out[d] = {
+    out["by_k"] = {str(kk): {} for kk in ks}
+    for (d, kk), v in res.items():
+        out["by_k"][str(kk)][d] = e = {
             "tpr": _ci(v["tp"])["mean"],
             "tpr_ci95": _ci(v["tp"])["ci95"],
             "fpr": _ci(v["fp"])["mean"],
@@ -348,6 +390,8 @@ def eval_injection(
             "followed_defended": _ci(v["def"])["mean"],
             "followed_defended_ci95": _ci(v["def"])["ci95"],
         }
+        if kk == k:
+            out[d] = e
     return out
 
 

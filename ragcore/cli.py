@@ -17,7 +17,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from ragcore.errors import IndexCorruptError, IndexMismatchError, RagcoreError
+from ragcore.errors import ConfigError, IndexCorruptError, IndexMismatchError, RagcoreError
 
 logger = logging.getLogger("ragcore")
 
@@ -58,6 +58,8 @@ FLAGS = {
     "order": "--order",
     "port": "--port",
     "tokens": "--tokens",
+    "top_k": "--top-k",
+    "pool": "--pool",
 }
 COMMAND_FLAGS = {"index": {"model": "--embedder"}}
 
@@ -443,6 +445,19 @@ def _eval_kv(a: argparse.Namespace) -> dict:
     return {**suite.matrix(a.data, names, ratios, checkpoint=save), "complete": True}
 
 
+def _int_list(text: str | None, param: str) -> list[int] | None:
+    """``"5,10"`` -> ``[5, 10]``; a value that is not a positive integer is refused by name."""
+    if text is None:
+        return None
+    try:
+        out = [int(x) for x in text.split(",")]
+    except ValueError:
+        out = []
+    if not out or min(out) < 1:
+        raise ConfigError(f"{param} takes positive integers separated by commas, got {text!r}", param=param)
+    return out
+
+
 def _eval_attribution(a: argparse.Namespace) -> dict:
     """``eval poisoned|injection|citations`` (eval/attribution.py)."""
     from eval import attribution
@@ -458,7 +473,15 @@ def _eval_attribution(a: argparse.Namespace) -> dict:
     if a.suite == "poisoned":
         return attribution.eval_poisoned(a.data, a.method or "attntrace", offset=a.offset or 0, **common)
     if a.suite == "injection":
-        return attribution.eval_injection(a.detector, nq=a.data, offset=a.offset or 0, tracer=a.tracer, **common)
+        return attribution.eval_injection(
+            a.detector,
+            nq=a.data,
+            offset=a.offset or 0,
+            tracer=a.tracer,
+            pool=a.pool,
+            top_k=_int_list(a.top_k, "top_k"),
+            **common,
+        )
     return attribution.eval_citations(a.method or "attntrace", nq=a.data, offset=a.offset or 0, **common)
 
 
@@ -750,6 +773,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--detector", default="rules", help="injection: detectors side by side (rules,judge)")
     sp.add_argument("--tracer", default=None, help="injection: the tracer whose top K the detector reads")
+    sp.add_argument(
+        "--pool",
+        default="report",
+        choices=["dev", "report", "all"],
+        help="injection: which half of the injected strings (dev: for choosing; report: held out; default report)",
+    )
+    sp.add_argument(
+        "--top-k",
+        default=None,
+        help="injection: traced segments the detectors read, one or several (5,10,20; default: the tracer's K)",
+    )
     sp.add_argument("--seed", type=int, default=0, help="poisoned, injection, citations: shuffles and positions")
     sp.add_argument("--order", default="all", help="position: reranker specs separated by commas, or all")
     sp.add_argument("--tokens", type=int, default=8192, help="longctx: input length in tokens (default 8192)")
