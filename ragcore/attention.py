@@ -52,16 +52,26 @@ def project_queries(
     rows: torch.Tensor | slice = slice(None),
 ) -> torch.Tensor:
     """Query states (B, H, R, D) of the given rows of ``hidden`` (the layer's normed input), rotated by
-    ``position_embeddings`` (the (cos, sin) of every row of ``hidden``), or not rotated when it is None."""
+    ``position_embeddings`` (the (cos, sin) of every row of ``hidden``), or not rotated when it is None.
+    ``rows``: a slice or (R,) indices shared by the batch, or (B, R) indices, one row list per sequence."""
     n_h, _, d = head_counts(attn)
-    h = hidden[:, rows]
+    pick = _rows_picker(rows, hidden.shape[0], hidden.device)
+    h = pick(hidden)
     q = attn.q_proj(h).view(h.shape[0], h.shape[1], n_h, d).transpose(1, 2)
     if hasattr(attn, "q_norm"):  # Qwen3-style per-head query norm
         q = attn.q_norm(q)
     if position_embeddings is None:
         return q
     cos, sin = position_embeddings
-    return apply_rotary(q, cos[:, rows], sin[:, rows])
+    return apply_rotary(q, pick(cos.expand(hidden.shape[0], -1, -1)), pick(sin.expand(hidden.shape[0], -1, -1)))
+
+
+def _rows_picker(rows: torch.Tensor | slice, batch: int, device: torch.device):  # noqa: ANN202
+    """x (B, T, ...) -> x at ``rows`` (B, R, ...): a slice or (R,) indices for every sequence, or (B, R)."""
+    if isinstance(rows, slice) or rows.dim() == 1:
+        return lambda x: x[:, rows]
+    b = torch.arange(batch, device=device)[:, None]
+    return lambda x: x[b, rows]
 
 
 def rotary_embedding(
@@ -105,7 +115,8 @@ def rows_attention(
     """Attention probabilities (B, H, R, T) in float32 that the query ``rows`` pay to every key.
 
     ``hidden`` is the attention layer's input (after the input layer norm), (B, T, d); ``rows`` index into it
-    (a ``slice`` of consecutive rows is the fast path: no gathers, a cached causal mask). ``keys``
+    (a ``slice`` of consecutive rows is the fast path: no gathers, a cached causal mask; (R,) indices shared by
+    the batch; or (B, R) indices, one row list per sequence, for right-padded batches of different lengths). ``keys``
     (B, H_kv, T_k, D), rotated, default: computed from ``hidden``. Row ``r`` sees keys at positions
     ``<= r + key_offset`` (``key_offset`` = how many cached keys precede ``hidden``). Scores are computed in the
     model's dtype and normalised in float32, as eager attention does.
@@ -122,8 +133,47 @@ def rows_attention(
         start, stop, _ = rows.indices(hidden.shape[1])
         mask = _future(start, stop, k.shape[-2], key_offset, hidden.device)
     else:
-        mask = torch.arange(k.shape[-2], device=hidden.device)[None, :] > (rows[:, None] + key_offset)
+        mask = torch.arange(k.shape[-2], device=hidden.device) > (rows[..., None] + key_offset)  # (R, T) or (B, R, T)
+        if mask.dim() == 3:
+            mask = mask[:, None]
     return torch.softmax(scores.masked_fill(mask, float("-inf")), dim=-1, dtype=torch.float32)
+
+
+@torch.inference_mode()
+def rows_attention_batch(
+    model: nn.Module, sequences: Sequence[torch.Tensor], rows: Sequence[Sequence[int]]
+) -> list[torch.Tensor]:
+    """For each sequence (1-D token ids, lengths may differ), the attention its ``rows`` pay to its tokens,
+    averaged over layers and heads: a list of (R_i, T_i) float32 CPU tensors, from ONE forward over the batch.
+
+    The sequences are right-padded: causal attention keeps the padding out of every real row, so no attention
+    mask or position shift is needed; rows are recomputed per sequence (:func:`rows_attention` with (B, R) rows).
+    Every sequence must have the same number of rows. Used by AttnTrace for its subsamples.
+    """
+    n = len(sequences)
+    if n == 0:
+        return []
+    lens = [int(x.numel()) for x in sequences]
+    r = {len(rw) for rw in rows}
+    if len(r) != 1 or len(rows) != n:
+        raise ConfigError(f"rows_attention_batch needs one list of rows per sequence, all of one length, got {rows!r}")
+    dev = model.device
+    ids = torch.zeros((n, max(lens)), dtype=torch.long, device=dev)
+    for i, x in enumerate(sequences):
+        ids[i, : lens[i]] = x.reshape(-1).to(dev)
+    row_idx = torch.as_tensor([list(rw) for rw in rows], dtype=torch.long, device=dev)
+    if int(row_idx.min()) < 0 or bool((row_idx >= torch.as_tensor(lens, device=dev)[:, None]).any()):
+        raise ConfigError(f"rows {rows!r} lie outside their sequences of lengths {lens}")
+    out = model(input_ids=ids, output_hidden_states=True, use_cache=False, logits_to_keep=1)
+    pos = torch.arange(ids.shape[1], device=dev)[None].expand(n, -1)
+    total = None
+    blocks = decoder_layers(model)
+    for li, layer in enumerate(blocks):
+        h = layer.input_layernorm(out.hidden_states[li])
+        a = rows_attention(layer.self_attn, h, rotary_embedding(model, h, pos), row_idx).mean(1)  # (B, R, T)
+        total = a if total is None else total + a
+    total = (total / len(blocks)).cpu()
+    return [total[i, :, : lens[i]] for i in range(n)]
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:

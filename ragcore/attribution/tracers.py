@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 import torch
 
-from ragcore.attention import attention_to_spans
+from ragcore.attention import rows_attention_batch
 from ragcore.attribution.segments import UNITS, Rebuilt, Segment, answer_sentences, rebuild, split
 from ragcore.stages import Stage, option
 from ragcore.types import SentenceCitation, SourceSpan
@@ -190,6 +190,9 @@ class AttnTrace(TracerBase):
         q, fraction of the segments each subsample keeps, in (0, 1] (paper: 0.4).
     avg_k : int
         Tokens averaged per segment (paper: 5).
+    batch_size : int
+        Subsamples scored together in one forward pass (right-padded; the scores are those of one at a time, up
+        to floating-point rounding): speed and memory only.
     unit, words, top_k, threshold, seed :
         See :class:`TracerBase` (paper: K = ``top_k`` = 5).
     """
@@ -198,25 +201,29 @@ class AttnTrace(TracerBase):
     subsamples: int = option(30, minimum=1)
     keep: float = option(0.4, low=0.0, high=1.0, low_open=True)
     avg_k: int = option(5, minimum=1)
+    batch_size: int = option(16, minimum=1)
 
     def score(self, lm, prompt, segments, answer, groups, rng):  # noqa: ANN001, ANN201 - see TracerBase.score
         n = len(segments)
         total, seen = np.zeros((len(groups), n)), np.zeros(n)
         m = max(1, round(self.keep * n))
         draws = 1 if m == n else self.subsamples
+        keeps = []
         for _ in range(draws):
             keep = np.zeros(n, dtype=bool)
             keep[rng.choice(n, size=m, replace=False) if m < n else slice(None)] = True
-            rb = rebuild(lm, prompt, segments, keep)
-            tp = len(rb.prompt)
-            att = attention_to_spans(
-                lm.model, _with_answer(rb, answer), rows=(tp - 1, tp - 1 + len(answer)), reduce_rows=False
-            ).tokens  # (L, H, A, T)
-            per_token = att.float().mean((0, 1))[:, :tp]  # (A, T_prompt)
-            grouped = torch.stack([per_token[torch.as_tensor(g)].mean(0) for g in groups])
-            kept = np.flatnonzero(keep)
-            total[:, kept] += _segment_scores(grouped, rb.token_segment, kept, self.avg_k_or_none)
-            seen[kept] += 1
+            keeps.append(keep)
+        for b0 in range(0, draws, self.batch_size):  # one forward per batch of subsamples
+            rbs = [rebuild(lm, prompt, segments, keep) for keep in keeps[b0 : b0 + self.batch_size]]
+            tps = [len(rb.prompt) for rb in rbs]
+            rows = [range(tp - 1, tp - 1 + len(answer)) for tp in tps]
+            atts = rows_attention_batch(lm.model, [_with_answer(rb, answer)[0] for rb in rbs], rows)  # (A, T) each
+            for keep, rb, tp, att in zip(keeps[b0 : b0 + self.batch_size], rbs, tps, atts):
+                per_token = att[:, :tp]  # (A, T_prompt), averaged over layers and heads
+                grouped = torch.stack([per_token[torch.as_tensor(g)].mean(0) for g in groups])
+                kept = np.flatnonzero(keep)
+                total[:, kept] += _segment_scores(grouped, rb.token_segment, kept, self.avg_k_or_none)
+                seen[kept] += 1
         return total / np.maximum(seen, 1), draws
 
     @property
@@ -231,7 +238,7 @@ class RawAttention(AttnTrace):
     heads. Options as :class:`TracerBase`."""
 
     name: ClassVar[str] = "attention"
-    label_skip: ClassVar[tuple[str, ...]] = ("subsamples", "keep", "avg_k")
+    label_skip: ClassVar[tuple[str, ...]] = ("subsamples", "keep", "avg_k", "batch_size")
     subsamples: int = option(1, minimum=1, maximum=1)
     keep: float = option(1.0, low=1.0, high=1.0)
 

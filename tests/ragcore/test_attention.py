@@ -86,3 +86,20 @@ def test_bad_rows(bundled):
         attention_to_spans(model, p.input_ids, p.spans, "answer")
     with pytest.raises(ConfigError, match="outside"):
         attention_to_spans(model, p.input_ids, p.spans, [len(p) + 3])
+
+
+def test_rows_attention_batch_equals_one_sequence_at_a_time():
+    """Right-padded sequences of different lengths in one forward give each sequence's own rows' attention."""
+    import torch
+
+    from ragcore.attention import attention_to_spans, rows_attention_batch
+    from tests.helpers import random_ids, tiny_model
+
+    model = tiny_model()
+    seqs = [random_ids(n, seed=n)[0] for n in (9, 14, 11)]
+    rows = [range(len(s) - 4, len(s) - 1) for s in seqs]
+    got = rows_attention_batch(model, seqs, rows)
+    for s, r, g in zip(seqs, rows, got):
+        want = attention_to_spans(model, s[None], rows=list(r), reduce_rows=False).tokens.float().mean((0, 1))
+        assert g.shape == (len(r), len(s))
+        torch.testing.assert_close(g, want, rtol=1e-4, atol=1e-6)

@@ -98,3 +98,12 @@ def test_bad_options_are_refused_with_the_value():
             registry("tracer").build(name, unit="paragraph")
         with pytest.raises(ConfigError, match="threshold must be a number in \\[0, 1\\].*1.5"):
             registry("tracer").build(name, threshold=1.5)
+
+
+@pytest.mark.parametrize("name", [n for n in TRACERS if "batch_size" in registry("tracer")[n].__dataclass_fields__])
+def test_batched_subsamples_score_as_one_at_a_time(name, traced):
+    lm, prompt, g = traced
+    one = small(name, seed=5, batch_size=1).trace(prompt, g, lm)
+    batched = small(name, seed=5, batch_size=4).trace(prompt, g, lm)
+    np.testing.assert_allclose(batched.scores, one.scores, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(batched.sentence_scores, one.sentence_scores, rtol=1e-4, atol=1e-7)
