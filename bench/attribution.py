@@ -174,8 +174,9 @@ def main(argv: list[str] | None = None) -> int:
         body += [
             f"\n### PoisonedRAG NQ (n={r['n']}; ASR without defence {r['asr']['mean']:.3f} ± {r['asr']['ci95']:.3f})\n",
             "Top-5 traced segments (the 10 texts) against the 5 attack texts, on attacked answers; ASR after removing "
-            "the top 5 and answering again; seconds per traced answer, as a ratio to the first method and to the "
-            "generation.\n",
+            "the top 5 and answering again, over every target (`asr_defended`) and over the attacked ones "
+            "(`asr_defended_attacked`, where the run recorded it); seconds per traced answer, as a ratio to the first "
+            "method and to the generation.\n",
             _rows(
                 r,
                 [
@@ -185,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                     "trace_recall",
                     "asr_defended",
                     "asr_defended_ci95",
+                    "asr_defended_attacked",
                     "seconds_per_trace",
                     "ratio_to_attntrace",
                     "ratio_to_generation",

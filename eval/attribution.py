@@ -157,8 +157,9 @@ def eval_poisoned(
     offset: int = 0,
     **run: Any,
 ) -> dict[str, Any]:
-    """The PoisonedRAG suite (module docstring); one entry per method, each with ``asr``, ``asr_defended``,
-    ``trace_precision``, ``trace_recall``, ``seconds_per_trace`` and ``n``. ``offset`` skips target questions
+    """The PoisonedRAG suite (module docstring); one entry per method, each with ``asr``, ``asr_defended`` (over
+    every target), ``asr_defended_attacked`` (over the targets whose first answer was attacked), ``trace_precision``,
+    ``trace_recall``, ``seconds_per_trace`` and ``n``. ``offset`` skips target questions
     (shards of one run: each question's shuffle is seeded by its index in the file, so shards merged with
     :func:`merge` equal one run)."""
     run_opts = Run(**run)
@@ -169,7 +170,7 @@ def eval_poisoned(
     lm, cfg = run_opts.loaded()
     attacked: list[float] = []
     gen_s: list[float] = []
-    per: dict[str, dict[str, list[float]]] = {m: {"p": [], "r": [], "def": [], "s": []} for m in tracers}
+    per: dict[str, dict[str, list[float]]] = {m: {"p": [], "r": [], "def": [], "def_att": [], "s": []} for m in tracers}
     for i, row in enumerate(rows):
         bad = normalize(row["incorrect answer"])
         adv = [Chunk(t, f"attack:{j}") for j, t in enumerate(row["adv_texts"][:5])]
@@ -192,6 +193,8 @@ def eval_poisoned(
             kept = [c for p, c in enumerate(ctx) if p not in top]
             g2 = lm.generate(lm.prompt(row["question"], kept), config=cfg)
             per[m]["def"].append(float(bad in normalize(g2.text)))
+            if hit:
+                per[m]["def_att"].append(per[m]["def"][-1])
         logger.info("poisoned %d/%d: attacked=%s", i + 1, len(rows), bool(hit))
         if progress:
             progress(i + 1, len(rows))
@@ -215,6 +218,8 @@ def eval_poisoned(
             "asr": out["asr"]["mean"],
             "asr_defended": _ci(v["def"])["mean"],
             "asr_defended_ci95": _ci(v["def"])["ci95"],
+            "asr_defended_attacked": _ci(v["def_att"])["mean"],
+            "asr_defended_attacked_ci95": _ci(v["def_att"])["ci95"],
             "trace_precision": _ci(v["p"])["mean"],
             "trace_precision_ci95": _ci(v["p"])["ci95"],
             "trace_recall": _ci(v["r"])["mean"],
@@ -491,6 +496,14 @@ def merge(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
             e["asr_defended"], e["asr_defended_ci95"], _ = pooled(
                 lambda r, meth=meth: (r[meth]["asr_defended"], r[meth]["asr_defended_ci95"], r["n"])
             )
+            if all("asr_defended_attacked" in r[meth] for r in results):
+                e["asr_defended_attacked"], e["asr_defended_attacked_ci95"], _ = pooled(
+                    lambda r, meth=meth: (
+                        r[meth]["asr_defended_attacked"],
+                        r[meth]["asr_defended_attacked_ci95"],
+                        r[meth]["n_attacked"],
+                    )
+                )
             for key in ("trace_precision", "trace_recall"):
                 e[key], e[key + "_ci95"], _ = pooled(
                     lambda r, meth=meth, key=key: (r[meth][key], r[meth][key + "_ci95"], r[meth]["n_attacked"])
