@@ -6,7 +6,9 @@
 #   longctx   key-value retrieval at 8k, 16k, 32k, 64k tokens: InfiniRetri (the layer from `layer`, LAYER_SMOL /
 #             LAYER_QWEN) against truncation, both models, 50 queries each; one process per run (own peak memory)
 #   needle    hard-needle at 256k and 1M tokens, qwen2.5-0.5b, InfiniRetri, 20 queries each
-#   crag      qwen2.5-0.5b, NQ-open from question 201, n=300: CRAG (k=ceil(sqrt(10/2))=3) against plain top-10
+#   cragdev   CRAG's options (sentences per cluster, k) on NQ-open questions 1-200, against plain top-10
+#   crag      qwen2.5-0.5b, NQ-open from question 201, n=300: CRAG (CRAG_METHOD, default k=ceil(sqrt(10/2))=3,
+#             2 sentences per cluster) against plain top-10
 #   render    the docs/RESULTS.md sections and figures from the JSON files
 #   RAGCORE_CACHE=/var/tmp/cache bench/gpu_rerank_context.sh OUTDIR profile+layer position+crag+longctx+needle render
 #   (STEP "a+b": a and b together; `position` reads the profiles `profile` stored in RAGCORE_CACHE; longctx and
@@ -65,9 +67,15 @@ for steps in "$@"; do
       $PY "${R[@]}" eval longctx --data needle --model "$GEN" --device "$DEVICE" --tokens $t \
         --method "$(infini "$LAYER_QWEN")" --limit "${N_NEEDLE:-20}" --out "$OUT/needle-$t.json" > "$OUT/needle-$t.log" 2>&1
     done & ;;
-  crag)
-    $PY "${R[@]}" eval crag --model "$GEN" --device "$DEVICE" --k 10 --limit "${N_CRAG:-300}" --out "$OUT/crag-qwen.json" \
-      > "$OUT/crag.log" 2>&1 & ;;
+  cragdev)  # CRAG's options on the development questions 1-200 (the report reads from question 201)
+    for spec in "crag" "crag(sentences=4)" "crag(sentences=6)" "crag(sentences=8)" "crag(k=5, sentences=3)"; do
+      name=cragdev-$(echo "$spec" | tr -d '() ' | tr '=,' '__')
+      $PY "${R[@]}" eval crag --model "$GEN" --device "$DEVICE" --k 10 --method "$spec" --offset 0 --limit "${N_CRAGDEV:-200}" \
+        --out "$OUT/$name.json" > "$OUT/$name.log" 2>&1 &
+    done ;;
+  crag)  # CRAG_METHOD: the setting cragdev chose (least accuracy lost with >= 46% fewer tokens)
+    $PY "${R[@]}" eval crag --model "$GEN" --device "$DEVICE" --k 10 --method "${CRAG_METHOD:-crag}" --offset 200 \
+      --limit "${N_CRAG:-300}" --out "$OUT/crag-qwen.json" > "$OUT/crag.log" 2>&1 & ;;
   render)
     $PY -m bench.rerank_context profile "$OUT"/profile-*.json --section attn-profile-gpu --note "GPU run"
     $PY - "$OUT" <<'PY'

@@ -300,7 +300,7 @@ def run_suite(a: Any, progress: bool = False) -> dict[str, Any]:
         a.model,
         a.data,
         a.k,
-        "crag",
+        a.method or "crag",
         a.limit,
         200 if a.offset is None else a.offset,
         a.device,

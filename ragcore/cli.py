@@ -769,7 +769,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="poisoned, citations: tracers side by side on the same answers (attntrace,contextcite,loo,attention; "
         "default attntrace); longctx: infiniretri (options in brackets), truncate, or a KV compressor (default "
-        "infiniretri)",
+        "infiniretri); crag: the context compressor against plain top k (default crag)",
     )
     sp.add_argument("--detector", default="rules", help="injection: detectors side by side (rules,judge)")
     sp.add_argument("--tracer", default=None, help="injection: the tracer whose top K the detector reads")

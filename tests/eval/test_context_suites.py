@@ -66,3 +66,24 @@ def test_crag_run(lm):
     res = run_crag(lm, NQ, k=5, limit=2, offset=0, max_new_tokens=2)
     assert res["n"] == 2 and res["crag"]["tokens_mean"] < res["plain"]["tokens_mean"]
     assert 0 < res["tokens_saved"] < 1 and "accuracy_diff_ci95" in res
+
+
+def test_eval_crag_runs_the_method_it_is_given(lm, monkeypatch):
+    """`ragcore eval crag --method SPEC` compares that compressor (not always the default CRAG)."""
+    from types import SimpleNamespace
+
+    from eval import context_suites
+
+    seen = {}
+
+    def fake(model, data, k, method, *rest):
+        seen["method"] = method
+        return {}
+
+    monkeypatch.setattr(context_suites, "run_crag", fake)
+    a = SimpleNamespace(suite="crag", model=lm, data=NQ, k=5, method="crag(sentences=4)", limit=1, offset=0)
+    a.device, a.max_new_tokens = "cpu", 2
+    context_suites.run_suite(a)
+    assert seen["method"] == "crag(sentences=4)"
+    context_suites.run_suite(SimpleNamespace(**{**vars(a), "method": None}))
+    assert seen["method"] == "crag"
