@@ -47,8 +47,8 @@ for steps in "$@"; do
   sxs)
     # three processes on the same 300 prompts (the full cache row once); rendered together
     i=0
-    for methods in snapkv,knorm streaming_llm,expected_attention kvzip; do
-      i=$((i + 1)); extra=(); [ $i -gt 1 ] && extra=(--no-baseline)
+    for methods in ${SXS_GROUPS:-snapkv,knorm streaming_llm,expected_attention kvzip}; do
+      i=$((i + 1)); extra=(); [ $i -gt 1 ] || [ -n "${SXS_GROUPS:-}" ] && extra=(--no-baseline)
       PYTHONPATH="$KVP:${PYTHONPATH:-}" RAGCORE_CACHE="$RAGCORE_CACHE-kvp" \
         $PY -m bench.kv_side_by_side --model "$MODEL" --device "${DEVICE:-cuda}" --no-progress \
         --methods $methods --ratios 0.5 --limit "${N_KV:-300}" "${extra[@]}" \

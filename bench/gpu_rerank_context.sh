@@ -37,7 +37,7 @@ for steps in "$@"; do
       $PY "${R[@]}" calibrate --model $m --device "$DEVICE" --limit "${N_PROFILE:-200}" --out "$OUT/profile-$m.json" > "$OUT/profile-$m.log" 2>&1 &
     done ;;
   position)
-    for o in retrieval reversed lost_in_the_middle random attnrank attention_sort; do
+    for o in ${ORDERS:-retrieval reversed lost_in_the_middle random attnrank attention_sort}; do
       $PY "${R[@]}" eval position --model "$GEN" --device "$DEVICE" --order $o --limit "$N_POSITION" \
         --out "$OUT/position-$o.json" > "$OUT/position-$o.log" 2>&1 &
     done ;;
