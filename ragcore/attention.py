@@ -132,7 +132,7 @@ def max_attention(
     position_embeddings: tuple[torch.Tensor, torch.Tensor],
     keys: torch.Tensor,
     n_keys: int,
-    cells: int = 1 << 21,
+    cells: int | None = None,
 ) -> torch.Tensor:
     """The largest attention probability (B, H_kv, n_keys), in float32, that any row of ``hidden`` pays each of
     the first ``n_keys`` keys, over the rows and the query heads of each key/value group.
@@ -140,7 +140,8 @@ def max_attention(
     ``hidden`` (B, R, d) is the layer's normed input, whose rows are the last ``R`` of the ``T_k`` ``keys``
     (B, H_kv, T_k, D, rotated); row ``r`` sees keys ``<= T_k - R + r``. The result equals
     ``rows_attention(...)[..., :n_keys]`` maximised over rows and each group's query heads (up to rounding),
-    computed in blocks of rows of about ``cells`` scores, so that a block stays in the processor's cache: the
+    computed in blocks of rows of about ``cells`` scores (default: 2M on CPU, so that a block stays in the
+    processor's cache; 32M on an accelerator, where fewer, larger blocks launch fewer kernels): the
     scale folded into the queries, a group's query heads and rows as the rows of one matrix product with the
     group's keys (no copy of the keys per query head), the causal mask filled in place on the rows' own
     columns only (one mask per block, shared by its heads), the softmax in float32 and the largest
@@ -157,6 +158,8 @@ def max_attention(
     scale = getattr(attn, "scaling", d**-0.5)
     q = (project_queries(attn, hidden, position_embeddings) * scale).view(b, n_kv, g, r, d)
     kt = keys.to(q.dtype).transpose(-1, -2)  # (B, H_kv, D, T_k): a view
+    if cells is None:
+        cells = 1 << 21 if hidden.device.type == "cpu" else 1 << 25
     step = max(1, cells // max(1, n_h * t_k))
     best = torch.zeros(b, n_kv, n_keys, dtype=torch.float32, device=hidden.device)
     rows = torch.arange(r, device=hidden.device)
