@@ -72,6 +72,22 @@ def reuse_table(results: list[dict[str, Any]]) -> str:
             f"{r['seconds_reuse']:.1f} | {r['speedup']:.2f}x | {cpu} | {kv:.3f} |"
         )
     for r in results:
+        if r.get("timings"):
+            lines += ["", f"Where the seconds go, per context ({r['format']}, {r['compressor']}; wall clock):", ""]
+            lines += [
+                "| context | tokens | reuse: prefill + compression | reuse: mean answer | full: mean prefill + "
+                "answer | reuse arm | full arm | speedup | speedup in CPU time |",
+                "|---|---|---|---|---|---|---|---|---|",
+            ]
+            for t in r["timings"]:
+                ans, full = t["answer_s"], t["full_s"]
+                lines.append(
+                    f"| {t['context']} | {t['tokens']} | {t['compress_s']:.1f} | {sum(ans) / len(ans):.1f} | "
+                    f"{sum(full) / len(full):.1f} | {t['seconds_reuse']:.1f} | {t['seconds_full']:.1f} | "
+                    f"{t['seconds_full'] / t['seconds_reuse']:.2f}x | "
+                    f"{t['cpu_seconds_full'] / t['cpu_seconds_reuse']:.2f}x |"
+                )
+    for r in results:
         lines += ["", f"Accuracy per question index ({r['format']}, {r['compressor']}): full / reuse", ""]
         lines.append("| index | " + " | ".join(str(x["index"] + 1) for x in r["by_index"]) + " |")
         lines.append("|---" * (len(r["by_index"]) + 1) + "|")
