@@ -56,11 +56,12 @@ def records_passage(records: list[tuple[str, str]]) -> list[Chunk]:
     return [Chunk(json.dumps(dict(records), indent=1), "kv-records")]
 
 
-def kv_contexts(gen: Generator, rows: list[dict], q: int, budget: int) -> list[ReuseContext]:
+def kv_contexts(gen: Generator, rows: list[dict], q: int, budget: int, first: int = 0) -> list[ReuseContext]:
     """Per row, the most records (from the first) that fit ``budget`` with the longest question, and ``q`` keys
-    spread evenly over them."""
+    spread evenly over them. A row without an ``id`` is named by its index in the file (``first``: the index of
+    ``rows[0]``), so runs over different ``--offset`` name their contexts apart."""
     out = []
-    for i, row in enumerate(rows):
+    for i, row in enumerate(rows, start=first):
         records = [tuple(r) for r in row["ordered_kv_records"]]
         longest = kv_question(max((k for k, _ in records), key=len))
 
@@ -175,7 +176,7 @@ def run_reuse(
     new = max_new_tokens or DEFAULT_NEW_TOKENS[fmt]
     budget = window_limit(gen, max_tokens, new)
     if fmt == "kv_retrieval":
-        contexts = kv_contexts(gen, rows[offset : offset + limit], reuse, budget)
+        contexts = kv_contexts(gen, rows[offset : offset + limit], reuse, budget, offset)
     else:
         contexts = nq_contexts(gen, path, reuse, limit, offset, distractors, budget)
     cfg = GenerationConfig(max_new_tokens=new)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from eval.kv_reuse import merge_reuse, run_reuse, summarise
+from eval.datasets import read_jsonl
+from eval.kv_reuse import kv_contexts, merge_reuse, run_reuse, summarise
 from ragcore.cli import main
 from ragcore.errors import ConfigError
 
@@ -86,3 +87,9 @@ def test_merge_joins_contexts_and_refuses_other_settings():
         merge_reuse([a, a])
     with pytest.raises(ConfigError, match="without per-context timings"):
         merge_reuse([a, {k: v for k, v in b.items() if k != "timings"}])
+
+
+def test_key_value_contexts_are_named_by_their_row_in_the_file(smol):
+    """Runs over different --offset (one context each) name their contexts apart, so they can be merged."""
+    rows = read_jsonl(KV)
+    assert [c.id for c in kv_contexts(smol, rows[1:3], 2, 340, first=1)] == ["1", "2"]
