@@ -155,8 +155,9 @@ def run_reuse(
         prefills and answers, summed over contexts), ``seconds_reuse`` (one prefill + Q answers), ``speedup``
         (their ratio), the same in processor time of this process (``cpu_seconds_*``, ``cpu_speedup``: on a
         shared CPU machine, the work done whatever else runs; on a GPU it counts only the host's share),
-        ``timings`` (per context: both arms' seconds, the compression's and each answer's), ``kv_bytes`` and ``kv_bytes_full`` (the context's cache, mean per context), ``n`` (questions),
-        ``contexts``, the settings and ``predictions``.
+        ``timings`` (per context: both arms' seconds, the compression's and each answer's), ``kv_bytes`` and
+        ``kv_bytes_full`` (the context's cache, mean per context), ``n`` (questions), ``contexts``, the settings
+        and ``predictions``.
     """
     from compress.kv import DEFAULT_AGNOSTIC, DEFAULT_AGNOSTIC_RATIO, get_compressor
 
