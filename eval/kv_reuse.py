@@ -191,11 +191,12 @@ def run_reuse(
         fulls = [gen.generate(gen.prompt(question, c.passages, c.system), config=cfg) for question, _ in c.questions]
         t2, c2 = time.perf_counter(), time.process_time()
         a0 = answers[0]
+        full_bytes = a0.stats["kv_bytes_full"] * ctx.context_tokens // a0.prompt_tokens
         timings.append({"context": c.id, "tokens": ctx.context_tokens, "seconds_reuse": t1 - t0,
                         "seconds_full": t2 - t1, "cpu_seconds_reuse": c1 - c0, "cpu_seconds_full": c2 - c1,
                         "compress_s": ctx.report["prefill_s"], "answer_s": [a.prefill_s + a.decode_s for a in answers],
                         "full_s": [f.prefill_s + f.decode_s for f in fulls], "kv_bytes": ctx.kv_bytes,
-                        "kv_bytes_full": a0.stats["kv_bytes_full"] * ctx.context_tokens // a0.prompt_tokens})  # fmt: skip
+                        "kv_bytes_full": full_bytes})  # fmt: skip
         logger.info(
             "context %s (%d tokens): one prefill + %d answers %.1f s (compression %.1f s), %d full prefills %.1f s",
             c.id, ctx.context_tokens, len(answers), t1 - t0, ctx.report["prefill_s"], len(fulls), t2 - t1,
