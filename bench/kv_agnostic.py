@@ -4,13 +4,16 @@
   full-cache run first): per compressor its accuracy, its paired change against the full cache (points, 95%
   interval) and the KV bytes held; the best change is marked (on a development slice: the choice).
 * ``--reuse FILE ...``: ``ragcore eval kv --reuse Q`` results: accuracy of one compressed context answering Q
-  questions against Q full prefills (paired), accuracy per question index, the seconds of both and their ratio,
-  the KV bytes held.
+  questions against Q full prefills (paired), accuracy per question index, the seconds of both and their ratio
+  (wall clock, and processor time of the run's process where measured), the KV bytes held. ``--merge OUT``
+  joins results of the same settings on different contexts (e.g. one ``--limit 1 --offset i`` run each) into
+  one, written to OUT.
 
 Usage::
 
     python -m bench.kv_agnostic --matrix out/agnostic-dev.json --write-results kv-agnostic-dev-cpu --note "..."
     python -m bench.kv_agnostic --reuse out/reuse-kv.json --write-results kv-reuse-cpu --note "..."
+    python -m bench.kv_agnostic --reuse out/reuse-0.json out/reuse-1.json --merge out/reuse.json ...
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ import argparse
 from typing import Any
 
 from bench.results import write_section
-from eval.report import read_json
+from eval.kv_reuse import merge_reuse
+from eval.report import read_json, write_json
 from eval.stats import paired_difference
 
 
@@ -54,17 +58,35 @@ def reuse_table(results: list[dict[str, Any]]) -> str:
     """One row per ``eval kv --reuse`` result, then accuracy per question index."""
     lines = [
         "| data | model | compressor | contexts x Q | context tokens | full | reuse | change (points) | "
-        "seconds: Q full prefills | seconds: one prefill + Q answers | speedup | kv bytes / full |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "seconds: Q full prefills | seconds: one prefill + Q answers | speedup | speedup in CPU time | "
+        "kv bytes / full |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         kv = r["kv_bytes"] / r["kv_bytes_full"] if r["kv_bytes_full"] else 0.0
+        cpu = f"{r['cpu_speedup']:.2f}x" if "cpu_speedup" in r else "-"  # files written before it was measured
         lines.append(
             f"| {r['format']} | {r['model']} | {r['compressor']} (ratio {r['ratio']}) | {r['contexts']} x "
             f"{r['reuse']} | {r['mean_context_tokens']:.0f} | {r['accuracy_full']:.3f} | {r['accuracy_reuse']:.3f} | "
             f"{100 * r['diff']:+.1f} ± {100 * r['diff_ci95']:.1f} | {r['seconds_full']:.1f} | "
-            f"{r['seconds_reuse']:.1f} | {r['speedup']:.2f}x | {kv:.3f} |"
+            f"{r['seconds_reuse']:.1f} | {r['speedup']:.2f}x | {cpu} | {kv:.3f} |"
         )
+    for r in results:
+        if r.get("timings"):
+            lines += ["", f"Where the seconds go, per context ({r['format']}, {r['compressor']}; wall clock):", ""]
+            lines += [
+                "| context | tokens | reuse: prefill + compression | reuse: mean answer | full: mean prefill + "
+                "answer | reuse arm | full arm | speedup | speedup in CPU time |",
+                "|---|---|---|---|---|---|---|---|---|",
+            ]
+            for t in r["timings"]:
+                ans, full = t["answer_s"], t["full_s"]
+                lines.append(
+                    f"| {t['context']} | {t['tokens']} | {t['compress_s']:.1f} | {sum(ans) / len(ans):.1f} | "
+                    f"{sum(full) / len(full):.1f} | {t['seconds_reuse']:.1f} | {t['seconds_full']:.1f} | "
+                    f"{t['seconds_full'] / t['seconds_reuse']:.2f}x | "
+                    f"{t['cpu_seconds_full'] / t['cpu_seconds_reuse']:.2f}x |"
+                )
     for r in results:
         lines += ["", f"Accuracy per question index ({r['format']}, {r['compressor']}): full / reuse", ""]
         lines.append("| index | " + " | ".join(str(x["index"] + 1) for x in r["by_index"]) + " |")
@@ -78,6 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--matrix", default=None, help="a question-agnostic `eval kv` matrix JSON")
     ap.add_argument("--reuse", nargs="*", default=[], help="`eval kv --reuse` JSON files")
+    ap.add_argument(
+        "--merge",
+        default=None,
+        metavar="OUT",
+        help="join the --reuse files (same settings, different contexts) into one result, written to OUT",
+    )
     ap.add_argument("--title", default=None, help="the section's title")
     ap.add_argument("--note", default="", help="text before the table (where and how it ran)")
     ap.add_argument("--write-results", default=None, metavar="SECTION", help="write this docs/RESULTS.md section")
@@ -97,12 +125,20 @@ def main(argv: list[str] | None = None) -> int:
             "those held (uneven per-head budgets keep padded slots hidden by masks). Best change: "
             f"`{best}`.\n\n{table}"
         )
+    reuse = [read_json(f) for f in a.reuse]
+    if a.merge:
+        if not reuse:
+            ap.error("--merge needs --reuse files")
+        reuse = [merge_reuse(reuse)]
+        write_json(a.merge, reuse[0])
     if a.reuse:
         parts.append(
             "One context prefilled and compressed once, question-agnostic, answers Q different questions "
             "(`CompressedContext.ask`), against Q full prefills of the full prompt, uncompressed. Changes are "
-            "paired per question, in accuracy points (x100), with their 95% intervals; seconds include every "
-            "answer's decoding on both sides.\n\n" + reuse_table([read_json(f) for f in a.reuse])
+            "paired per question, in accuracy points (x100), with their 95% intervals; seconds (wall clock) include "
+            "every answer's decoding on both sides, and the compression in the reuse arm; the speedup in CPU time is "
+            "the same ratio in processor time of the run's process (steadier than wall time on a shared machine; on "
+            "a GPU it counts only the host's share).\n\n" + reuse_table(reuse)
         )
     body = "\n\n".join(parts)
     print(body)

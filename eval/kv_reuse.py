@@ -56,11 +56,12 @@ def records_passage(records: list[tuple[str, str]]) -> list[Chunk]:
     return [Chunk(json.dumps(dict(records), indent=1), "kv-records")]
 
 
-def kv_contexts(gen: Generator, rows: list[dict], q: int, budget: int) -> list[ReuseContext]:
+def kv_contexts(gen: Generator, rows: list[dict], q: int, budget: int, first: int = 0) -> list[ReuseContext]:
     """Per row, the most records (from the first) that fit ``budget`` with the longest question, and ``q`` keys
-    spread evenly over them."""
+    spread evenly over them. A row without an ``id`` is named by its index in the file (``first``: the index of
+    ``rows[0]``), so runs over different ``--offset`` name their contexts apart."""
     out = []
-    for i, row in enumerate(rows):
+    for i, row in enumerate(rows, start=first):
         records = [tuple(r) for r in row["ordered_kv_records"]]
         longest = kv_question(max((k for k, _ in records), key=len))
 
@@ -152,8 +153,11 @@ def run_reuse(
         ``accuracy_full``/``accuracy_reuse`` (with ``_ci95``), ``diff`` and ``diff_ci95`` (paired, reuse - full,
         over every question), ``by_index`` (per question index: accuracy of both), ``seconds_full`` (Q full
         prefills and answers, summed over contexts), ``seconds_reuse`` (one prefill + Q answers), ``speedup``
-        (their ratio), ``kv_bytes`` and ``kv_bytes_full`` (the context's cache, mean per context), ``n`` (questions),
-        ``contexts``, the settings and ``predictions``.
+        (their ratio), the same in processor time of this process (``cpu_seconds_*``, ``cpu_speedup``: on a
+        shared CPU machine, the work done whatever else runs; on a GPU it counts only the host's share),
+        ``timings`` (per context: both arms' seconds, the compression's and each answer's), ``kv_bytes`` and
+        ``kv_bytes_full`` (the context's cache, mean per context), ``n`` (questions), ``contexts``, the settings
+        and ``predictions``.
     """
     from compress.kv import DEFAULT_AGNOSTIC, DEFAULT_AGNOSTIC_RATIO, get_compressor
 
@@ -173,33 +177,48 @@ def run_reuse(
     new = max_new_tokens or DEFAULT_NEW_TOKENS[fmt]
     budget = window_limit(gen, max_tokens, new)
     if fmt == "kv_retrieval":
-        contexts = kv_contexts(gen, rows[offset : offset + limit], reuse, budget)
+        contexts = kv_contexts(gen, rows[offset : offset + limit], reuse, budget, offset)
     else:
         contexts = nq_contexts(gen, path, reuse, limit, offset, distractors, budget)
     cfg = GenerationConfig(max_new_tokens=new)
-    full_acc: list[float] = []
-    reuse_acc: list[float] = []
-    preds = []
-    t_full = t_reuse = 0.0
-    kv_b = kv_full = ctx_tokens = 0
+    preds: list[dict[str, Any]] = []
+    timings: list[dict[str, Any]] = []
     for c in tqdm(contexts, desc=f"reuse {label} {ratio}", disable=not progress):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         ctx = gen.prefill_context(c.passages, spec, c.system, ratio)
         answers = [ctx.ask(question, cfg) for question, _ in c.questions]
-        t_reuse += time.perf_counter() - t0
-        t0 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         fulls = [gen.generate(gen.prompt(question, c.passages, c.system), config=cfg) for question, _ in c.questions]
-        t_full += time.perf_counter() - t0
-        kv_b += ctx.kv_bytes
-        kv_full += answers[0].stats["kv_bytes_full"] * ctx.context_tokens // answers[0].prompt_tokens
-        ctx_tokens += ctx.context_tokens
+        t2, c2 = time.perf_counter(), time.process_time()
+        a0 = answers[0]
+        full_bytes = a0.stats["kv_bytes_full"] * ctx.context_tokens // a0.prompt_tokens
+        timings.append({"context": c.id, "tokens": ctx.context_tokens, "seconds_reuse": t1 - t0,
+                        "seconds_full": t2 - t1, "cpu_seconds_reuse": c1 - c0, "cpu_seconds_full": c2 - c1,
+                        "compress_s": ctx.report["prefill_s"], "answer_s": [a.prefill_s + a.decode_s for a in answers],
+                        "full_s": [f.prefill_s + f.decode_s for f in fulls], "kv_bytes": ctx.kv_bytes,
+                        "kv_bytes_full": full_bytes})  # fmt: skip
+        logger.info(
+            "context %s (%d tokens): one prefill + %d answers %.1f s (compression %.1f s), %d full prefills %.1f s",
+            c.id, ctx.context_tokens, len(answers), t1 - t0, ctx.report["prefill_s"], len(fulls), t2 - t1,
+        )  # fmt: skip
         for j, ((question, gold), a, f) in enumerate(zip(c.questions, answers, fulls)):
-            full_acc.append(score_answer(fmt, f.text, gold))
-            reuse_acc.append(score_answer(fmt, a.text, gold))
             preds.append({"context": c.id, "index": j, "question": question, "answers": gold,
-                          "full": f.text, "reuse": a.text, "accuracy_full": full_acc[-1],
-                          "accuracy_reuse": reuse_acc[-1]})  # fmt: skip
-    n_ctx = len(contexts)
+                          "full": f.text, "reuse": a.text, "accuracy_full": score_answer(fmt, f.text, gold),
+                          "accuracy_reuse": score_answer(fmt, a.text, gold)})  # fmt: skip
+    head = {"suite": "kv-reuse", "data": str(path), "format": fmt, "model": gen.model_name, "compressor": label,
+            "ratio": float(ratio), "query_aware": False, "reuse": reuse, "offset": offset}  # fmt: skip
+    return {**head, **summarise(preds, timings, reuse), "max_new_tokens": new, "predictions": preds}
+
+
+def summarise(preds: list[dict[str, Any]], timings: list[dict[str, Any]], reuse: int) -> dict[str, Any]:
+    """The aggregates of :func:`run_reuse`'s result from its per-question ``preds`` (in context order, ``reuse``
+    per context) and per-context ``timings``: accuracies with intervals, the paired difference, accuracy per
+    question index, the seconds of both arms and their ratios, and the mean KV bytes and context tokens."""
+    full_acc = [p["accuracy_full"] for p in preds]
+    reuse_acc = [p["accuracy_reuse"] for p in preds]
+    n_ctx = len(timings)
+    if not n_ctx or len(preds) != n_ctx * reuse:
+        raise ConfigError(f"{len(preds)} answers do not make {n_ctx} contexts of {reuse} questions")
     diff, diff_ci = mean_ci([r - f for r, f in zip(reuse_acc, full_acc)])
     af, af_ci = mean_ci(full_acc)
     ar, ar_ci = mean_ci(reuse_acc)
@@ -211,17 +230,14 @@ def run_reuse(
         }
         for j in range(reuse)
     ]
+
+    def total(key: str) -> float:
+        return sum(x[key] for x in timings)
+
+    t_full, t_reuse = total("seconds_full"), total("seconds_reuse")
+    cpu_full, cpu_reuse = total("cpu_seconds_full"), total("cpu_seconds_reuse")
     return {
-        "suite": "kv-reuse",
-        "data": str(path),
-        "format": fmt,
-        "model": gen.model_name,
-        "compressor": label,
-        "ratio": float(ratio),
-        "query_aware": False,
-        "reuse": reuse,
         "contexts": n_ctx,
-        "offset": offset,
         "n": len(full_acc),
         "accuracy_full": af,
         "accuracy_full_ci95": af_ci,
@@ -233,9 +249,38 @@ def run_reuse(
         "seconds_full": t_full,
         "seconds_reuse": t_reuse,
         "speedup": t_full / t_reuse if t_reuse > 0 else 0.0,
-        "kv_bytes": kv_b / n_ctx,
-        "kv_bytes_full": kv_full / n_ctx,
-        "mean_context_tokens": ctx_tokens / n_ctx,
-        "max_new_tokens": new,
-        "predictions": preds,
+        "cpu_seconds_full": cpu_full,
+        "cpu_seconds_reuse": cpu_reuse,
+        "cpu_speedup": cpu_full / cpu_reuse if cpu_reuse > 0 else 0.0,
+        "timings": timings,
+        "kv_bytes": total("kv_bytes") / n_ctx,
+        "kv_bytes_full": total("kv_bytes_full") / n_ctx,
+        "mean_context_tokens": total("tokens") / n_ctx,
     }
+
+
+def merge_reuse(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several :func:`run_reuse` results of the same settings on different contexts (runs of a few contexts
+    each, e.g. ``--limit 1 --offset i``) as one: their answers and timings joined, the aggregates recomputed.
+    Raises ``ConfigError`` when the settings differ, a context appears twice, or a result predates the
+    per-context timings."""
+    if not results:
+        raise ConfigError("merge_reuse needs at least one result")
+    same = ("suite", "data", "format", "model", "compressor", "ratio", "reuse", "max_new_tokens")
+    first = results[0]
+    seen: set[str] = set()
+    for r in results:
+        for key in same:
+            if r.get(key) != first.get(key):
+                raise ConfigError(f"cannot merge reuse results with {key} {r.get(key)!r} and {first.get(key)!r}")
+        if "timings" not in r:
+            raise ConfigError("a reuse result without per-context timings (written before them) cannot be merged")
+        ids = {t["context"] for t in r["timings"]}
+        if ids & seen:
+            raise ConfigError(f"contexts {sorted(ids & seen)!r} appear in more than one result")
+        seen |= ids
+    preds = [p for r in results for p in r["predictions"]]
+    timings = [t for r in results for t in r["timings"]]
+    head = {k: first[k] for k in (*same, "query_aware")}
+    head["offset"] = min(r["offset"] for r in results)
+    return {**head, **summarise(preds, timings, first["reuse"]), "predictions": preds}

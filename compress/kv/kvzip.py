@@ -13,7 +13,7 @@ from torch import nn
 from compress.kv.adaptive import adaptive_budgets
 from compress.kv.base import KVBudget, KVCall, KVCompressor, LayerPrefill
 from ragcore import cache as kvcache
-from ragcore.attention import rows_attention
+from ragcore.attention import max_attention
 from ragcore.stages import option
 
 if TYPE_CHECKING:
@@ -135,15 +135,9 @@ class KVzip(KVCompressor):
                 return
             hidden = kwargs.get("hidden_states", args[0] if args else None)
             keys, _ = kvcache.get_kv(call.cache, module.layer_idx)
-            r = hidden.shape[1]
-            for s in range(0, r, 256):  # rows in blocks: memory O(256 x (T + r))
-                a = rows_attention(
-                    module, hidden, kwargs["position_embeddings"], slice(s, min(s + 256, r)), keys, keys.shape[-2] - r
-                )[..., :t]
-                a = a.amax(2)  # (B, H, T): the loudest row
-                a = a.view(a.shape[0], keys.shape[1], -1, t).amax(2)  # the loudest query head of each group
-                lay = module.layer_idx
-                best[lay] = a if lay not in best else torch.maximum(best[lay], a)
+            a = max_attention(module, hidden, kwargs["position_embeddings"], keys, t)  # (B, H_kv, T)
+            lay = module.layer_idx
+            best[lay] = a if lay not in best else torch.maximum(best[lay], a)
 
         for piece in self.repeat_ids(call, t):
             pos = torch.arange(t, t + piece.shape[1], device=piece.device)[None]

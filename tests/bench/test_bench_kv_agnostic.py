@@ -22,9 +22,16 @@ def test_matrix_marks_the_best_paired_change():
 def test_reuse_table_has_the_speedup_and_every_index():
     r = {"format": "kv_retrieval", "model": "m", "compressor": "kvzip", "ratio": 0.5, "contexts": 2, "reuse": 2,
          "mean_context_tokens": 900, "accuracy_full": 1.0, "accuracy_reuse": 0.75, "diff": -0.25, "diff_ci95": 0.3,
-         "seconds_full": 40.0, "seconds_reuse": 10.0, "speedup": 4.0, "kv_bytes": 50, "kv_bytes_full": 100,
+         "seconds_full": 40.0, "seconds_reuse": 10.0, "speedup": 4.0, "cpu_speedup": 3.5, "kv_bytes": 50,
+         "kv_bytes_full": 100,
          "by_index": [{"index": 0, "accuracy_full": 1.0, "accuracy_reuse": 1.0},
                       {"index": 1, "accuracy_full": 1.0, "accuracy_reuse": 0.5}]}  # fmt: skip
     table = reuse_table([r])
-    assert "| 4.00x | 0.500 |" in table and "-25.0 ± 30.0" in table
+    assert "| 4.00x | 3.50x | 0.500 |" in table and "-25.0 ± 30.0" in table
+    del r["cpu_speedup"]  # a file written before processor time was measured
+    assert "| 4.00x | - | 0.500 |" in reuse_table([r])
+    r["timings"] = [{"context": "7", "tokens": 900, "compress_s": 6.0, "answer_s": [1.0, 3.0], "full_s": [20.0, 20.0],
+                     "seconds_reuse": 10.0, "seconds_full": 40.0, "cpu_seconds_reuse": 8.0,
+                     "cpu_seconds_full": 36.0}]  # fmt: skip
+    assert "| 7 | 900 | 6.0 | 2.0 | 20.0 | 10.0 | 40.0 | 4.00x | 4.50x |" in reuse_table([r])
     assert "| reuse | 1.00 | 0.50 |" in table

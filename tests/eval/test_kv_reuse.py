@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from eval.kv_reuse import run_reuse
+from eval.datasets import read_jsonl
+from eval.kv_reuse import kv_contexts, merge_reuse, run_reuse, summarise
 from ragcore.cli import main
 from ragcore.errors import ConfigError
 
@@ -57,3 +58,38 @@ def test_ask_with_a_context_cache(tmp_path, capsys):
     (cc / "kv.safetensors").write_bytes((cc / "kv.safetensors").read_bytes()[:100])
     assert main(base) == 1
     assert "truncated" in capsys.readouterr().err
+
+
+def _result(ctx: str, full: list[float], reuse: list[float], seconds: tuple[float, float], **kw) -> dict:
+    """A run_reuse result of one context (synthetic: its answers, timings and settings)."""
+    preds = [{"context": ctx, "index": j, "accuracy_full": f, "accuracy_reuse": r}
+             for j, (f, r) in enumerate(zip(full, reuse))]  # fmt: skip
+    timing = {"context": ctx, "tokens": 100, "seconds_full": seconds[0], "seconds_reuse": seconds[1],
+              "cpu_seconds_full": seconds[0] / 2, "cpu_seconds_reuse": seconds[1] / 2, "kv_bytes": 50,
+              "kv_bytes_full": 100}  # fmt: skip
+    head = {"suite": "kv-reuse", "data": "d", "format": "kv_retrieval", "model": "m", "compressor": "kvzip",
+            "ratio": 0.5, "reuse": len(full), "max_new_tokens": 8, "query_aware": False, "offset": 0}  # fmt: skip
+    return {**head, **kw, **summarise(preds, [timing], len(full)), "predictions": preds}
+
+
+def test_merge_joins_contexts_and_refuses_other_settings():
+    a = _result("a", [1, 1], [1, 0], (40.0, 10.0))
+    b = _result("b", [0, 1], [0, 1], (20.0, 10.0), offset=1)
+    m = merge_reuse([a, b])
+    assert (m["contexts"], m["n"], m["offset"]) == (2, 4, 0)
+    assert m["accuracy_full"] == 0.75 and m["accuracy_reuse"] == 0.5 and m["diff"] == -0.25
+    assert m["speedup"] == 3.0 and m["cpu_speedup"] == 3.0 and m["seconds_full"] == 60.0
+    assert [x["accuracy_reuse"] for x in m["by_index"]] == [0.5, 0.5]
+    assert m["kv_bytes"] == 50 and len(m["timings"]) == 2
+    with pytest.raises(ConfigError, match="compressor 'snapkv'"):
+        merge_reuse([a, _result("c", [1, 1], [1, 1], (1.0, 1.0), compressor="snapkv")])
+    with pytest.raises(ConfigError, match=r"contexts \['a'\] appear in more than one"):
+        merge_reuse([a, a])
+    with pytest.raises(ConfigError, match="without per-context timings"):
+        merge_reuse([a, {k: v for k, v in b.items() if k != "timings"}])
+
+
+def test_key_value_contexts_are_named_by_their_row_in_the_file(smol):
+    """Runs over different --offset (one context each) name their contexts apart, so they can be merged."""
+    rows = read_jsonl(KV)
+    assert [c.id for c in kv_contexts(smol, rows[1:3], 2, 340, first=1)] == ["1", "2"]

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from ragcore.attention import attention_to_spans, rows_attention
+from ragcore.attention import attention_to_spans, max_attention, project_keys, rows_attention
 from ragcore.errors import ConfigError
 from ragcore.models import load_generator
 from ragcore.prompt import build_prompt
@@ -103,3 +103,23 @@ def test_rows_attention_batch_equals_one_sequence_at_a_time():
         want = attention_to_spans(model, s[None], rows=list(r), reduce_rows=False).tokens.float().mean((0, 1))
         assert g.shape == (len(r), len(s))
         torch.testing.assert_close(g, want, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("cells", [1 << 20, 100])  # one block of rows; blocks of one row
+def test_max_attention_equals_the_max_of_rows_attention(cells):
+    """max_attention (KVzip's reconstruction score) is rows_attention over the first n_keys keys, maximised over
+    the rows and each group's query heads, for rows fed after cached keys."""
+    model = tiny_model("qwen2", layers=1)
+    attn = model.model.layers[0].self_attn
+    torch.manual_seed(1)
+    h = torch.randn(1, 30, 64)
+    pe = model.model.rotary_emb(h, torch.arange(30)[None])
+    keys = torch.randn(1, 2, 50, 16)  # 20 cached keys, then the 30 rows' own
+    keys[:, :, 20:] = project_keys(attn, h, pe)
+    ref = rows_attention(attn, h, pe, slice(None), keys, key_offset=20)[..., :24]  # (1, 4, 30, 24)
+    ref = ref.amax(2).view(1, 2, 2, 24).amax(2)
+    got = max_attention(attn, h, pe, keys, 24, cells=cells)
+    assert got.shape == (1, 2, 24) and got.dtype == torch.float32
+    assert torch.allclose(got, ref, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ConfigError, match="n_keys=51"):
+        max_attention(attn, h, pe, keys, 51)
