@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import logging
 import random
-import resource
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ from tqdm.auto import tqdm
 
 from eval import metrics
 from eval.datasets import NQ_OPEN, load_nq_open, read_jsonl
+from eval.resources import peak_memory
 from eval.stats import mean_ci
 from ragcore.errors import ConfigError
 from ragcore.generator import GenerationConfig, Generator
@@ -39,14 +38,7 @@ from ragcore.types import Chunk, ScoredChunk
 logger = logging.getLogger(__name__)
 KV_SYSTEM = "You read key-value records and answer with the value of the requested key only."
 NEEDLE = "needle"
-
-
-def peak_memory(device: torch.device) -> int:
-    """Peak bytes: the GPU's peak allocation since the last reset, or the process's peak resident size."""
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(rss if sys.platform == "darwin" else rss * 1024)
+KV_DEFAULT = Path(__file__).parent / "data" / "kv_retrieval_75_keys.jsonl.gz"
 
 
 def kv_haystacks(lm: Generator, path: Path, tokens: int, limit: int, offset: int, seed: int = 0) -> list[dict]:
@@ -114,6 +106,17 @@ def needle_haystacks(lm: Generator, tokens: int, limit: int, offset: int) -> lis
     return out
 
 
+def longctx_items(lm: Generator, data: str | Path | None, tokens: int, limit: int, offset: int) -> list[dict]:
+    """The inputs of ``ragcore eval longctx``: ``data`` ``"needle"`` (:func:`needle_haystacks`), or a key-value
+    retrieval file (:func:`kv_haystacks`; default: the bundled ``kv_retrieval_75_keys``). Each item: ``id``,
+    ``text`` (the haystack), ``question``, ``answer``, ``depth`` (0-1), ``system`` (instruction or None).
+    Peers read these same items (``bench.peers.infini_retri.inputs``)."""
+    lm.warm_up()  # the tokenizer measures the haystacks
+    if str(data) == NEEDLE:
+        return needle_haystacks(lm, tokens, limit, offset)
+    return kv_haystacks(lm, Path(data) if data else KV_DEFAULT, tokens, limit, offset)
+
+
 def truncated_prompt(lm: Generator, item: dict, budget: int) -> Prompt:
     """The prompt with the haystack cut to its first and last ``budget / 2`` tokens (kept in order)."""
     ids = lm.tokenizer(item["text"], add_special_tokens=False)["input_ids"]
@@ -145,16 +148,7 @@ def run_longctx(
     lm = model if isinstance(model, Generator) else Generator(model, device)
     lm.warm_up()
     dev = lm.model.device
-    if str(data) == NEEDLE:
-        items = needle_haystacks(lm, tokens, limit, offset)
-    else:
-        items = kv_haystacks(
-            lm,
-            Path(data) if data else Path(__file__).parent / "data" / "kv_retrieval_75_keys.jsonl.gz",
-            tokens,
-            limit,
-            offset,
-        )
+    items = longctx_items(lm, data, tokens, limit, offset)
     cfg = GenerationConfig(max_new_tokens=max_new_tokens)
     budget = lm.context_window - max_new_tokens - 256  # room for the template and the question
     name = method.split("(")[0].split(":")[0].strip()
@@ -184,7 +178,7 @@ def run_longctx(
         g = lm.generate(prompt, config=cfg, compressor=kv)
         secs.append(time.perf_counter() - t0)
         read.append(len(prompt))
-        acc = float(it["answer"] in g.text)
+        acc = metrics.contains(g.text, it["answer"])
         preds.append(
             {
                 "id": it["id"],

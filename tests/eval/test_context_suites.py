@@ -66,3 +66,16 @@ def test_crag_run(lm):
     res = run_crag(lm, NQ, k=5, limit=2, offset=0, max_new_tokens=2)
     assert res["n"] == 2 and res["crag"]["tokens_mean"] < res["plain"]["tokens_mean"]
     assert 0 < res["tokens_saved"] < 1 and "accuracy_diff_ci95" in res
+
+
+def test_longctx_items_are_the_suites_inputs(lm):
+    from pathlib import Path
+
+    from eval.context_suites import longctx_items
+    from eval.metrics import contains
+    from eval.resources import peak_memory
+
+    assert longctx_items(lm, KV, 300, 2, 1) == kv_haystacks(lm, Path(KV), 300, limit=2, offset=1)
+    assert longctx_items(lm, "needle", 300, 1, 0) == needle_haystacks(lm, 300, limit=1, offset=0)
+    assert contains('the value is "a-1"', "a-1") == 1.0 and contains("A-1", "a-1") == 0.0 and contains("x", "") == 0.0
+    assert peak_memory("cpu") > 0
