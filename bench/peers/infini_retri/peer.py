@@ -30,7 +30,7 @@ CUDA (as ``ragcore.models.load_generator``). What differs, by the package's desi
 
 Accuracy: ``eval.metrics.contains`` (the answer string in the output), as ``ragcore eval longctx``. Seconds per
 query: the ``InfiniRetri.generate`` call (reading + answering), model loaded beforehand, as ragcore's timing of
-``compress`` + ``generate``. Peak memory: ``eval.resources.peak_memory`` (CUDA peak allocation, or the process's
+``compress`` + ``generate``; wall clock, and the process's CPU time (comparable on a shared CPU). Peak memory: ``eval.resources.peak_memory`` (CUDA peak allocation, or the process's
 peak resident size on CPU, model included). The output is rewritten after every item, so a stopped run leaves
 its first items.
 
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.cuda.reset_peak_memory_stats(dev)
     preds: list[dict[str, Any]] = []
     for i, it in enumerate(items):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         error = None
         try:
             text = ir.generate(
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             logger.exception("item %s failed", it["id"])
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
-        secs = time.perf_counter() - t0
+        secs, cpu = time.perf_counter() - t0, time.process_time() - c0
         info = infos[-1] if infos and error is None else {}
         preds.append(
             {
@@ -195,17 +195,19 @@ def main(argv: list[str] | None = None) -> int:
                 "accuracy": contains(text, it["answer"]),
                 "depth": it["depth"],
                 "seconds": secs,
+                "cpu_seconds": cpu,
                 "prompt_tokens": info.get("input_token_length"),
                 "text": text,
                 **({"error": error} if error else {}),
             }
         )
         logger.info(
-            "[%d/%d] %s %.1fs, answer read from %s tokens: %r (acc %d)",
+            "[%d/%d] %s %.1fs (CPU %.1fs), answer read from %s tokens: %r (acc %d)",
             i + 1,
             len(items),
             it["id"],
             secs,
+            cpu,
             info.get("input_token_length"),
             text[:60],
             preds[-1]["accuracy"],
@@ -239,6 +241,7 @@ def summary(
         "accuracy": acc,
         "ci95": ci,
         "seconds_per_query": sum(p["seconds"] for p in preds) / max(1, len(preds)),
+        "cpu_seconds_per_query": sum(p["cpu_seconds"] for p in preds) / max(1, len(preds)),
         "peak_mem_bytes": peak_memory(dev),
         "prompt_tokens_mean": sum(read) / max(1, len(read)),
         "device": str(dev),
