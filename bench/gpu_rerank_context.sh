@@ -5,15 +5,18 @@
 #   layer     the development check of InfiniRetri's layer, both models (synthetic haystacks, no evaluation data)
 #   longctx   key-value retrieval at 8k, 16k, 32k, 64k tokens: InfiniRetri (the layer from `layer`, LAYER_SMOL /
 #             LAYER_QWEN) against truncation, both models, 50 queries each; one process per run (own peak memory)
+#   peer      the authors' infini-retri 0.0.3 on the items of `longctx` at 8k and 64k, both models, 50 queries each
+#             (bench.peers.infini_retri; PEER_PY: the python of its venv, .venv-infini, see docs/gpu-runs.md)
 #   needle    hard-needle at 256k and 1M tokens, qwen2.5-0.5b, InfiniRetri, 20 queries each
 #   crag      qwen2.5-0.5b, NQ-open from question 201, n=300: CRAG (k=ceil(sqrt(10/2))=3) against plain top-10
 #   render    the docs/RESULTS.md sections and figures from the JSON files
-#   RAGCORE_CACHE=/var/tmp/cache bench/gpu_rerank_context.sh OUTDIR profile+layer position+crag longctx needle render
+#   RAGCORE_CACHE=/var/tmp/cache bench/gpu_rerank_context.sh OUTDIR profile+layer position+crag longctx peer needle render
 #   (STEP "a+b": a and b together; `position` reads the profiles `profile` stored in RAGCORE_CACHE)
 set -uo pipefail
 OUT=${1:?output folder}; shift
 mkdir -p "$OUT"
 PY=${PY:-python3}
+PEER_PY=${PEER_PY:-.venv-infini/bin/python}
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 R=(-m ragcore.cli -q)
 LAYER_SMOL=${LAYER_SMOL:-18}  # bench.infiniretri_layer on CPU (3 haystacks); `layer` re-measures it
@@ -45,6 +48,15 @@ for steps in "$@"; do
           $PY "${R[@]}" eval longctx --model "${m%%:*}" --device cuda --tokens $t --method "$meth" --limit 50 \
             --out "$OUT/$name.json" > "$OUT/$name.log" 2>&1
         done
+      done
+    done ;;
+  peer)
+    for t in 8192 65536; do
+      for m in smollm2-135m qwen2.5-0.5b; do
+        $PY -m bench.peers.infini_retri.inputs --model $m --tokens $t --limit 50 --out "$OUT/inputs-$m-$t.json" \
+          > "$OUT/inputs-$m-$t.log" 2>&1 &&
+        $PEER_PY -m bench.peers.infini_retri.peer --input "$OUT/inputs-$m-$t.json" --device cuda \
+          --out "$OUT/longctx-$m-$t-peer.json" > "$OUT/peer-$m-$t.log" 2>&1
       done
     done ;;
   needle)
