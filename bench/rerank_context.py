@@ -265,7 +265,10 @@ def main(argv: list[str] | None = None) -> int:
             f"Position sweep: accuracy per gold position and order ({data[0]['model']})",
         )
     elif a.kind == "longctx":
-        body, title = longctx_body(data), "Long inputs: InfiniRetri against truncation"
+        title = "Long inputs: InfiniRetri against truncation"
+        if any(_family(r["method"]) == "peer" for r in data):
+            title += " and the authors' infini-retri"
+        body = longctx_body(data)
     else:
         body, title = crag_body(data[0]), f"CRAG against plain top-{data[0]['k']} ({data[0]['model']})"
     write_section(a.section or a.kind, title, (a.note + "\n\n" if a.note else "") + body)
