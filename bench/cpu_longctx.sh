@@ -24,7 +24,8 @@ run() {  # run TOKENS LIMIT METHOD
     $PY -m ragcore.cli -q eval longctx --model $M --device cpu --tokens "$t" --method "$meth" --limit "$n" \
       --out "$OUT/$name.json" > "$OUT/$name.log" 2>&1
   fi
-  echo "$(date +%T) done $name (rc $?)"
+  local rc=$?
+  echo "$(date +%T) done $name (rc $rc)"
 }
 
 for tl in "$@"; do
