@@ -200,6 +200,7 @@ def longctx_body(runs: list[dict[str, Any]]) -> str:
             "CPU s/query": r.get("cpu_seconds_per_query", "-"),
             "peak MiB": r["peak_mem_bytes"] / 2**20,
             "prompt tokens read": r["prompt_tokens_mean"],
+            "answer kept": r.get("answer_in_prompt", "-"),
             "device": r["device"],
         }
         for r in sorted(runs, key=lambda r: (r["model"], r["data"], r["method"], r["tokens"]))
@@ -208,7 +209,8 @@ def longctx_body(runs: list[dict[str, Any]]) -> str:
     out = (
         "Peak memory: the GPU's peak allocation, or on CPU the process's peak resident size (model included). "
         "s/query: wall clock; CPU s/query: the process's CPU time per query (comparable when the CPU is shared). "
-        "Prompt tokens read: the prompt the answer is generated from.\n\n" + table(rows, cols, "{:.3f}")
+        "Prompt tokens read: the prompt the answer is generated from; answer kept: the share of those prompts that hold "
+        "the answer's value (- where the run predates the field).\n\n" + table(rows, cols, "{:.3f}")
     )
     pr = peer_rows(runs)
     if pr:

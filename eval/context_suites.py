@@ -7,7 +7,8 @@
   the ``hard-needle`` package (``--data needle``: three confusable facts in built-in distractor text). Writes
   ``accuracy`` (the value string appears in the answer), ``seconds_per_query`` (wall clock) and
   ``cpu_seconds_per_query`` (the process's CPU time: comparable on a shared CPU), ``peak_mem_bytes`` (the GPU's
-  peak allocation, or on CPU the process's peak resident size), ``n``.
+  peak allocation, or on CPU the process's peak resident size), ``n``, and ``answer_in_prompt``: the share of
+  prompts that still hold the answer's value (what the reader kept, apart from what the generator made of it).
 * ``crag``: NQ-open with the top ``k`` hybrid-retrieved passages, plain against CRAG-condensed: the generator's
   input tokens and accuracy, paired per question.
 * ``position``: see :mod:`eval.position`.
@@ -189,6 +190,7 @@ def run_longctx(
                 "seconds": secs[-1],
                 "cpu_seconds": cpu[-1],
                 "prompt_tokens": len(prompt),
+                "answer_in_prompt": metrics.contains(prompt.text, it["answer"]),  # kept by the reader
                 "text": g.text,
             }
         )
@@ -206,6 +208,7 @@ def run_longctx(
         "cpu_seconds_per_query": sum(cpu) / max(1, len(cpu)),
         "peak_mem_bytes": peak_memory(dev),
         "prompt_tokens_mean": sum(read) / max(1, len(read)),
+        "answer_in_prompt": sum(p["answer_in_prompt"] for p in preds) / max(1, len(preds)),
         "device": str(dev),
         "predictions": preds,
     }

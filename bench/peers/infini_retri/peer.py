@@ -197,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
                 "seconds": secs,
                 "cpu_seconds": cpu,
                 "prompt_tokens": info.get("input_token_length"),
+                "answer_in_prompt": contains(info.get("input_text", ""), it["answer"]),
                 "text": text,
                 **({"error": error} if error else {}),
             }
@@ -244,6 +245,7 @@ def summary(
         "cpu_seconds_per_query": sum(p["cpu_seconds"] for p in preds) / max(1, len(preds)),
         "peak_mem_bytes": peak_memory(dev),
         "prompt_tokens_mean": sum(read) / max(1, len(read)),
+        "answer_in_prompt": sum(p["answer_in_prompt"] for p in preds) / max(1, len(preds)),
         "device": str(dev),
         "n_errors": sum("error" in p for p in preds),
         "peer": {
