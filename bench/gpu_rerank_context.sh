@@ -5,19 +5,23 @@
 #   layer     the development check of InfiniRetri's layer, both models (synthetic haystacks, no evaluation data)
 #   longctx   key-value retrieval at 8k, 16k, 32k, 64k tokens: InfiniRetri (the layer from `layer`, LAYER_SMOL /
 #             LAYER_QWEN) against truncation, both models, 50 queries each; one process per run (own peak memory)
+#   peer      the authors' infini-retri 0.0.3 on the items of `longctx` at 8k and 64k, both models, 50 queries each
+#             (bench.peers.infini_retri; PEER_PY: the python of its venv, .venv-infini, see docs/gpu-runs.md)
 #   needle    hard-needle at 256k and 1M tokens, qwen2.5-0.5b, InfiniRetri, 20 queries each
 #   cragdev   CRAG's options (sentences per cluster, k) on NQ-open questions 1-200, against plain top-10
 #   crag      qwen2.5-0.5b, NQ-open from question 201, n=300: CRAG (CRAG_METHOD, default k=ceil(sqrt(10/2))=3,
 #             2 sentences per cluster) against plain top-10
 #   render    the docs/RESULTS.md sections and figures from the JSON files
-#   RAGCORE_CACHE=/var/tmp/cache bench/gpu_rerank_context.sh OUTDIR profile+layer position+crag+longctx+needle render
+#   peer      infini-retri 0.0.3 (the authors' package, its own environment PEER_PY) on the longctx items, 8k and 64k
+#   RAGCORE_CACHE=/var/tmp/cache bench/gpu_rerank_context.sh OUTDIR profile+layer position+crag+longctx+needle peer render
 #   (STEP "a+b": a and b together; `position` reads the profiles `profile` stored in RAGCORE_CACHE; longctx and
-#   needle run their sizes one after another, beside the other steps). MODELS: the models of profile, layer and
-#   longctx (default both bundled ones; "qwen2.5-0.5b" where SmolLM2's runs are made on a CPU).
+#   needle run their sizes one after another, beside the other steps). MODELS: the models of profile, layer,
+#   longctx and peer (default both bundled ones; "qwen2.5-0.5b" where SmolLM2's runs are made on a CPU).
 set -uo pipefail
 OUT=${1:?output folder}; shift
 mkdir -p "$OUT"
 PY=${PY:-python3}
+PEER_PY=${PEER_PY:-.venv-infini/bin/python}
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 R=(-m ragcore.cli -v -q)
 MODELS=${MODELS:-"smollm2-135m qwen2.5-0.5b"}
@@ -60,6 +64,16 @@ for steps in "$@"; do
           $PY "${R[@]}" eval longctx --model "${m%%:*}" --device "$DEVICE" --tokens $t --method "$meth" --limit "${N_LONGCTX:-50}" \
             --out "$OUT/$name.json" > "$OUT/$name.log" 2>&1
         done
+      done
+    done & ;;
+  peer)
+    for t in ${LONGCTX_TOKENS:-8192 65536}; do
+      for m in $MODELS; do
+        $PY -m bench.peers.infini_retri.inputs --model $m --tokens $t --limit "${N_LONGCTX:-50}" \
+          --out "$OUT/inputs-$m-$t.json" > "$OUT/inputs-$m-$t.log" 2>&1 &&
+        ${PEER_PY:?PEER_PY: the python of the infini-retri environment} -m bench.peers.infini_retri.peer \
+          --input "$OUT/inputs-$m-$t.json" --device "$DEVICE" --out "$OUT/longctx-$m-$t-peer.json" \
+          > "$OUT/peer-$m-$t.log" 2>&1
       done
     done & ;;
   needle)

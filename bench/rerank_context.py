@@ -113,6 +113,79 @@ def position_body(res: dict[str, Any], profile: dict[str, Any] | None) -> str:
     return head + f"![accuracy per position](figures/{name})\n\n" + table(rows, cols, "{:.3f}")
 
 
+PEER = "infini-retri"  # method names of the authors' package (bench.peers.infini_retri.peer)
+
+
+def _family(method: str) -> str:
+    return "peer" if method.startswith(PEER) else method.split("(")[0].strip()
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def peer_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """ragcore's ``infiniretri`` runs against the peer's at the same model, data and length, on the items both
+    ran (paired by id): accuracy side by side, and ours/peer ratios of wall and CPU seconds and of peak memory."""
+    rows = []
+    for peer in (r for r in runs if _family(r["method"]) == "peer"):
+        for ours in runs:
+            same = (
+                all(ours[k] == peer[k] for k in ("model", "tokens"))
+                and Path(ours["data"]).name == Path(peer["data"]).name
+            )
+            if not same or _family(ours["method"]) != "infiniretri":
+                continue
+            p_by = {x["id"]: x for x in peer["predictions"]}
+            both = [(x, p_by[x["id"]]) for x in ours["predictions"] if x["id"] in p_by]
+            if not both:
+                continue
+            cpu = [(x.get("cpu_seconds"), y.get("cpu_seconds")) for x, y in both]
+            cpu_ok = all(c is not None for pair in cpu for c in pair)
+            rows.append(
+                {
+                    "model": ours["model"],
+                    "tokens": ours["tokens"],
+                    "ours": ours["method"],
+                    "peer": peer["method"],
+                    "n (paired)": len(both),
+                    "accuracy ours": _mean([x["accuracy"] for x, _ in both]),
+                    "accuracy peer": _mean([y["accuracy"] for _, y in both]),
+                    "s/query ours/peer": _mean([x["seconds"] for x, _ in both])
+                    / _mean([y["seconds"] for _, y in both]),
+                    "CPU s/query ours/peer": (
+                        _mean([c[0] for c in cpu]) / _mean([c[1] for c in cpu]) if cpu_ok else "-"
+                    ),
+                    "peak memory ours/peer": ours["peak_mem_bytes"] / peer["peak_mem_bytes"],
+                }
+            )
+    return sorted(rows, key=lambda r: (r["model"], r["tokens"], r["ours"]))
+
+
+def growth_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Peak memory at the longest input over that at the shortest, per model, data and method."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for r in runs:
+        groups.setdefault((r["model"], Path(r["data"]).name, r["method"]), []).append(r)
+    rows = []
+    for (model, data, method), rs in sorted(groups.items()):
+        lo, hi = min(rs, key=lambda r: r["tokens"]), max(rs, key=lambda r: r["tokens"])
+        if hi["tokens"] == lo["tokens"]:
+            continue
+        rows.append(
+            {
+                "model": model,
+                "data": data,
+                "method": method,
+                "lengths": f"{hi['tokens']} / {lo['tokens']}",
+                "peak MiB (long)": hi["peak_mem_bytes"] / 2**20,
+                "peak MiB (short)": lo["peak_mem_bytes"] / 2**20,
+                "ratio": hi["peak_mem_bytes"] / lo["peak_mem_bytes"],
+            }
+        )
+    return rows
+
+
 def longctx_body(runs: list[dict[str, Any]]) -> str:
     rows = [
         {
@@ -124,29 +197,31 @@ def longctx_body(runs: list[dict[str, Any]]) -> str:
             "accuracy": r["accuracy"],
             "ci95": r["ci95"],
             "s/query": r["seconds_per_query"],
+            "CPU s/query": r.get("cpu_seconds_per_query", "-"),
             "peak MiB": r["peak_mem_bytes"] / 2**20,
             "prompt tokens read": r["prompt_tokens_mean"],
+            "answer kept": r.get("answer_in_prompt", "-"),
             "device": r["device"],
         }
         for r in sorted(runs, key=lambda r: (r["model"], r["data"], r["method"], r["tokens"]))
     ]
-    cols = [
-        "model",
-        "data",
-        "method",
-        "tokens",
-        "n",
-        "accuracy",
-        "ci95",
-        "s/query",
-        "peak MiB",
-        "prompt tokens read",
-        "device",
-    ]
-    return (
-        "Peak memory: the GPU's peak allocation, or on CPU the process's peak resident size (model included).\n\n"
-        + table(rows, cols, "{:.3f}")
+    cols = list(rows[0]) if rows else []
+    out = (
+        "Peak memory: the GPU's peak allocation, or on CPU the process's peak resident size (model included). "
+        "s/query: wall clock; CPU s/query: the process's CPU time per query (comparable when the CPU is shared). "
+        "Prompt tokens read: the prompt the answer is generated from; answer kept: the share of those prompts that hold "
+        "the answer's value (- where the run predates the field).\n\n" + table(rows, cols, "{:.3f}")
     )
+    pr = peer_rows(runs)
+    if pr:
+        out += (
+            "\n\n**Against the authors' package** (`infini-retri` 0.0.3, `bench.peers.infini_retri`; same items, "
+            "paired by id; ratios below 1: ragcore faster or smaller):\n\n" + table(pr, list(pr[0]), "{:.3f}")
+        )
+    gr = growth_rows(runs)
+    if gr:
+        out += "\n\n**Peak memory, longest over shortest input:**\n\n" + table(gr, list(gr[0]), "{:.3f}")
+    return out
 
 
 def crag_body(res: dict[str, Any]) -> str:
@@ -192,7 +267,10 @@ def main(argv: list[str] | None = None) -> int:
             f"Position sweep: accuracy per gold position and order ({data[0]['model']})",
         )
     elif a.kind == "longctx":
-        body, title = longctx_body(data), "Long inputs: InfiniRetri against truncation"
+        title = "Long inputs: InfiniRetri against truncation"
+        if any(_family(r["method"]) == "peer" for r in data):
+            title += " and the authors' infini-retri"
+        body = longctx_body(data)
     else:
         body, title = crag_body(data[0]), f"CRAG against plain top-{data[0]['k']} ({data[0]['model']})"
     write_section(a.section or a.kind, title, (a.note + "\n\n" if a.note else "") + body)

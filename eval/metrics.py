@@ -1,4 +1,4 @@
-"""Metrics: retrieval (recall@k, MRR, nDCG@10) and answers (exact match, token F1, accuracy).
+"""Metrics: retrieval (recall@k, MRR, nDCG@10) and answers (exact match, token F1, accuracy, contains).
 
 Intervals and paired differences of these are in ``eval.stats``. Standard library only (the kvpress peer
 imports this module in its own environment).
@@ -44,6 +44,12 @@ def accuracy(pred: str, golds: Sequence[str]) -> float:
     """1 if a normalised gold answer is contained in the normalised prediction (the NQ-open 'accuracy')."""
     p = f" {normalize(pred)} "
     return float(any(normalize(g) and f" {normalize(g)} " in p for g in golds))
+
+
+def contains(pred: str, answer: str) -> float:
+    """1 if ``answer`` appears verbatim (case and punctuation kept) in ``pred``: the score of key-value retrieval
+    and needle tasks, whose answers are exact strings (UUIDs, numbers)."""
+    return float(bool(answer) and answer in pred)
 
 
 def first_hit(ranked: Sequence[str], relevant: set[str]) -> int | None:

@@ -87,3 +87,16 @@ def test_eval_crag_runs_the_method_it_is_given(lm, monkeypatch):
     assert seen["method"] == "crag(sentences=4)"
     context_suites.run_suite(SimpleNamespace(**{**vars(a), "method": None}))
     assert seen["method"] == "crag"
+
+
+def test_longctx_items_are_the_suites_inputs(lm):
+    from pathlib import Path
+
+    from eval.context_suites import longctx_items
+    from eval.metrics import contains
+    from eval.resources import peak_memory
+
+    assert longctx_items(lm, KV, 300, 2, 1) == kv_haystacks(lm, Path(KV), 300, limit=2, offset=1)
+    assert longctx_items(lm, "needle", 300, 1, 0) == needle_haystacks(lm, 300, limit=1, offset=0)
+    assert contains('the value is "a-1"', "a-1") == 1.0 and contains("A-1", "a-1") == 0.0 and contains("x", "") == 0.0
+    assert peak_memory("cpu") > 0
