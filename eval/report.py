@@ -135,3 +135,13 @@ def _fmt(x: Any) -> str:
     if isinstance(x, float):
         return f"{x:.4f}" if abs(x) < 100 else f"{x:.1f}"
     return str(x)
+
+
+def dist_version(name: str) -> str | None:
+    """The installed version of distribution ``name``, or None when it is not installed (peers record theirs)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None

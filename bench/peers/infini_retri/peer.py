@@ -60,7 +60,7 @@ from infini_retri import InfiniRetri  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from eval.metrics import contains  # noqa: E402
-from eval.report import read_json, write_json  # noqa: E402
+from eval.report import dist_version, read_json, write_json  # noqa: E402
 from eval.resources import peak_memory  # noqa: E402
 from eval.stats import mean_ci  # noqa: E402
 
@@ -261,19 +261,10 @@ def summary(
             "max_new_tokens": a.max_new_tokens,
             "dtype": str(dtype).removeprefix("torch."),
             "attn_implementation": model.config._attn_implementation,
-            "versions": {k: _dist_version(k) for k in ("infini-retri", "transformers", "torch")},
+            "versions": {k: dist_version(k) for k in ("infini-retri", "transformers", "torch")},
         },
         "predictions": preds,
     }
-
-
-def _dist_version(name: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
 
 
 if __name__ == "__main__":

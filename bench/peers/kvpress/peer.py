@@ -40,7 +40,7 @@ import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache  # noqa: E402
 
 from eval.metrics import accuracy  # noqa: E402
-from eval.report import write_json  # noqa: E402
+from eval.report import dist_version, write_json  # noqa: E402
 from eval.stats import mean_ci  # noqa: E402
 
 logger = logging.getLogger("bench.peers.kvpress.peer")
@@ -277,8 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         "dtype": str(dtype).removeprefix("torch."),
         "attn_implementation": model.config._attn_implementation,
         "versions": {
-            "kvpress": getattr(kvpress, "__version__", None) or _dist_version("kvpress"),
-            "transformers": _dist_version("transformers"),
+            "kvpress": getattr(kvpress, "__version__", None) or dist_version("kvpress"),
+            "transformers": dist_version("transformers"),
             "torch": torch.__version__,
         },
         "predictions": preds,
@@ -287,15 +287,6 @@ def main(argv: list[str] | None = None) -> int:
     brief = {k: v for k, v in summary.items() if k != "predictions"}
     sys.stdout.write(json.dumps(brief) + "\n")
     return 0
-
-
-def _dist_version(name: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
 
 
 if __name__ == "__main__":
