@@ -7,7 +7,7 @@
 # runs, from a copy of the repository in /var/tmp/repo (so later carry calls cannot change the code under it):
 #   setup     wheels into /var/tmp/site (and kvpress's into /var/tmp/kvp), the GGUF into both caches, the model
 #             converted once per cache, NQ-open's top-20 ids dumped once (every KV suite reads the same file)
-#   issue 13  bench/gpu_attribution.sh                      (4 processes)
+#   issue 13  bench/gpu_attribution.sh (every suite at once, the slow ones in shards)
 #   issue 14  bench/gpu_rerank_context.sh, qwen2.5-0.5b only (SmolLM2's figures are made on a CPU)
 #   issue 16  bench/gpu_kv_agnostic.sh dev+head+aware+sxs+reuse, then report
 # and finally packs RES and the repository's docs/RESULTS.md and docs/figures into /var/tmp/res.tgz.

@@ -70,6 +70,16 @@ class Run:
     max_new_tokens: int = 32
     progress: Callable[[int, int], None] | None = None
 
+    def meta(self, suite: str, offset: int) -> dict[str, Any]:
+        """What every suite's result starts with: the suite, model, device, first item and seed."""
+        return {
+            "suite": suite,
+            "model": self.model,
+            "device": self.device or "auto",
+            "offset": offset,
+            "seed": self.seed,
+        }
+
     def loaded(self) -> tuple[Generator, GenerationConfig]:
         """The generator, loaded, and the decoding settings."""
         lm = Generator(self.model, self.device)
@@ -163,7 +173,7 @@ def eval_poisoned(
     (shards of one run: each question's shuffle is seeded by its index in the file, so shards merged with
     :func:`merge` equal one run)."""
     run_opts = Run(**run)
-    model, limit, seed, progress = run_opts.model, run_opts.limit, run_opts.seed, run_opts.progress
+    limit, seed, progress = run_opts.limit, run_opts.seed, run_opts.progress
     rows = load_poisoned(data or POISONED_NQ)[offset:][:limit]
     tracers = _tracers(methods, "passage")
     corpus = Corpus(nq)
@@ -199,12 +209,8 @@ def eval_poisoned(
         if progress:
             progress(i + 1, len(rows))
     out: dict[str, Any] = {
-        "suite": "poisoned",
+        **run_opts.meta("poisoned", offset),
         "data": str(data or POISONED_NQ),
-        "model": model,
-        "device": run_opts.device or "auto",
-        "offset": offset,
-        "seed": seed,
         "n": len(rows),
         "asr": _ci(attacked),
         "generation_seconds": float(np.mean(gen_s)) if gen_s else float("nan"),
@@ -297,7 +303,7 @@ def eval_injection(
     context, the best trace rank of a segment overlapping the injection (0 = top), from which the coverage of
     any K follows (``coverage_at``)."""
     r = Run(**run)
-    model, limit, seed, progress = r.model, r.limit, r.seed, r.progress
+    limit, seed, progress = r.limit, r.seed, r.progress
     from ragcore.attribution import INTERACTIVE_TRACER
     from ragcore.attribution.segments import Segment
 
@@ -364,12 +370,8 @@ def eval_injection(
         if progress:
             progress(i + 1, len(exs))
     out: dict[str, Any] = {
-        "suite": "injection",
-        "model": model,
-        "device": r.device or "auto",
-        "offset": offset,
+        **r.meta("injection", offset),
         "tracer": tr.label,
-        "seed": seed,
         "n_injected": len(followed),
         "n_clean": len(correct_clean),
         "followed": _ci(followed),
@@ -410,7 +412,7 @@ def eval_citations(
     """The citations suite (module docstring): per method, ``top_is_gold`` over correct answers and
     ``seconds_per_trace`` (ratios to the first method and to the generation time)."""
     r = Run(**run)
-    model, limit, seed, progress = r.model, r.limit, r.seed, r.progress
+    limit, seed, progress = r.limit, r.seed, r.progress
     tracers = _tracers(methods, unit)
     corpus, exs = _nq_examples(nq, limit, seed, offset)
     lm, cfg = r.loaded()
@@ -434,11 +436,7 @@ def eval_citations(
         if progress:
             progress(i + 1, len(exs))
     out: dict[str, Any] = {
-        "suite": "citations",
-        "model": model,
-        "device": r.device or "auto",
-        "offset": offset,
-        "seed": seed,
+        **r.meta("citations", offset),
         "n": len(exs),
         "n_correct": int(sum(correct)),
         "accuracy": _ci(correct),
