@@ -19,6 +19,7 @@ from pathlib import Path
 from bench.results import write_section
 from eval import attribution
 from eval.report import read_json, write_json
+from ragcore.errors import ConfigError
 
 INTERACTIVE = "attntrace(subsamples=1, keep=1.0)"
 TRACE_METHODS = f"attntrace,contextcite,loo,attention,{INTERACTIVE}"
@@ -143,7 +144,15 @@ def main(argv: list[str] | None = None) -> int:
         for n in SUITES:  # one file per suite, or shards NAME-*.json of one run (merged exactly)
             files = sorted(out.glob(f"{n}.json")) + sorted(out.glob(f"{n}-*.json"), key=_shard_key)
             if files:
-                runs[n] = read_json(files[0]) if len(files) == 1 else attribution.merge([read_json(f) for f in files])
+                try:
+                    parts = [read_json(f) for f in files]
+                    want = n.split("_")[0]  # injection_dev.json holds an injection result
+                    bad = [str(f) for f, r in zip(files, parts) if not isinstance(r, dict) or r.get("suite") != want]
+                    if bad:
+                        raise ConfigError(f"not {want} results: {', '.join(bad)}")
+                    runs[n] = parts[0] if len(parts) == 1 else attribution.merge(parts)
+                except (ConfigError, ValueError) as e:  # ValueError: a file that is not JSON
+                    ap.error(f"{out}: {e}")
         if not runs:
             ap.error(f"no suite JSON ({', '.join(SUITES)}) in {out}")
         if "injection" in runs and "injection_dev" not in runs:

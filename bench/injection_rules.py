@@ -20,6 +20,7 @@ from eval.attribution import GOALS, injections
 from eval.datasets import load_nq_open
 from eval.report import table
 from ragcore.attribution.segments import sentences
+from ragcore.errors import ConfigError
 from ragcore.registry import registry
 
 
@@ -55,19 +56,29 @@ def measure(pool: str, clean: int, spec: str = "rules") -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pool", default="dev", choices=["dev", "report", "all"])
-    ap.add_argument("--clean", type=int, default=2000, help="clean passages whose sentences are checked")
-    ap.add_argument("--detector", default="rules")
-    ap.add_argument("--show", type=int, default=20, help="missed strings and false positives printed")
+    ap.add_argument("--clean", type=int, default=2000, help="clean passages whose sentences are checked (>= 1)")
+    ap.add_argument(
+        "--detector", default="rules", help="a rules spec, e.g. rules(min_hits=2) (the judge needs a model)"
+    )
+    ap.add_argument("--show", type=int, default=20, help="missed strings and false positives printed (>= 0)")
     ap.add_argument("--write-results", default=None, metavar="SECTION")
     a = ap.parse_args(argv)
-    r = measure(a.pool, a.clean, a.detector)
+    if a.clean < 1 or a.show < 0:
+        ap.error(f"--clean takes at least 1 and --show at least 0, got {a.clean} and {a.show}")
+    if a.detector.split("(")[0].strip() != "rules":
+        ap.error(f"--detector takes a rules spec (the judge needs a model: ragcore eval injection), got {a.detector!r}")
+    try:
+        r = measure(a.pool, a.clean, a.detector)
+    except ConfigError as e:
+        ap.error(str(e))
     print(
         f"{r['detector']} on the {a.pool} strings: caught {r['caught']:.3f} of {r['strings']} "
         f"({r['caught_without_goal']:.3f} without their goal sentence); "
         f"clean sentences flagged {r['clean_flagged']:.4f} of {r['clean_sentences']}"
     )
-    for s in (r["missed"] + r["missed_without_goal"])[: a.show]:
-        print("  missed:", " ".join(s.split())[:160])
+    shown = [("missed", s) for s in r["missed"]] + [("missed without its goal", s) for s in r["missed_without_goal"]]
+    for how, s in shown[: a.show]:
+        print(f"  {how}:", " ".join(s.split())[:160])
     for s in r["false_positives"][: a.show]:
         print("  false positive:", " ".join(s.split())[:160])
     if a.write_results:

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from eval.datasets import DATA_DIR, QAExample, load_nq_open
+from eval.datasets import DATA_DIR, QAExample, load_nq_open, window
 from eval.metrics import accuracy, normalize
 from eval.stats import mean_ci
 from ragcore.errors import ConfigError
@@ -174,7 +174,7 @@ def eval_poisoned(
     :func:`merge` equal one run)."""
     run_opts = Run(**run)
     limit, seed, progress = run_opts.limit, run_opts.seed, run_opts.progress
-    rows = load_poisoned(data or POISONED_NQ)[offset:][:limit]
+    rows = window(load_poisoned(data or POISONED_NQ), offset, limit, "PoisonedRAG targets")
     tracers = _tracers(methods, "passage")
     corpus = Corpus(nq)
     lm, cfg = run_opts.loaded()
@@ -239,7 +239,7 @@ def _nq_examples(nq: str | Path | None, limit: int | None, seed: int, offset: in
     corpus = Corpus(nq)
     ex = list(corpus.data.examples)
     random.Random(seed).shuffle(ex)
-    return corpus, ex[offset:][:limit]
+    return corpus, window(ex, offset, limit, "questions")
 
 
 def _gold_context(corpus: Corpus, ex: QAExample, rng: random.Random, k: int = 5) -> tuple[list[Chunk], int]:
@@ -312,7 +312,7 @@ def eval_injection(
     tr = registry("tracer").build(tracer or INTERACTIVE_TRACER)
     corpus, exs = _nq_examples(nq, limit, seed, offset)
     strings = injections(seed, pool)
-    ks = [tr.top_k] if top_k is None else [top_k] if isinstance(top_k, int) else list(top_k)
+    ks = [tr.top_k] if top_k is None else [top_k] if isinstance(top_k, int) else list(dict.fromkeys(top_k))
     if not ks or any(isinstance(x, bool) or not isinstance(x, int) or x < 1 for x in ks):
         raise ConfigError(f"top_k must be positive integers, got {top_k!r}", param="top_k")
     k = ks[0]
@@ -464,6 +464,12 @@ def merge(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     methods = [k for k, v in results[0].items() if isinstance(v, dict) and "label" in v]
     if any([k for k, v in r.items() if isinstance(v, dict) and "label" in v] != methods for r in results):
         raise ConfigError("merge takes shards with the same methods", param="results")
+    for key in ("model", "seed"):
+        if len({str(r.get(key)) for r in results}) != 1:
+            raise ConfigError(f"merge takes shards of one {key}, got {sorted({str(r.get(key)) for r in results})}")
+    where = [(r.get("data"), r.get("offset", 0)) for r in results]
+    if len(set(where)) != len(where):
+        raise ConfigError(f"merge got the same shard twice (data and offset): {sorted(map(str, where))}")
 
     def pooled(get: Callable[[dict[str, Any]], tuple[float, float, int]]) -> tuple[float, float, int]:
         return pool([get(r) for r in results])
@@ -473,7 +479,9 @@ def merge(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
     out = {k: v for k, v in results[0].items() if not isinstance(v, dict) and k not in ("n", "offset", "n_correct")}
     out["n"] = sum(r["n"] for r in results)
-    out["shards"] = [{"offset": r.get("offset", 0), "n": r["n"]} for r in results]
+    out["shards"] = [{"data": r.get("data"), "offset": r.get("offset", 0), "n": r["n"]} for r in results]
+    if len({r.get("data") for r in results}) > 1:
+        out["data"] = [r.get("data") for r in results]
     out["generation_seconds"] = gen = per_q(lambda r: r["generation_seconds"])
     if suite == "poisoned":
         m, h, _ = pooled(lambda r: (r["asr"]["mean"], r["asr"]["ci95"], r["n"]))

@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from eval import metrics
-from eval.datasets import NQ_OPEN, load_nq_open, read_jsonl
+from eval.datasets import NQ_OPEN, load_nq_open, read_jsonl, window
 from eval.resources import peak_memory
 from eval.stats import mean_ci
 from ragcore.errors import ConfigError
@@ -237,7 +237,7 @@ def run_crag(
     retr = corpus_retriever(ds, path, progress)
     cfg = GenerationConfig(max_new_tokens=max_new_tokens)
     preds = []
-    for ex in tqdm(ds.examples[offset:][:limit], desc=f"crag {method}", disable=not progress):
+    for ex in tqdm(window(ds.examples, offset, limit, "questions"), desc=f"crag {method}", disable=not progress):
         top = retr.search(ex.question, k)
         row: dict[str, Any] = {"id": ex.id}
         for arm, passages in (("plain", top), (stage.label, None)):

@@ -73,3 +73,15 @@ def load_nq_open(path: str | Path | None = None) -> QADataset:
         corpus.setdefault(c.id, c)
         examples.append(ex)
     return QADataset(path.name, examples, list(corpus.values()))
+
+
+def window(items: list, offset: int, limit: int | None, what: str = "items") -> list:
+    """``items[offset:offset + limit]``, the slice every suite evaluates, refused by name when it is empty or
+    the numbers are not what they say (a negative offset, a limit below 1, an offset past the end)."""
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise ConfigError(f"offset must be a non-negative integer, got {offset!r}", param="offset")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ConfigError(f"limit must be a positive integer, got {limit!r}", param="limit")
+    if offset >= len(items):
+        raise ConfigError(f"offset {offset} skips all {len(items)} {what}", param="offset")
+    return items[offset:][:limit]

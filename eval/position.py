@@ -23,7 +23,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from eval import metrics
-from eval.datasets import NQ_OPEN, QAExample, load_nq_open
+from eval.datasets import NQ_OPEN, QAExample, load_nq_open, window
 from eval.stats import mean_ci
 from ragcore.errors import ConfigError
 from ragcore.generator import GenerationConfig, Generator
@@ -66,16 +66,13 @@ def position_items(
     """``limit`` questions from ``offset`` on, each with its gold passage and ``n_passages - 1`` distractors."""
     from eval.runner import corpus_retriever
 
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ConfigError(f"limit must be a positive integer, got {limit!r}", param="limit")
     path = Path(data) if data else NQ_OPEN
     ds = load_nq_open(path)
-    if offset >= len(ds.examples):
-        raise ConfigError(f"offset {offset} skips all {len(ds.examples)} questions of {str(path)!r}", param="offset")
+    examples = window(ds.examples, offset, limit, f"questions of {str(path)!r}")
     retr = corpus_retriever(ds, path, progress)
     by_id = ds.by_id()
     items = []
-    for ex in tqdm(ds.examples[offset:][:limit], desc="distractors", disable=not progress):
+    for ex in tqdm(examples, desc="distractors", disable=not progress):
         gold = by_id[next(iter(ex.gold_ids))]
         found = retr.search(ex.question, 4 * n_passages)
         dis = [r.chunk for r in found if r.chunk.id not in ex.gold_ids and not _holds_answer(r.chunk.text, ex.answers)]

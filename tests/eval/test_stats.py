@@ -54,3 +54,40 @@ def test_pool_equals_mean_ci_of_the_union():
     m0, h0 = mean_ci(xs)
     assert n == len(xs) and abs(m - m0) < 1e-12 and abs(h - h0) < 1e-12
     assert pool([]) == (0.0, 0.0, 0) and pool([(0.5, 0.0, 1), (0.0, 0.0, 0)]) == (0.5, 0.0, 1)
+
+
+def test_every_suite_window_is_refused_by_name_when_empty_or_wrong():
+    import pytest
+
+    from eval.datasets import window
+    from ragcore.errors import ConfigError
+
+    assert window(list(range(10)), 3, 4) == [3, 4, 5, 6] and window(list(range(10)), 8, None) == [8, 9]
+    for offset, limit, param in (
+        (10, 1, "offset"),
+        (-1, 1, "offset"),
+        (0, 0, "limit"),
+        (0, -2, "limit"),
+        (0, True, "limit"),
+    ):
+        with pytest.raises(ConfigError) as e:
+            window(list(range(10)), offset, limit)
+        assert e.value.param == param
+
+
+def test_merge_refuses_the_same_shard_twice_and_mixed_models():
+    import json
+    from pathlib import Path
+
+    import pytest
+
+    from eval.attribution import merge
+    from ragcore.errors import ConfigError
+
+    shard = json.loads(Path("docs/data/gpu/2026-11-30/attribution/poisoned-0.json").read_text())
+    with pytest.raises(ConfigError, match="same shard twice"):
+        merge([shard, shard])
+    with pytest.raises(ConfigError, match="one model"):
+        merge([shard, {**shard, "model": "other", "data": "x"}])
+    two = merge([shard, {**shard, "data": "elsewhere"}])
+    assert two["n"] == 2 * shard["n"] and two["data"] == [shard["data"], "elsewhere"]
