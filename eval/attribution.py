@@ -165,73 +165,106 @@ def eval_poisoned(
     top_k: int = 5,
     nq: str | Path | None = None,
     offset: int = 0,
+    shuffles: int = 1,
     **run: Any,
 ) -> dict[str, Any]:
-    """The PoisonedRAG suite (module docstring); one entry per method, each with ``asr``, ``asr_defended`` (over
-    every target), ``asr_defended_attacked`` (over the targets whose first answer was attacked), ``trace_precision``,
-    ``trace_recall``, ``seconds_per_trace`` and ``n``. ``offset`` skips target questions
-    (shards of one run: each question's shuffle is seeded by its index in the file, so shards merged with
-    :func:`merge` equal one run)."""
+    """The PoisonedRAG suite (module docstring), ``shuffles`` seeded orders of each target's 10 texts (contexts =
+    targets x shuffles; intervals clustered by target). Per context, one ``records`` entry; per method the
+    summary of :func:`summarize_poisoned`. ``offset`` skips target questions (shards of one run: each context's
+    shuffle is seeded by its target's index in the file, so shards merged with :func:`merge` equal one run)."""
+    if isinstance(shuffles, bool) or not isinstance(shuffles, int) or shuffles < 1:
+        raise ConfigError(f"shuffles must be a positive integer, got {shuffles!r}", param="shuffles")
     run_opts = Run(**run)
     limit, seed, progress = run_opts.limit, run_opts.seed, run_opts.progress
     rows = window(load_poisoned(data or POISONED_NQ), offset, limit, "PoisonedRAG targets")
     tracers = _tracers(methods, "passage")
     corpus = Corpus(nq)
     lm, cfg = run_opts.loaded()
-    attacked: list[float] = []
-    gen_s: list[float] = []
-    per: dict[str, dict[str, list[float]]] = {m: {"p": [], "r": [], "def": [], "def_att": [], "s": []} for m in tracers}
+    records: list[dict[str, Any]] = []
+    total = len(rows) * shuffles
     for i, row in enumerate(rows):
         bad = normalize(row["incorrect answer"])
-        adv = [Chunk(t, f"attack:{j}") for j, t in enumerate(row["adv_texts"][:5])]
-        ctx = adv + corpus.top(row["question"], 5)
-        random.Random(seed * 100_003 + offset + i).shuffle(ctx)
-        prompt = lm.prompt(row["question"], ctx)
-        t0 = time.perf_counter()
-        g = lm.generate(prompt, config=cfg)
-        gen_s.append(time.perf_counter() - t0)
-        hit = float(bad in normalize(g.text))
-        attacked.append(hit)
-        for m, tr in tracers.items():
-            t = tr.trace(prompt, g, lm)
-            per[m]["s"].append(t.seconds)
-            top = {t.segments[j].passage for j in t.top(top_k)}
+        clean = corpus.top(row["question"], 5)
+        for sh in range(shuffles):
+            ctx = [Chunk(t, f"attack:{j}") for j, t in enumerate(row["adv_texts"][:5])] + clean
+            random.Random(seed * 100_003 + offset + i + 7_919_003 * sh).shuffle(ctx)
             is_adv = {p for p, c in enumerate(ctx) if c.source_id.startswith("attack:")}
-            if hit:
-                per[m]["p"].append(len(top & is_adv) / max(len(top), 1))
-                per[m]["r"].append(len(top & is_adv) / max(len(is_adv), 1))
-            kept = [c for p, c in enumerate(ctx) if p not in top]
-            g2 = lm.generate(lm.prompt(row["question"], kept), config=cfg)
-            per[m]["def"].append(float(bad in normalize(g2.text)))
-            if hit:
-                per[m]["def_att"].append(per[m]["def"][-1])
-        logger.info("poisoned %d/%d: attacked=%s", i + 1, len(rows), bool(hit))
-        if progress:
-            progress(i + 1, len(rows))
+            prompt = lm.prompt(row["question"], ctx)
+            t0 = time.perf_counter()
+            g = lm.generate(prompt, config=cfg)
+            rec: dict[str, Any] = {
+                "target": offset + i,
+                "shuffle": sh,
+                "attacked": float(bad in normalize(g.text)),
+                "generation_seconds": time.perf_counter() - t0,
+                "methods": {},
+            }
+            for m, tr in tracers.items():
+                t = tr.trace(prompt, g, lm)
+                top = {t.segments[j].passage for j in t.top(top_k)}
+                kept = [c for p, c in enumerate(ctx) if p not in top]
+                g2 = lm.generate(lm.prompt(row["question"], kept), config=cfg)
+                rec["methods"][m] = {
+                    "seconds": t.seconds,
+                    "precision": len(top & is_adv) / max(len(top), 1),
+                    "recall": len(top & is_adv) / max(len(is_adv), 1),
+                    "attacked_after_removal": float(bad in normalize(g2.text)),
+                }
+            records.append(rec)
+            logger.info("poisoned %d/%d: attacked=%s", len(records), total, bool(rec["attacked"]))
+            if progress:
+                progress(len(records), total)
     out: dict[str, Any] = {
         **run_opts.meta("poisoned", offset),
         "data": str(data or POISONED_NQ),
-        "n": len(rows),
-        "asr": _ci(attacked),
-        "generation_seconds": float(np.mean(gen_s)) if gen_s else float("nan"),
+        "targets": len(rows),
+        "shuffles": shuffles,
+        "top_k": top_k,
     }
-    speed = _speed({m: v["s"] for m, v in per.items()}, gen_s)
-    for m, v in per.items():
-        out[m] = {
-            "label": tracers[m].label,
-            "n": len(rows),
-            "n_attacked": len(v["p"]),
-            "asr": out["asr"]["mean"],
-            "asr_defended": _ci(v["def"])["mean"],
-            "asr_defended_ci95": _ci(v["def"])["ci95"],
-            "asr_defended_attacked": _ci(v["def_att"])["mean"],
-            "asr_defended_attacked_ci95": _ci(v["def_att"])["ci95"],
-            "trace_precision": _ci(v["p"])["mean"],
-            "trace_precision_ci95": _ci(v["p"])["ci95"],
-            "trace_recall": _ci(v["r"])["mean"],
-            "trace_recall_ci95": _ci(v["r"])["ci95"],
-            **speed[m],
-        }
+    return {**out, **summarize_poisoned(records, {m: tr.label for m, tr in tracers.items()})}
+
+
+def summarize_poisoned(records: Sequence[dict[str, Any]], labels: dict[str, str]) -> dict[str, Any]:
+    """The figures of a PoisonedRAG run from its per-context ``records``, intervals clustered by target
+    (:func:`eval.stats.cluster_mean_ci`). ``asr``: share of contexts whose answer holds the attacker's answer. Per
+    method: ``trace_precision`` and ``trace_recall`` of the top-K traced texts against the attack texts over the
+    attacked answers; ``asr_defended``: the ASR when every attacked answer is traced and answered again without
+    its top K (the post-attack forensics of AttnTrace, section 5: unattacked answers are left as they are);
+    ``asr_defended_attacked``: the share of attacked answers still attacked after that; ``asr_defended_all``: the
+    ASR when every answer, attacked or not, loses its top K (removing the clean passages of an unattacked answer
+    leaves only attack texts); ``seconds_per_trace`` and its ratios to the first method and to the generation."""
+    from eval.stats import cluster_mean_ci
+
+    def ci(xs: list[float], cl: list[int]) -> tuple[float, float]:
+        return cluster_mean_ci(xs, cl) if xs else (float("nan"), float("nan"))
+
+    tg = [r["target"] for r in records]
+    att = [r["attacked"] for r in records]
+    hit = [r for r in records if r["attacked"]]
+    asr, asr_h = ci(att, tg)
+    gen = float(np.mean([r["generation_seconds"] for r in records])) if records else float("nan")
+    out: dict[str, Any] = {"n": len(records), "asr": {"mean": asr, "ci95": asr_h}, "generation_seconds": gen}
+    first = next(iter(labels), None)
+    base = float(np.mean([r["methods"][first]["seconds"] for r in records])) if records and first else float("nan")
+    for m, label in labels.items():
+        after = [r["methods"][m]["attacked_after_removal"] for r in records]
+        forensic = [a * r["attacked"] for a, r in zip(after, records)]
+        secs = float(np.mean([r["methods"][m]["seconds"] for r in records])) if records else float("nan")
+        e: dict[str, Any] = {"label": label, "n": len(records), "n_attacked": len(hit), "asr": asr}
+        htg = [r["target"] for r in hit]
+        for key, xs, cl in (
+            ("asr_defended", forensic, tg),
+            ("asr_defended_attacked", [r["methods"][m]["attacked_after_removal"] for r in hit], htg),
+            ("asr_defended_all", after, tg),
+            ("trace_precision", [r["methods"][m]["precision"] for r in hit], htg),
+            ("trace_recall", [r["methods"][m]["recall"] for r in hit], htg),
+        ):
+            e[key], e[key + "_ci95"] = ci(xs, cl)
+        e["seconds_per_trace"] = secs
+        e["ratio_to_" + str(first)] = secs / base if base else float("nan")
+        e["ratio_to_generation"] = secs / gen if gen else float("nan")
+        out[m] = e
+    out["records"] = list(records)
     return out
 
 
@@ -450,9 +483,11 @@ def eval_citations(
 
 
 def merge(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """One ``poisoned`` or ``citations`` result from shards of the same run (disjoint questions, same methods):
-    counts added, means and intervals pooled exactly (:func:`eval.stats.pool`), seconds averaged per question and
-    the ratios recomputed. ``shards`` lists each shard's ``offset`` and ``n``."""
+    """One ``poisoned`` or ``citations`` result from shards of the same run (disjoint questions, same methods).
+    PoisonedRAG shards with per-context ``records`` are summarised again from all of them
+    (:func:`summarize_poisoned`); otherwise counts are added, means and intervals pooled exactly
+    (:func:`eval.stats.pool`), seconds averaged per question and the ratios recomputed. ``shards`` lists each
+    shard's ``offset`` and ``n``."""
     from eval.stats import pool
 
     if not results:
@@ -470,6 +505,22 @@ def merge(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     where = [(r.get("data"), r.get("offset", 0)) for r in results]
     if len(set(where)) != len(where):
         raise ConfigError(f"merge got the same shard twice (data and offset): {sorted(map(str, where))}")
+
+    if suite == "poisoned" and all("records" in r for r in results):  # exact: the figures again from every context
+        if len({str(r.get("shuffles", 1)) for r in results}) != 1:
+            raise ConfigError("merge takes shards of one shuffles setting", param="results")
+        keys = [(c["target"], c["shuffle"]) for r in results for c in r["records"]]
+        if len(set(keys)) != len(keys):
+            raise ConfigError("merge got a PoisonedRAG context twice (shards overlap)", param="results")
+        out = {
+            k: v for k, v in results[0].items() if not isinstance(v, (dict, list)) and k not in ("offset", "targets")
+        }
+        out["targets"] = sum(r.get("targets", r["n"]) for r in results)
+        out["shards"] = [{"data": r.get("data"), "offset": r.get("offset", 0), "n": r["n"]} for r in results]
+        if len({r.get("data") for r in results}) > 1:
+            out["data"] = [r.get("data") for r in results]
+        labels = {m: results[0][m]["label"] for m in methods}
+        return {**out, **summarize_poisoned([c for r in results for c in r["records"]], labels)}
 
     def pooled(get: Callable[[dict[str, Any]], tuple[float, float, int]]) -> tuple[float, float, int]:
         return pool([get(r) for r in results])

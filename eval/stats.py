@@ -60,6 +60,38 @@ def pool(parts: Sequence[tuple[float, float, int]], z: float = Z95) -> tuple[flo
     return mean, z * math.sqrt(ss / (total - 1) / total), total
 
 
+def cluster_mean_ci(xs: Sequence[float], clusters: Sequence[object], z: float = Z95) -> tuple[float, float]:
+    """Mean of ``xs`` and the half-width of its interval when items of one cluster are not independent (several
+    shuffles of one PoisonedRAG target): the cluster-robust (sandwich) standard error of the ratio estimator
+    sum(x) / n over the clusters' sums. Equals :func:`mean_ci` when every cluster holds one item.
+
+    Parameters
+    ----------
+    xs : sequence of float
+        Per-item values.
+    clusters : sequence
+        Per item, the cluster it belongs to (any hashable label), as long as ``xs``.
+
+    Raises
+    ------
+    ValueError
+        ``clusters`` is not as long as ``xs``.
+    """
+    if len(xs) != len(clusters):
+        raise ValueError(f"one cluster per value: {len(xs)} values against {len(clusters)} clusters")
+    n = len(xs)
+    if n == 0:
+        return 0.0, 0.0
+    m = sum(xs) / n
+    sums: dict[object, float] = {}
+    for x, c in zip(xs, clusters):
+        sums[c] = sums.get(c, 0.0) + (x - m)
+    k = len(sums)
+    if k < 2:
+        return m, 0.0
+    return m, z * math.sqrt(k / (k - 1) * sum(e * e for e in sums.values())) / n
+
+
 def paired_diffs(xs: Sequence[float], ys: Sequence[float]) -> list[float]:
     """Per item, ``xs[i] - ys[i]``.
 

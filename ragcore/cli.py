@@ -60,6 +60,7 @@ FLAGS = {
     "tokens": "--tokens",
     "top_k": "--top-k",
     "pool": "--pool",
+    "shuffles": "--shuffles",
 }
 COMMAND_FLAGS = {"index": {"model": "--embedder"}}
 
@@ -471,7 +472,9 @@ def _eval_attribution(a: argparse.Namespace) -> dict:
         max_new_tokens=a.max_new_tokens or 32,
     )
     if a.suite == "poisoned":
-        return attribution.eval_poisoned(a.data, a.method or "attntrace", offset=a.offset or 0, **common)
+        return attribution.eval_poisoned(
+            a.data, a.method or "attntrace", offset=a.offset or 0, shuffles=a.shuffles, **common
+        )
     if a.suite == "injection":
         return attribution.eval_injection(
             a.detector,
@@ -785,6 +788,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="injection: traced segments the detectors read, one or several (5,10,20; default: the tracer's K)",
     )
     sp.add_argument("--seed", type=int, default=0, help="poisoned, injection, citations: shuffles and positions")
+    sp.add_argument(
+        "--shuffles",
+        type=int,
+        default=1,
+        help="poisoned: seeded orders of each target's texts (contexts = targets x shuffles; intervals by target)",
+    )
     sp.add_argument("--order", default="all", help="position: reranker specs separated by commas, or all")
     sp.add_argument("--tokens", type=int, default=8192, help="longctx: input length in tokens (default 8192)")
     sp.set_defaults(fn=_cmd_eval)

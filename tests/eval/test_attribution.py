@@ -1,0 +1,60 @@
+"""The PoisonedRAG suite on the real SmolLM2: shuffles per target, figures from per-context records, and shards that
+merge into exactly the figures of one run."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from eval.attribution import eval_poisoned, merge
+from eval.stats import cluster_mean_ci, mean_ci
+from ragcore.errors import ConfigError
+
+FAST = "attntrace(subsamples=1, keep=1.0)"
+RUN = {"model": "smollm2-135m", "device": "cpu", "max_new_tokens": 6}
+
+
+@pytest.fixture(scope="module")
+def whole():
+    return eval_poisoned(None, FAST, limit=2, shuffles=2, **RUN)
+
+
+def test_every_target_is_asked_in_each_shuffle_and_the_figures_come_from_the_records(whole):
+    recs = whole["records"]
+    assert whole["n"] == 4 and whole["targets"] == 2 and len(recs) == 4
+    assert sorted((r["target"], r["shuffle"]) for r in recs) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    e = whole[FAST]
+    assert whole["asr"]["mean"] == pytest.approx(sum(r["attacked"] for r in recs) / 4)
+    forensic = sum(r["attacked"] * r["methods"][FAST]["attacked_after_removal"] for r in recs) / 4
+    assert e["asr_defended"] == pytest.approx(forensic) and e["asr_defended"] <= whole["asr"]["mean"]
+    assert e["n_attacked"] == sum(1 for r in recs if r["attacked"])
+    for r in recs:
+        m = r["methods"][FAST]
+        assert 0 <= m["precision"] <= 1 and 0 <= m["recall"] <= 1 and m["seconds"] > 0
+    assert e["seconds_per_trace"] > 0 and math.isfinite(e["ratio_to_generation"])
+
+
+def test_shards_merge_into_the_figures_of_one_run(whole):
+    a = eval_poisoned(None, FAST, limit=1, shuffles=2, **RUN)
+    b = eval_poisoned(None, FAST, offset=1, limit=1, shuffles=2, **RUN)
+    m = merge([a, b])
+    assert m["n"] == whole["n"] and m["targets"] == 2
+    for key in ("n_attacked", "asr_defended", "asr_defended_ci95", "trace_precision", "asr_defended_all"):
+        assert m[FAST][key] == pytest.approx(whole[FAST][key], nan_ok=True), key
+    assert m["asr"] == pytest.approx(whole["asr"])
+    with pytest.raises(ConfigError, match="twice"):
+        merge([a, {**a, "data": "elsewhere"}])
+
+
+def test_shuffles_must_be_positive():
+    with pytest.raises(ConfigError, match="shuffles must be a positive integer, got 0"):
+        eval_poisoned(None, FAST, limit=1, shuffles=0, **RUN)
+
+
+def test_clustered_interval_counts_a_repeated_item_once():
+    xs = [1.0, 0.0, 1.0, 1.0, 0.0]
+    assert cluster_mean_ci(xs, range(5)) == pytest.approx(mean_ci(xs))
+    assert cluster_mean_ci(xs * 2, list(range(5)) * 2) == pytest.approx(mean_ci(xs))
+    with pytest.raises(ValueError, match="one cluster per value"):
+        cluster_mean_ci(xs, [0])
