@@ -9,8 +9,9 @@
 #             (bench.peers.infini_retri; PEER_PY: the python of its venv, .venv-infini, see docs/gpu-runs.md)
 #   needle    hard-needle at 256k and 1M tokens, qwen2.5-0.5b, InfiniRetri, 20 queries each
 #   cragdev   CRAG's options (sentences per cluster, k) on NQ-open questions 1-200, against plain top-10
-#   crag      qwen2.5-0.5b, NQ-open from question 201, n=300: CRAG (CRAG_METHOD, default k=ceil(sqrt(10/2))=3,
-#             2 sentences per cluster) against plain top-10
+#   crag      qwen2.5-0.5b, NQ-open from question 201, n=300: CRAG (CRAG_METHOD, default the setting that
+#             `bench.rerank_context choose-crag` picks from cragdev's JSON) against plain top-10
+#   cragboth  cragdev, then crag with its choice, as one chain beside the other steps
 #   render    the docs/RESULTS.md sections and figures from the JSON files
 #   peer      infini-retri 0.0.3 (the authors' package, its own environment PEER_PY) on the longctx items, 8k and 64k
 #   RAGCORE_CACHE=/var/tmp/cache bench/gpu_rerank_context.sh OUTDIR profile+layer position+crag+longctx+needle peer render
@@ -81,14 +82,23 @@ for steps in "$@"; do
       $PY "${R[@]}" eval longctx --data needle --model "$GEN" --device "$DEVICE" --tokens $t \
         --method "$(infini "$LAYER_QWEN")" --limit "${N_NEEDLE:-20}" --out "$OUT/needle-$t.json" > "$OUT/needle-$t.log" 2>&1
     done & ;;
-  cragdev)  # CRAG's options on the development questions 1-200 (the report reads from question 201)
-    for spec in "crag" "crag(sentences=4)" "crag(sentences=6)" "crag(sentences=8)" "crag(k=5, sentences=3)"; do
-      name=cragdev-$(echo "$spec" | tr -d '() ' | tr '=,' '__')
-      $PY "${R[@]}" eval crag --model "$GEN" --device "$DEVICE" --k 10 --method "$spec" --offset 0 --limit "${N_CRAGDEV:-200}" \
-        --out "$OUT/$name.json" > "$OUT/$name.log" 2>&1 &
-    done ;;
-  crag)  # CRAG_METHOD: the setting cragdev chose (least accuracy lost with >= 46% fewer tokens)
-    $PY "${R[@]}" eval crag --model "$GEN" --device "$DEVICE" --k 10 --method "${CRAG_METHOD:-crag}" --offset 200 \
+  cragdev|cragboth)  # CRAG's options on the development questions 1-200 (the report reads from question 201)
+    (
+      for spec in ${CRAG_SPECS:-"crag" "crag(sentences=4)" "crag(sentences=8)" "crag(sentences=12)" "crag(k=5, sentences=4)" "crag(k=5, sentences=7)"}; do
+        name=cragdev-$(echo "$spec" | tr -d '() ' | tr '=,' '__')
+        $PY "${R[@]}" eval crag --model "$GEN" --device "$DEVICE" --k 10 --method "$spec" --offset 0 --limit "${N_CRAGDEV:-200}" \
+          --out "$OUT/$name.json" > "$OUT/$name.log" 2>&1 &
+      done
+      wait
+      [ "$step" = cragboth ] || exit 0
+      CRAG_METHOD=$($PY -m bench.rerank_context choose-crag "$OUT"/cragdev-*.json --section crag-dev-gpu --note "GPU run") || exit 1
+      echo "$(date +%T) crag chose $CRAG_METHOD"
+      $PY "${R[@]}" eval crag --model "$GEN" --device "$DEVICE" --k 10 --method "$CRAG_METHOD" --offset 200 \
+        --limit "${N_CRAG:-300}" --out "$OUT/crag-qwen.json" > "$OUT/crag.log" 2>&1
+    ) & ;;
+  crag)  # CRAG_METHOD: the setting cragdev chose (bench.rerank_context choose-crag)
+    CRAG_METHOD=${CRAG_METHOD:-$($PY -m bench.rerank_context choose-crag "$OUT"/cragdev-*.json)} || exit 1
+    $PY "${R[@]}" eval crag --model "$GEN" --device "$DEVICE" --k 10 --method "$CRAG_METHOD" --offset 200 \
       --limit "${N_CRAG:-300}" --out "$OUT/crag-qwen.json" > "$OUT/crag.log" 2>&1 & ;;
   render)
     $PY -m bench.rerank_context profile "$OUT"/profile-*.json --section attn-profile-gpu --note "GPU run"

@@ -9,6 +9,7 @@ memory is its own (on CPU, the process's peak resident size).
     python -m bench.rerank_context position out/position-qwen.json --profile out/profile-qwen.json
     python -m bench.rerank_context longctx out/longctx-*.json
     python -m bench.rerank_context crag out/crag-qwen.json
+    python -m bench.rerank_context choose-crag out/cragdev-*.json [--section crag-dev]   # prints the chosen spec
 
 ``--section`` overrides the section name (default: the kind, with ``--note`` text under the title).
 """
@@ -244,17 +245,53 @@ def crag_body(res: dict[str, Any]) -> str:
     )
 
 
+TOKENS_SAVED = 0.46  # issue 14: CRAG needs at least 46% fewer generator input tokens than plain top-10
+
+
+def choose_crag(runs: list[dict[str, Any]]) -> str:
+    """The CRAG setting (``method`` spec) of the development runs that loses the least accuracy against plain top
+    k among those saving at least :data:`TOKENS_SAVED` of the tokens (all of them if none does); ties go to the one
+    saving more."""
+    ok = [r for r in runs if r["tokens_saved"] >= TOKENS_SAVED] or list(runs)
+    return max(ok, key=lambda r: (r["accuracy_diff"], r["tokens_saved"]))["method"]
+
+
+def crag_dev_body(runs: list[dict[str, Any]]) -> str:
+    chosen = choose_crag(runs)
+    rows = [
+        {
+            "setting": f"`{r['method']}`" + (" (chosen)" if r["method"] == chosen else ""),
+            "tokens saved %": _ci(r["tokens_saved"], r["tokens_saved_ci95"]),
+            "accuracy change (points)": _ci(r["accuracy_diff"], r["accuracy_diff_ci95"]),
+            "n": r["n"],
+        }
+        for r in runs
+    ]
+    return (
+        f"{runs[0]['model']}, NQ-open questions {runs[0].get('offset', 0) + 1}-{runs[0].get('offset', 0) + runs[0]['n']}"
+        f" (development), top {runs[0]['k']}: each CRAG setting against plain top {runs[0]['k']}, paired. Chosen: the "
+        f"least accuracy lost among settings saving at least {TOKENS_SAVED:.0%} of the tokens.\n\n"
+        + table(rows, ["setting", "tokens saved %", "accuracy change (points)", "n"], "{}")
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m bench.rerank_context", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("kind", choices=["profile", "position", "longctx", "crag"])
+    p.add_argument("kind", choices=["profile", "position", "longctx", "crag", "choose-crag"])
     p.add_argument("files", nargs="+")
     p.add_argument("--profile", default=None, help="position: the profile JSON plotted beside the accuracy")
     p.add_argument("--section", default=None)
     p.add_argument("--note", default="", help="a line under the title (where it ran)")
     a = p.parse_args(argv)
     data = [read_json(f) for f in a.files]
+    if a.kind == "choose-crag":
+        print(choose_crag(data))
+        if a.section:
+            body = (a.note + "\n\n" if a.note else "") + crag_dev_body(data)
+            write_section(a.section, "CRAG: the setting chosen on the development slice", body)
+        return 0
     if a.kind == "profile":
         body, title = (
             profile_body(data, a.section or "attn_profile"),
