@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Issue 13 at the acceptance's sizes on one GPU, every suite at once (the slow ones in shards):
-#   poisoned   PoisonedRAG NQ, all 100 target questions; every tracer side by side on the same answers (AttnTrace at
-#              the paper's setting, ContextCite with 64 ablations, leave-one-out, raw attention, the one-forward
-#              interactive AttnTrace)
+#   poisoned   PoisonedRAG NQ, all 100 target questions in SHUFFLES (default 2) seeded orders each, so that >= 100
+#              answers are attacked; every tracer side by side on the same answers (AttnTrace at the paper's setting,
+#              its 30 subsamples in one batch; ContextCite with 64 ablations as the context-cite package runs them,
+#              one per forward, and batched 64 at once; leave-one-out, raw attention, the one-forward interactive
+#              AttnTrace)
 #   injection  detectors rules and judge reading the top 5, 10 or 20 traced segments, on a 200-question development
 #              slice (questions from 1000, the dev half of the injected strings), and on the report slice (questions
 #              from 0, the other half of the strings; 200 injected + 200 clean contexts) that no choice saw
@@ -25,11 +27,11 @@ ev() { # name, then `ragcore eval` arguments
 }
 # shards: one suite's questions split over processes (about 40 s per PoisonedRAG target with every tracer, 2.5 s per
 # citation question, measured with ~20 processes on one H200); bench.attribution --from-json merges NAME-K.json
-P_SHARDS=${P_SHARDS:-10} C_SHARDS=${C_SHARDS:-4}
-P_METHODS=${P_METHODS:-"attntrace,contextcite,loo,attention,attntrace(subsamples=1, keep=1.0)"}
+P_SHARDS=${P_SHARDS:-10} C_SHARDS=${C_SHARDS:-8} SHUFFLES=${SHUFFLES:-2}
+P_METHODS=${P_METHODS:-"attntrace,contextcite,contextcite(batch_size=64),loo,attention,attntrace(subsamples=1, keep=1.0)"}
 for ((k = 0; k < P_SHARDS; k++)); do
   n=$(((POISONED + P_SHARDS - 1) / P_SHARDS))
-  ev poisoned-$k poisoned --method "$P_METHODS" --offset $((k * n)) --limit $n
+  ev poisoned-$k poisoned --method "$P_METHODS" --shuffles "$SHUFFLES" --offset $((k * n)) --limit $n
 done
 # the detector and K are chosen on the dev half of the injected strings; the report uses the other half
 ev injection_dev injection --detector rules,judge --top-k 5,10,20 --pool dev --offset 1000 --limit "$INJECTION"

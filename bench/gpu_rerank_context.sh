@@ -41,10 +41,14 @@ for steps in "$@"; do
     for m in $MODELS; do
       $PY "${R[@]}" calibrate --model $m --device "$DEVICE" --limit "${N_PROFILE:-200}" --out "$OUT/profile-$m.json" > "$OUT/profile-$m.log" 2>&1 &
     done ;;
-  position)
+  position)  # one process per order and shard (POS_SHARDS, default 1) of the questions from 201 on
+    ps=${POS_SHARDS:-1}; per=$(((N_POSITION + ps - 1) / ps))
     for o in ${ORDERS:-retrieval reversed lost_in_the_middle random attnrank attention_sort}; do
-      $PY "${R[@]}" eval position --model "$GEN" --device "$DEVICE" --order $o --limit "$N_POSITION" \
-        --out "$OUT/position-$o.json" > "$OUT/position-$o.log" 2>&1 &
+      for ((k = 0; k < ps; k++)); do
+        n=$((N_POSITION - k * per < per ? N_POSITION - k * per : per))
+        $PY "${R[@]}" eval position --model "$GEN" --device "$DEVICE" --order $o --offset $((200 + k * per)) --limit "$n" \
+          --out "$OUT/position-$o-$k.json" > "$OUT/position-$o-$k.log" 2>&1 &
+      done
     done ;;
   layer)
     for m in $MODELS; do
@@ -102,21 +106,9 @@ for steps in "$@"; do
       --limit "${N_CRAG:-300}" --out "$OUT/crag-qwen.json" > "$OUT/crag.log" 2>&1 & ;;
   render)
     $PY -m bench.rerank_context profile "$OUT"/profile-*.json --section attn-profile-gpu --note "GPU run"
-    $PY - "$OUT" <<'PY'
-import json, sys
-from pathlib import Path
-out = Path(sys.argv[1])
-runs = [json.loads(p.read_text()) for p in sorted(out.glob("position-*.json"))]  # one per order
-merged = {**runs[0], "orders": {}, "predictions": []}
-for r in runs:
-    merged["orders"].update(r["orders"]); merged["predictions"] += r["predictions"]
-base = {(p["id"], p["rank"]): p["accuracy"] for p in merged["predictions"] if p["order"] == "retrieval"}
-from eval.stats import mean_ci
-for label, s in merged["orders"].items():
-    if label != "retrieval":
-        s["diff_vs_retrieval"], s["diff_ci95"] = mean_ci([p["accuracy"] - base[(p["id"], p["rank"])] for p in merged["predictions"] if p["order"] == label])
-(out / "merged-position.json").write_text(json.dumps(merged))
-PY
+    $PY -c 'import json, sys; from pathlib import Path; from eval.position import merge
+out = Path(sys.argv[1]); runs = [json.loads(p.read_text()) for p in sorted(out.glob("position-*.json"))]
+(out / "merged-position.json").write_text(json.dumps(merge(runs)))' "$OUT"
     $PY -m bench.rerank_context position "$OUT/merged-position.json" --profile "$OUT/profile-qwen2.5-0.5b.json" \
       --section position-gpu --note "GPU run"
     $PY -m bench.rerank_context longctx "$OUT"/longctx-*.json "$OUT"/needle-*.json --section longctx-gpu --note "GPU run"

@@ -154,6 +154,57 @@ def run_position(
     }
 
 
+def merge(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One position result from runs of one model on disjoint question shards or different orders (each a
+    ``run_position`` result): predictions joined, every order summarised again over all its questions, and each
+    order's paired difference against ``retrieval`` on the (question, rank) pairs both answered.
+
+    Raises
+    ------
+    ragcore.errors.ConfigError
+        Mixed models or positions, or one (order, question, rank) answered twice.
+    """
+    if not results:
+        raise ConfigError("merge needs at least one position result", param="results")
+    for key in ("model", "positions"):
+        if len({str(r.get(key)) for r in results}) != 1:
+            raise ConfigError(
+                f"merge takes position runs of one {key}, got {sorted({str(r.get(key)) for r in results})}"
+            )
+    preds = [p for r in results for p in r["predictions"]]
+    keys = [(p["order"], p["id"], p["rank"]) for p in preds]
+    if len(set(keys)) != len(keys):
+        raise ConfigError("merge got an (order, question, rank) twice: overlapping shards", param="results")
+    positions = results[0]["positions"]
+    secs: dict[str, list[tuple[float, int]]] = {}
+    for r in results:
+        for label, s in r["orders"].items():
+            secs.setdefault(label, []).append(
+                (s["seconds_per_query"], sum(p["order"] == label for p in r["predictions"]))
+            )
+    out: dict[str, Any] = {}
+    for label, parts in secs.items():
+        rows = [p for p in preds if p["order"] == label]
+        out[label] = _summary(rows, positions, sum(s * n for s, n in parts) / max(1, sum(n for _, n in parts)))
+    base = {(p["id"], p["rank"]): p["accuracy"] for p in preds if p["order"] == "retrieval"}
+    for label, s in out.items():
+        if base and label != "retrieval":
+            d = [
+                p["accuracy"] - base[(p["id"], p["rank"])]
+                for p in preds
+                if p["order"] == label and (p["id"], p["rank"]) in base
+            ]
+            s["diff_vs_retrieval"], s["diff_ci95"] = mean_ci(d)
+    ids = {p["id"] for p in preds}
+    return {
+        **{k: v for k, v in results[0].items() if k not in ("orders", "predictions", "n", "offset")},
+        "n": len(ids),
+        "offset": min(r.get("offset", DEV) for r in results),
+        "orders": out,
+        "predictions": preds,
+    }
+
+
 def _summary(rows: list[dict[str, Any]], positions: Sequence[int], secs: float) -> dict[str, Any]:
     acc, ci, slot = {}, {}, {}
     for p in positions:
