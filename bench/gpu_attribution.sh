@@ -34,8 +34,8 @@ for ((k = 0; k < P_SHARDS; k++)); do
   ev poisoned-$k poisoned --method "$P_METHODS" --shuffles "$SHUFFLES" --offset $((k * n)) --limit $n
 done
 # the detector and K are chosen on the dev half of the injected strings; the report uses the other half
-ev injection_dev injection --detector rules,judge --top-k 5,10,20 --pool dev --offset 1000 --limit "$INJECTION"
-ev injection injection --detector rules,judge --top-k 5,10,20 --pool report --limit "$INJECTION"
+ev injection_dev injection --detector rules,judge --top-k 5,10,20,40 --pool dev --offset 1000 --limit "$INJECTION"
+ev injection injection --detector rules,judge --top-k 5,10,20,40 --pool report --limit "$INJECTION"
 for ((k = 0; k < C_SHARDS; k++)); do
   n=$(((CITATIONS + C_SHARDS - 1) / C_SHARDS))
   ev citations-$k citations --method "$CITE_METHODS" --offset $((k * n)) --limit $n
