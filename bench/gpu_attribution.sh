@@ -5,9 +5,10 @@
 #              its 30 subsamples in one batch; ContextCite with 64 ablations as the context-cite package runs them,
 #              one per forward, and batched 64 at once; leave-one-out, raw attention, the one-forward interactive
 #              AttnTrace)
-#   injection  detectors rules and judge reading the top 5, 10 or 20 traced segments, on a 200-question development
-#              slice (questions from 1000, the dev half of the injected strings), and on the report slice (questions
-#              from 0, the other half of the strings; 200 injected + 200 clean contexts) that no choice saw
+#   injection  DETECTORS (default rules; the judge flagged nothing in the lease of 2026-11-30) reading the top 5, 10,
+#              20 or 40 traced segments, on a 200-question development slice (questions from 1000, the dev half of
+#              the injected strings), and on the report slice (questions from 0, the other half of the strings; 200
+#              injected + 200 clean contexts) that no choice saw
 #   citations  NQ-open, CITATIONS questions (default 1000: about a third are answered correctly), the tracers of
 #              CITE_METHODS (default the Pipeline's interactive AttnTrace)
 # then `python -m bench.attribution --from-json` writes the "Attribution" section of docs/RESULTS.md.
@@ -34,8 +35,8 @@ for ((k = 0; k < P_SHARDS; k++)); do
   ev poisoned-$k poisoned --method "$P_METHODS" --shuffles "$SHUFFLES" --offset $((k * n)) --limit $n
 done
 # the detector and K are chosen on the dev half of the injected strings; the report uses the other half
-ev injection_dev injection --detector rules,judge --top-k 5,10,20,40 --pool dev --offset 1000 --limit "$INJECTION"
-ev injection injection --detector rules,judge --top-k 5,10,20,40 --pool report --limit "$INJECTION"
+ev injection_dev injection --detector "${DETECTORS:-rules}" --top-k 5,10,20,40 --pool dev --offset 1000 --limit "$INJECTION"
+ev injection injection --detector "${DETECTORS:-rules}" --top-k 5,10,20,40 --pool report --limit "$INJECTION"
 for ((k = 0; k < C_SHARDS; k++)); do
   n=$(((CITATIONS + C_SHARDS - 1) / C_SHARDS))
   ev citations-$k citations --method "$CITE_METHODS" --offset $((k * n)) --limit $n

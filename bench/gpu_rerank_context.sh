@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Issue 14 at acceptance size, on one GPU machine (same code as the CPU runs, --device "$DEVICE"). Steps:
 #   profile   ragcore calibrate, both bundled models, 200 development questions (NQ-open 1-200), 10 passages
-#   position  qwen2.5-0.5b, 300 questions per gold position (NQ-open from 201), every order; one process per order
+#   position  qwen2.5-0.5b, N_POSITION questions per gold position (NQ-open from 201), every order of ORDERS; one
+#             process per order and shard (POS_SHARDS)
+#   sortboth  attention sorting's placement chosen on N_SORTDEV development questions (1-100), then the sweep with it
 #   layer     the development check of InfiniRetri's layer, both models (synthetic haystacks, no evaluation data)
 #   longctx   key-value retrieval at 8k, 16k, 32k, 64k tokens: InfiniRetri (the layer from `layer`, LAYER_SMOL /
 #             LAYER_QWEN) against truncation, both models, 50 queries each; one process per run (own peak memory)
@@ -32,6 +34,16 @@ N_POSITION=${N_POSITION:-300}
 LAYER_SMOL=${LAYER_SMOL:-18}  # bench.infiniretri_layer on CPU (3 haystacks); `layer` re-measures it
 LAYER_QWEN=${LAYER_QWEN:-}    # empty: the default (last layer) until `layer` says otherwise
 infini() { [ -n "$1" ] && echo "infiniretri(layer=$1)" || echo infiniretri; }
+pos_shards() {  # ORDER FIRST N PREFIX: eval position on questions FIRST.. in POS_SHARDS processes, then wait
+  local o=$1 first=$2 total=$3 pre=$4 ps=${POS_SHARDS:-1} per k n tag
+  per=$(((total + ps - 1) / ps)); tag=$(echo "$o" | tr -d "()' " | tr '=,' '__')
+  for ((k = 0; k < ps; k++)); do
+    n=$((total - k * per < per ? total - k * per : per))
+    $PY "${R[@]}" eval position --model "$GEN" --device "$DEVICE" --order "$o" --offset $((first + k * per)) --limit "$n" \
+      --out "$OUT/$pre-$tag-$k.json" > "$OUT/$pre-$tag-$k.log" 2>&1 &
+  done
+  wait
+}
 
 for steps in "$@"; do
   echo "$(date +%T) $steps"
@@ -42,14 +54,21 @@ for steps in "$@"; do
       $PY "${R[@]}" calibrate --model $m --device "$DEVICE" --limit "${N_PROFILE:-200}" --out "$OUT/profile-$m.json" > "$OUT/profile-$m.log" 2>&1 &
     done ;;
   position)  # one process per order and shard (POS_SHARDS, default 1) of the questions from 201 on
-    ps=${POS_SHARDS:-1}; per=$(((N_POSITION + ps - 1) / ps))
     for o in ${ORDERS:-retrieval reversed lost_in_the_middle random attnrank attention_sort}; do
-      for ((k = 0; k < ps; k++)); do
-        n=$((N_POSITION - k * per < per ? N_POSITION - k * per : per))
-        $PY "${R[@]}" eval position --model "$GEN" --device "$DEVICE" --order $o --offset $((200 + k * per)) --limit "$n" \
-          --out "$OUT/position-$o-$k.json" > "$OUT/position-$o-$k.log" 2>&1 &
-      done
+      pos_shards "$o" 200 "$N_POSITION" position &
     done ;;
+  sortboth)  # attention sorting's placement (best last, the paper, or first) chosen on development questions
+    (         # 1-N_SORTDEV (the calibration questions), then the chosen one on the sweep's questions
+      for spec in "attention_sort" "attention_sort(place='first')"; do
+        pos_shards "$spec" 0 "${N_SORTDEV:-100}" sortdev &
+      done
+      wait
+      SORT=$($PY -c 'import json, sys; from eval.position import merge
+m = merge([json.load(open(f)) for f in sys.argv[1:]])["orders"]
+print(max(m, key=lambda k: m[k]["accuracy_avg"]))' "$OUT"/sortdev-*.json) || exit 1
+      echo "$(date +%T) attention sorting chose $SORT"
+      pos_shards "$SORT" 200 "$N_POSITION" position
+    ) & ;;
   layer)
     for m in $MODELS; do
       $PY -m bench.infiniretri_layer --model $m --device "$DEVICE" --trials "${N_LAYER:-20}" > "$OUT/layer-$m.log" 2>&1 &

@@ -26,10 +26,15 @@ class AttentionSort(Stage):
     ----------
     rounds : int
         Sorting rounds (the paper's T; default 2).
+    place : {"last", "first"}
+        Where the most attended passage goes: ``"last"``, next to the question (the paper, for models that favour
+        recent text), or ``"first"`` (for models that favour the start of the prompt: qwen2.5-0.5b answers best
+        with the gold passage first, docs/RESULTS.md ``position-gpu``); each round measures the order it is given.
     """
 
     name: ClassVar[str] = "attention_sort"
     rounds: int = option(2, minimum=1)
+    place: str = option("last", choices=("last", "first"))
 
     def rerank(self, question: str, passages: Sequence[ScoredChunk], lm: Any) -> list[ScoredChunk]:
         current = [ScoredChunk(p.chunk, dict(p.scores), p.rank) for p in passages]
@@ -41,5 +46,8 @@ class AttentionSort(Stage):
             mass = [float(att.spans[f"passage:{i + 1}"].mean()) for i in range(len(current))]
             for p, m in zip(current, mass):
                 p.scores[self.name] = m
-            current = [current[i] for i in sorted(range(len(current)), key=lambda i: mass[i])]  # stable: ties keep
+            sign = 1.0 if self.place == "last" else -1.0
+            current = [
+                current[i] for i in sorted(range(len(current)), key=lambda i: sign * mass[i])
+            ]  # stable: ties keep
         return current

@@ -68,3 +68,10 @@ def test_attention_sort_puts_the_most_attended_last(_smol_session):
     out = AttentionSort(rounds=1).rerank("Which city has a harbour?", passages(3), lm)
     mass = [p.scores["attention_sort"] for p in out]
     assert mass == sorted(mass) and len(set(mass)) == 3
+
+
+def test_attention_sort_can_put_the_most_attended_first(_smol_session):
+    lm = tiny_lm(_smol_session.tokenizer)
+    out = AttentionSort(rounds=1, place="first").rerank("Which city has a harbour?", passages(3), lm)
+    mass = [p.scores["attention_sort"] for p in out]
+    assert mass == sorted(mass, reverse=True) and len(set(mass)) == 3
