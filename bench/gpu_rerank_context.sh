@@ -4,6 +4,7 @@
 #   position  qwen2.5-0.5b, N_POSITION questions per gold position (NQ-open from 201), every order of ORDERS; one
 #             process per order and shard (POS_SHARDS)
 #   sortboth  attention sorting's placement chosen on N_SORTDEV development questions (1-100), then the sweep with it
+#   rankboth  calibrate GEN, then AttnRank's sweep (the profile it reads)
 #   layer     the development check of InfiniRetri's layer, both models (synthetic haystacks, no evaluation data)
 #   longctx   key-value retrieval at 8k, 16k, 32k, 64k tokens: InfiniRetri (the layer from `layer`, LAYER_SMOL /
 #             LAYER_QWEN) against truncation, both models, 50 queries each; one process per run (own peak memory)
@@ -31,6 +32,7 @@ MODELS=${MODELS:-"smollm2-135m qwen2.5-0.5b"}
 GEN=${GEN:-qwen2.5-0.5b}  # the generator of position, needle and crag
 DEVICE=${DEVICE:-cuda}
 N_POSITION=${N_POSITION:-300}
+POS_FIRST=${POS_FIRST:-200}  # the sweep's first question (0-199: calibration and development)
 LAYER_SMOL=${LAYER_SMOL:-18}  # bench.infiniretri_layer on CPU (3 haystacks); `layer` re-measures it
 LAYER_QWEN=${LAYER_QWEN:-}    # empty: the default (last layer) until `layer` says otherwise
 infini() { [ -n "$1" ] && echo "infiniretri(layer=$1)" || echo infiniretri; }
@@ -53,10 +55,16 @@ for steps in "$@"; do
     for m in $MODELS; do
       $PY "${R[@]}" calibrate --model $m --device "$DEVICE" --limit "${N_PROFILE:-200}" --out "$OUT/profile-$m.json" > "$OUT/profile-$m.log" 2>&1 &
     done ;;
-  position)  # one process per order and shard (POS_SHARDS, default 1) of the questions from 201 on
+  position)  # one process per order and shard (POS_SHARDS, default 1) of the questions from POS_FIRST on
     for o in ${ORDERS:-retrieval reversed lost_in_the_middle random attnrank attention_sort}; do
-      pos_shards "$o" 200 "$N_POSITION" position &
+      pos_shards "$o" "$POS_FIRST" "$N_POSITION" position &
     done ;;
+  rankboth)  # calibrate qwen2.5-0.5b (the profile AttnRank reads), then AttnRank's sweep
+    (
+      $PY "${R[@]}" calibrate --model "$GEN" --device "$DEVICE" --limit "${N_PROFILE:-200}" --out "$OUT/profile-$GEN.json" \
+        > "$OUT/profile-$GEN.log" 2>&1 || exit 1
+      pos_shards attnrank "$POS_FIRST" "$N_POSITION" position
+    ) & ;;
   sortboth)  # attention sorting's placement (best last, the paper, or first) chosen on development questions
     (         # 1-N_SORTDEV (the calibration questions), then the chosen one on the sweep's questions
       for spec in "attention_sort" "attention_sort(place='first')"; do
@@ -67,7 +75,7 @@ for steps in "$@"; do
 m = merge([json.load(open(f)) for f in sys.argv[1:]])["orders"]
 print(max(m, key=lambda k: m[k]["accuracy_avg"]))' "$OUT"/sortdev-*.json) || exit 1
       echo "$(date +%T) attention sorting chose $SORT"
-      pos_shards "$SORT" 200 "$N_POSITION" position
+      pos_shards "$SORT" "$POS_FIRST" "$N_POSITION" position
     ) & ;;
   layer)
     for m in $MODELS; do

@@ -59,11 +59,16 @@ $PY -c 'import torch, transformers; print("torch", torch.__version__, "transform
 echo "$(date +%T) issues"
 # which parts run (a later lease redoes only what is missing): ATTRIBUTION=0 skips issue 13; RERANK_STEPS and
 # KV_STEPS are the steps of the two other scripts (empty: skipped)
-[ "${ATTRIBUTION:-1}" = 1 ] && bench/gpu_attribution.sh "$RES/attribution" > "$RES/attribution.log" 2>&1 &
-[ -n "${RERANK_STEPS-x}" ] && MODELS=qwen2.5-0.5b N_POSITION=${N_POSITION:-215} \
+# on a machine of several GPUs, GPU_ATTR, GPU_RERANK and GPU_KV pin each issue's processes to some of them
+# (CUDA_VISIBLE_DEVICES; unset or empty: every GPU visible, so all on the first)
+[ "${ATTRIBUTION:-1}" = 1 ] && env ${GPU_ATTR:+CUDA_VISIBLE_DEVICES=$GPU_ATTR} \
+  bench/gpu_attribution.sh "$RES/attribution" > "$RES/attribution.log" 2>&1 &
+[ -n "${RERANK_STEPS-x}" ] && env ${GPU_RERANK:+CUDA_VISIBLE_DEVICES=$GPU_RERANK} \
+  MODELS=qwen2.5-0.5b N_POSITION=${N_POSITION:-215} \
   LONGCTX_TOKENS=${LONGCTX_TOKENS:-"8192 65536"} bench/gpu_rerank_context.sh "$RES/rerank" \
   ${RERANK_STEPS:-profile+layer position+crag+longctx+needle render} > "$RES/rerank.log" 2>&1 &
-[ -n "${KV_STEPS-x}" ] && MODEL=qwen2.5-0.5b RETRIEVED=/var/tmp/retrieved.json KVP=/var/tmp/kvp \
+[ -n "${KV_STEPS-x}" ] && env ${GPU_KV:+CUDA_VISIBLE_DEVICES=$GPU_KV} \
+  MODEL=qwen2.5-0.5b RETRIEVED=/var/tmp/retrieved.json KVP=/var/tmp/kvp \
   HEAD=${HEAD:-"kvzip,kvzip(scope='layer'),expected_attention,h2o"} \
   bench/gpu_kv_agnostic.sh "$RES/kv" ${KV_STEPS:-dev+head+aware+sxs+reuse report} > "$RES/kv.log" 2>&1 &
 wait

@@ -41,9 +41,13 @@ def profile_body(profiles: list[dict[str, Any]], figure: str = "attn_profile") -
 
     parts = []
     fig, axes = plt.subplots(1, len(profiles), figsize=(6 * len(profiles), 4), squeeze=False)
+    from rerank.attnrank import LAYER_RULE, choose_layer, edge_to_middle
+
     for ax, p in zip(axes[0], profiles):
         a = np.asarray(p["attention"])
-        ratios = ((a[:, 0] + a[:, -1]) / 2) / a[:, 1:-1].mean(1)
+        ratios = edge_to_middle(a)
+        if p.get("rule") != LAYER_RULE:  # stored under an earlier rule: the layer AttnRank now follows
+            p = {**p, "layer": choose_layer(a), "rule": f"{LAYER_RULE} (stored: layer {p['layer']} by {p.get('rule')})"}
         im = ax.imshow(a, aspect="auto", cmap="viridis")
         ax.set_title(f"{p['model']} (n={p['n']}; chosen layer {p['layer']})")
         ax.set_xlabel("passage slot")

@@ -9,10 +9,14 @@ The profile: for each calibration question (gold passage and distractors, ``N`` 
 question's tokens pay to each passage slot, summed over the slot's tokens, averaged over the question's tokens and
 over heads, per layer; averaged over questions and normalised per layer to sum to 1 over the slots.
 
-Layer rule: the layer with the largest edge-to-middle ratio (mean attention of the first and last slot over the
-mean of the middle slots) is the one where the basin is deepest, that is where the model's positional preference
-is strongest; AttnRank follows that layer's slot order. The profile of every layer is stored, so another layer
-can be chosen with ``attnrank(layer=L)``.
+Layer rule: the layer with the largest edge-to-middle ratio, the attention of the WEAKER of the first and last
+slots over the mean of the middle slots, is the one where the basin is deepest: both ends above the middle.
+AttnRank follows that layer's slot order. (The mean of the two ends, the first rule, could not tell a basin from a
+ramp toward the question: in qwen2.5-0.5b it chose a layer whose first slot lies below the middle and 92% of whose
+edge attention sits on the last slot, next to the question, while accuracy is highest with the gold passage
+first; docs/RESULTS.md, ``attn-profile-gpu`` and ``position-gpu`` of 2026-11-30.) The profile of every layer is
+stored, so another layer can be chosen with ``attnrank(layer=L)``; a profile stored under an earlier rule gets
+its layer chosen again by this one when loaded.
 
 The profile is stored in the cache directory (``cache_dir()/profiles``) under the model's digest (its config and
 a sample of every weight tensor) with the digest of the prompt format (the text ``Generator.prompt`` builds); a
@@ -46,7 +50,7 @@ from rerank.orders import place
 
 logger = logging.getLogger(__name__)
 PROFILE_VERSION = 1
-LAYER_RULE = "largest edge-to-middle ratio: mean(first, last slot) / mean(middle slots)"
+LAYER_RULE = "largest edge-to-middle ratio: min(first, last slot) / mean(middle slots)"
 _DIGESTS: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 
 
@@ -83,15 +87,21 @@ def prompt_format(lm: Any) -> str:
 
 
 def edge_to_middle(profile: np.ndarray) -> np.ndarray:
-    """Per layer, the mean attention of the first and last slot over the mean of the middle slots.
+    """Per layer, the attention of the weaker of the first and last slot over the mean of the middle slots: above
+    1 only where both ends draw more than the middle (a basin).
 
     Parameters
     ----------
     profile : ndarray, shape (L, N)
         Attention share per layer and slot (N >= 3).
     """
-    edges = (profile[:, 0] + profile[:, -1]) / 2
+    edges = np.minimum(profile[:, 0], profile[:, -1])
     return edges / np.maximum(profile[:, 1:-1].mean(1), 1e-12)
+
+
+def choose_layer(profile: np.ndarray) -> int:
+    """The layer :data:`LAYER_RULE` picks from an (L, N) profile."""
+    return int(np.argmax(edge_to_middle(np.asarray(profile, dtype=float))))
 
 
 @dataclass
@@ -181,9 +191,15 @@ class Profile:
             d = json.loads(path.read_text())
             if d.get("version") != PROFILE_VERSION:
                 raise ConfigError(f"profile version {d.get('version')!r}, expected {PROFILE_VERSION}")
-            return cls(**d)
+            prof = cls(**d)
         except (json.JSONDecodeError, TypeError, ConfigError) as e:
             raise ProfileMismatchError(f"{str(path)!r} is not an attention profile this version reads: {e}") from e
+        if prof.rule != LAYER_RULE:  # the measurement stands; the layer follows today's rule
+            logger.info(
+                "profile %s: layer chosen again by %r (stored: %d by %r)", path, LAYER_RULE, prof.layer, prof.rule
+            )
+            prof.layer, prof.rule = choose_layer(prof.attention), LAYER_RULE
+        return prof
 
 
 def profile_path(lm: Any) -> Path:
@@ -225,7 +241,7 @@ def calibrate(
     if total is None:
         raise ConfigError("calibration needs at least one question")
     prof = total / n
-    layer = int(np.argmax(edge_to_middle(prof)))
+    layer = choose_layer(prof)
     return Profile(
         lm.model_name,
         model_digest(lm.model),

@@ -60,7 +60,7 @@ def test_slot_order_resamples():
     prof = Profile("m", "d", "f", [[0.4, 0.1, 0.1, 0.1, 0.3]], 1, 0)
     assert prof.slot_order(5) == [0, 4, 1, 2, 3]
     assert prof.slot_order(3)[:2] == [0, 2]
-    assert prof.ratios()[0] == pytest.approx(0.35 / 0.1)
+    assert prof.ratios()[0] == pytest.approx(0.3 / 0.1)
 
 
 def test_attention_sort_puts_the_most_attended_last(_smol_session):
@@ -75,3 +75,14 @@ def test_attention_sort_can_put_the_most_attended_first(_smol_session):
     out = AttentionSort(rounds=1, place="first").rerank("Which city has a harbour?", passages(3), lm)
     mass = [p.scores["attention_sort"] for p in out]
     assert mass == sorted(mass, reverse=True) and len(set(mass)) == 3
+
+
+def test_the_layer_rule_wants_a_basin_not_a_ramp_and_old_profiles_follow_it(tmp_path):
+    from rerank.attnrank import LAYER_RULE, choose_layer
+
+    ramp = [0.05, 0.1, 0.1, 0.15, 0.6]  # high end next to the question only: no basin
+    basin = [0.3, 0.1, 0.1, 0.1, 0.4]
+    assert choose_layer(np.array([ramp, basin])) == 1
+    old = Profile("m", "d", "f", [ramp, basin], 3, 0, rule="largest edge-to-middle ratio: mean(first, last slot)")
+    loaded = Profile.load(old.save(tmp_path / "p.json"))
+    assert loaded.layer == 1 and loaded.rule == LAYER_RULE and loaded.attention == old.attention
