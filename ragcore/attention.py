@@ -343,8 +343,10 @@ def attention_to_spans(
     """Attention that ``rows`` pay to each token and span, per layer and head, from one forward pass.
 
     ``rows``: ``"last"`` (the next-token position), a span name (e.g. ``"question"``), a (start, end) pair,
-    or explicit indices. The forward pass runs with the model's own attention implementation; probabilities
-    are recomputed for the chosen rows only. Returns tokens (L, H, R, T), or (L, H, T) averaged over rows.
+    or explicit indices. ``layers``: indices into :func:`decoder_layers` (negative: from the last; reported
+    non-negative in ``SpanAttention.layers``), default all. The forward pass runs with the model's own attention
+    implementation; probabilities are recomputed for the chosen rows only. Returns tokens (L, H, R, T), or (L, H, T)
+    averaged over rows. Raises ConfigError for rows or layers out of range.
     """
     spans = spans or {}
     ids = input_ids.to(model.device)
@@ -363,7 +365,11 @@ def attention_to_spans(
     if row_idx.numel() == 0 or int(row_idx.min()) < 0 or int(row_idx.max()) >= T:
         raise ConfigError(f"query rows {rows!r} are empty or outside the prompt of {T} tokens")
     blocks = decoder_layers(model)
-    chosen = list(range(len(blocks))) if layers is None else [int(i) for i in layers]
+    n = len(blocks)
+    chosen = list(range(n)) if layers is None else [int(i) for i in layers]
+    if any(not -n <= i < n for i in chosen):
+        raise ConfigError(f"layers must be in [{-n}, {n - 1}] for {type(model).__name__}, got {list(layers or [])!r}")
+    chosen = [i % n for i in chosen]  # hidden_states[-1] is the model's output, not the last layer's input
     out = model(input_ids=ids, output_hidden_states=True, use_cache=False, logits_to_keep=1)
     pos = torch.arange(T, device=ids.device)[None]
     per_layer = []

@@ -153,6 +153,10 @@ def test_layer_input_equals_the_full_forward_on_tiny_models(kind):
         assert torch.equal(x.hidden, decoder_layers(model)[x.layer].input_layernorm(hs[x.layer]))
         ref = attention_to_spans(model, ids, rows=(30, 40), layers=[x.layer], reduce_rows=False).tokens[0]
         assert torch.equal(got, ref)
+        neg = attention_to_spans(model, ids, rows=(30, 40), layers=[x.layer - 3], reduce_rows=False)
+        assert neg.layers == [x.layer] and torch.equal(neg.tokens[0], ref)  # negative layers: the same layer
+    with pytest.raises(ConfigError, match="layers must be in"):
+        attention_to_spans(model, ids, rows=(30, 40), layers=[3])
     for bad in (3, -4):
         with pytest.raises(ConfigError, match=r"layer must be in \[-3, 2\]"):
             layer_input(model, ids, bad)
