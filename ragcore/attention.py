@@ -10,12 +10,15 @@ Rerankers, context compressors, KV-cache compressors and AttnTrace all call this
 * ``rows_attention(attn, hidden, position_embeddings, rows)``: inside one layer (used by KV compressors from
   their hooks, where the layer's normed input is at hand);
 * ``attention_to_spans(model, input_ids, spans, rows)``: a whole forward pass, every (chosen) layer, with
-  the attention mass per named span.
+  the attention mass per named span;
+* ``layer_input(model, input_ids, layer)``: the decoder run only up to one layer's input, whose normed input and
+  rotary embedding ``rows_attention`` then reads (InfiniRetri reads one layer per window).
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -234,6 +237,91 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
 
 
 @dataclass
+class LayerInput:
+    """The input of decoder layer ``layer``: what :func:`rows_attention` needs to read that layer's attention.
+
+    ``attn``: the layer's attention module; ``hidden``: its normed input (B, T, d), in the model's dtype;
+    ``position_embeddings``: the rotary (cos, sin), each (B, T, D), at positions 0..T-1."""
+
+    layer: int
+    attn: nn.Module
+    hidden: torch.Tensor
+    position_embeddings: tuple[torch.Tensor, torch.Tensor]
+
+
+def _layer_masks(model: nn.Module, embeds: torch.Tensor, positions: torch.Tensor, kinds: set[str]) -> dict:
+    """The decoder's attention mask per layer kind (``full_attention``, ``sliding_attention``), as the model's own
+    forward builds them (``transformers.masking_utils``, for the model's attention implementation; None where SDPA
+    can rely on ``is_causal``), for an unpadded batch without a cache. Arguments are passed by name where the
+    installed transformers has them (``cache`` was ``past_key_values`` before 5.x)."""
+    from transformers import masking_utils
+
+    makers = {
+        "full_attention": masking_utils.create_causal_mask,
+        "sliding_attention": masking_utils.create_sliding_window_causal_mask,
+    }
+    out = {}
+    for kind in kinds:
+        if kind not in makers:
+            raise ConfigError(f"layer kind {kind!r} is not supported; supported: {', '.join(makers)}")
+        make = makers[kind]
+        params = inspect.signature(make).parameters
+        kw = {"config": model.config, "attention_mask": None, "position_ids": positions}
+        kw["inputs_embeds" if "inputs_embeds" in params else "input_embeds"] = embeds
+        for name in ("cache", "past_key_values"):
+            if name in params:
+                kw[name] = None
+        if "cache_position" in params:
+            kw["cache_position"] = positions[0]
+        out[kind] = make(**kw)
+    return out
+
+
+@torch.inference_mode()
+def layer_input(model: nn.Module, input_ids: torch.Tensor, layer: int) -> LayerInput:
+    """Run a causal LM's decoder only as far as decoder layer ``layer`` and return that layer's normed input.
+
+    ``input_ids`` (B, T), unpadded, no cache; positions 0..T-1. ``layer``: an index into :func:`decoder_layers`,
+    negative counting from the last (-1: the last layer). The embeddings, the model's own decoder layers
+    ``0..layer-1`` (called directly, with the causal masks and rotary embedding the model's forward would pass
+    them: no hooks, so concurrent calls on one model are safe; the model's own attention implementation, SDPA or
+    flash, never eager) and layer ``layer``'s ``input_layernorm`` run; nothing after that: not the layer's
+    attention, not the layers after it, not the final norm or the LM head. So reading layer ``l`` of ``L`` costs
+    about ``l / L`` of a forward pass (InfiniRetri reads layer 18 of smollm2-135m's 30). The result equals
+    ``layer.input_layernorm(model(..., output_hidden_states=True).hidden_states[layer])``, the input
+    :func:`attention_to_spans` reads (tests/ragcore/test_attention.py). Supported: decoders of the Llama shape
+    (``model.model.embed_tokens``, ``.layers``, ``.rotary_emb``; Llama, Qwen2, Mistral, ...).
+
+    Runs under ``torch.inference_mode`` (the tensors returned are inference tensors: read them under it too).
+    Raises ConfigError when ``layer`` is out of range or the model lacks those parts.
+    """
+    blocks = decoder_layers(model)
+    n = len(blocks)
+    if not -n <= layer < n:
+        raise ConfigError(f"layer must be in [{-n}, {n - 1}] for {type(model).__name__}, got {layer!r}")
+    li = layer % n
+    inner = getattr(model, "model", model)
+    embed = getattr(inner, "embed_tokens", None)
+    if embed is None:
+        raise ConfigError(f"{type(model).__name__} has no model.embed_tokens; supported: Llama-style decoder models")
+    ids = input_ids.to(model.device)
+    h = embed(ids)
+    pos = torch.arange(ids.shape[1], device=ids.device)[None]
+    pe = rotary_embedding(model, h, pos)
+    cfg = model.config
+    kinds = list(getattr(cfg, "layer_types", None) or [])
+    if len(kinds) < n:  # no per-layer kinds (Llama, Mistral): one kind for every layer, as their forward does
+        kinds = ["sliding_attention" if getattr(cfg, "sliding_window", None) else "full_attention"] * n
+    masks = _layer_masks(model, h, pos, set(kinds[:li]))
+    for i in range(li):
+        h = blocks[i](h, attention_mask=masks[kinds[i]], position_ids=pos, position_embeddings=pe)
+        if isinstance(h, tuple):  # transformers 4.x decoder layers return (hidden, ...)
+            h = h[0]
+    block = blocks[li]
+    return LayerInput(li, block.self_attn, block.input_layernorm(h), pe)
+
+
+@dataclass
 class SpanAttention:
     """Attention of the chosen rows. ``tokens``: (L, H, R, T) or reduced; ``spans``: name -> (L, H) mass."""
 
@@ -255,8 +343,10 @@ def attention_to_spans(
     """Attention that ``rows`` pay to each token and span, per layer and head, from one forward pass.
 
     ``rows``: ``"last"`` (the next-token position), a span name (e.g. ``"question"``), a (start, end) pair,
-    or explicit indices. The forward pass runs with the model's own attention implementation; probabilities
-    are recomputed for the chosen rows only. Returns tokens (L, H, R, T), or (L, H, T) averaged over rows.
+    or explicit indices. ``layers``: indices into :func:`decoder_layers` (negative: from the last; reported
+    non-negative in ``SpanAttention.layers``), default all. The forward pass runs with the model's own attention
+    implementation; probabilities are recomputed for the chosen rows only. Returns tokens (L, H, R, T), or (L, H, T)
+    averaged over rows. Raises ConfigError for rows or layers out of range.
     """
     spans = spans or {}
     ids = input_ids.to(model.device)
@@ -275,7 +365,11 @@ def attention_to_spans(
     if row_idx.numel() == 0 or int(row_idx.min()) < 0 or int(row_idx.max()) >= T:
         raise ConfigError(f"query rows {rows!r} are empty or outside the prompt of {T} tokens")
     blocks = decoder_layers(model)
-    chosen = list(range(len(blocks))) if layers is None else [int(i) for i in layers]
+    n = len(blocks)
+    chosen = list(range(n)) if layers is None else [int(i) for i in layers]
+    if any(not -n <= i < n for i in chosen):
+        raise ConfigError(f"layers must be in [{-n}, {n - 1}] for {type(model).__name__}, got {list(layers or [])!r}")
+    chosen = [i % n for i in chosen]  # hidden_states[-1] is the model's output, not the last layer's input
     out = model(input_ids=ids, output_hidden_states=True, use_cache=False, logits_to_keep=1)
     pos = torch.arange(T, device=ids.device)[None]
     per_layer = []

@@ -11,7 +11,8 @@ are kept, best first, up to ``carry`` tokens, and carried to the next segment. T
 is carried at the end.
 
 Each step reads at most ``carry + segment`` context tokens plus the prompt's template and question, so memory does
-not grow with the input's length (measured: docs/RESULTS.md, section ``longctx``). Output passages are runs of
+not grow with the input's length; and each step runs the model only up to ``layer``'s input
+(:func:`ragcore.attention.layer_input`), so reading layer ``l`` of ``L`` costs about ``l / L`` of a forward pass (measured: docs/RESULTS.md, section ``longctx``). Output passages are runs of
 adjacent kept sentences, each with the exact text and character span of its source passage.
 """
 
@@ -25,7 +26,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from ragcore.attention import attention_to_spans, decoder_layers
+from ragcore.attention import decoder_layers, layer_input, rows_attention
 from ragcore.errors import ConfigError
 from ragcore.sentences import split_sentences
 from ragcore.stages import Stage, option
@@ -138,6 +139,23 @@ class InfiniRetri(Stage):
             carried, best = self._step(question, passages, carried + seg, layer, lm)
         return runs(passages, sorted(carried, key=lambda s: s.order), self.name, best)
 
+    @staticmethod
+    @torch.inference_mode()
+    def token_scores(
+        model: torch.nn.Module, input_ids: torch.Tensor, spans: dict[str, tuple[int, int]], layer: int
+    ) -> torch.Tensor:
+        """The attention (T,) that the prompt's question rows (``spans["question"]``) pay to each of its T tokens at
+        ``layer``: summed over heads, averaged over the rows (each row sums to 1), float32 on the CPU. The decoder
+        runs only up to that layer's input (:func:`ragcore.attention.layer_input`); the same figures as
+        ``attention_to_spans(model, input_ids, spans, "question", [layer]).tokens[0].sum(0)``, the whole forward.
+        Raises ConfigError when the prompt has no question span."""
+        if "question" not in spans:
+            raise ConfigError(f"InfiniRetri needs the prompt's 'question' span; spans: {', '.join(map(repr, spans))}")
+        x = layer_input(model, input_ids, layer)
+        rows = torch.arange(*spans["question"], device=x.hidden.device)
+        att = rows_attention(x.attn, x.hidden, x.position_embeddings, rows)[0]  # (H, R, T)
+        return att.mean(1).cpu().sum(0)
+
     @torch.inference_mode()
     def _step(
         self, question: str, passages: Sequence[ScoredChunk], context: list[Sentence], layer: int, lm: Any
@@ -154,8 +172,7 @@ class InfiniRetri(Stage):
             pos += len(t) + 1
         enc = lm.tokenizer(prompt.text, add_special_tokens=False, return_offsets_mapping=True)
         offsets = enc["offset_mapping"]
-        att = attention_to_spans(lm.model, prompt.input_ids, prompt.spans, rows="question", layers=[layer])
-        scores = att.tokens[0].sum(0)  # (T,): heads summed, question rows averaged
+        scores = self.token_scores(lm.model, prompt.input_ids, prompt.spans, layer)
         idx = [j for j, (a, b) in enumerate(offsets) if b > a and c0 <= a < c0 + len(body)]
         if not idx:
             return [], {}

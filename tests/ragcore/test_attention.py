@@ -4,7 +4,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from ragcore.attention import attention_to_spans, max_attention, project_keys, rows_attention
+from ragcore.attention import (
+    attention_to_spans,
+    decoder_layers,
+    layer_input,
+    max_attention,
+    project_keys,
+    rows_attention,
+)
 from ragcore.errors import ConfigError
 from ragcore.models import load_generator
 from ragcore.prompt import build_prompt
@@ -123,3 +130,62 @@ def test_max_attention_equals_the_max_of_rows_attention(cells):
     assert torch.allclose(got, ref, rtol=1e-5, atol=1e-7)
     with pytest.raises(ConfigError, match="n_keys=51"):
         max_attention(attn, h, pe, keys, 51)
+
+
+@torch.inference_mode()  # layer_input's tensors are inference tensors
+def _scores_up_to(model, ids, layer, rows):
+    x = layer_input(model, ids, layer)
+    return x, rows_attention(x.attn, x.hidden, x.position_embeddings, rows)[0].cpu()  # (H, R, T)
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_layer_input_equals_the_full_forward_on_tiny_models(kind):
+    """The decoder run up to one layer gives that layer's normed input of the whole forward, bit for bit, and
+    the same attention scores as attention_to_spans, at every layer, counted from either end."""
+    model = tiny_model(kind, layers=3, vocab=128)
+    ids = torch.randint(0, 128, (1, 40), generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        hs = model(input_ids=ids, output_hidden_states=True, use_cache=False).hidden_states
+    rows = torch.arange(30, 40)
+    for layer in (0, 1, 2, -1, -3):
+        x, got = _scores_up_to(model, ids, layer, rows)
+        assert x.layer == layer % 3 and x.attn is decoder_layers(model)[layer % 3].self_attn
+        assert torch.equal(x.hidden, decoder_layers(model)[x.layer].input_layernorm(hs[x.layer]))
+        ref = attention_to_spans(model, ids, rows=(30, 40), layers=[x.layer], reduce_rows=False).tokens[0]
+        assert torch.equal(got, ref)
+        neg = attention_to_spans(model, ids, rows=(30, 40), layers=[x.layer - 3], reduce_rows=False)
+        assert neg.layers == [x.layer] and torch.equal(neg.tokens[0], ref)  # negative layers: the same layer
+    with pytest.raises(ConfigError, match="layers must be in"):
+        attention_to_spans(model, ids, rows=(30, 40), layers=[3])
+    for bad in (3, -4):
+        with pytest.raises(ConfigError, match=r"layer must be in \[-3, 2\]"):
+            layer_input(model, ids, bad)
+
+
+def test_layer_input_runs_nothing_after_the_layer():
+    """Layers after the read one, the final norm and the LM head never run; the read layer's attention neither
+    (only its input norm)."""
+    model = tiny_model("llama", layers=4, vocab=128)
+    ran = []
+    inner = model.model
+    named = {f"layer{i}": ly for i, ly in enumerate(inner.layers)}
+    named |= {"attn2": inner.layers[2].self_attn, "norm2": inner.layers[2].input_layernorm}
+    named |= {"norm": inner.norm, "lm_head": model.lm_head}
+    handles = [m.register_forward_pre_hook(lambda _m, _a, n=n: ran.append(n)) for n, m in named.items()]
+    try:
+        layer_input(model, torch.randint(0, 128, (1, 12)), 2)
+    finally:
+        for h in handles:
+            h.remove()
+    assert ran == ["layer0", "layer1", "norm2"]
+
+
+@pytest.mark.parametrize("layer", [9, -1])
+def test_layer_input_scores_equal_the_full_forward_on_bundled_models(bundled, layer):
+    model, tok = bundled
+    p = build_prompt(tok, Q, PASSAGES)
+    a, b = p.spans["question"]
+    x, got = _scores_up_to(model, p.input_ids, layer, torch.arange(a, b))
+    assert x.layer == layer % len(decoder_layers(model))
+    ref = attention_to_spans(model, p.input_ids, p.spans, "question", [x.layer], reduce_rows=False).tokens[0]
+    assert torch.equal(got, ref)
