@@ -36,6 +36,15 @@ POS_FIRST=${POS_FIRST:-200}  # the sweep's first question (0-199: calibration an
 LAYER_SMOL=${LAYER_SMOL:-18}  # bench.infiniretri_layer on CPU (3 haystacks); `layer` re-measures it
 LAYER_QWEN=${LAYER_QWEN:-}    # empty: the default (last layer) until `layer` says otherwise
 infini() { [ -n "$1" ] && echo "infiniretri(layer=$1)" || echo infiniretri; }
+crag_shards() {  # METHOD: eval crag on N_CRAG questions from 201 in CRAG_SHARDS processes, then wait
+  local per=$(((${N_CRAG:-300} + ${CRAG_SHARDS:-1} - 1) / ${CRAG_SHARDS:-1})) k n
+  for ((k = 0; k < ${CRAG_SHARDS:-1}; k++)); do
+    n=$((${N_CRAG:-300} - k * per < per ? ${N_CRAG:-300} - k * per : per))
+    $PY "${R[@]}" eval crag --model "$GEN" --device "$DEVICE" --k 10 --method "$1" --offset $((200 + k * per)) \
+      --limit "$n" --out "$OUT/crag-qwen-$k.json" > "$OUT/crag-$k.log" 2>&1 &
+  done
+  wait
+}
 pos_shards() {  # ORDER FIRST N PREFIX: eval position on questions FIRST.. in POS_SHARDS processes, then wait
   local o=$1 first=$2 total=$3 pre=$4 ps=${POS_SHARDS:-1} per k n tag
   per=$(((total + ps - 1) / ps)); tag=$(echo "$o" | tr -d "()' " | tr '=,' '__')
@@ -124,13 +133,11 @@ print(max(m, key=lambda k: m[k]["accuracy_avg"]))' "$OUT"/sortdev-*.json) || exi
       [ "$step" = cragboth ] || exit 0
       CRAG_METHOD=$($PY -m bench.rerank_context choose-crag "$OUT"/cragdev-*.json --section crag-dev-gpu --note "GPU run") || exit 1
       echo "$(date +%T) crag chose $CRAG_METHOD"
-      $PY "${R[@]}" eval crag --model "$GEN" --device "$DEVICE" --k 10 --method "$CRAG_METHOD" --offset 200 \
-        --limit "${N_CRAG:-300}" --out "$OUT/crag-qwen.json" > "$OUT/crag.log" 2>&1
+      crag_shards "$CRAG_METHOD"
     ) & ;;
   crag)  # CRAG_METHOD: the setting cragdev chose (bench.rerank_context choose-crag)
     CRAG_METHOD=${CRAG_METHOD:-$($PY -m bench.rerank_context choose-crag "$OUT"/cragdev-*.json)} || exit 1
-    $PY "${R[@]}" eval crag --model "$GEN" --device "$DEVICE" --k 10 --method "$CRAG_METHOD" --offset 200 \
-      --limit "${N_CRAG:-300}" --out "$OUT/crag-qwen.json" > "$OUT/crag.log" 2>&1 & ;;
+    crag_shards "$CRAG_METHOD" & ;;
   render)
     $PY -m bench.rerank_context profile "$OUT"/profile-*.json --section attn-profile-gpu --note "GPU run"
     $PY -c 'import json, sys; from pathlib import Path; from eval.position import merge
@@ -139,7 +146,7 @@ out = Path(sys.argv[1]); runs = [json.loads(p.read_text()) for p in sorted(out.g
     $PY -m bench.rerank_context position "$OUT/merged-position.json" --profile "$OUT/profile-qwen2.5-0.5b.json" \
       --section position-gpu --note "GPU run"
     $PY -m bench.rerank_context longctx "$OUT"/longctx-*.json "$OUT"/needle-*.json --section longctx-gpu --note "GPU run"
-    $PY -m bench.rerank_context crag "$OUT/crag-qwen.json" --section crag-gpu --note "GPU run" ;;
+    $PY -m bench.rerank_context crag "$OUT"/crag-qwen-*.json --section crag-gpu --note "GPU run" ;;
   *) echo "unknown step $step"; exit 2 ;;
   esac
   done

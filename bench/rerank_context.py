@@ -290,6 +290,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--note", default="", help="a line under the title (where it ran)")
     a = p.parse_args(argv)
     data = [read_json(f) for f in a.files]
+    if a.kind in ("crag", "choose-crag"):  # shards of one method merged exactly
+        from eval.context_suites import merge_crag
+
+        by: dict[str, list[dict[str, Any]]] = {}
+        for r in data:
+            by.setdefault(r["method"], []).append(r)
+        data = [rs[0] if len(rs) == 1 else merge_crag(rs) for rs in by.values()]
     if a.kind == "choose-crag":
         print(choose_crag(data))
         if a.section:

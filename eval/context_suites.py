@@ -253,10 +253,16 @@ def run_crag(
                 "text": g.text,
             }
         preds.append(row)
-    arm = stage.label
+    out = {"suite": "crag", "model": lm.model_name, "data": str(path), "k": k, "method": stage.label, "offset": offset}
+    return {**out, **crag_summary(preds, stage.label)}
+
+
+def crag_summary(preds: list[dict[str, Any]], arm: str) -> dict[str, Any]:
+    """The figures of a CRAG run from its per-question ``predictions``: accuracy, input tokens and seconds of each
+    arm, and the paired accuracy change and share of tokens saved (with 95% intervals)."""
     d_acc = [r[arm]["accuracy"] - r["plain"]["accuracy"] for r in preds]
     saved = [1 - r[arm]["tokens"] / r["plain"]["tokens"] for r in preds]
-    out = {"suite": "crag", "model": lm.model_name, "data": str(path), "k": k, "method": arm, "n": len(preds)}
+    out: dict[str, Any] = {"n": len(preds)}
     for a in ("plain", arm):
         out[a] = {
             "accuracy": mean_ci([r[a]["accuracy"] for r in preds]),
@@ -265,8 +271,29 @@ def run_crag(
         }
     out["accuracy_diff"], out["accuracy_diff_ci95"] = mean_ci(d_acc)
     out["tokens_saved"], out["tokens_saved_ci95"] = mean_ci(saved)
-    out["predictions"] = preds
+    out["predictions"] = list(preds)
     return out
+
+
+def merge_crag(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One CRAG result from shards of one run (same model, k and method; disjoint questions), exactly.
+
+    Raises
+    ------
+    ragcore.errors.ConfigError
+        Mixed models, k or methods, or a question in two shards.
+    """
+    if not results:
+        raise ConfigError("merge needs at least one crag result", param="results")
+    for key in ("model", "k", "method"):
+        if len({str(r.get(key)) for r in results}) != 1:
+            raise ConfigError(f"merge takes crag runs of one {key}, got {sorted({str(r.get(key)) for r in results})}")
+    preds = [p for r in results for p in r["predictions"]]
+    if len({p["id"] for p in preds}) != len(preds):
+        raise ConfigError("merge got a question twice: overlapping shards", param="results")
+    head = {k: v for k, v in results[0].items() if not isinstance(v, (dict, list)) and k != "n"}
+    head["offset"] = min(r.get("offset", 0) for r in results)
+    return {**head, **crag_summary(preds, results[0]["method"])}
 
 
 def run_suite(a: Any, progress: bool = False) -> dict[str, Any]:
