@@ -55,9 +55,12 @@ for steps in "$@"; do
         "${NQ[@]}" --out "$OUT/sxs-agnostic-$i.json" > "$OUT/sxs-agnostic-$i.log" 2>&1 &
     done
     ;;
-  reuse)
-    ev reuse-kv --reuse 10 --limit "${N_REUSE:-30}" --compressor "$PICK" --ratio 0.5 --data "${KV[0]}"
-    ev reuse-nq --reuse 10 --limit "${N_REUSE:-30}" --compressor "$PICK" --ratio 0.5
+  reuse)  # REUSE_BATCHES: questions decoded together in both arms (1: one by one); one run per value and data
+    for b in ${REUSE_BATCHES:-1}; do
+      sfx=; [ "$b" = 1 ] || sfx=-b$b
+      ev reuse-kv$sfx --reuse 10 --limit "${N_REUSE:-30}" --compressor "$PICK" --ratio 0.5 --data "${KV[0]}" --batch-size "$b"
+      ev reuse-nq$sfx --reuse 10 --limit "${N_REUSE:-30}" --compressor "$PICK" --ratio 0.5 --batch-size "$b"
+    done
     ;;
   report)
     NOTE="Ran on one GPU by bench/gpu_kv_agnostic.sh (qwen2.5-0.5b, $($PY -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))."
