@@ -2,10 +2,11 @@
 (each a kernel launch or more on a GPU, where a small model's per-step cost is bound by launches).
 
 One context (a key-value retrieval row's records, ``--tokens`` long) is prefilled and compressed once
-(``Generator.prefill_context``, kvzip by default) and asked one question; the parts are: the plain prefill of the
+(``Generator.prefill_context``, kvzip by default) and asked questions; the parts are: the plain prefill of the
 context, the prefill under compression split into KVzip's reconstruction scoring and the rest (selection and
 pruning), the question fed on the compressed cache, and one decode step on the compressed cache against one on a
-plain full cache (``Generator.generate`` without compression). Operations are counted with a torch dispatch mode;
+plain full cache (``Generator.generate`` without compression); then ``--questions`` answers one by one
+(``CompressedContext.ask``), decoded together (``CompressedContext.ask_batch``) and from full prefills. Operations are counted with a torch dispatch mode;
 times are wall and processor seconds of this process (run it with ``OMP_NUM_THREADS=1`` on a shared machine).
 
 ``--model tiny`` is a random-init Qwen2-architecture model (``--layers`` layers, hidden size 64) with SmolLM2's
@@ -83,9 +84,9 @@ def tiny_qwen2(layers: int, vocab: int) -> torch.nn.Module:
     return model
 
 
-def run(gen: Generator, tokens: int, steps: int, spec: str, ratio: float) -> dict[str, Any]:
+def run(gen: Generator, tokens: int, steps: int, spec: str, ratio: float, questions: int) -> dict[str, Any]:
     rows = read_jsonl(DATA)
-    ctx_spec = kv_contexts(gen, rows[:1], 1, tokens)[0]
+    ctx_spec = kv_contexts(gen, rows[:1], questions, tokens)[0]
     question = ctx_spec.questions[0][0]
     passages, system = ctx_spec.passages, ctx_spec.system
     out: dict[str, Any] = {}
@@ -134,6 +135,15 @@ def run(gen: Generator, tokens: int, steps: int, spec: str, ratio: float) -> dic
     row("full: prefill of the whole prompt", w1, c1, n1)
     row("full: one decode step", (wn - w1) / k, (cn - c1) / k, round((nn - n1) / k))
     out["steps"] = k
+
+    qs = [q for q, _ in ctx_spec.questions]
+    prompts = [ctx.prompt(q) for q in qs]
+    _, w, c, n = measure(lambda: [ctx.ask(q, many) for q in qs])
+    row(f"{len(qs)} answers, ask one by one", w, c, n)
+    _, w, c, n = measure(lambda: ctx.ask_batch(qs, many))
+    row(f"{len(qs)} answers, ask_batch", w, c, n)
+    _, w, c, n = measure(lambda: [gen.generate(p, config=many) for p in prompts])
+    row(f"{len(qs)} full prefills + answers", w, c, n)
     return out
 
 
@@ -148,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--layers", type=int, default=24, help="tiny model's layers (qwen2.5-0.5b has 24)")
     ap.add_argument("--tokens", type=int, default=2500)
     ap.add_argument("--steps", type=int, default=16)
+    ap.add_argument("--questions", type=int, default=10, help="questions of the many-answers parts")
     ap.add_argument("--compressor", default="kvzip")
     ap.add_argument("--ratio", type=float, default=0.5)
     ap.add_argument("--json", default=None, help="also write the numbers to this JSON file")
@@ -160,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         gen = Generator(a.model, device="cpu")
         gen.warm_up()
-    res = run(gen, a.tokens, a.steps, a.compressor, a.ratio)
+    res = run(gen, a.tokens, a.steps, a.compressor, a.ratio, a.questions)
     lines = [f"{a.model}, {res['context_tokens']} context tokens, {a.compressor} ratio {a.ratio}, torch threads "
              f"{torch.get_num_threads()}", f"{'part':42s} {'wall ms':>9s} {'cpu ms':>9s} {'ops':>8s}"]  # fmt: skip
     for name, v in res.items():

@@ -117,3 +117,15 @@ def test_a_decoding_step_on_the_context_costs_about_what_one_on_a_full_cache_doe
     full = per_step(lambda cfg: smol.generate(prompt, config=cfg))
     layers = smol.model.config.num_hidden_layers
     assert ask < full + 6 * layers, (ask, full, layers)
+
+
+def test_ask_batch_gives_the_answers_of_ask(smol):
+    """Questions decoded together from one compressed context get the greedy answers that one by one get."""
+    ctx = smol.prefill_context(PASSAGES, "kvzip", ratio=0.5)
+    questions = [QUESTION, OTHER, "Where was the World's Fair of 1889?"]
+    cfg = GenerationConfig(max_new_tokens=8)
+    one = [ctx.ask(q, cfg) for q in questions]
+    batch = ctx.ask_batch(questions, cfg)
+    assert [g.token_ids for g in batch] == [g.token_ids for g in one]
+    assert [g.text for g in batch] == [g.text for g in one] and all(g.stats["batch_size"] == 3 for g in batch)
+    assert batch[0].stats["kv_bytes"] == one[0].stats["kv_bytes"] and ctx.ask_batch([], cfg) == []
