@@ -121,6 +121,7 @@ def run_reuse(
     max_new_tokens: int | None = None,
     distractors: int = 10,
     progress: bool = True,
+    batch_size: int = 1,
 ) -> dict[str, Any]:
     """Ask ``reuse`` questions of each of ``limit`` contexts, from one compressed context and from full prefills.
 
@@ -146,6 +147,13 @@ def run_reuse(
         NQ-open: gold passages of other questions added to each context.
     progress:
         Show a progress bar.
+    batch_size:
+        Questions decoded together, in both arms: ``CompressedContext.ask_batch`` on the compressed context,
+        ``Generator.generate_batch`` for the full prefills (greedy answers equal one-by-one ones up to
+        floating-point ties). Decoding steps cost a small model on a GPU the same for one row as for ten
+        (kernel launches), so with 1 (one by one, the default) both arms are bound by decoding and reuse saves
+        little there. With more than 1, a row's ``answer_s``/``full_s`` is its question's feed (its prefill) plus
+        the batch's decoding until that row stopped.
 
     Returns
     -------
@@ -161,9 +169,9 @@ def run_reuse(
     """
     from compress.kv import DEFAULT_AGNOSTIC, DEFAULT_AGNOSTIC_RATIO, get_compressor
 
-    for name, v, lo in (("reuse", reuse, 1), ("limit", limit, 1), ("offset", offset, 0)):
+    for name, v, lo in (("reuse", reuse, 1), ("limit", limit, 1), ("offset", offset, 0), ("batch_size", batch_size, 1)):
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-            raise ConfigError(f"--{name} must be an integer >= {lo}, got {v!r}", param=name)
+            raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= {lo}, got {v!r}", param=name)
     spec = compressor or DEFAULT_AGNOSTIC
     ratio = DEFAULT_AGNOSTIC_RATIO if ratio is None else ratio
     label = get_compressor(spec, ratio=ratio).label  # a bad spec or ratio fails before the model loads
@@ -186,9 +194,19 @@ def run_reuse(
     for c in tqdm(contexts, desc=f"reuse {label} {ratio}", disable=not progress):
         t0, c0 = time.perf_counter(), time.process_time()
         ctx = gen.prefill_context(c.passages, spec, c.system, ratio)
-        answers = [ctx.ask(question, cfg) for question, _ in c.questions]
+        qs = [question for question, _ in c.questions]
+        if batch_size == 1:
+            answers = [ctx.ask(question, cfg) for question in qs]
+        else:
+            answers = [a for s in range(0, len(qs), batch_size) for a in ctx.ask_batch(qs[s : s + batch_size], cfg)]
         t1, c1 = time.perf_counter(), time.process_time()
-        fulls = [gen.generate(gen.prompt(question, c.passages, c.system), config=cfg) for question, _ in c.questions]
+        prompts = [gen.prompt(question, c.passages, c.system) for question in qs]
+        if batch_size == 1:
+            fulls = [gen.generate(p, config=cfg) for p in prompts]
+        else:
+            fulls = [
+                f for s in range(0, len(qs), batch_size) for f in gen.generate_batch(prompts[s : s + batch_size], cfg)
+            ]
         t2, c2 = time.perf_counter(), time.process_time()
         a0 = answers[0]
         full_bytes = a0.stats["kv_bytes_full"] * ctx.context_tokens // a0.prompt_tokens
@@ -206,7 +224,8 @@ def run_reuse(
                           "full": f.text, "reuse": a.text, "accuracy_full": score_answer(fmt, f.text, gold),
                           "accuracy_reuse": score_answer(fmt, a.text, gold)})  # fmt: skip
     head = {"suite": "kv-reuse", "data": str(path), "format": fmt, "model": gen.model_name, "compressor": label,
-            "ratio": float(ratio), "query_aware": False, "reuse": reuse, "offset": offset}  # fmt: skip
+            "ratio": float(ratio), "query_aware": False, "reuse": reuse, "offset": offset,
+            "batch_size": batch_size}  # fmt: skip
     return {**head, **summarise(preds, timings, reuse), "max_new_tokens": new, "predictions": preds}
 
 
@@ -266,13 +285,19 @@ def merge_reuse(results: list[dict[str, Any]]) -> dict[str, Any]:
     per-context timings."""
     if not results:
         raise ConfigError("merge_reuse needs at least one result")
-    same = ("suite", "data", "format", "model", "compressor", "ratio", "reuse", "max_new_tokens")
+    same = ("suite", "data", "format", "model", "compressor", "ratio", "reuse", "max_new_tokens", "batch_size")
     first = results[0]
     seen: set[str] = set()
+
+    def setting(r: dict[str, Any], key: str) -> Any:
+        return r.get(key, 1 if key == "batch_size" else None)  # results from before the batches decoded one by one
+
     for r in results:
         for key in same:
-            if r.get(key) != first.get(key):
-                raise ConfigError(f"cannot merge reuse results with {key} {r.get(key)!r} and {first.get(key)!r}")
+            if setting(r, key) != setting(first, key):
+                raise ConfigError(
+                    f"cannot merge reuse results with {key} {setting(r, key)!r} and {setting(first, key)!r}"
+                )
         if "timings" not in r:
             raise ConfigError("a reuse result without per-context timings (written before them) cannot be merged")
         ids = {t["context"] for t in r["timings"]}
@@ -281,6 +306,6 @@ def merge_reuse(results: list[dict[str, Any]]) -> dict[str, Any]:
         seen |= ids
     preds = [p for r in results for p in r["predictions"]]
     timings = [t for r in results for t in r["timings"]]
-    head = {k: first[k] for k in (*same, "query_aware")}
+    head = {k: setting(first, k) for k in (*same, "query_aware")}
     head["offset"] = min(r["offset"] for r in results)
     return {**head, **summarise(preds, timings, first["reuse"]), "predictions": preds}

@@ -222,7 +222,14 @@ def visibility_mask(visible: torch.Tensor, past: int, q: int, module: Any, dtype
 
 def head_mask_hook(masks: Callable[[Any, Any], torch.Tensor | None]) -> Callable[..., Any]:
     """A pre-hook (for :func:`attention_hooks`) passing per-head visibility: ``masks(module, cache)`` gives the
-    (B, H_kv, S) visibility of the layer's slots for the cache being used, or None to leave the call alone."""
+    (B, H_kv, S) visibility of the layer's slots for the cache being used, or None to leave the call alone.
+
+    A decoding step (one new row) gets a view of a mask row built once per layer and visibility tensor, with room
+    for the slots that later steps append (rebuilt, larger, when they outgrow it): the same values as
+    :func:`visibility_mask`, without the dozen or so tensor operations per layer and step that building it costs
+    (on a GPU each is a kernel launch, which is what a small model's decoding step is bound by). Several new rows
+    (a question fed on the cache) get a mask built for the call."""
+    rows: dict[int, tuple[torch.Tensor, torch.dtype, torch.Tensor]] = {}  # layer -> (visible, dtype, mask row)
 
     def pre(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         cache = from_call(kwargs)
@@ -230,7 +237,19 @@ def head_mask_hook(masks: Callable[[Any, Any], torch.Tensor | None]) -> Callable
         if visible is None:
             return None
         hidden = kwargs.get("hidden_states", args[0] if args else None)
-        mask = visibility_mask(visible, seq_len(cache, module.layer_idx), hidden.shape[1], module, hidden.dtype)
+        past, q, dtype = seq_len(cache, module.layer_idx), hidden.shape[1], hidden.dtype
+        if q != 1:
+            mask = visibility_mask(visible, past, q, module, dtype)
+        else:
+            entry = rows.get(module.layer_idx)
+            if entry is None or entry[0] is not visible or entry[1] != dtype or entry[2].shape[-1] <= past:
+                room = past + 1 + max(DECODE_ROOM, past // 4)  # a row for past + 1 slots, and room to grow
+                entry = (visible, dtype, visibility_mask(visible, room - 1, 1, module, dtype))
+                rows[module.layer_idx] = entry
+            mask = entry[2][..., : past + 1]
         return args, {**kwargs, "attention_mask": mask}
 
     return pre
+
+
+DECODE_ROOM = 256  # decoding steps a per-layer mask row is built for, at least, before it is rebuilt larger

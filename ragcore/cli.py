@@ -414,7 +414,7 @@ def _eval_kv_reuse(a: argparse.Namespace) -> dict:
     comp = None if a.compressor == "none" else a.compressor
     return run_reuse(
         a.model, a.data, comp, ratio, a.reuse, a.limit or 5, a.offset or 0, a.device, a.max_tokens,
-        a.max_new_tokens, progress=_progress(a),
+        a.max_new_tokens, progress=_progress(a), batch_size=a.batch_size,
     )  # fmt: skip
 
 

@@ -230,7 +230,7 @@ class Generator:
         for p in prompts:
             if not isinstance(p, Prompt):
                 raise ConfigError(f"generate_batch takes ready Prompt objects, got {type(p).__name__!r}")
-        model, dev = self.model, self.model.device
+        dev = self.model.device
         gen = torch.Generator(device=dev)
         if cfg.seed is not None:
             gen.manual_seed(cfg.seed)
@@ -245,15 +245,44 @@ class Generator:
             caches.append(cache)
             firsts.append(logits)
             stats.append(st)
-        batched = _BatchedCache(model, list(zip(caches, masks)), cfg.max_new_tokens)
+        rows = list(zip(caches, masks))
         caches.clear()  # the batch cache holds copies: let the single-row caches go
+        return self.decode_batch(prompts, rows, firsts, stats, prefill_s, cfg, gen)
+
+    @torch.inference_mode()
+    def decode_batch(
+        self,
+        prompts: Sequence[Prompt],
+        rows: list[tuple[Any, dict[int, torch.Tensor]]],
+        logits: Sequence[torch.Tensor],
+        stats: Sequence[dict[str, Any]],
+        prefill_s: Sequence[float],
+        config: GenerationConfig | None = None,
+        gen: torch.Generator | None = None,
+    ) -> list[Generation]:
+        """Decode several prompts together from their prefilled single-row caches, as :meth:`generate_batch` does.
+
+        ``rows``: per prompt, its cache (holding every prompt token, possibly compressed) and its per-layer
+        (1, H_kv, S) head visibility (empty: all visible); the list is emptied once the left-padded batch cache
+        holds copies of them. ``logits``: per prompt, the (1, V) next-token logits after its last token;
+        ``stats`` and ``prefill_s`` go to each :class:`Generation`. ``gen``: the sampling generator (default: one
+        seeded from ``config.seed``)."""
+        self.warm_up()
+        cfg = config or GenerationConfig()
+        model, dev = self.model, self.model.device
+        if gen is None:
+            gen = torch.Generator(device=dev)
+            if cfg.seed is not None:
+                gen.manual_seed(cfg.seed)
+        batched = _BatchedCache(model, list(rows), cfg.max_new_tokens)
+        rows.clear()
         t1 = time.perf_counter()
         b = len(prompts)
         outs: list[list[int]] = [[] for _ in range(b)]
         stopped = ["max_new_tokens"] * b
         done_at = [0.0] * b
         live = list(range(b))
-        logits = torch.cat(firsts)
+        logits = torch.cat(list(logits))
         n = torch.tensor([len(p) for p in prompts], device=dev)
         with batched as cache:
             for step in range(cfg.max_new_tokens):
@@ -345,6 +374,23 @@ class Generator:
         t2 = time.perf_counter()
         text = self.tokenizer.decode(out, skip_special_tokens=True).strip() if self.tokenizer else ""
         return Generation(text, out, n, t1 - t0, t2 - t1, stopped, {"kv_bytes": kvcache.kv_bytes(cache)})
+
+    @torch.inference_mode()
+    def feed_on(
+        self, cache: Any, prompt: Prompt, start: int, masks: dict[int, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """Feed the tokens of ``prompt`` from ``start`` on at their absolute positions to a ``cache`` that holds
+        (possibly compressed) its first ``start`` tokens, under the per-layer (B, H_kv, S) head visibility
+        ``masks``, as :meth:`decode_on` does before decoding; the next-token logits (1, V). ``cache`` grows by
+        the tokens fed."""
+        self.warm_up()
+        model, masks = self.model, masks or {}
+
+        def visible(module: Any, c: Any) -> torch.Tensor | None:
+            return masks.get(module.layer_idx) if c is cache else None
+
+        with kvcache.attention_hooks(model, pre=kvcache.head_mask_hook(visible)):
+            return kvcache.feed(model, prompt.input_ids[:, start:].to(model.device), cache, start)
 
     def _loop(
         self,

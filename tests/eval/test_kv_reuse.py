@@ -93,3 +93,18 @@ def test_key_value_contexts_are_named_by_their_row_in_the_file(smol):
     """Runs over different --offset (one context each) name their contexts apart, so they can be merged."""
     rows = read_jsonl(KV)
     assert [c.id for c in kv_contexts(smol, rows[1:3], 2, 340, first=1)] == ["1", "2"]
+
+
+def test_reuse_with_batches_gives_the_answers_one_by_one_gives(smol):
+    """--batch-size decodes the questions together in both arms (ask_batch, generate_batch): the same greedy
+    answers as one by one, and the setting is recorded (a merge refuses mixed settings)."""
+    kw = dict(reuse=3, limit=1, max_tokens=360, max_new_tokens=6, progress=False)
+    one = run_reuse(smol, KV, "kvzip", 0.5, **kw)
+    two = run_reuse(smol, KV, "kvzip", 0.5, batch_size=2, **kw)
+    for key in ("reuse", "full"):
+        assert [p[key] for p in two["predictions"]] == [p[key] for p in one["predictions"]], key
+    assert one["batch_size"] == 1 and two["batch_size"] == 2
+    with pytest.raises(ConfigError, match="batch_size 2 and 1"):
+        merge_reuse([one, {**two, "timings": [{**t, "context": "other"} for t in two["timings"]]}])
+    with pytest.raises(ConfigError, match="--batch-size must be an integer >= 1"):
+        run_reuse(smol, KV, batch_size=0)

@@ -93,3 +93,27 @@ def test_visibility_mask_shapes(tiny_llama):
     assert m.shape == (1, 4, 2, 5) and m.dtype == torch.bool
     assert m[0, 0, 0].tolist() == [True, False, True, True, False]  # the first new row cannot see the second
     assert m[0, 2, 1].tolist() == [False, True, True, True, True]  # query head 2 is in key/value group 1
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+def test_decode_step_masks_are_built_once_and_equal_a_fresh_one(tiny_llama, impl, monkeypatch):
+    """A decoding step's mask is a view of a row built once per layer (rebuilt only when the cache outgrows it),
+    with the values :func:`visibility_mask` gives for that step."""
+    monkeypatch.setattr(kvcache, "DECODE_ROOM", 3)
+    attn = kvcache.attention_layers(tiny_llama)[1]
+    vis = torch.rand(1, 2, 6, generator=torch.Generator().manual_seed(0)) > 0.3
+    k = torch.zeros(1, 2, 6, 16)
+    cache = kvcache.new_cache(tiny_llama.config, [(k, k), (k, k)])
+    pre = kvcache.head_mask_hook(lambda m, c: vis if c is cache else None)
+    hidden = torch.zeros(1, 1, 64)
+    tiny_llama.config._attn_implementation = impl
+    masks = []
+    try:
+        for step in range(12):
+            _, kw = pre(attn, (), {"hidden_states": hidden, "cache": cache})
+            assert torch.equal(kw["attention_mask"], kvcache.visibility_mask(vis, 6 + step, 1, attn, hidden.dtype))
+            masks.append(kw["attention_mask"])
+            cache.update(k[:, :, :1], k[:, :, :1], 1)
+    finally:
+        tiny_llama.config._attn_implementation = "sdpa"
+    assert len({m.untyped_storage().data_ptr() for m in masks}) == 3  # built at 6 slots, then at 10 and 14

@@ -83,3 +83,49 @@ def test_pipeline_defaults(retriever, smol):
     assert ans.kv["query_aware"] is False and ans.citations and ans.text
     with pytest.raises(ConfigError, match="at least one passage"):
         p.compress_context([])
+
+
+def test_a_decoding_step_on_the_context_costs_about_what_one_on_a_full_cache_does(smol):
+    """Tensor operations per decoding step (each a kernel launch or more on a GPU): answering from a compressed
+    context with per-head masks adds a few views per layer to a step on a plain full cache, not the dozen or so
+    operations per layer and step of rebuilding the masks (issue #16: reuse was slower than full prefills on a
+    GPU)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+            self.n += 1
+            return func(*args, **(kwargs or {}))
+
+    def per_step(answer) -> float:
+        counts, tokens = [], []
+        for new in (2, 7):  # the first step (building each layer's mask row) in both
+            c = Count()
+            with c:
+                g = answer(GenerationConfig(max_new_tokens=new))
+            counts.append(c.n)
+            tokens.append(len(g.token_ids))
+        assert tokens[1] > tokens[0]
+        return (counts[1] - counts[0]) / (tokens[1] - tokens[0])
+
+    ctx = smol.prefill_context(PASSAGES, "kvzip", ratio=0.5)
+    assert ctx.masks
+    prompt = ctx.prompt(QUESTION)
+    ask = per_step(lambda cfg: ctx.ask(QUESTION, cfg))
+    full = per_step(lambda cfg: smol.generate(prompt, config=cfg))
+    layers = smol.model.config.num_hidden_layers
+    assert ask < full + 6 * layers, (ask, full, layers)
+
+
+def test_ask_batch_gives_the_answers_of_ask(smol):
+    """Questions decoded together from one compressed context get the greedy answers that one by one get."""
+    ctx = smol.prefill_context(PASSAGES, "kvzip", ratio=0.5)
+    questions = [QUESTION, OTHER, "Where was the World's Fair of 1889?"]
+    cfg = GenerationConfig(max_new_tokens=8)
+    one = [ctx.ask(q, cfg) for q in questions]
+    batch = ctx.ask_batch(questions, cfg)
+    assert [g.token_ids for g in batch] == [g.token_ids for g in one]
+    assert [g.text for g in batch] == [g.text for g in one] and all(g.stats["batch_size"] == 3 for g in batch)
+    assert batch[0].stats["kv_bytes"] == one[0].stats["kv_bytes"] and ctx.ask_batch([], cfg) == []
