@@ -65,11 +65,11 @@ echo "$(date +%T) issues"
   bench/gpu_attribution.sh "$RES/attribution" > "$RES/attribution.log" 2>&1 &
 [ -n "${RERANK_STEPS-x}" ] && env ${GPU_RERANK:+CUDA_VISIBLE_DEVICES=$GPU_RERANK} \
   MODELS=qwen2.5-0.5b N_POSITION=${N_POSITION:-215} \
-  LONGCTX_TOKENS=${LONGCTX_TOKENS:-"8192 65536"} bench/gpu_rerank_context.sh "$RES/rerank" \
+  LONGCTX_TOKENS="${LONGCTX_TOKENS:-8192 65536}" bench/gpu_rerank_context.sh "$RES/rerank" \
   ${RERANK_STEPS:-profile+layer position+crag+longctx+needle render} > "$RES/rerank.log" 2>&1 &
 [ -n "${KV_STEPS-x}" ] && env ${GPU_KV:+CUDA_VISIBLE_DEVICES=$GPU_KV} \
   MODEL=qwen2.5-0.5b RETRIEVED=/var/tmp/retrieved.json KVP=/var/tmp/kvp \
-  HEAD=${HEAD:-"kvzip,kvzip(scope='layer'),expected_attention,h2o"} \
+  HEAD="${HEAD:-kvzip,kvzip(scope='layer'),expected_attention,h2o}" \
   bench/gpu_kv_agnostic.sh "$RES/kv" ${KV_STEPS:-dev+head+aware+sxs+reuse report} > "$RES/kv.log" 2>&1 &
 wait
 echo "$(date +%T) done"
