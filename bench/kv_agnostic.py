@@ -62,18 +62,22 @@ def reuse_table(results: list[dict[str, Any]]) -> str:
         "kv bytes / full |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def name(r: dict[str, Any]) -> str:  # the data, and the questions decoded together when more than one
+        return r["format"] + (f" (batch {r['batch_size']})" if r.get("batch_size", 1) > 1 else "")
+
     for r in results:
         kv = r["kv_bytes"] / r["kv_bytes_full"] if r["kv_bytes_full"] else 0.0
         cpu = f"{r['cpu_speedup']:.2f}x" if "cpu_speedup" in r else "-"  # files written before it was measured
         lines.append(
-            f"| {r['format']} | {r['model']} | {r['compressor']} (ratio {r['ratio']}) | {r['contexts']} x "
+            f"| {name(r)} | {r['model']} | {r['compressor']} (ratio {r['ratio']}) | {r['contexts']} x "
             f"{r['reuse']} | {r['mean_context_tokens']:.0f} | {r['accuracy_full']:.3f} | {r['accuracy_reuse']:.3f} | "
             f"{100 * r['diff']:+.1f} ± {100 * r['diff_ci95']:.1f} | {r['seconds_full']:.1f} | "
             f"{r['seconds_reuse']:.1f} | {r['speedup']:.2f}x | {cpu} | {kv:.3f} |"
         )
     for r in results:
         if r.get("timings"):
-            lines += ["", f"Where the seconds go, per context ({r['format']}, {r['compressor']}; wall clock):", ""]
+            lines += ["", f"Where the seconds go, per context ({name(r)}, {r['compressor']}; wall clock):", ""]
             lines += [
                 "| context | tokens | reuse: prefill + compression | reuse: mean answer | full: mean prefill + "
                 "answer | reuse arm | full arm | speedup | speedup in CPU time |",
@@ -88,7 +92,7 @@ def reuse_table(results: list[dict[str, Any]]) -> str:
                     f"{t['cpu_seconds_full'] / t['cpu_seconds_reuse']:.2f}x |"
                 )
     for r in results:
-        lines += ["", f"Accuracy per question index ({r['format']}, {r['compressor']}): full / reuse", ""]
+        lines += ["", f"Accuracy per question index ({name(r)}, {r['compressor']}): full / reuse", ""]
         lines.append("| index | " + " | ".join(str(x["index"] + 1) for x in r["by_index"]) + " |")
         lines.append("|---" * (len(r["by_index"]) + 1) + "|")
         lines.append("| full | " + " | ".join(f"{x['accuracy_full']:.2f}" for x in r["by_index"]) + " |")

@@ -17,7 +17,6 @@ memory is its own (on CPU, the process's peak resident size).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -309,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
             "Positional attention profile (AttnRank calibration)",
         )
     elif a.kind == "position":
-        prof = json.loads(Path(a.profile).read_text()) if a.profile else None
+        prof = read_json(a.profile) if a.profile else None
         body, title = (
             position_body(data[0], prof),
             f"Position sweep: accuracy per gold position and order ({data[0]['model']})",
