@@ -29,7 +29,9 @@ from ragcore.models import load_generator
 logger = logging.getLogger("bench.kv_op_count")
 
 
-class _Count(TorchDispatchMode):
+class OpCount(TorchDispatchMode):
+    """Counts the ATen operations dispatched inside the block (a proxy for a GPU's kernel launches)."""
+
     def __init__(self) -> None:
         super().__init__()
         self.n = 0
@@ -41,7 +43,7 @@ class _Count(TorchDispatchMode):
 
 @torch.inference_mode()
 def count(model: torch.nn.Module, ids: torch.Tensor, ctx: contextlib.AbstractContextManager) -> int:
-    c = _Count()
+    c = OpCount()
     with ctx, c:
         kvcache.call(model.model, new_cache(model.config), input_ids=ids, use_cache=True)
     return c.n

@@ -29,28 +29,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from bench.kv_op_count import OpCount
 from compress.kv import get_compressor
+from eval.context_suites import KV_DEFAULT
 from eval.datasets import read_jsonl
 from eval.kv_reuse import kv_contexts
 from ragcore.generator import GenerationConfig, Generator
 from ragcore.models import load_generator
 
 logger = logging.getLogger("bench.kv_reuse_overhead")
-DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "kv_retrieval_75_keys.jsonl.gz"
-
-
-class OpCount(TorchDispatchMode):
-    """Counts the ATen operations dispatched inside the block."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.n = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
-        self.n += 1
-        return func(*args, **(kwargs or {}))
 
 
 def measure(fn: Callable[[], Any], count: bool = True) -> tuple[Any, float, float, int]:
@@ -85,7 +73,7 @@ def tiny_qwen2(layers: int, vocab: int) -> torch.nn.Module:
 
 
 def run(gen: Generator, tokens: int, steps: int, spec: str, ratio: float, questions: int) -> dict[str, Any]:
-    rows = read_jsonl(DATA)
+    rows = read_jsonl(KV_DEFAULT)
     ctx_spec = kv_contexts(gen, rows[:1], questions, tokens)[0]
     question = ctx_spec.questions[0][0]
     passages, system = ctx_spec.passages, ctx_spec.system
