@@ -183,7 +183,12 @@ def main(argv: list[str] | None = None) -> int:
         if "injection_dev" in runs:
             runs["injection_dev"]["chosen"] = choose_detector(runs["injection_dev"])
         if (out / "speed.json").exists():  # a poisoned run of the tracers alone: the speed verdict reads it
-            runs["speed"] = read_json(out / "speed.json")
+            try:
+                runs["speed"] = read_json(out / "speed.json")
+            except ValueError as e:
+                ap.error(f"{out / 'speed.json'}: not JSON ({e})")
+            if not isinstance(runs["speed"], dict) or runs["speed"].get("suite") != "poisoned":
+                ap.error(f"{out / 'speed.json'}: not a poisoned result (ragcore eval poisoned --out)")
     if a.poisoned and not a.from_json:
         runs["poisoned"] = attribution.eval_poisoned(None, a.methods, limit=a.poisoned, shuffles=a.shuffles, **common)
     if a.injection and not a.from_json:

@@ -22,6 +22,7 @@ from typing import Any
 
 from bench.results import write_section
 from eval.report import read_json, table
+from ragcore.errors import ConfigError
 
 FIGURES = Path(__file__).resolve().parent.parent / "docs" / "figures"
 
@@ -271,11 +272,34 @@ def crag_dev_body(runs: list[dict[str, Any]]) -> str:
         for r in runs
     ]
     return (
-        f"{runs[0]['model']}, NQ-open questions {runs[0].get('offset', 0) + 1}-{runs[0].get('offset', 0) + runs[0]['n']}"
+        f"{runs[0]['model']}, {runs[0]['n']} NQ-open questions from question {runs[0].get('offset', 0) + 1}"
         f" (development), top {runs[0]['k']}: each CRAG setting against plain top {runs[0]['k']}, paired. Chosen: the "
         f"least accuracy lost among settings saving at least {TOKENS_SAVED:.0%} of the tokens.\n\n"
         + table(rows, ["setting", "tokens saved %", "accuracy change (points)", "n"], "{}")
     )
+
+
+def _load(a: argparse.Namespace) -> list[dict[str, Any]]:
+    """The result JSON of ``a.files`` (gzip or plain), CRAG shards of one method merged exactly; ``crag`` renders
+    one method and refuses several."""
+    data = [read_json(f) for f in a.files]
+    if a.kind not in ("crag", "choose-crag"):
+        return data
+    from eval.context_suites import merge_crag
+
+    bad = [f for f, r in zip(a.files, data) if not isinstance(r, dict) or r.get("suite") != "crag"]
+    if bad:
+        raise ConfigError(f"not crag results (ragcore eval crag --out): {', '.join(map(str, bad))}")
+    by: dict[str, list[dict[str, Any]]] = {}
+    for r in data:
+        by.setdefault(r["method"], []).append(r)
+    if a.kind == "crag" and len(by) > 1:
+        raise ConfigError(f"crag renders one setting's shards, got {sorted(by)} (choose-crag compares settings)")
+    merged = [rs[0] if len(rs) == 1 else merge_crag(rs) for rs in by.values()]
+    for key in ("model", "k", "data"):
+        if len({str(r.get(key)) for r in merged}) != 1:
+            raise ConfigError(f"the settings compared need one {key}, got {sorted({str(r.get(key)) for r in merged})}")
+    return merged
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -288,14 +312,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--section", default=None)
     p.add_argument("--note", default="", help="a line under the title (where it ran)")
     a = p.parse_args(argv)
-    data = [read_json(f) for f in a.files]
-    if a.kind in ("crag", "choose-crag"):  # shards of one method merged exactly
-        from eval.context_suites import merge_crag
-
-        by: dict[str, list[dict[str, Any]]] = {}
-        for r in data:
-            by.setdefault(r["method"], []).append(r)
-        data = [rs[0] if len(rs) == 1 else merge_crag(rs) for rs in by.values()]
+    try:
+        data = _load(a)
+    except (ConfigError, KeyError, TypeError, OSError, ValueError) as e:  # bad files: one line, no traceback
+        p.error(f"{a.kind}: {type(e).__name__ if isinstance(e, KeyError) else ''}{e}")
     if a.kind == "choose-crag":
         print(choose_crag(data))
         if a.section:

@@ -220,6 +220,7 @@ def eval_poisoned(
         "targets": len(rows),
         "shuffles": shuffles,
         "top_k": top_k,
+        "max_new_tokens": run_opts.max_new_tokens,
     }
     return {**out, **summarize_poisoned(records, {m: tr.label for m, tr in tracers.items()})}
 
@@ -507,8 +508,9 @@ def merge(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
         raise ConfigError(f"merge got the same shard twice (data and offset): {sorted(map(str, where))}")
 
     if suite == "poisoned" and all("records" in r for r in results):  # exact: the figures again from every context
-        if len({str(r.get("shuffles", 1)) for r in results}) != 1:
-            raise ConfigError("merge takes shards of one shuffles setting", param="results")
+        for key in ("shuffles", "top_k", "data", "max_new_tokens"):
+            if len({str(r.get(key)) for r in results}) != 1:
+                raise ConfigError(f"merge takes shards of one {key} setting", param="results")
         keys = [(c["target"], c["shuffle"]) for r in results for c in r["records"]]
         if len(set(keys)) != len(keys):
             raise ConfigError("merge got a PoisonedRAG context twice (shards overlap)", param="results")

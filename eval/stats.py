@@ -63,7 +63,8 @@ def pool(parts: Sequence[tuple[float, float, int]], z: float = Z95) -> tuple[flo
 def cluster_mean_ci(xs: Sequence[float], clusters: Sequence[object], z: float = Z95) -> tuple[float, float]:
     """Mean of ``xs`` and the half-width of its interval when items of one cluster are not independent (several
     shuffles of one PoisonedRAG target): the cluster-robust (sandwich) standard error of the ratio estimator
-    sum(x) / n over the clusters' sums. Equals :func:`mean_ci` when every cluster holds one item.
+    sum(x) / n over the clusters' sums. Equals :func:`mean_ci` when every cluster holds one item (and there are
+    at least two); NaN for the half-width with fewer than two clusters.
 
     Parameters
     ----------
@@ -87,8 +88,8 @@ def cluster_mean_ci(xs: Sequence[float], clusters: Sequence[object], z: float = 
     for x, c in zip(xs, clusters):
         sums[c] = sums.get(c, 0.0) + (x - m)
     k = len(sums)
-    if k < 2:
-        return m, 0.0
+    if k < 2:  # one cluster: its spread says nothing about the clusters' (undefined, not zero)
+        return m, float("nan")
     return m, z * math.sqrt(k / (k - 1) * sum(e * e for e in sums.values())) / n
 
 

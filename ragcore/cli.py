@@ -757,7 +757,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--offset",
         type=int,
         default=None,
-        help="kv, injection, citations, position, longctx, crag: items skipped first (a development slice)",
+        help="kv, poisoned, injection, citations, position, longctx, crag: items skipped first (a development slice)",
     )
     sp.add_argument(
         "--reuse",

@@ -16,3 +16,35 @@ def test_the_least_loss_among_settings_that_save_enough_tokens_wins():
 
 def test_when_none_saves_enough_the_least_loss_wins():
     assert choose_crag([run("a", 0.2, -0.05), run("b", 0.3, -0.02)]) == "b"
+
+
+def _crag(path, method: str, offset: int = 0) -> str:
+    import json
+
+    from eval.context_suites import crag_summary
+
+    pred = {"id": f"q{offset}", "plain": {"tokens": 10, "accuracy": 1.0, "seconds": 1.0}}
+    pred[method] = {"tokens": 4, "accuracy": 1.0, "seconds": 1.0}
+    res = {"suite": "crag", "model": "m", "k": 10, "data": "d", "method": method, "offset": offset}
+    path.write_text(json.dumps({**res, **crag_summary([pred], method)}))
+    return str(path)
+
+
+def test_bad_files_get_one_line_and_crag_renders_one_setting(tmp_path, capsys):
+    import pytest
+
+    from bench.rerank_context import main
+
+    a, b = _crag(tmp_path / "a.json", "crag"), _crag(tmp_path / "b.json", "crag(k=2)")
+    for argv, said in (
+        (["crag", a, b], "one setting's shards"),
+        (["choose-crag", a, a], "twice"),
+        (["crag", str(tmp_path / "missing.json")], "missing.json"),
+    ):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2 and said in capsys.readouterr().err
+    (tmp_path / "p.json").write_text('{"suite": "poisoned"}')
+    with pytest.raises(SystemExit):
+        main(["crag", str(tmp_path / "p.json")])
+    assert "not crag results" in capsys.readouterr().err

@@ -44,7 +44,7 @@ def test_shards_merge_into_the_figures_of_one_run(whole):
         assert m[FAST][key] == pytest.approx(whole[FAST][key], nan_ok=True), key
     assert m["asr"] == pytest.approx(whole["asr"])
     with pytest.raises(ConfigError, match="twice"):
-        merge([a, {**a, "data": "elsewhere"}])
+        merge([a, a])
 
 
 def test_shuffles_must_be_positive():
