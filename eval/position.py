@@ -137,11 +137,7 @@ def run_position(
         secs = (time.perf_counter() - t0) / max(1, len(rows))
         preds += rows
         out[st.label] = _summary(rows, positions, secs)
-    base = {(r["id"], r["rank"]): r["accuracy"] for r in preds if r["order"] == "retrieval"}
-    for label, s in out.items():
-        if base and label != "retrieval":
-            d = [r["accuracy"] - base[(r["id"], r["rank"])] for r in preds if r["order"] == label]
-            s["diff_vs_retrieval"], s["diff_ci95"] = mean_ci(d)
+    _paired_to_retrieval(out, preds)
     return {
         "suite": "position",
         "model": lm.model_name,
@@ -186,15 +182,7 @@ def merge(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     for label, parts in secs.items():
         rows = [p for p in preds if p["order"] == label]
         out[label] = _summary(rows, positions, sum(s * n for s, n in parts) / max(1, sum(n for _, n in parts)))
-    base = {(p["id"], p["rank"]): p["accuracy"] for p in preds if p["order"] == "retrieval"}
-    for label, s in out.items():
-        if base and label != "retrieval":
-            d = [
-                p["accuracy"] - base[(p["id"], p["rank"])]
-                for p in preds
-                if p["order"] == label and (p["id"], p["rank"]) in base
-            ]
-            s["diff_vs_retrieval"], s["diff_ci95"] = mean_ci(d)
+    _paired_to_retrieval(out, preds)
     ids = {p["id"] for p in preds}
     return {
         **{k: v for k, v in results[0].items() if k not in ("orders", "predictions", "n", "offset")},
@@ -203,6 +191,20 @@ def merge(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "orders": out,
         "predictions": preds,
     }
+
+
+def _paired_to_retrieval(orders: dict[str, dict[str, Any]], preds: list[dict[str, Any]]) -> None:
+    """Each order's ``diff_vs_retrieval`` and ``diff_ci95``: its paired accuracy change against the retrieval
+    order on the (question, rank) pairs both answered (none without a retrieval run)."""
+    base = {(p["id"], p["rank"]): p["accuracy"] for p in preds if p["order"] == "retrieval"}
+    for label, s in orders.items():
+        if base and label != "retrieval":
+            d = [
+                p["accuracy"] - base[(p["id"], p["rank"])]
+                for p in preds
+                if p["order"] == label and (p["id"], p["rank"]) in base
+            ]
+            s["diff_vs_retrieval"], s["diff_ci95"] = mean_ci(d)
 
 
 def _summary(rows: list[dict[str, Any]], positions: Sequence[int], secs: float) -> dict[str, Any]:
