@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.results import write_section
-from eval.report import read_json, table
+from eval.report import read_json, same_setting, table
 from ragcore.errors import ConfigError
 
 FIGURES = Path(__file__).resolve().parent.parent / "docs" / "figures"
@@ -296,9 +296,7 @@ def _load(a: argparse.Namespace) -> list[dict[str, Any]]:
     if a.kind == "crag" and len(by) > 1:
         raise ConfigError(f"crag renders one setting's shards, got {sorted(by)} (choose-crag compares settings)")
     merged = [rs[0] if len(rs) == 1 else merge_crag(rs) for rs in by.values()]
-    for key in ("model", "k", "data"):
-        if len({str(r.get(key)) for r in merged}) != 1:
-            raise ConfigError(f"the settings compared need one {key}, got {sorted({str(r.get(key)) for r in merged})}")
+    same_setting(merged, ("model", "k", "data"), "the settings compared need runs")
     return merged
 
 

@@ -31,6 +31,7 @@ import numpy as np
 
 from eval.datasets import DATA_DIR, QAExample, load_nq_open, window
 from eval.metrics import accuracy, normalize
+from eval.report import same_setting
 from eval.stats import mean_ci
 from ragcore.errors import ConfigError
 from ragcore.generator import GenerationConfig, Generator
@@ -245,12 +246,17 @@ def summarize_poisoned(records: Sequence[dict[str, Any]], labels: dict[str, str]
     asr, asr_h = ci(att, tg)
     gen = float(np.mean([r["generation_seconds"] for r in records])) if records else float("nan")
     out: dict[str, Any] = {"n": len(records), "asr": {"mean": asr, "ci95": asr_h}, "generation_seconds": gen}
-    first = next(iter(labels), None)
-    base = float(np.mean([r["methods"][first]["seconds"] for r in records])) if records and first else float("nan")
+    speed = (
+        _speed(
+            {m: [r["methods"][m]["seconds"] for r in records] for m in labels},
+            [r["generation_seconds"] for r in records],
+        )
+        if labels
+        else {}
+    )
     for m, label in labels.items():
         after = [r["methods"][m]["attacked_after_removal"] for r in records]
         forensic = [a * r["attacked"] for a, r in zip(after, records)]
-        secs = float(np.mean([r["methods"][m]["seconds"] for r in records])) if records else float("nan")
         e: dict[str, Any] = {"label": label, "n": len(records), "n_attacked": len(hit), "asr": asr}
         htg = [r["target"] for r in hit]
         for key, xs, cl in (
@@ -261,10 +267,7 @@ def summarize_poisoned(records: Sequence[dict[str, Any]], labels: dict[str, str]
             ("trace_recall", [r["methods"][m]["recall"] for r in hit], htg),
         ):
             e[key], e[key + "_ci95"] = ci(xs, cl)
-        e["seconds_per_trace"] = secs
-        e["ratio_to_" + str(first)] = secs / base if base else float("nan")
-        e["ratio_to_generation"] = secs / gen if gen else float("nan")
-        out[m] = e
+        out[m] = {**e, **speed[m]}
     out["records"] = list(records)
     return out
 
@@ -500,17 +503,13 @@ def merge(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     methods = [k for k, v in results[0].items() if isinstance(v, dict) and "label" in v]
     if any([k for k, v in r.items() if isinstance(v, dict) and "label" in v] != methods for r in results):
         raise ConfigError("merge takes shards with the same methods", param="results")
-    for key in ("model", "seed"):
-        if len({str(r.get(key)) for r in results}) != 1:
-            raise ConfigError(f"merge takes shards of one {key}, got {sorted({str(r.get(key)) for r in results})}")
+    same_setting(results, ("model", "seed"), "merge takes shards")
     where = [(r.get("data"), r.get("offset", 0)) for r in results]
     if len(set(where)) != len(where):
         raise ConfigError(f"merge got the same shard twice (data and offset): {sorted(map(str, where))}")
 
     if suite == "poisoned" and all("records" in r for r in results):  # exact: the figures again from every context
-        for key in ("shuffles", "top_k", "data", "max_new_tokens"):
-            if len({str(r.get(key)) for r in results}) != 1:
-                raise ConfigError(f"merge takes shards of one {key} setting", param="results")
+        same_setting(results, ("shuffles", "top_k", "data", "max_new_tokens"), "merge takes shards")
         keys = [(c["target"], c["shuffle"]) for r in results for c in r["records"]]
         if len(set(keys)) != len(keys):
             raise ConfigError("merge got a PoisonedRAG context twice (shards overlap)", param="results")

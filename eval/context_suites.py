@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from eval import metrics
 from eval.datasets import NQ_OPEN, load_nq_open, read_jsonl, window
+from eval.report import same_setting
 from eval.resources import peak_memory
 from eval.stats import mean_ci
 from ragcore.errors import ConfigError
@@ -285,9 +286,7 @@ def merge_crag(results: list[dict[str, Any]]) -> dict[str, Any]:
     """
     if not results:
         raise ConfigError("merge needs at least one crag result", param="results")
-    for key in ("model", "k", "method"):
-        if len({str(r.get(key)) for r in results}) != 1:
-            raise ConfigError(f"merge takes crag runs of one {key}, got {sorted({str(r.get(key)) for r in results})}")
+    same_setting(results, ("model", "k", "method"), "merge takes crag runs")
     preds = [p for r in results for p in r["predictions"]]
     if len({p["id"] for p in preds}) != len(preds):
         raise ConfigError("merge got a question twice: overlapping shards", param="results")

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from eval import metrics
 from eval.datasets import NQ_OPEN, QAExample, load_nq_open, window
+from eval.report import same_setting
 from eval.stats import mean_ci
 from ragcore.errors import ConfigError
 from ragcore.generator import GenerationConfig, Generator
@@ -162,11 +163,7 @@ def merge(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """
     if not results:
         raise ConfigError("merge needs at least one position result", param="results")
-    for key in ("model", "positions"):
-        if len({str(r.get(key)) for r in results}) != 1:
-            raise ConfigError(
-                f"merge takes position runs of one {key}, got {sorted({str(r.get(key)) for r in results})}"
-            )
+    same_setting(results, ("model", "positions"), "merge takes position runs")
     preds = [p for r in results for p in r["predictions"]]
     keys = [(p["order"], p["id"], p["rank"]) for p in preds]
     if len(set(keys)) != len(keys):

@@ -137,6 +137,22 @@ def _fmt(x: Any) -> str:
     return str(x)
 
 
+def same_setting(results: Sequence[dict[str, Any]], keys: Sequence[str], what: str = "merge takes runs") -> None:
+    """Refuse results that differ in any of ``keys`` (shards of one run, or settings compared side by side).
+
+    Raises
+    ------
+    ragcore.errors.ConfigError
+        ``"{what} of one {key}, got [...]"``, naming the values found.
+    """
+    from ragcore.errors import ConfigError
+
+    for key in keys:
+        values = sorted({str(r.get(key)) for r in results})
+        if len(values) > 1:
+            raise ConfigError(f"{what} of one {key}, got {values}", param="results")
+
+
 def dist_version(name: str) -> str | None:
     """The installed version of distribution ``name``, or None when it is not installed (peers record theirs)."""
     from importlib.metadata import PackageNotFoundError, version
