@@ -11,6 +11,10 @@
 #              injected + 200 clean contexts) that no choice saw
 #   citations  NQ-open, CITATIONS questions (default 1000: about a third are answered correctly), the tracers of
 #              CITE_METHODS (default the Pipeline's interactive AttnTrace)
+#   poisoned_dev  the trace-and-remove defence's development run: PoisonedRAG MS MARCO (eval/data), AttnTrace, in
+#              SHUFFLES orders; a second round of K2 in SECOND_ROUND (default 1,2,3) in it and in `poisoned`;
+#              bench.attribution chooses the setting on it and reads that one on NQ
+# SUITES (default "poisoned_dev poisoned injection citations") says which run;
 # then `python -m bench.attribution --from-json` writes the "Attribution" section of docs/RESULTS.md.
 #   RAGCORE_CACHE=/var/tmp/cache bench/gpu_attribution.sh OUTDIR [MODEL]
 set -uo pipefail
@@ -30,17 +34,33 @@ ev() { # name, then `ragcore eval` arguments
 # citation question, measured with ~20 processes on one H200); bench.attribution --from-json merges NAME-K.json
 P_SHARDS=${P_SHARDS:-10} C_SHARDS=${C_SHARDS:-8} SHUFFLES=${SHUFFLES:-2}
 P_METHODS=${P_METHODS:-"attntrace,contextcite,contextcite(batch_size=64),loo,attention,attntrace(subsamples=1, keep=1.0)"}
-for ((k = 0; k < P_SHARDS; k++)); do
-  n=$(((POISONED + P_SHARDS - 1) / P_SHARDS))
-  ev poisoned-$k poisoned --method "$P_METHODS" --shuffles "$SHUFFLES" --offset $((k * n)) --limit $n
-done
+SUITES=${SUITES:-"poisoned_dev poisoned injection citations"} SECOND_ROUND=${SECOND_ROUND:-1,2,3}
+on() { [[ " $SUITES " == *" $1 "* ]]; }
+if on poisoned_dev; then
+  for ((k = 0; k < P_SHARDS; k++)); do
+    n=$(((POISONED + P_SHARDS - 1) / P_SHARDS))
+    ev poisoned_dev-$k poisoned --data eval/data/poisonedrag_msmarco.json --method attntrace --shuffles "$SHUFFLES" \
+      --second-round "$SECOND_ROUND" --offset $((k * n)) --limit $n
+  done
+fi
+if on poisoned; then
+  for ((k = 0; k < P_SHARDS; k++)); do
+    n=$(((POISONED + P_SHARDS - 1) / P_SHARDS))
+    ev poisoned-$k poisoned --method "$P_METHODS" --shuffles "$SHUFFLES" --second-round "$SECOND_ROUND" \
+      --offset $((k * n)) --limit $n
+  done
+fi
 # the detector and K are chosen on the dev half of the injected strings; the report uses the other half
-ev injection_dev injection --detector "${DETECTORS:-rules}" --top-k 5,10,20,40 --pool dev --offset 1000 --limit "$INJECTION"
-ev injection injection --detector "${DETECTORS:-rules}" --top-k 5,10,20,40 --pool report --limit "$INJECTION"
-for ((k = 0; k < C_SHARDS; k++)); do
-  n=$(((CITATIONS + C_SHARDS - 1) / C_SHARDS))
-  ev citations-$k citations --method "$CITE_METHODS" --offset $((k * n)) --limit $n
-done
+if on injection; then
+  ev injection_dev injection --detector "${DETECTORS:-rules}" --top-k 5,10,20,40 --pool dev --offset 1000 --limit "$INJECTION"
+  ev injection injection --detector "${DETECTORS:-rules}" --top-k 5,10,20,40 --pool report --limit "$INJECTION"
+fi
+if on citations; then
+  for ((k = 0; k < C_SHARDS; k++)); do
+    n=$(((CITATIONS + C_SHARDS - 1) / C_SHARDS))
+    ev citations-$k citations --method "$CITE_METHODS" --offset $((k * n)) --limit $n
+  done
+fi
 wait
 $PY -m bench.attribution --from-json --out-dir "$OUT" --write-results \
   --note "Ran on one GPU by bench/gpu_attribution.sh, every suite at once, the slow ones in shards (times compare within a suite only)."

@@ -473,7 +473,12 @@ def _eval_attribution(a: argparse.Namespace) -> dict:
     )
     if a.suite == "poisoned":
         return attribution.eval_poisoned(
-            a.data, a.method or "attntrace", offset=a.offset or 0, shuffles=a.shuffles, **common
+            a.data,
+            a.method or "attntrace",
+            offset=a.offset or 0,
+            shuffles=a.shuffles,
+            second_round=_int_list(a.second_round, "second_round") if a.second_round else (),
+            **common,
         )
     if a.suite == "injection":
         return attribution.eval_injection(
@@ -793,6 +798,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         help="poisoned: seeded orders of each target's texts (contexts = targets x shuffles; intervals by target)",
+    )
+    sp.add_argument(
+        "--second-round",
+        default=None,
+        help="poisoned: a second round of trace-and-remove after the first, taking away K2 more texts; one or "
+        "several K2 side by side (1,2,3)",
     )
     sp.add_argument("--order", default="all", help="position: reranker specs separated by commas, or all")
     sp.add_argument("--tokens", type=int, default=8192, help="longctx: input length in tokens (default 8192)")

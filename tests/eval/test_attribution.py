@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from eval.attribution import eval_poisoned, merge
+from eval.attribution import eval_poisoned, merge, summarize_poisoned
 from eval.stats import cluster_mean_ci, mean_ci
 from ragcore.errors import ConfigError
 
@@ -17,7 +17,7 @@ RUN = {"model": "smollm2-135m", "device": "cpu", "max_new_tokens": 6}
 
 @pytest.fixture(scope="module")
 def whole():
-    return eval_poisoned(None, FAST, limit=2, shuffles=2, **RUN)
+    return eval_poisoned(None, FAST, limit=2, shuffles=2, second_round=(1, 2), **RUN)
 
 
 def test_every_target_is_asked_in_each_shuffle_and_the_figures_come_from_the_records(whole):
@@ -36,15 +36,68 @@ def test_every_target_is_asked_in_each_shuffle_and_the_figures_come_from_the_rec
 
 
 def test_shards_merge_into_the_figures_of_one_run(whole):
-    a = eval_poisoned(None, FAST, limit=1, shuffles=2, **RUN)
-    b = eval_poisoned(None, FAST, offset=1, limit=1, shuffles=2, **RUN)
+    a = eval_poisoned(None, FAST, limit=1, shuffles=2, second_round=(1, 2), **RUN)
+    b = eval_poisoned(None, FAST, offset=1, limit=1, shuffles=2, second_round=(1, 2), **RUN)
     m = merge([a, b])
     assert m["n"] == whole["n"] and m["targets"] == 2
     for key in ("n_attacked", "asr_defended", "asr_defended_ci95", "trace_precision", "asr_defended_all"):
         assert m[FAST][key] == pytest.approx(whole[FAST][key], nan_ok=True), key
+    assert m[FAST].get("second_round") == pytest.approx(whole[FAST].get("second_round"), nan_ok=True)
     assert m["asr"] == pytest.approx(whole["asr"])
     with pytest.raises(ConfigError, match="twice"):
         merge([a, a])
+    with pytest.raises(ConfigError, match="one second_round"):
+        merge([a, {**b, "second_round": [1]}])
+
+
+def test_a_second_round_is_traced_and_answered_for_each_k2(whole):
+    for r in whole["records"]:
+        m = r["methods"][FAST]
+        assert set(m["second_round"]) == {"1", "2"}
+        assert m["changed"] in (0.0, 1.0) and m["correct_after_removal"] in (0.0, 1.0)
+        assert all(v["attacked"] in (0.0, 1.0) and v["correct"] in (0.0, 1.0) for v in m["second_round"].values())
+    assert whole["second_round"] == [1, 2]
+
+
+def _record(target, attacked, after, changed, second, correct=0.0):
+    return {
+        "target": target,
+        "shuffle": 0,
+        "attacked": attacked,
+        "generation_seconds": 1.0,
+        "methods": {
+            "t": {
+                "seconds": 1.0,
+                "precision": 1.0,
+                "recall": 1.0,
+                "attacked_after_removal": after,
+                "correct_after_removal": correct,
+                "changed": changed,
+                "second_round": {"1": {"attacked": second, "correct": 1.0 - second}},
+            }
+        },
+    }
+
+
+def test_second_round_figures_follow_the_records_and_the_unchanged_condition():
+    recs = [
+        _record(0, 1.0, 1.0, 0.0, 0.0),  # first round missed, answer unchanged: the second round clears it
+        _record(1, 1.0, 1.0, 1.0, 0.0),  # missed, answer changed: only the unconditional second round clears it
+        _record(2, 1.0, 0.0, 1.0, 1.0, correct=1.0),  # cleared by the first round; a second round would re-attack
+        _record(3, 0.0, 1.0, 1.0, 1.0),  # not attacked: the forensic defence leaves it alone
+        _record(4, 1.0, 1.0, 1.0, 0.0),  # as target 1
+    ]
+    e = summarize_poisoned(recs, {"t": "t"})["t"]
+    assert e["asr_defended"] == pytest.approx(3 / 5) and e["recovered"] == pytest.approx(1 / 4)
+    r = e["second_round"]["1"]
+    assert r["asr_defended"] == pytest.approx(1 / 5) and r["recovered"] == pytest.approx(3 / 4)
+    assert r["asr_defended_if_unchanged"] == pytest.approx(2 / 5) and r["n_if_unchanged"] == 1
+    assert r["recovered_if_unchanged"] == pytest.approx(2 / 4)
+
+
+def test_second_round_takes_positive_integers():
+    with pytest.raises(ConfigError, match="second_round takes positive integers, got 0"):
+        eval_poisoned(None, FAST, limit=1, second_round=(0,), **RUN)
 
 
 def test_shuffles_must_be_positive():
