@@ -71,6 +71,10 @@ echo "$(date +%T) issues"
   MODEL=qwen2.5-0.5b RETRIEVED=/var/tmp/retrieved.json KVP=/var/tmp/kvp \
   HEAD="${HEAD:-kvzip,kvzip(scope='layer'),expected_attention,h2o}" \
   bench/gpu_kv_agnostic.sh "$RES/kv" ${KV_STEPS:-dev+head+aware+sxs+reuse report} > "$RES/kv.log" 2>&1 &
+# on a machine of two GPUs, PROFILE=1 runs bench/gpu_profile.sh alone on GPU_PROFILE (the KV runs of KV_AFTER after it)
+[ "${PROFILE:-0}" = 1 ] && env ${GPU_PROFILE:+CUDA_VISIBLE_DEVICES=$GPU_PROFILE} \
+  MODEL=qwen2.5-0.5b RETRIEVED=/var/tmp/retrieved.json KVP=/var/tmp/kvp \
+  bench/gpu_profile.sh "$RES/profile" > "$RES/profile.log" 2>&1 &
 wait
 echo "$(date +%T) done"
 tar czf /var/tmp/res.tgz -C /var/tmp/repo docs/RESULTS.md docs/figures -C "$(dirname "$RES")" "$(basename "$RES")"

@@ -14,6 +14,7 @@ tokenizer: per-layer and per-step overhead dominates its compute, as a small mod
 
     OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python -m bench.kv_reuse_overhead --model tiny --tokens 2500
     OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python -m bench.kv_reuse_overhead --model smollm2-135m --tokens 2500
+    HF_HUB_OFFLINE=1 python -m bench.kv_reuse_overhead --model qwen2.5-0.5b --tokens 5000 --device cuda --profile
 
 Prints a table and, with ``--json PATH``, writes the numbers there. Not a test: it checks nothing.
 """
@@ -41,16 +42,37 @@ from ragcore.models import load_generator
 logger = logging.getLogger("bench.kv_reuse_overhead")
 
 
+def _sync() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def measure(fn: Callable[[], Any], count: bool = True) -> tuple[Any, float, float, int]:
-    """``fn()``'s result, wall seconds, processor seconds and (if ``count``) operations dispatched."""
+    """``fn()``'s result, wall seconds, processor seconds and (if ``count``) operations dispatched (on a GPU,
+    the device is synchronised before and after)."""
     c = OpCount()
+    _sync()
     t0, p0 = time.perf_counter(), time.process_time()
     if count:
         with c:
             out = fn()
     else:
         out = fn()
+    _sync()
     return out, time.perf_counter() - t0, time.process_time() - p0, c.n
+
+
+def profile(fn: Callable[[], Any], rows: int = 25) -> str:
+    """torch.profiler's table of ``fn()``'s operations (processor and, on a GPU, device time), the ``rows`` most
+    costly by processor time spent in the operation itself."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with torch_profile(activities=acts) as prof:
+        fn()
+        _sync()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
 
 
 def tiny_qwen2(layers: int, vocab: int) -> torch.nn.Module:
@@ -72,7 +94,9 @@ def tiny_qwen2(layers: int, vocab: int) -> torch.nn.Module:
     return model
 
 
-def run(gen: Generator, tokens: int, steps: int, spec: str, ratio: float, questions: int) -> dict[str, Any]:
+def run(
+    gen: Generator, tokens: int, steps: int, spec: str, ratio: float, questions: int, profiled: bool = False
+) -> dict[str, Any]:
     rows = read_jsonl(KV_DEFAULT)
     ctx_spec = kv_contexts(gen, rows[:1], questions, tokens)[0]
     question = ctx_spec.questions[0][0]
@@ -132,6 +156,9 @@ def run(gen: Generator, tokens: int, steps: int, spec: str, ratio: float, questi
     row(f"{len(qs)} answers, ask_batch", w, c, n)
     _, w, c, n = measure(lambda: [gen.generate(p, config=many) for p in prompts])
     row(f"{len(qs)} full prefills + answers", w, c, n)
+    if profiled:  # where the time of one answer goes, each way
+        out["profile_ask"] = profile(lambda: ctx.ask(question, many))
+        out["profile_full"] = profile(lambda: gen.generate(prompt, config=many))
     return out
 
 
@@ -149,22 +176,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--questions", type=int, default=10, help="questions of the many-answers parts")
     ap.add_argument("--compressor", default="kvzip")
     ap.add_argument("--ratio", type=float, default=0.5)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--profile", action="store_true", help="also torch.profiler's tables of one answer, each way")
     ap.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.manual_seed(0)
     if a.model == "tiny":
         _, tok = load_generator("smollm2-135m", "cpu")
-        gen = Generator.from_model(tiny_qwen2(a.layers, len(tok)), tok, name="tiny-qwen2")
+        gen = Generator.from_model(tiny_qwen2(a.layers, len(tok)).to(a.device), tok, name="tiny-qwen2")
     else:
-        gen = Generator(a.model, device="cpu")
+        gen = Generator(a.model, device=a.device)
         gen.warm_up()
-    res = run(gen, a.tokens, a.steps, a.compressor, a.ratio, a.questions)
+    res = run(gen, a.tokens, a.steps, a.compressor, a.ratio, a.questions, a.profile)
     lines = [f"{a.model}, {res['context_tokens']} context tokens, {a.compressor} ratio {a.ratio}, torch threads "
              f"{torch.get_num_threads()}", f"{'part':42s} {'wall ms':>9s} {'cpu ms':>9s} {'ops':>8s}"]  # fmt: skip
     for name, v in res.items():
         if isinstance(v, dict) and "ops" in v:
             lines.append(f"{name:42s} {1e3 * v['wall_s']:9.1f} {1e3 * v['cpu_s']:9.1f} {v['ops']:8d}")
+    lines += [f"\n{k}:\n{v}" for k, v in res.items() if k.startswith("profile_")]
     logger.info("%s", "\n".join(lines))
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
