@@ -36,6 +36,8 @@ class Prompt:
     question: str = ""  # the question as asked (tracers rebuild the prompt around parts of the context)
     system: str | None = None  # the system instruction, when not the default
     tokenizer: PreTrainedTokenizerBase | None = field(default=None, repr=False, compare=False)  # that built it
+    # per token, its [start, end) characters in ``text`` (the tokenizer's offset mapping), when the builder kept it
+    offsets: list[tuple[int, int]] | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[-1])
@@ -93,13 +95,13 @@ def build_prompt(
     q0 = text.index(q, pos)
     char_spans["question"] = (q0, q0 + len(q))
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, return_tensors="pt")
-    offsets = enc["offset_mapping"][0].tolist()
+    offsets = [(int(s), int(e)) for s, e in enc["offset_mapping"][0].tolist()]
     spans = {name: _token_span(offsets, a, b) for name, (a, b) in char_spans.items()}
     custom = system if system not in (SYSTEM, SYSTEM_CLOSED) else None
-    return Prompt(text, enc["input_ids"], spans, chunks, question.strip(), custom, tokenizer=tokenizer)
+    return Prompt(text, enc["input_ids"], spans, chunks, question.strip(), custom, tokenizer=tokenizer, offsets=offsets)
 
 
-def _token_span(offsets: list[list[int]], a: int, b: int) -> tuple[int, int]:
+def _token_span(offsets: list[tuple[int, int]], a: int, b: int) -> tuple[int, int]:
     """Tokens whose characters overlap [a, b)."""
     idx = [i for i, (s, e) in enumerate(offsets) if s < b and e > a]
     return (idx[0], idx[-1] + 1) if idx else (0, 0)

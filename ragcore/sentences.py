@@ -8,8 +8,16 @@ splits each block. Line breaks always end a sentence (records, lists and heading
 from __future__ import annotations
 
 import functools
+import re
+from typing import NamedTuple
 
 BLOCK_CHARS = 4000
+_TERMINALS = re.compile(r"[.!?\u2026\u3002\uff01\uff1f\uff0e]")  # where pysbd may end a sentence (also CJK forms)
+
+
+class _Whole(NamedTuple):
+    start: int
+    end: int
 
 
 @functools.cache
@@ -45,7 +53,9 @@ def split_sentences(text: str) -> list[tuple[int, int]]:
         block = text[a:b]
         if not block.strip():
             continue
-        for s in _segmenter().segment(block):
+        # a block without sentence-final punctuation is one sentence (a record, a heading): pysbd is not needed
+        pieces = _segmenter().segment(block) if _TERMINALS.search(block) else [_Whole(0, len(block))]
+        for s in pieces:
             s0, s1 = a + s.start, a + s.end
             while s0 < s1 and text[s0].isspace():
                 s0 += 1

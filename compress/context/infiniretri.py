@@ -170,10 +170,13 @@ class InfiniRetri(Stage):
         for t in texts:
             starts.append(pos)
             pos += len(t) + 1
-        enc = lm.tokenizer(prompt.text, add_special_tokens=False, return_offsets_mapping=True)
-        offsets = enc["offset_mapping"]
+        offsets = prompt.offsets
+        if offsets is None:  # a prompt builder that kept no offset mapping
+            enc = lm.tokenizer(prompt.text, add_special_tokens=False, return_offsets_mapping=True)
+            offsets = enc["offset_mapping"]
         scores = self.token_scores(lm.model, prompt.input_ids, prompt.spans, layer)
-        idx = [j for j, (a, b) in enumerate(offsets) if b > a and c0 <= a < c0 + len(body)]
+        lo, hi = prompt.spans.get("passage:1", (0, len(offsets)))  # the context's tokens: look no further
+        idx = [j for j in range(lo, hi) if offsets[j][1] > offsets[j][0] and c0 <= offsets[j][0] < c0 + len(body)]
         if not idx:
             return [], {}
         ctx = scores[idx].float()
