@@ -185,7 +185,8 @@ def attention_hooks(
 ) -> Iterator[None]:
     """Register ``pre(module, args, kwargs)`` and ``post(module, args, kwargs, output)`` on every layer's attention
     module (with keyword arguments) for the block; they are removed when it ends, also on errors. A pre-hook may
-    return ``(args, kwargs)`` to replace the call's arguments (the per-head masks below do)."""
+    return ``(args, kwargs)`` to replace the call's arguments (the per-head masks below do), so with one the block
+    runs under :func:`masked_sdpa`."""
     handles = []
     try:
         with HOOKS_LOCK:
@@ -194,11 +195,28 @@ def attention_hooks(
                     handles.append(attn.register_forward_pre_hook(_with_kwargs(pre, 1), with_kwargs=True))
                 if post is not None:
                     handles.append(attn.register_forward_hook(_with_kwargs(post, 2), with_kwargs=True))
-        yield
+        with masked_sdpa() if pre is not None else contextlib.nullcontext():
+            yield
     finally:
         with HOOKS_LOCK:
             for h in handles:
                 h.remove()
+
+
+@contextlib.contextmanager
+def masked_sdpa() -> Iterator[None]:
+    """For the block, scaled-dot-product attention on CUDA without the cuDNN backend (flash, memory-efficient or
+    math). cuDNN's attention builds an execution plan per shape and mask: decoding on a compressed cache under
+    per-head masks (a new shape every step) spent 1-2 s a step on an H200 against about 0.02 s with the
+    memory-efficient kernel (docs/gpu-runs.md, the third lease of 2026-11-30). Without CUDA, or with cuDNN's
+    attention already off, nothing changes. The backend switches are process-wide, as torch keeps them."""
+    if not torch.cuda.is_available() or not torch.backends.cuda.cudnn_sdp_enabled():
+        yield
+        return
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
+        yield
 
 
 def visibility_mask(visible: torch.Tensor, past: int, q: int, module: Any, dtype: torch.dtype) -> torch.Tensor:

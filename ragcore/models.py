@@ -277,11 +277,4 @@ def load_generator(
         raise
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    if str(device).startswith("cuda") and torch.backends.cuda.cudnn_sdp_enabled():
-        # cuDNN's attention builds an execution plan for each new shape and mask; decoding on a compressed cache
-        # with per-head masks (a new shape every step) then spent 1-2 s per step on an H200 against ~0.02 s with
-        # the memory-efficient kernel (docs/gpu-runs.md, "The lease of 2026-11-30, third"). Process-wide: SDPA then
-        # picks flash or memory-efficient attention.
-        torch.backends.cuda.enable_cudnn_sdp(False)
-        logger.info("cuDNN scaled-dot-product attention disabled (a plan per shape: slow for masked decoding)")
     return model, tok
