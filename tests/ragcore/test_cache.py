@@ -117,3 +117,22 @@ def test_decode_step_masks_are_built_once_and_equal_a_fresh_one(tiny_llama, impl
     finally:
         tiny_llama.config._attn_implementation = "sdpa"
     assert len({m.untyped_storage().data_ptr() for m in masks}) == 3  # built at 6 slots, then at 10 and 14
+
+
+def test_per_head_masks_run_without_cudnn_attention_and_restore_it(tiny_llama, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the switch is process state, set without a GPU
+    was = torch.backends.cuda.cudnn_sdp_enabled()
+    torch.backends.cuda.enable_cudnn_sdp(True)
+    try:
+        with kvcache.attention_hooks(tiny_llama, post=lambda *a: None):
+            assert torch.backends.cuda.cudnn_sdp_enabled()  # scoring hooks alone leave the kernels alone
+        with kvcache.attention_hooks(tiny_llama, pre=kvcache.head_mask_hook(lambda m, c: None)):
+            assert not torch.backends.cuda.cudnn_sdp_enabled()
+            assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
+        assert torch.backends.cuda.cudnn_sdp_enabled()
+        hooks = kvcache.attention_hooks(tiny_llama, pre=kvcache.head_mask_hook(lambda m, c: None))
+        with pytest.raises(RuntimeError, match="boom"), hooks:
+            raise RuntimeError("boom")
+        assert torch.backends.cuda.cudnn_sdp_enabled()
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(was)

@@ -3,6 +3,8 @@ InfiniRetri's forward stopped at the layer it reads keeps every result of the wh
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -59,3 +61,15 @@ def test_stopping_at_the_read_layer_changes_nothing_tiny(_smol_session, kind):
         ids = torch.randint(0, 100, (1, 20))
         x = InfiniRetri.token_scores(lm.model, ids, {"question": (15, 20)}, 1)
     assert x.shape == (20,) and torch.allclose(x.sum(), torch.tensor(4.0))  # 4 heads, each row sums to 1
+
+
+def test_window_tokens_from_the_prompts_offsets_equal_a_second_tokenization(_smol_session, monkeypatch):
+    """The window reads its prompt's offset mapping; a prompt without one is tokenized again: same result."""
+    lm = tiny_generator(tiny_model("qwen2", layers=2, vocab=len(_smol_session.tokenizer)), _smol_session.tokenizer)
+    opts = dict(segment=64, carry=48, top_k=8)
+    p = lm.prompt("When was the bridge built?", inputs(2))
+    assert len(p.offsets) == len(p) and all(0 <= a <= b <= len(p.text) for a, b in p.offsets)
+    got = _result(InfiniRetri(**opts), lm)
+    build = lm.prompt
+    monkeypatch.setattr(lm, "prompt", lambda *a, **k: dataclasses.replace(build(*a, **k), offsets=None))
+    assert got and got == _result(InfiniRetri(**opts), lm)

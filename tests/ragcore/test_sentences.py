@@ -1,0 +1,47 @@
+"""ragcore.sentences: lines without sentence-final punctuation skip pysbd and come out as pysbd would cut them."""
+
+from __future__ import annotations
+
+import pytest
+
+from ragcore import sentences
+
+
+def _pysbd_everywhere(text: str) -> list[tuple[int, int]]:
+    out = []
+    for a, b in sentences._blocks(text):
+        block = text[a:b]
+        if not block.strip():
+            continue
+        for s in sentences._segmenter().segment(block):
+            s0, s1 = a + s.start, a + s.end
+            while s0 < s1 and text[s0].isspace():
+                s0 += 1
+            while s1 > s0 and text[s1 - 1].isspace():
+                s1 -= 1
+            if s1 > s0:
+                out.append((s0, s1))
+    return out
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '"4f9c": "a1b2",\n"77e0": "c3d4",\n' * 20,
+        "Heading without a stop\n  indented words, commas; colons: and more\n\nA sentence. Another one!\n",
+        "no newline at the end and no stop",
+        "Dr. Who met Mr. Smith at 5 p.m. Then they left… Was it late? 「終わり。」",
+    ],
+)
+def test_spans_equal_pysbd_on_every_block(text):
+    assert sentences.split_sentences(text) == _pysbd_everywhere(text)
+
+
+def test_a_line_without_a_stop_does_not_call_pysbd(monkeypatch):
+    calls = []
+    seg = sentences._segmenter()
+    monkeypatch.setattr(sentences, "_segmenter", lambda: calls.append(1) or seg)
+    text = '"k1": "v1",\n"k2": "v2",\nThe end. Really.'
+    spans = sentences.split_sentences(text)
+    assert [text[a:b] for a, b in spans] == ['"k1": "v1",', '"k2": "v2",', "The end.", "Really."]
+    assert len(calls) == 1  # only the last line has a full stop
