@@ -14,6 +14,9 @@
 #   poisoned_dev  the trace-and-remove defence's development run: PoisonedRAG MS MARCO (eval/data), AttnTrace, in
 #              SHUFFLES orders; a second round of K2 in SECOND_ROUND (default 1,2,3) in it and in `poisoned`;
 #              bench.attribution chooses the setting on it and reads that one on NQ
+#   speed      the tracers alone, one process: PoisonedRAG NQ, the first SPEED_TARGETS (default 20) targets, AttnTrace
+#              against ContextCite one ablation per forward (the package's default) and 64 at once; speed.json,
+#              which bench.attribution's speed verdict reads (run it with nothing else on its GPU)
 # SUITES (default "poisoned_dev poisoned injection citations") says which run;
 # then `python -m bench.attribution --from-json` writes the "Attribution" section of docs/RESULTS.md.
 #   RAGCORE_CACHE=/var/tmp/cache bench/gpu_attribution.sh OUTDIR [MODEL]
@@ -49,6 +52,9 @@ if on poisoned; then
     ev poisoned-$k poisoned --method "$P_METHODS" --shuffles "$SHUFFLES" --second-round "$SECOND_ROUND" \
       --offset $((k * n)) --limit $n
   done
+fi
+if on speed; then
+  ev speed poisoned --method "attntrace,contextcite,contextcite(batch_size=64)" --limit "${SPEED_TARGETS:-20}"
 fi
 # the detector and K are chosen on the dev half of the injected strings; the report uses the other half
 if on injection; then

@@ -12,12 +12,17 @@ OUT=${1:?output folder}
 PY=${PY:-python3}
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
-echo "$(date +%T) reuse profile"
-$PY -m bench.kv_reuse_overhead --model qwen2.5-0.5b --device cuda --tokens 5000 --steps 16 --profile \
-  --json "$OUT/reuse-overhead.json" > "$OUT/reuse-overhead.log" 2>&1
-echo "$(date +%T) infiniretri profile"
-$PY -m bench.infiniretri_profile --model qwen2.5-0.5b --device cuda --tokens 65536 --limit 3 \
-  --method "infiniretri(layer=${LAYER:-9})" --json "$OUT/infiniretri-profile.json" > "$OUT/infiniretri-profile.log" 2>&1
+# PROFILE_STEPS (default "reuse infini"): which; REUSE_ARGS: more options of bench.kv_reuse_overhead
+if [[ " ${PROFILE_STEPS:-reuse infini} " == *" reuse "* ]]; then
+  echo "$(date +%T) reuse profile"
+  $PY -m bench.kv_reuse_overhead --model qwen2.5-0.5b --device cuda --tokens 5000 --steps 16 ${REUSE_ARGS:---profile} \
+    --json "$OUT/reuse-overhead.json" > "$OUT/reuse-overhead.log" 2>&1
+fi
+if [[ " ${PROFILE_STEPS:-reuse infini} " == *" infini "* ]]; then
+  echo "$(date +%T) infiniretri profile"
+  $PY -m bench.infiniretri_profile --model qwen2.5-0.5b --device cuda --tokens 65536 --limit 3 \
+    --method "infiniretri(layer=${LAYER:-9})" --json "$OUT/infiniretri-profile.json" > "$OUT/infiniretri-profile.log" 2>&1
+fi
 echo "$(date +%T) profiles done"
 if [ -n "${KV_AFTER:-}" ]; then
   bench/gpu_kv_agnostic.sh "$OUT/kv" $KV_AFTER > "$OUT/kv.log" 2>&1

@@ -95,7 +95,14 @@ def tiny_qwen2(layers: int, vocab: int) -> torch.nn.Module:
 
 
 def run(
-    gen: Generator, tokens: int, steps: int, spec: str, ratio: float, questions: int, profiled: bool = False
+    gen: Generator,
+    tokens: int,
+    steps: int,
+    spec: str,
+    ratio: float,
+    questions: int,
+    profiled: bool = False,
+    ops: bool = True,
 ) -> dict[str, Any]:
     rows = read_jsonl(KV_DEFAULT)
     ctx_spec = kv_contexts(gen, rows[:1], questions, tokens)[0]
@@ -150,12 +157,15 @@ def run(
 
     qs = [q for q, _ in ctx_spec.questions]
     prompts = [ctx.prompt(q) for q in qs]
-    _, w, c, n = measure(lambda: [ctx.ask(q, many) for q in qs])
+    # the many-answers rows: operation counting (a dispatch mode) slows each operation, so --no-ops times them bare
+    _, w, c, n = measure(lambda: [ctx.ask(q, many) for q in qs], ops)
     row(f"{len(qs)} answers, ask one by one", w, c, n)
-    _, w, c, n = measure(lambda: ctx.ask_batch(qs, many))
+    _, w, c, n = measure(lambda: ctx.ask_batch(qs, many), ops)
     row(f"{len(qs)} answers, ask_batch", w, c, n)
-    _, w, c, n = measure(lambda: [gen.generate(p, config=many) for p in prompts])
+    _, w, c, n = measure(lambda: [gen.generate(p, config=many) for p in prompts], ops)
     row(f"{len(qs)} full prefills + answers", w, c, n)
+    _, w, c, n = measure(lambda: gen.generate_batch(prompts, many), ops)
+    row(f"{len(qs)} full prefills + answers, generate_batch", w, c, n)
     if profiled:  # where the time of one answer goes, each way
         out["profile_ask"] = profile(lambda: ctx.ask(question, many))
         out["profile_full"] = profile(lambda: gen.generate(prompt, config=many))
@@ -178,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ratio", type=float, default=0.5)
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--profile", action="store_true", help="also torch.profiler's tables of one answer, each way")
+    ap.add_argument("--no-ops", action="store_true", help="time the many-answers rows without counting operations")
     ap.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -188,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         gen = Generator(a.model, device=a.device)
         gen.warm_up()
-    res = run(gen, a.tokens, a.steps, a.compressor, a.ratio, a.questions, a.profile)
+    res = run(gen, a.tokens, a.steps, a.compressor, a.ratio, a.questions, a.profile, not a.no_ops)
     lines = [f"{a.model}, {res['context_tokens']} context tokens, {a.compressor} ratio {a.ratio}, torch threads "
              f"{torch.get_num_threads()}", f"{'part':42s} {'wall ms':>9s} {'cpu ms':>9s} {'ops':>8s}"]  # fmt: skip
     for name, v in res.items():
