@@ -304,8 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         body += [
             f"\n### Speed: the tracers alone (PoisonedRAG NQ, first {r.get('targets', r['n'])} targets, one process)\n",
             "The same suite with only AttnTrace and ContextCite (one ablation per forward, the context-cite package's "
-            "default, and 64 at once), after the other attribution suites, beside the issue-16 key-value runs on its GPU; seconds per traced "
-            "answer.\n",
+            "default, and 64 at once) in one process (`bench/gpu_attribution.sh` with SUITES=speed; where it ran: the "
+            "note above); seconds per traced answer.\n",
             _rows(
                 r, ["n_attacked", "trace_precision", "seconds_per_trace", "ratio_to_attntrace", "ratio_to_generation"]
             ),
