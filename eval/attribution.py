@@ -183,9 +183,16 @@ def eval_poisoned(
     if isinstance(shuffles, bool) or not isinstance(shuffles, int) or shuffles < 1:
         raise ConfigError(f"shuffles must be a positive integer, got {shuffles!r}", param="shuffles")
     second_round = list(second_round)
+    left = 10 - top_k  # texts after the first round: 5 attack texts and 5 clean passages, less its top K
     for k2 in second_round:
-        if isinstance(k2, bool) or not isinstance(k2, int) or k2 < 1:
-            raise ConfigError(f"second_round takes positive integers, got {k2!r}", param="second_round")
+        if isinstance(k2, bool) or not isinstance(k2, int) or not 1 <= k2 <= left:
+            raise ConfigError(
+                f"second_round takes integers from 1 to {left} (the texts left after the first round's top "
+                f"{top_k}), got {k2!r}",
+                param="second_round",
+            )
+    if len(set(second_round)) != len(second_round):
+        raise ConfigError(f"second_round takes each K2 once, got {second_round}", param="second_round")
     run_opts = Run(**run)
     limit, seed, progress = run_opts.limit, run_opts.seed, run_opts.progress
     rows = window(load_poisoned(data or POISONED_NQ), offset, limit, "PoisonedRAG targets")
@@ -225,7 +232,7 @@ def eval_poisoned(
                     "correct_after_removal": float(good in normalize(g2.text)),
                     "changed": float(normalize(g2.text) != normalize(g.text)),
                 }
-                if second_round and kept:
+                if second_round and rec["attacked"]:  # forensics: only an attacked answer is traced again
                     t2 = tr.trace(p2, g2, lm)
                     # the texts left, best first (a passage's first segment places it: sentence units repeat it)
                     ranked = list(dict.fromkeys(t2.segments[j].passage for j in t2.top(len(t2.segments))))
@@ -299,9 +306,11 @@ def summarize_poisoned(records: Sequence[dict[str, Any]], labels: dict[str, str]
             e[key], e[key + "_ci95"] = ci(xs, cl)
         if hit and all("correct_after_removal" in r["methods"][m] for r in hit):
             e["recovered"], e["recovered_ci95"] = ci([r["methods"][m]["correct_after_removal"] for r in hit], htg)
-        rounds = [r["methods"][m].get("second_round") for r in hit]
-        if hit and all(rounds):
-            e["second_round"] = {k2: _second_round(records, m, k2, ci) for k2 in rounds[0]}
+        k2s = {tuple(sorted(r["methods"][m].get("second_round", {}))) for r in hit}
+        if len(k2s) > 1:
+            raise ConfigError(f"the attacked answers' records of {label} hold different second rounds: {sorted(k2s)}")
+        if k2s and (keys := k2s.pop()):
+            e["second_round"] = {k2: _second_round(records, m, k2, ci) for k2 in sorted(keys, key=int)}
         out[m] = {**e, **speed[m]}
     out["records"] = list(records)
     return out
@@ -559,6 +568,9 @@ def merge(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     if len(suites) != 1 or not suites <= {"poisoned", "citations"}:
         raise ConfigError(f"merge takes shards of one poisoned or citations run, got suites {sorted(map(str, suites))}")
     suite = suites.pop()
+    exact = suite == "poisoned" and all("records" in r for r in results)  # the figures again from every context
+    if exact:  # first: a shard of another data file or setting is named as such
+        same_setting(results, ("shuffles", "top_k", "second_round", "data", "max_new_tokens"), "merge takes shards")
     methods = [k for k, v in results[0].items() if isinstance(v, dict) and "label" in v]
     if any([k for k, v in r.items() if isinstance(v, dict) and "label" in v] != methods for r in results):
         raise ConfigError("merge takes shards with the same methods", param="results")
@@ -567,14 +579,14 @@ def merge(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     if len(set(where)) != len(where):
         raise ConfigError(f"merge got the same shard twice (data and offset): {sorted(map(str, where))}")
 
-    if suite == "poisoned" and all("records" in r for r in results):  # exact: the figures again from every context
-        same_setting(results, ("shuffles", "top_k", "second_round", "data", "max_new_tokens"), "merge takes shards")
+    if exact:
         keys = [(c["target"], c["shuffle"]) for r in results for c in r["records"]]
         if len(set(keys)) != len(keys):
             raise ConfigError("merge got a PoisonedRAG context twice (shards overlap)", param="results")
         out = {
             k: v for k, v in results[0].items() if not isinstance(v, (dict, list)) and k not in ("offset", "targets")
         }
+        out["second_round"] = results[0].get("second_round", [])
         out["targets"] = sum(r.get("targets", r["n"]) for r in results)
         out["shards"] = [{"data": r.get("data"), "offset": r.get("offset", 0), "n": r["n"]} for r in results]
         if len({r.get("data") for r in results}) > 1:

@@ -61,6 +61,7 @@ FLAGS = {
     "top_k": "--top-k",
     "pool": "--pool",
     "shuffles": "--shuffles",
+    "second_round": "--second-round",
 }
 COMMAND_FLAGS = {"index": {"model": "--embedder"}}
 
@@ -356,10 +357,10 @@ def print_traced(ans: object) -> None:
             print("    (no passage reaches the confidence threshold)")
     if ans.flags:
         print("\nFlagged:")
-        for f in ans.flags:
-            what = "removed, answered again" if f.removed else "kept"
+        for f in ans.flags:  # a removed passage's number is of the first prompt; the citations number the rest
+            where = f"was [{f.number}], removed and answered again" if f.removed else f"[{f.number}], kept"
             snippet = " ".join(f.text.split())[:120]
-            print(f"  [{f.number}] {f.source_id}:{f.start}-{f.end} {f.reason} ({what}): {snippet}")
+            print(f"  {f.source_id}:{f.start}-{f.end} {f.reason} ({where}): {snippet}")
 
 
 def _cmd_eval(a: argparse.Namespace) -> int:
@@ -477,7 +478,7 @@ def _eval_attribution(a: argparse.Namespace) -> dict:
             a.method or "attntrace",
             offset=a.offset or 0,
             shuffles=a.shuffles,
-            second_round=_int_list(a.second_round, "second_round") if a.second_round else (),
+            second_round=_int_list(a.second_round, "second_round") or (),
             **common,
         )
     if a.suite == "injection":

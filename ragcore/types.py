@@ -198,9 +198,10 @@ class SentenceCitation:
 
 @dataclass
 class Flag(_Record):
-    """A context segment a detector flagged: the ``detector``'s name, the ``reason``, its passage ``number``,
-    chunk and source ids, its character span in the source and its text, the detector's ``score``, and whether
-    the defence ``removed`` it before regenerating."""
+    """A context segment a detector flagged: the ``detector``'s name, the ``reason``, its passage ``number`` (in
+    the prompt it was flagged in: once the defence has ``removed`` it, the answer's citations number the passages
+    left), chunk and source ids, its character span in the source and its text, the detector's ``score``, and
+    whether the defence ``removed`` it before regenerating."""
 
     detector: str
     reason: str

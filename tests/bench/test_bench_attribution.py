@@ -70,3 +70,38 @@ def test_the_defence_is_chosen_on_the_development_run_and_decides_the_verdict():
     assert said[0].startswith("Trace-and-remove ASR <= 0.10: **yes**") and "`K2=2`" in said[0]
     said = [v for v in verdicts({"poisoned": nq, "poisoned_dev": {**dev, "chosen_defence": "K2=1"}}) if "ASR" in v]
     assert "0.050 ± " in said[0] and "`K2=1`" in said[0]
+
+
+def test_the_development_run_must_be_another_data_set_with_the_same_settings():
+    from bench.attribution import choose_defence
+    from ragcore.errors import ConfigError
+
+    dev = {
+        **_result([(1.0, 1.0, 0.0, 1.0, 0.0)]),
+        "model": "m",
+        "top_k": 5,
+        "max_new_tokens": 32,
+        "second_round": [1, 2],
+    }
+    nq = {**dev, "data": "nq.json"}
+    assert choose_defence(dev, nq) == "K2=2 if unchanged"  # one unchanged answer: the two variants tie
+    with pytest.raises(ConfigError, match="on the report's data"):
+        choose_defence(dev, {**nq, "data": "/elsewhere/dev.json"})
+    with pytest.raises(ConfigError, match="one model"):
+        choose_defence(dev, {**nq, "model": "other"})
+    with pytest.raises(ConfigError, match="one second_round"):
+        choose_defence(dev, {**nq, "second_round": [1]})
+    with pytest.raises(ConfigError, match="no second round"):
+        choose_defence({**dev, "attntrace": {k: v for k, v in dev["attntrace"].items() if k != "second_round"}})
+    with pytest.raises(ConfigError, match="no attntrace"):
+        choose_defence({k: v for k, v in dev.items() if k != "attntrace"})
+
+
+def test_a_broken_shard_is_named_in_one_line(tmp_path, capsys):
+    for f in Path("docs/data/gpu/2026-11-30c/attribution").glob("poisoned_dev-*.json"):
+        shutil.copy(f, tmp_path / f.name)
+    (tmp_path / "poisoned_dev-3.json").write_text("{not json")
+    with pytest.raises(SystemExit) as e:
+        main(["--from-json", "--out-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "poisoned_dev-3.json: not JSON" in err and "Traceback" not in err

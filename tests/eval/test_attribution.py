@@ -53,8 +53,11 @@ def test_shards_merge_into_the_figures_of_one_run(whole):
 def test_a_second_round_is_traced_and_answered_for_each_k2(whole):
     for r in whole["records"]:
         m = r["methods"][FAST]
-        assert set(m["second_round"]) == {"1", "2"}
         assert m["changed"] in (0.0, 1.0) and m["correct_after_removal"] in (0.0, 1.0)
+        if not r["attacked"]:  # forensics: only an attacked answer is traced again
+            assert "second_round" not in m
+            continue
+        assert set(m["second_round"]) == {"1", "2"}
         assert all(v["attacked"] in (0.0, 1.0) and v["correct"] in (0.0, 1.0) for v in m["second_round"].values())
     assert whole["second_round"] == [1, 2]
 
@@ -96,7 +99,7 @@ def test_second_round_figures_follow_the_records_and_the_unchanged_condition():
 
 
 def test_second_round_takes_positive_integers():
-    with pytest.raises(ConfigError, match="second_round takes positive integers, got 0"):
+    with pytest.raises(ConfigError, match="second_round takes integers from 1 to 5"):
         eval_poisoned(None, FAST, limit=1, second_round=(0,), **RUN)
 
 
@@ -111,3 +114,24 @@ def test_clustered_interval_counts_a_repeated_item_once():
     assert cluster_mean_ci(xs * 2, list(range(5)) * 2) == pytest.approx(mean_ci(xs))
     with pytest.raises(ValueError, match="one cluster per value"):
         cluster_mean_ci(xs, [0])
+
+
+@pytest.mark.parametrize(("k2", "said"), [((6,), "from 1 to 5"), ((1, 1), "each K2 once")])
+def test_second_round_k2_fits_the_texts_left_once_each(k2, said):
+    with pytest.raises(ConfigError, match=said):
+        eval_poisoned(None, FAST, limit=1, second_round=k2, **RUN)
+
+
+def test_records_of_one_run_with_different_second_rounds_are_refused():
+    a = _record(0, 1.0, 1.0, 0.0, 0.0)
+    b = _record(1, 1.0, 1.0, 0.0, 0.0)
+    b["methods"]["t"]["second_round"]["2"] = {"attacked": 0.0, "correct": 0.0}
+    with pytest.raises(ConfigError, match="different second rounds"):
+        summarize_poisoned([a, b], {"t": "t"})
+
+
+def test_an_empty_second_round_flag_is_refused(capsys):
+    from ragcore.cli import main
+
+    assert main(["eval", "poisoned", "--second-round", "", "--limit", "1", "--model", "smollm2-135m"]) == 1
+    assert "--second-round: second_round takes positive integers" in capsys.readouterr().err

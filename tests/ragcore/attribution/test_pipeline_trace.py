@@ -61,7 +61,8 @@ def test_ask_prints_sentences_markers_spans_and_flags(tmp_path, capsys):
     args = ["ask", "Which planet has the tallest volcano?", "--index", idx, "--model", "smollm2-135m", "-k", "2"]
     assert main([*args, "--max-new-tokens", "10", "--tracer", "--defend"]) == 0
     out = capsys.readouterr().out
-    assert "Flagged:" in out and "removed, answered again" in out and "evil.txt" in out
+    assert "Flagged:" in out and "removed and answered again" in out and "evil.txt" in out
+    assert "was [" in out  # the removed passage's number is of the first prompt, told apart from the citations' [n]
     assert out.count("\n  '") >= 1  # each answer sentence on its own line
     assert main([*args, "--tracer", "atntrace"]) == 1
     assert "unknown tracer 'atntrace'" in capsys.readouterr().err
