@@ -12,7 +12,8 @@ import re
 from typing import NamedTuple
 
 BLOCK_CHARS = 4000
-_TERMINALS = re.compile(r"[.!?\u2026\u3002\uff01\uff1f\uff0e]")  # where pysbd may end a sentence (also CJK forms)
+# where pysbd may end a sentence (also the CJK forms): a block holding none of these is one sentence, without pysbd
+TERMINALS = re.compile(r"[.!?\u2026\u3002\uff01\uff1f\uff0e]")
 
 
 class _Whole(NamedTuple):
@@ -54,7 +55,7 @@ def split_sentences(text: str) -> list[tuple[int, int]]:
         if not block.strip():
             continue
         # a block without sentence-final punctuation is one sentence (a record, a heading): pysbd is not needed
-        pieces = _segmenter().segment(block) if _TERMINALS.search(block) else [_Whole(0, len(block))]
+        pieces = _segmenter().segment(block) if TERMINALS.search(block) else [_Whole(0, len(block))]
         for s in pieces:
             s0, s1 = a + s.start, a + s.end
             while s0 < s1 and text[s0].isspace():
