@@ -11,7 +11,7 @@ mkdir -p "$OUT"
 PY=${PY:-python3}
 PEER_PY=${PEER_PY:-.venv-infini/bin/python}
 METHODS=${METHODS:-"infiniretri(layer=18) truncate peer"}
-M=smollm2-135m
+M=${MODEL:-smollm2-135m}  # MODEL: another generator (then METHODS with its InfiniRetri layer)
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
 run() {  # run TOKENS LIMIT METHOD
