@@ -159,6 +159,15 @@ def verdicts(runs: dict) -> list[str]:
     return out
 
 
+def _names(files: list[Path]) -> str:
+    """The files of one suite, briefly: all of up to three, else the first and the last."""
+    return (
+        ", ".join(f.name for f in files)
+        if len(files) <= 3
+        else f"{files[0].name} ... {files[-1].name}, {len(files)} files"
+    )
+
+
 def _shard_key(path: Path) -> tuple[int, str]:
     tail = path.stem.rsplit("-", 1)[-1]
     return (int(tail), "") if tail.isdigit() else (1 << 30, tail)
@@ -238,8 +247,10 @@ def main(argv: list[str] | None = None) -> int:
                     if bad:
                         raise ConfigError(f"not {want} results: {', '.join(bad)}")
                     runs[n] = parts[0] if len(parts) == 1 else attribution.merge(parts)
-                except (ConfigError, KeyError, TypeError) as e:  # KeyError, TypeError: a result of another shape
-                    ap.error(f"{out}: {n} ({', '.join(f.name for f in files)}): {e}")
+                except ConfigError as e:
+                    ap.error(f"{out}: {n} ({_names(files)}): {e}")
+                except (KeyError, TypeError) as e:  # a result of another shape
+                    ap.error(f"{out}: {n} ({_names(files)}): not a result of `ragcore eval` ({type(e).__name__}: {e})")
         if not runs:
             ap.error(f"no suite JSON ({', '.join(SUITES)}) in {out}")
         if "poisoned_dev" in runs:

@@ -193,6 +193,7 @@ def eval_poisoned(
             )
     if len(set(second_round)) != len(second_round):
         raise ConfigError(f"second_round takes each K2 once, got {second_round}", param="second_round")
+    second_round.sort()  # one order, whatever order they were typed in (runs compare it)
     run_opts = Run(**run)
     limit, seed, progress = run_opts.limit, run_opts.seed, run_opts.progress
     rows = window(load_poisoned(data or POISONED_NQ), offset, limit, "PoisonedRAG targets")
