@@ -5,11 +5,16 @@
 #   dev     every candidate, question-agnostic, ratio 0.5, NQ-open top 5, questions 301-600 (the development slice
 #           of docs/RESULTS.md kv-headline-fresh-gpu), one matrix with the full cache; the table names the best
 #           change (-> PICK, and compress.kv.DEFAULT_AGNOSTIC if it differs from today's).
+#   devs    as dev, split over processes: DEV_GROUPS is ';'-separated candidate lists, one process each
+#           (dev-1.json, dev-2.json, ...; each with its own full-cache run, the first one's is the reference).
+#   pick    PICK := the best change over dev-*.json (bench.kv_agnostic --matrix ... --best), written to pick.txt;
+#           the later steps of the same call use it (HEAD := PICK, and the sxs step's ours with SXS_OURS=pick).
 #   head    the full cache, PICK (default: compress.kv.DEFAULT_AGNOSTIC) and REFERENCE (expected_attention) on questions 1-300 and 1001-1983
 #           (none of them seen by the choice), question-agnostic, ratio 0.5.
 #   aware   query-aware (the default of `ragcore ask --compressor NAME --ratio R`), ratios 0.5 and 0.75, questions 1-300
 #   sxs     kvpress 0.5.5 side by side on the same prompts (questions 1-300): snapkv, knorm, streaming_llm,
 #           expected_attention, kvzip at 0.5, ours question-agnostic, kvpress's defaults, the full cache first.
+#           SXS_OURS=SPEC (or "pick"): ours runs SPEC against every press (bench.kv_side_by_side --ours).
 #   reuse   eval kv --reuse 10: 30 key-value contexts (10 keys each) and 30 NQ-open contexts (the gold passages of
 #           10 questions + 10 distractors), ratio 0.5, PICK; one prefill + 10 answers against 10 full prefills.
 #   report  the RESULTS sections (kv-agnostic-dev-gpu, kv-agnostic-head-gpu, kv-reuse-gpu, kv-vs-kvpress-agnostic-gpu).
@@ -36,6 +41,18 @@ for steps in "$@"; do
   for step in ${steps//+/ }; do
   case $step in
   dev) ev dev --compressor "$CANDIDATES" --ratio 0.5 --offset 300 --limit "${N_KV:-300}" --batch-size "$B" "${NQ[@]}" ;;
+  devs)
+    i=0
+    IFS=';' read -ra groups <<< "${DEV_GROUPS:?DEV_GROUPS: candidate lists separated by ;}"
+    for g in "${groups[@]}"; do
+      i=$((i + 1))
+      ev "dev-$i" --compressor "$g" --ratio 0.5 --offset 300 --limit "${N_KV:-300}" --batch-size "$B" "${NQ[@]}"
+    done
+    ;;
+  pick)
+    PICK=$($PY -m bench.kv_agnostic --matrix "$OUT"/dev-*.json --best) || { echo "no pick"; exit 3; }
+    HEAD=$PICK; echo "$PICK" > "$OUT/pick.txt"; echo "pick: $PICK"
+    ;;
   head)  # HEAD (default: PICK and REFERENCE); FRESH=1 adds questions 1001-1983
     ev head --compressor "${HEAD:-$PICK,${REFERENCE:-expected_attention}}" --ratio 0.5 --limit "${N_KV:-300}" --batch-size "$B" "${NQ[@]}"
     [ "${FRESH:-0}" = 1 ] && ev fresh --compressor "${HEAD:-$PICK,${REFERENCE:-expected_attention}}" --ratio 0.5 \
@@ -49,6 +66,8 @@ for steps in "$@"; do
     i=0
     for methods in ${SXS_GROUPS:-snapkv,knorm streaming_llm,expected_attention kvzip}; do
       i=$((i + 1)); extra=(); [ $i -gt 1 ] || [ -n "${SXS_GROUPS:-}" ] && extra=(--no-baseline)
+      ours=${SXS_OURS:-}; [ "$ours" = pick ] && ours=$PICK
+      [ -n "$ours" ] && extra+=(--ours "$ours")
       PYTHONPATH="$KVP:${PYTHONPATH:-}" RAGCORE_CACHE="$RAGCORE_CACHE-kvp" \
         $PY -m bench.kv_side_by_side --model "$MODEL" --device "${DEVICE:-cuda}" --no-progress \
         --methods $methods --ratios 0.5 --limit "${N_KV:-300}" "${extra[@]}" \
@@ -77,7 +96,7 @@ for steps in "$@"; do
     $PY -m bench.kv_side_by_side --render "$OUT"/sxs-agnostic-*.json --write-results kv-vs-kvpress-agnostic-gpu \
       --note "$NOTE Ours question-agnostic against kvpress's presses with their defaults."
     ;;
-  *) echo "unknown step $step (dev, head, aware, sxs, reuse, report)"; exit 2 ;;
+  *) echo "unknown step $step (dev, devs, pick, head, aware, sxs, reuse, report)"; exit 2 ;;
   esac
   done
   wait

@@ -1,8 +1,10 @@
 """Question-agnostic KV compression and context reuse: tables for docs/RESULTS.md from the suites' JSON.
 
-* ``--matrix FILE``: a ``ragcore eval kv --compressor a,b,... --ratio R`` matrix run question-agnostic (its
+* ``--matrix FILE ...``: a ``ragcore eval kv --compressor a,b,... --ratio R`` matrix run question-agnostic (its
   full-cache run first): per compressor its accuracy, its paired change against the full cache (points, 95%
-  interval) and the KV bytes held; the best change is marked (on a development slice: the choice).
+  interval) and the KV bytes held; the best change is marked (on a development slice: the choice). Several
+  files of the same questions and settings (candidates split over processes) are one table, paired against the
+  first file's full cache.
 * ``--reuse FILE ...``: ``ragcore eval kv --reuse Q`` results: accuracy of one compressed context answering Q
   questions against Q full prefills (paired), accuracy per question index, the seconds of both and their ratio
   (wall clock, and processor time of the run's process where measured), the KV bytes held. ``--merge OUT``
@@ -54,6 +56,30 @@ def matrix_table(m: dict[str, Any]) -> tuple[str, str]:
     return "\n".join(lines), best
 
 
+def merge_matrices(files: list[str]) -> dict[str, Any]:
+    """One matrix from ``eval kv`` matrices of the same questions and settings: the first file's full-cache run,
+    then every compressor run of each file in order. Raises ``ValueError`` naming a file whose settings differ
+    or that repeats a compressor."""
+    ms = [read_json(f) for f in files]
+    keys = ("data", "format", "model", "n", "offset", "query_aware", "k")
+    out = dict(ms[0], runs=[r for r in ms[0]["runs"] if r["compressor"] == "none"][:1])
+    seen: set[tuple[str, float]] = set()
+    for f, m in zip(files, ms):
+        diff = [k for k in keys if m.get(k) != ms[0].get(k)]
+        if diff:
+            raise ValueError(f"{f}: {', '.join(f'{k}={m.get(k)!r}' for k in diff)} differ from {files[0]}")
+        for r in m["runs"]:
+            if r["compressor"] == "none":
+                continue
+            if (r["compressor"], r["ratio"]) in seen:
+                raise ValueError(f"{f}: {r['compressor']} at ratio {r['ratio']} is in an earlier file too")
+            seen.add((r["compressor"], r["ratio"]))
+            out["runs"].append(r)
+    out["complete"] = all(m.get("complete", True) for m in ms)
+    out["compressors"] = [r["compressor"] for r in out["runs"][1:]]
+    return out
+
+
 def reuse_table(results: list[dict[str, Any]]) -> str:
     """One row per ``eval kv --reuse`` result, then accuracy per question index."""
     lines = [
@@ -102,7 +128,10 @@ def reuse_table(results: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--matrix", default=None, help="a question-agnostic `eval kv` matrix JSON")
+    ap.add_argument(
+        "--matrix", nargs="*", default=[], help="question-agnostic `eval kv` matrix JSON files (same questions)"
+    )
+    ap.add_argument("--best", action="store_true", help="print the label with the best change and stop")
     ap.add_argument("--reuse", nargs="*", default=[], help="`eval kv --reuse` JSON files")
     ap.add_argument(
         "--merge",
@@ -118,10 +147,16 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("give --matrix or --reuse")
     parts = [a.note.strip()] if a.note.strip() else []
     if a.matrix:
-        m = read_json(a.matrix)
+        try:
+            m = merge_matrices(a.matrix)
+        except ValueError as e:
+            ap.error(str(e))
         if m.get("query_aware"):
-            ap.error(f"{a.matrix} is query-aware; this table is for question-agnostic runs")
+            ap.error(f"{a.matrix[0]} is query-aware; this table is for question-agnostic runs")
         table, best = matrix_table(m)
+        if a.best:
+            print(best)
+            return 0
         parts.append(
             f"Question-agnostic (the context compressed before the question is read), {m['model']}, "
             f"{m['format']}, questions {m['offset'] + 1}-{m['offset'] + m['n']} of `{m['data']}`, top {m['k']}. "

@@ -127,12 +127,17 @@ def run_config(
     max_new: int,
     match_kept: bool,
     progress: bool = True,
+    ours_spec: str | None = None,
 ) -> dict[str, Any]:
     press = peer.make_press(method, ratio)
     cfg = GenerationConfig(max_new_tokens=max_new)
 
     def comp_for(n_ctx: int) -> Any:
-        return None if press is None else get_compressor(method, **ours_kwargs(method, press, ratio, n_ctx, match_kept))
+        if press is None:
+            return None
+        if ours_spec:  # one ragcore method against every press
+            return get_compressor(ours_spec, ratio=ratio)
+        return get_compressor(method, **ours_kwargs(method, press, ratio, n_ctx, match_kept))
 
     # warm-up on the first item (neither timed nor scored): first-call kernel and allocation costs
     ids0, split0 = items[0].prompt.input_ids[0].tolist(), items[0].prompt.question_start
@@ -301,8 +306,9 @@ def write_results(section: str, res: dict[str, Any], note: str | None = None) ->
     m = res["meta"]
     v = m["versions"]
     notes = [f"- {x}" for x in COMMON_NOTES]
+    ours = m.get("ours")
     for meth, ns in NOTES.items():
-        if any(r["method"] == meth for r in res["rows"]):
+        if any(r["method"] == meth for r in res["rows"]) and not ours:
             notes += [f"- {meth}: {x}" for x in ns]
     body = (
         (f"{note.strip()}\n\n" if note else "")
@@ -313,8 +319,13 @@ def write_results(section: str, res: dict[str, Any], note: str | None = None) ->
         "the question is fed after compression on both sides). Times are medians per item of context prefill + "
         "compression (`time` = context_prefill), or of time to first token where ours has no split prefill "
         "(`time` = ttft); ratios are ours / kvpress. Accuracy ± 95% CI; the difference is paired per item. "
-        "Hyperparameters: kvpress's defaults, matched on ragcore's side (the JSON's `configs`)."
-        + "".join(f" {k}: {v}." for k, v in PER_ITEM.items() if any(r["method"] == k for r in res["rows"]))
+        + (
+            f"Ours is `{ours}` in every row (not the press's counterpart), against each kvpress press with its "
+            "defaults; the `method` column names the press."
+            if ours
+            else "Hyperparameters: kvpress's defaults, matched on ragcore's side (the JSON's `configs`)."
+            + "".join(f" {k}: {v}." for k, v in PER_ITEM.items() if any(r["method"] == k for r in res["rows"]))
+        )
         + (
             " Kept tokens: kvpress's count on both sides (--match-kept)."
             if m["match_kept"]
@@ -346,6 +357,13 @@ def main(argv: list[str] | None = None) -> int:
         "--match-kept", action="store_true", help="give ragcore kvpress's kept-token count as budget per item"
     )
     ap.add_argument("--no-baseline", action="store_true", help="skip the uncompressed 'none' row")
+    ap.add_argument(
+        "--ours",
+        default=None,
+        metavar="SPEC",
+        help="run this ragcore compressor (at each row's ratio) against every press, instead of each press's "
+        "matched counterpart (e.g. compress.kv.DEFAULT_AGNOSTIC against kvpress's question-agnostic presses)",
+    )
     ap.add_argument("--resume", action="store_true", help="keep rows already in --out with the same n")
     ap.add_argument("--out", default=None, type=Path)
     ap.add_argument("--write-results", default=None, metavar="SECTION", help="also write docs/RESULTS.md section")
@@ -363,6 +381,11 @@ def main(argv: list[str] | None = None) -> int:
     if a.model is None or a.out is None:
         ap.error("--model and --out are required (unless --render)")
 
+    if a.ours:
+        try:
+            get_compressor(a.ours, ratio=0.5)
+        except RagcoreError as e:
+            ap.error(f"--ours: {e}")
     if a.no_progress:
         transformers.utils.logging.disable_progress_bar()
     peer, standins = import_peer()
@@ -418,10 +441,10 @@ def run(a: argparse.Namespace, peer: Any, standins: list[str], methods: list[str
         kw = ours_kwargs(m, press, 0.5, 1000, a.match_kept)
         configs[m] = {
             "kvpress": press_config(press),
-            "ragcore": compressor_config(get_compressor(m, **kw)),
-            "ragcore_per_item": [f for f in ("n_recent", "budget") if f in kw],
-            "per_item_note": PER_ITEM.get(m),
-            "unmatched": NOTES[m],
+            "ragcore": compressor_config(get_compressor(a.ours, ratio=0.5) if a.ours else get_compressor(m, **kw)),
+            "ragcore_per_item": [] if a.ours else [f for f in ("n_recent", "budget") if f in kw],
+            "per_item_note": None if a.ours else PER_ITEM.get(m),
+            "unmatched": ["ours runs --ours, not this press's counterpart"] if a.ours else NOTES[m],
         }
     meta = {
         "model": a.model,
@@ -433,6 +456,7 @@ def run(a: argparse.Namespace, peer: Any, standins: list[str], methods: list[str
         "n_items": len(items),
         "max_new_tokens": a.max_new_tokens,
         "match_kept": a.match_kept,
+        "ours": a.ours,
         "device": str(dev),
         "device_name": device_name(dev),
         "dtype": str(model.dtype).removeprefix("torch."),
@@ -465,7 +489,7 @@ def run(a: argparse.Namespace, peer: Any, standins: list[str], methods: list[str
             res["rows"].append(done[(m, r)])
             continue
         t = time.perf_counter()
-        row = run_config(peer, gen, fmt, items, m, r, a.max_new_tokens, a.match_kept, not a.no_progress)
+        row = run_config(peer, gen, fmt, items, m, r, a.max_new_tokens, a.match_kept, not a.no_progress, a.ours)
         res["rows"].append(row)
         write_json(a.out, res, markdown=False, indent=1)
         logger.info(

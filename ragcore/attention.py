@@ -186,9 +186,14 @@ def max_attention(
     keys: torch.Tensor,
     n_keys: int,
     cells: int | None = None,
+    row_scale: torch.Tensor | None = None,
+    col_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The largest attention probability (B, H_kv, n_keys), in float32, that any row of ``hidden`` pays each of
     the first ``n_keys`` keys, over the rows and the query heads of each key/value group.
+
+    ``row_scale`` (B, R) and ``col_scale`` (B, H_kv, g, n_keys), when given, multiply each probability of row
+    ``r`` and of the key in query head ``(kv head, j)`` before the maximum (KVzip+'s weights).
 
     ``hidden`` (B, R, d) is the layer's normed input, whose rows are the last ``R`` of the ``T_k`` ``keys``
     (B, H_kv, T_k, D, rotated); row ``r`` sees keys ``<= T_k - R + r``. The result equals
@@ -222,8 +227,15 @@ def max_attention(
         if s + 1 < r:  # the block's rows may not see the rows after them (columns offset + s + 1 on)
             grid = scores.view(b, n_kv, g, e - s, t_k)[..., offset + s + 1 :]
             grid.masked_fill_(rows[None, s + 1 :] > rows[s:e, None], float("-inf"))  # (R_b, r - s - 1)
-        probs = torch.softmax(scores, -1, dtype=torch.float32)
-        best = torch.maximum(best, probs[..., :n_keys].amax(2))
+        probs = torch.softmax(scores, -1, dtype=torch.float32)[..., :n_keys]
+        if row_scale is not None or col_scale is not None:
+            probs = probs.view(b, n_kv, g, e - s, n_keys)
+            if row_scale is not None:
+                probs = probs * row_scale[:, None, None, s:e, None].float()
+            if col_scale is not None:
+                probs = probs * col_scale[:, :, :, None].float()
+            probs = probs.view(b, n_kv, g * (e - s), n_keys)
+        best = torch.maximum(best, probs.amax(2))
     return best
 
 

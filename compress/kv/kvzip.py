@@ -43,6 +43,18 @@ class KVzip(KVCompressor):
         Context tokens reconstructed per forward pass (memory O(chunk x T) per layer).
     instruction:
         The text before the repeated context (tokenised with the prompt's tokenizer).
+    assistant_turn:
+        End the instruction with the chat template's turn change (the user turn closed, the assistant's header),
+        so that the model repeats the context as its own answer: the layout of the paper's code and of kvpress's
+        ``KVzipPress``. No effect for a tokenizer without a chat template.
+    plus:
+        KVzip+ (Jegou et al., 2026, KVzap, https://arxiv.org/abs/2601.07891; kvpress's
+        ``kvzip_plus_normalization``): each attention probability is weighted by what the pair writes into the
+        residual stream, ``||W_O v||`` of the query head, divided by the norm of the reconstruction query's
+        normed hidden state, before the maximum.
+    safeguard:
+        Share of the uniform budget ``k`` that every head keeps at least (AdaKV's safeguard) with
+        ``scope="global"``; 0 leaves one token per head (the paper's pure global threshold).
     n_sink:
         Leading tokens always kept.
     ratio, budget, protect_last:
@@ -52,6 +64,9 @@ class KVzip(KVCompressor):
     scope: str = option("global", choices=("global", "layer"))
     chunk: int = option(2048, minimum=1)
     instruction: str = option("\n\nRepeat the previous context exactly.")
+    assistant_turn: bool = option(False)
+    plus: bool = option(False)
+    safeguard: float = option(0.0, low=0, high=1)
     n_sink: int = option(4, minimum=0)
     name: ClassVar[str] = "kvzip"
     attention_based: ClassVar[bool] = True
@@ -61,7 +76,11 @@ class KVzip(KVCompressor):
         if self.scope == "layer":
             return super().budget_rule(t, n_layers, n_kv)
         k = self.n_keep(t)
-        return KVBudget(t if k >= t else 1, n_layers * n_kv * k)
+        return KVBudget(t if k >= t else self.floor(k), n_layers * n_kv * k)
+
+    def floor(self, k: int) -> int:
+        """Tokens every head keeps at least, of a uniform budget ``k`` (``scope="global"``)."""
+        return min(k, max(1, int(self.safeguard * k)))
 
     # ---- the reconstruction --------------------------------------------------------------------------------
     @contextmanager
@@ -102,7 +121,7 @@ class KVzip(KVCompressor):
                 self.prune_layer(call, layer, idx, None)
             return
         h = x.keys.shape[1]
-        budgets = adaptive_budgets(torch.cat(scores, 1), prot, k, 1, normalise=False)  # (B, L x H_kv)
+        budgets = adaptive_budgets(torch.cat(scores, 1), prot, k, self.floor(k), normalise=False)  # (B, L x H_kv)
         for layer, s in enumerate(scores):
             idx, mask = self.select(torch.maximum(s, floor), k, budgets[:, layer * h : (layer + 1) * h])
             self.prune_layer(call, layer, idx, torch.ones_like(idx, dtype=torch.bool) if mask is None else mask)
@@ -115,9 +134,10 @@ class KVzip(KVCompressor):
         device = ids.device
         context = ids[:, -t:] if ids.shape[1] >= t else ids  # a prefill after cached tokens: its own tokens
         tokenizer = getattr(call.prompt, "tokenizer", None)
+        text = self.instruction + (assistant_header(tokenizer) if self.assistant_turn and tokenizer is not None else "")
         head = (
-            torch.tensor([tokenizer.encode(self.instruction, add_special_tokens=False)], device=device)
-            if tokenizer is not None and self.instruction
+            torch.tensor([tokenizer.encode(text, add_special_tokens=False)], device=device)
+            if tokenizer is not None and text
             else context[:, :0]
         )
         return [torch.cat([head, context[:, s : s + self.chunk]], 1) for s in range(0, context.shape[1], self.chunk)]
@@ -134,8 +154,16 @@ class KVzip(KVCompressor):
             if kvcache.from_call(kwargs) is not call.cache:
                 return
             hidden = kwargs.get("hidden_states", args[0] if args else None)
-            keys, _ = kvcache.get_kv(call.cache, module.layer_idx)
-            a = max_attention(module, hidden, kwargs["position_embeddings"], keys, t)  # (B, H_kv, T)
+            keys, values = kvcache.get_kv(call.cache, module.layer_idx)
+            weights = (
+                {
+                    "row_scale": hidden.float().norm(dim=-1).clamp_min(1e-6).reciprocal(),
+                    "col_scale": output_norms(module, values[:, :, :t]),
+                }
+                if self.plus
+                else {}
+            )
+            a = max_attention(module, hidden, kwargs["position_embeddings"], keys, t, **weights)  # (B, H_kv, T)
             lay = module.layer_idx
             best[lay] = a if lay not in best else torch.maximum(best[lay], a)
 
@@ -147,3 +175,29 @@ class KVzip(KVCompressor):
                 k, v = kvcache.get_kv(call.cache, layer)
                 kvcache.set_kv(call.cache, layer, k[:, :, :t], v[:, :, :t])
         return [best[layer] for layer in range(call.n_layers)]
+
+
+def assistant_header(tokenizer: Any) -> str:
+    """The chat template's text between a user message and the assistant's answer (the user turn's end and the
+    generation prompt), or "" for a tokenizer without a chat template."""
+    if not getattr(tokenizer, "chat_template", None):
+        return ""
+    marker = "\ue000"  # a private-use character: no template writes it
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": marker}], add_generation_prompt=True, tokenize=False
+    )
+    return text[text.rindex(marker) + 1 :]
+
+
+def output_norms(attn: nn.Module, values: torch.Tensor) -> torch.Tensor:
+    """``||W_O v||`` (B, H_kv, g, T) in float32: the norm of what each value (B, H_kv, T, D) writes into the residual
+    stream through each query head of its group, as ``sqrt(v^T (W_h^T W_h) v)`` with ``W_h`` the query head's
+    (d_model, D) slice of the output projection."""
+    b, n_kv, t, d = values.shape
+    w = attn.o_proj.weight.float()  # (d_model, H x D)
+    n_h = w.shape[1] // d
+    wh = w.view(-1, n_h, d).transpose(0, 1)  # (H, d_model, D)
+    gram = (wh.transpose(1, 2) @ wh).view(n_kv, n_h // n_kv, d, d)  # (H_kv, g, D, D)
+    v = values.float()
+    vg = torch.einsum("bktd,kgde->bkgte", v, gram)
+    return (vg * v[:, :, None]).sum(-1).clamp_min(0).sqrt()

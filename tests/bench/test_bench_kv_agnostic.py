@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from bench.kv_agnostic import matrix_table, reuse_table
+import json
+
+import pytest
+
+from bench.kv_agnostic import main, matrix_table, merge_matrices, reuse_table
 
 
 def run(name: str, accs: list[float], **kw) -> dict:
@@ -17,6 +21,26 @@ def test_matrix_marks_the_best_paired_change():
     assert best == "kvzip"
     assert "| kvzip | 0.5 | 0.750 | +25.0 ± " in table and "| h2o | 0.5 | 0.250 | -25.0 ± " in table
     assert table.count("**best**") == 1
+
+
+def test_matrices_of_one_slice_merge_and_name_the_best(tmp_path, capsys):
+    """Candidates split over processes are one table against the first file's full cache; other settings or a
+    repeated compressor are refused naming the file."""
+    head = {"data": "nq.jsonl", "format": "nq", "model": "m", "n": 4, "offset": 300, "query_aware": False, "k": 5}
+    a = {**head, "runs": [run("none", [1, 0, 1, 0]), run("kvzip", [1, 0, 1, 0])]}
+    b = {**head, "runs": [run("none", [1, 0, 1, 0]), run("kvzip(plus=True)", [1, 1, 1, 0])]}
+    paths = []
+    for i, m in enumerate((a, b, {**b, "offset": 0}, a)):
+        paths.append(tmp_path / f"{i}.json")
+        paths[-1].write_text(json.dumps(m))
+    m = merge_matrices([str(paths[0]), str(paths[1])])
+    assert [r["compressor"] for r in m["runs"]] == ["none", "kvzip", "kvzip(plus=True)"]
+    assert main(["--matrix", str(paths[0]), str(paths[1]), "--best"]) == 0
+    assert capsys.readouterr().out.strip() == "kvzip(plus=True)"
+    with pytest.raises(ValueError, match="2.json: offset=0 differ"):
+        merge_matrices([str(paths[0]), str(paths[2])])
+    with pytest.raises(ValueError, match="3.json: kvzip at ratio 0.5 is in an earlier file"):
+        merge_matrices([str(paths[0]), str(paths[3])])
 
 
 def test_reuse_table_has_the_speedup_and_every_index():

@@ -48,6 +48,15 @@ def test_section_renders_the_rows(monkeypatch):
     assert (
         "| knorm | 0.50 | 2 | 0.500 ± 0.980 | 1.000 ± 0.000 | -0.500 ± 0.980 | 0.50 | context_prefill |" in got["body"]
     )
+    assert "Ours is" not in got["body"] and "kvpress's defaults, matched" in got["body"]
+    sxs.write_results("s", {"meta": {**meta, "ours": "kvzip(plus=True)"}, "rows": [row]})
+    assert "Ours is `kvzip(plus=True)` in every row" in got["body"] and "matched on ragcore" not in got["body"]
+
+
+def test_ours_spec_is_checked_before_any_model_loads(capsys):
+    with pytest.raises(SystemExit):
+        sxs.main(["--model", "m", "--out", "x.json", "--methods", "knorm", "--ours", "kvzip(nope=1)"])
+    assert "--ours" in capsys.readouterr().err
 
 
 def test_ours_kwargs_match_the_press():

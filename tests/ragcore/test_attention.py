@@ -130,6 +130,12 @@ def test_max_attention_equals_the_max_of_rows_attention(cells):
     assert torch.allclose(got, ref, rtol=1e-5, atol=1e-7)
     with pytest.raises(ConfigError, match="n_keys=51"):
         max_attention(attn, h, pe, keys, 51)
+    # KVzip+'s weights: per row, and per query head and key
+    rs, cs = torch.rand(1, 30) + 0.5, torch.rand(1, 2, 2, 24) + 0.5
+    full = rows_attention(attn, h, pe, slice(None), keys, key_offset=20)[..., :24].view(1, 2, 2, 30, 24)
+    ref = (full * rs[:, None, None, :, None] * cs[:, :, :, None]).amax((2, 3))
+    got = max_attention(attn, h, pe, keys, 24, cells=cells, row_scale=rs, col_scale=cs)
+    assert torch.allclose(got, ref, rtol=1e-5, atol=1e-7)
 
 
 @torch.inference_mode()  # layer_input's tensors are inference tensors

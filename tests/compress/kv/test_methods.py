@@ -325,3 +325,69 @@ def _expected(x, model, project_queries, rotary_embedding, rotate_half):
     mu = q * c + rotate_half(q) * s
     k = x.keys.float().repeat_interleave(2, dim=1)
     return torch.softmax(x.module.scaling * torch.einsum("bhd,bhtd->bht", mu, k), -1).view(1, 2, 2, T).mean(2)
+
+
+@pytest.mark.parametrize("spec", ["kvzip(safeguard=0.5)", "kvzip(plus=True)", "kvzip(assistant_turn=True, plus=True)"])
+def test_kvzip_options_keep_the_budget(smol, spec):
+    """KVzip's options (AdaKV's safeguard, KVzip+ weights, the assistant turn) keep the global budget, and the
+    safeguard gives every head at least its share of the uniform budget, on SmolLM2 with its tokenizer."""
+    from ragcore.prompt import build_prompt
+
+    prompt = build_prompt(smol.tokenizer, QUESTION, PASSAGES)
+    t = prompt.question_start
+    comp = get_compressor(spec, ratio=0.7)
+    cache = kvcache.new_cache(smol.model.config)
+    with torch.inference_mode(), comp.apply(smol.model, cache, prompt) as call:
+        kvcache.call(smol.model, cache, input_ids=prompt.input_ids[:, :t], use_cache=True)
+    kept = call.report.tokens_kept
+    k = comp.n_keep(t)
+    n_heads = sum(len(v) for v in kept.values())
+    assert sum(sum(v) for v in kept.values()) == n_heads * k
+    assert min(min(v) for v in kept.values()) >= comp.floor(k)
+    if "safeguard" in spec:
+        assert comp.floor(k) == int(0.5 * k) > 1
+
+
+def test_kvzip_options_change_the_selection(smol):
+    """Each option changes which pairs KVzip keeps (a test that could fail if an option were ignored)."""
+    from ragcore.prompt import build_prompt
+
+    prompt = build_prompt(smol.tokenizer, QUESTION, PASSAGES)
+    t = prompt.question_start
+    kept = {}
+    for spec in ("kvzip", "kvzip(plus=True)", "kvzip(assistant_turn=True)", "kvzip(safeguard=0.5)"):
+        picked: dict = {}
+        comp = recording(get_compressor(spec, ratio=0.7), picked)
+        cache = kvcache.new_cache(smol.model.config)
+        with torch.inference_mode(), comp.apply(smol.model, cache, prompt):
+            kvcache.call(smol.model, cache, input_ids=prompt.input_ids[:, :t], use_cache=True)
+        kept[spec] = [sorted(map(tuple, idx[0].tolist())) for idx, _ in (picked[i] for i in sorted(picked))]
+    for spec in list(kept)[1:]:
+        assert kept[spec] != kept["kvzip"], spec
+
+
+def test_kvzip_assistant_header_is_the_templates_turn_change(smol):
+    from compress.kv.kvzip import assistant_header
+
+    head = assistant_header(smol.tokenizer)
+    assert head == "<|im_end|>\n<|im_start|>assistant\n"
+    assert assistant_header(SimpleNamespace(chat_template=None)) == ""
+
+
+def test_kvzip_output_norms_are_the_norm_through_each_query_head(tiny_llama):
+    """``output_norms`` equals ||W_O[:, head] v|| computed directly, per query head of each group."""
+    from compress.kv.kvzip import output_norms
+
+    attn = tiny_llama.model.layers[0].self_attn
+    n_h, n_kv = tiny_llama.config.num_attention_heads, tiny_llama.config.num_key_value_heads
+    d = attn.head_dim
+    torch.manual_seed(0)
+    values = torch.randn(1, n_kv, 7, d)
+    got = output_norms(attn, values)
+    w = attn.o_proj.weight.float()
+    g = n_h // n_kv
+    for kv in range(n_kv):
+        for j in range(g):
+            h = kv * g + j
+            want = (values[0, kv] @ w[:, h * d : (h + 1) * d].T).norm(dim=-1)
+            torch.testing.assert_close(got[0, kv, j], want, rtol=1e-4, atol=1e-5)
