@@ -9,15 +9,17 @@
 #           (dev-1.json, dev-2.json, ...; each with its own full-cache run, the first one's is the reference).
 #   pick    PICK := the best change over dev-*.json (bench.kv_agnostic --matrix ... --best), written to pick.txt;
 #           the later steps of the same call use it (HEAD := PICK, and the sxs step's ours with SXS_OURS=pick).
-#   head    the full cache, PICK (default: compress.kv.DEFAULT_AGNOSTIC) and REFERENCE (expected_attention) on questions 1-300 and 1001-1983
-#           (none of them seen by the choice), question-agnostic, ratio 0.5.
+#   head    HEAD (default: PICK, i.e. compress.kv.DEFAULT_AGNOSTIC, and REFERENCE, expected_attention; after the pick
+#           step: PICK alone) on questions 1-300, and 1001-1983 with FRESH=1 (none of them seen by the choice),
+#           question-agnostic, ratio 0.5; the full cache as its own run beside (head-full.json, fresh-full.json).
 #   aware   query-aware (the default of `ragcore ask --compressor NAME --ratio R`), ratios 0.5 and 0.75, questions 1-300
 #   sxs     kvpress 0.5.5 side by side on the same prompts (questions 1-300): snapkv, knorm, streaming_llm,
 #           expected_attention, kvzip at 0.5, ours question-agnostic, kvpress's defaults, the full cache first.
 #           SXS_OURS=SPEC (or "pick"): ours runs SPEC against every press (bench.kv_side_by_side --ours).
 #   reuse   eval kv --reuse 10: 30 key-value contexts (10 keys each) and 30 NQ-open contexts (the gold passages of
 #           10 questions + 10 distractors), ratio 0.5, PICK; one prefill + 10 answers against 10 full prefills.
-#   report  the RESULTS sections (kv-agnostic-dev-gpu, kv-agnostic-head-gpu, kv-reuse-gpu, kv-vs-kvpress-agnostic-gpu).
+#   report  the RESULTS sections ($SECTIONS-dev-gpu, $SECTIONS-head-gpu, [$SECTIONS-fresh-gpu,] kv-reuse-gpu,
+#           kv-vs-kvpress-agnostic-gpu); SECTIONS=kv-agnostic by default (kv-agnostic-kvzip for the options' choice).
 #   MODEL=qwen2.5-0.5b [RETRIEVED=/var/tmp/m/retrieved.json] KVP=/var/tmp/kvp \
 #     RAGCORE_CACHE=/var/tmp/cache bench/gpu_kv_agnostic.sh OUTDIR STEP...   (STEP "a+b": a and b together)
 set -uo pipefail
@@ -50,13 +52,17 @@ for steps in "$@"; do
     done
     ;;
   pick)
-    PICK=$($PY -m bench.kv_agnostic --matrix "$OUT"/dev-*.json --best) || { echo "no pick"; exit 3; }
+    PICK=$($PY -m bench.kv_agnostic --matrix "$OUT"/dev-*.json --best) && [ -n "$PICK" ] || { echo "no pick"; exit 3; }
     HEAD=$PICK; echo "$PICK" > "$OUT/pick.txt"; echo "pick: $PICK"
     ;;
-  head)  # HEAD (default: PICK and REFERENCE); FRESH=1 adds questions 1001-1983
+  head)  # HEAD (default: PICK and REFERENCE); FRESH=1 adds questions 1001-1983. The full cache runs on its own
+    # (head-full.json, fresh-full.json): HEAD of one compressor is a single run, without a baseline
     ev head --compressor "${HEAD:-$PICK,${REFERENCE:-expected_attention}}" --ratio 0.5 --limit "${N_KV:-300}" --batch-size "$B" "${NQ[@]}"
-    [ "${FRESH:-0}" = 1 ] && ev fresh --compressor "${HEAD:-$PICK,${REFERENCE:-expected_attention}}" --ratio 0.5 \
-      --offset 1000 --batch-size "$B" "${NQ[@]}"
+    ev head-full --compressor none --limit "${N_KV:-300}" --batch-size "$B" "${NQ[@]}"
+    if [ "${FRESH:-0}" = 1 ]; then
+      ev fresh --compressor "${HEAD:-$PICK,${REFERENCE:-expected_attention}}" --ratio 0.5 --offset 1000 --batch-size "$B" "${NQ[@]}"
+      ev fresh-full --compressor none --offset 1000 --batch-size "$B" "${NQ[@]}"
+    fi
     ;;
   aware)  # the single-question default (query-aware), as `ragcore ask --compressor NAME --ratio R` runs it
     ev aware --query-aware --compressor "${AWARE:-snapkv,expected_attention,kvzip,h2o}" --ratio 0.5,0.75 \
@@ -81,19 +87,22 @@ for steps in "$@"; do
       ev reuse-nq$sfx --reuse 10 --limit "${N_REUSE:-30}" --compressor "$PICK" --ratio 0.5 --batch-size "$b"
     done
     ;;
-  report)
+  report)  # SECTIONS: the prefix of the section names (kv-agnostic: the method choice; kv-agnostic-kvzip: the options)
     NOTE="Ran on one GPU by bench/gpu_kv_agnostic.sh (qwen2.5-0.5b, $($PY -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))."
-    $PY -m bench.kv_agnostic --matrix "$OUT/dev.json" --write-results kv-agnostic-dev-gpu \
+    S=${SECTIONS:-kv-agnostic}
+    dev=("$OUT"/dev.json); [ -f "$OUT/dev.json" ] || dev=("$OUT"/dev-*.json)  # one process (dev) or several (devs)
+    $PY -m bench.kv_agnostic --matrix "${dev[@]}" --write-results "$S-dev-gpu" \
       --title "KV compression, question-agnostic: the choice on the development slice" --note "$NOTE"
-    $PY -m bench.kv_agnostic --matrix "$OUT/head.json" --write-results kv-agnostic-head-gpu \
+    $PY -m bench.kv_agnostic --matrix "$OUT/head-full.json" "$OUT/head.json" --write-results "$S-head-gpu" \
       --title "KV compression, question-agnostic: the choice on questions 1-300" --note "$NOTE"
-    [ -f "$OUT/fresh.json" ] && $PY -m bench.kv_agnostic --matrix "$OUT/fresh.json" --write-results kv-agnostic-fresh-gpu \
-      --title "KV compression, question-agnostic: the choice on questions 1001-1983" --note "$NOTE"
+    [ -f "$OUT/fresh.json" ] && $PY -m bench.kv_agnostic --matrix "$OUT/fresh-full.json" "$OUT/fresh.json" \
+      --write-results "$S-fresh-gpu" --title "KV compression, question-agnostic: the choice on questions 1001-1983" --note "$NOTE"
     [ -f "$OUT/aware.json" ] && $PY -m bench.kv_matrix --merge "$OUT/aware.json" --out "$OUT/aware-merged.json" \
       --write-results kv-ask-default-gpu --note "$NOTE Query-aware, the default of ragcore ask --compressor NAME --ratio R, questions 1-300."
     $PY -m bench.kv_agnostic --reuse "$OUT/reuse-kv.json" "$OUT/reuse-nq.json" --write-results kv-reuse-gpu \
       --title "KV compression: one compressed context, 10 questions" --note "$NOTE"
-    $PY -m bench.kv_side_by_side --render "$OUT"/sxs-agnostic-*.json --write-results kv-vs-kvpress-agnostic-gpu \
+    sxs=kv-vs-kvpress-agnostic-gpu; [ -n "${SXS_OURS:-}" ] && sxs=kv-vs-kvpress-agnostic-default-gpu  # one of ours: --ours
+    $PY -m bench.kv_side_by_side --render "$OUT"/sxs-agnostic-*.json --write-results "$sxs" \
       --note "$NOTE Ours question-agnostic against kvpress's presses with their defaults."
     ;;
   *) echo "unknown step $step (dev, devs, pick, head, aware, sxs, reuse, report)"; exit 2 ;;

@@ -3,8 +3,8 @@
 * ``--matrix FILE ...``: a ``ragcore eval kv --compressor a,b,... --ratio R`` matrix run question-agnostic (its
   full-cache run first): per compressor its accuracy, its paired change against the full cache (points, 95%
   interval) and the KV bytes held; the best change is marked (on a development slice: the choice). Several
-  files of the same questions and settings (candidates split over processes) are one table, paired against the
-  first file's full cache.
+  files of the same questions and settings (candidates split over processes, or single runs such as the full
+  cache alone) are one table (``eval.kv_compression.merge_matrices``).
 * ``--reuse FILE ...``: ``ragcore eval kv --reuse Q`` results: accuracy of one compressed context answering Q
   questions against Q full prefills (paired), accuracy per question index, the seconds of both and their ratio
   (wall clock, and processor time of the run's process where measured), the KV bytes held. ``--merge OUT``
@@ -24,9 +24,11 @@ import argparse
 from typing import Any
 
 from bench.results import write_section
+from eval.kv_compression import merge_matrices
 from eval.kv_reuse import merge_reuse
 from eval.report import read_json, write_json
 from eval.stats import paired_difference
+from ragcore.errors import ConfigError
 
 
 def matrix_table(m: dict[str, Any]) -> tuple[str, str]:
@@ -54,30 +56,6 @@ def matrix_table(m: dict[str, Any]) -> tuple[str, str]:
             f"{kv:.3f} | {'yes' if r.get('masks_only') else 'no'} | {mark} |"
         )
     return "\n".join(lines), best
-
-
-def merge_matrices(files: list[str]) -> dict[str, Any]:
-    """One matrix from ``eval kv`` matrices of the same questions and settings: the first file's full-cache run,
-    then every compressor run of each file in order. Raises ``ValueError`` naming a file whose settings differ
-    or that repeats a compressor."""
-    ms = [read_json(f) for f in files]
-    keys = ("data", "format", "model", "n", "offset", "query_aware", "k")
-    out = dict(ms[0], runs=[r for r in ms[0]["runs"] if r["compressor"] == "none"][:1])
-    seen: set[tuple[str, float]] = set()
-    for f, m in zip(files, ms):
-        diff = [k for k in keys if m.get(k) != ms[0].get(k)]
-        if diff:
-            raise ValueError(f"{f}: {', '.join(f'{k}={m.get(k)!r}' for k in diff)} differ from {files[0]}")
-        for r in m["runs"]:
-            if r["compressor"] == "none":
-                continue
-            if (r["compressor"], r["ratio"]) in seen:
-                raise ValueError(f"{f}: {r['compressor']} at ratio {r['ratio']} is in an earlier file too")
-            seen.add((r["compressor"], r["ratio"]))
-            out["runs"].append(r)
-    out["complete"] = all(m.get("complete", True) for m in ms)
-    out["compressors"] = [r["compressor"] for r in out["runs"][1:]]
-    return out
 
 
 def reuse_table(results: list[dict[str, Any]]) -> str:
@@ -149,17 +127,24 @@ def main(argv: list[str] | None = None) -> int:
     if a.matrix:
         try:
             m = merge_matrices(a.matrix)
-        except ValueError as e:
+        except ConfigError as e:
             ap.error(str(e))
         if m.get("query_aware"):
             ap.error(f"{a.matrix[0]} is query-aware; this table is for question-agnostic runs")
         table, best = matrix_table(m)
         if a.best:
+            if not best:
+                ap.error(f"no compressor run in {a.matrix} (only the full cache): nothing to pick")
             print(best)
             return 0
+        where = (  # single runs written before they recorded their data and offset
+            f"questions {m['offset'] + 1}-{m['offset'] + m['n']} of `{m['data']}`, top {m['k']}"
+            if m.get("offset") is not None and m.get("data")
+            else f"{m['n']} questions (data and offset not recorded in the runs: see the note)"
+        )
         parts.append(
             f"Question-agnostic (the context compressed before the question is read), {m['model']}, "
-            f"{m['format']}, questions {m['offset'] + 1}-{m['offset'] + m['n']} of `{m['data']}`, top {m['k']}. "
+            f"{m['format']}, {where}. "
             "Changes are paired per question, in accuracy points (x100), with their 95% intervals. KV bytes are "
             "those held (uneven per-head budgets keep padded slots hidden by masks). Best change: "
             f"`{best}`.\n\n{table}"
@@ -183,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     print(body)
     if a.write_results:
         title = a.title or ("KV compression, question-agnostic" if a.matrix else "KV compression: context reuse")
-        write_section(a.write_results, title + " (issue #16)", body)
+        write_section(a.write_results, title if "(issue #16)" in title else title + " (issue #16)", body)
     return 0
 
 

@@ -388,7 +388,10 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--ours: {e}")
     if a.no_progress:
         transformers.utils.logging.disable_progress_bar()
-    peer, standins = import_peer()
+    try:
+        peer, standins = import_peer()
+    except ModuleNotFoundError as e:  # run outside kvpress's environment
+        ap.error(f"{e}: run this in kvpress's environment (bench/README.md, docs/gpu-runs.md)")
     if standins:
         logger.info("stand-ins for kvpress's unused imports: %s", ", ".join(standins))
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]

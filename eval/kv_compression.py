@@ -354,7 +354,8 @@ class KVSuite:
         dict
             The run's JSON (its keys are a stable interface): ``format``, ``compressor`` (its label), ``ratio``,
             ``accuracy`` and ``accuracy_ci95``, ``kv_bytes`` and ``kv_bytes_full`` (mean bytes per item),
-            ``prefill_s``, ``decode_tok_s``, ``n``, ``predictions`` (per item) and the settings.
+            ``prefill_s``, ``decode_tok_s``, ``n``, ``predictions`` (per item) and the settings (``data``,
+            ``offset``, ``k`` among them, so that single runs merge into a matrix: :func:`merge_matrices`).
 
         Raises
         ------
@@ -366,7 +367,18 @@ class KVSuite:
             from compress.kv import get_compressor
 
             get_compressor(compressor, ratio=ratio)
-        return self._run(*self._load(data), compressor, ratio)
+        res = self._run(*self._load(data), compressor, ratio)
+        return {**res, **self._settings(data)}
+
+    def _settings(self, data: str | Path | None) -> dict[str, Any]:
+        """What a run's answers depend on besides the compressor: a matrix merges only runs that agree on them."""
+        return {
+            "data": str(data or NQ_OPEN),
+            "offset": self.offset,
+            "k": self.k,
+            "max_tokens": self.max_tokens,
+            "max_new_tokens": self.max_new_tokens,
+        }
 
     def matrix(
         self,
@@ -426,15 +438,13 @@ class KVSuite:
 
         def result() -> dict[str, Any]:
             return {
-                "data": str(data or NQ_OPEN),
+                **self._settings(data),
                 "format": fmt,
                 "model": self.model,
                 "n": len(items),
-                "offset": self.offset,
                 "query_aware": self.query_aware,
                 "ratios": list(ratios),
                 "compressors": list(compressors),
-                "k": self.k,
                 "batch_size": self.batch_size,
                 "seconds": time.perf_counter() - t0,
                 "runs": runs,
@@ -465,24 +475,53 @@ def merge_matrices(paths: Sequence[str | Path]) -> dict[str, Any]:
 
     The full-cache run of the first file that has one is kept, the others' are dropped; a compressor and ratio
     run again in a later file (a rerun, a fill) keeps its place and takes the later run. Files of either format
-    name (``"kv"``, ``"kv_retrieval"``) merge.
+    name (``"kv"``, ``"kv_retrieval"``) merge. A file of one run (``eval kv`` with one compressor, or ``none``
+    for the full cache) joins as a matrix of that run; every run must hold predictions for the same question ids.
 
     Raises
     ------
     ConfigError
-        No file, files of different matrices, or no full-cache run in any.
+        No file, files of different matrices or questions, or no full-cache run in any.
     """
-    parts = [read_json(f) for f in paths]
-    if not parts:
+    if not paths:
         raise ConfigError("merging needs at least one JSON file")
-    key = ("data", "format", "model", "n", "offset", "query_aware")
-    for d in parts:
-        d.setdefault("offset", 0)  # files from before offsets existed start at the first item
+    if len(set(map(str, paths))) < len(paths):
+        raise ConfigError(f"a file is given twice: {[str(p) for p in paths]}")
+    parts = []
+    for f in paths:
+        try:
+            d = read_json(f)
+        except (OSError, ValueError) as e:  # missing, unreadable, not JSON (json.JSONDecodeError is a ValueError)
+            raise ConfigError(f"{str(f)!r} cannot be read as an eval kv result: {e}") from e
+        runs = d.get("runs", [d]) if isinstance(d, dict) else None
+        if not runs or not all(isinstance(r, dict) and {"compressor", "ratio", "predictions"} <= set(r) for r in runs):
+            raise ConfigError(f"{str(f)!r} is not an `eval kv` run or matrix (no compressor runs with predictions)")
+        if not all(isinstance(p, dict) and "id" in p for r in runs for p in r["predictions"]) or "format" not in d:
+            raise ConfigError(f"{str(f)!r} is not an `eval kv` run or matrix (predictions without ids, or no format)")
+        parts.append(d)
+    key = ("data", "format", "model", "n", "offset", "query_aware", "k", "max_tokens", "max_new_tokens")
+    for i, d in enumerate(parts):
+        if "runs" not in d:  # one run (e.g. the full cache alone): its settings, and itself as the only run
+            parts[i] = d = {**{k: d[k] for k in key if k in d}, "runs": [d], "complete": True}
+        else:
+            d.setdefault("offset", 0)  # matrices from before offsets existed start at the first item
         d["format"] = format_name(d["format"])
-    for f, d in zip(paths, parts):
-        if any(d.get(k) != parts[0].get(k) for k in key):
-            got = {k: d.get(k) for k in key}
+
+    def same(a: Any, b: Any, k: str) -> bool:  # one data file named two ways (relative, absolute) is the same
+        return str(Path(a).resolve()) == str(Path(b).resolve()) if k == "data" and a and b else a == b
+
+    for f, d in zip(paths, parts):  # settings a file did not record (written before it did) are not compared
+        diff = [k for k in key if k in d and k in parts[0] and not same(d[k], parts[0][k], k)]
+        if diff:
+            got = ", ".join(f"{k}={d[k]!r} (not {parts[0][k]!r})" for k in diff)
             raise ConfigError(f"{str(f)!r} is not the same matrix as {str(paths[0])!r}: {got}")
+    ids = [[[p["id"] for p in r.get("predictions", [])] for r in d["runs"]] for d in parts]
+    first = next((x for run_ids in ids for x in run_ids if x), None)
+    for f, run_ids in zip(paths, ids):
+        if any(x and x != first for x in run_ids):
+            raise ConfigError(f"{str(f)!r} holds other questions than {str(paths[0])!r} (prediction ids differ)")
+    for k in key:  # settings a single run did not record, from a file that did
+        parts[0].setdefault(k, next((d[k] for d in parts if d.get(k) is not None), None))
     full = [[r for r in d["runs"] if r["compressor"] == "none"] for d in parts]
     runs = next((f for f in full if f), None)
     if runs is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import math
 import os
 import secrets
 from collections.abc import Sequence
@@ -62,7 +63,8 @@ def write_json(path: str | Path, data: dict[str, Any], markdown: bool = True, in
     path : str or Path
         Destination; its folder is created. A ``.md`` name or a folder is refused (:func:`check_out`).
     data : dict
-        JSON-serialisable results.
+        JSON-serialisable results. A float that is not finite (NaN, an infinity: e.g. a mean of nothing) is
+        written as ``null``, so that every file is standard JSON (:func:`finite`).
     markdown : bool
         Also write :func:`table_path` with :func:`markdown_table` of ``data``'s dict-valued entries.
     indent : int
@@ -75,11 +77,23 @@ def write_json(path: str | Path, data: dict[str, Any], markdown: bool = True, in
     """
     path = check_out(path) if markdown else Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, json.dumps(data, indent=indent, sort_keys=False) + "\n")
+    _atomic_write(path, json.dumps(finite(data), indent=indent, sort_keys=False, allow_nan=False) + "\n")
     if markdown:
         _atomic_write(table_path(path), markdown_table(data))
     logger.info("wrote %s", path)
     return path
+
+
+def finite(data: Any) -> Any:
+    """``data`` with every float that is not finite (NaN, +-inf) replaced by None, in nested dicts, lists and
+    tuples (standard JSON has no NaN: ``json.dumps`` would write a bare ``NaN``)."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [finite(v) for v in data]
+    return data
 
 
 def _atomic_write(path: Path, text: str) -> None:

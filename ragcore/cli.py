@@ -222,7 +222,7 @@ def _cmd_ask(a: argparse.Namespace) -> int:
         p, comp = Pipeline.from_config(config_from_args(a)), None
     else:
         cfg = GenerationConfig(max_new_tokens=a.max_new_tokens)
-        use = a.compressor != "none" and not a.context_cache
+        use = a.compressor not in (None, "none") and not a.context_cache
         comp = _compressor(a.compressor, a.ratio) if use else None
         retriever = HybridRetriever.load(a.index, version=a.index_version, min_score=a.min_score)
         p = Pipeline(
@@ -231,7 +231,7 @@ def _cmd_ask(a: argparse.Namespace) -> int:
             a.k,
             cfg,
             compressor=comp,
-            query_aware=a.query_aware,
+            query_aware=a.query_aware is not False,
             reranker=a.rerank,
             context_compressor=a.compress_context,
             **_attribution_args(a),
@@ -249,7 +249,7 @@ def _cmd_ask(a: argparse.Namespace) -> int:
         print(f"  [{c.number}] {c.source_id}:{c.start}-{c.end} (score {c.score:.3f}) {snippet}")
     if comp is not None or a.context_cache:
         kv = ans.kv
-        mode = "question-agnostic" if a.context_cache or not a.query_aware else "query-aware"
+        mode = "question-agnostic" if a.context_cache or a.query_aware is False else "query-aware"
         ratio = "" if a.context_cache or comp is None else f", ratio {comp.ratio}"
         print(
             f"\nKV cache: {kv['kv_bytes'] / 2**20:.2f} of {kv['kv_bytes_full'] / 2**20:.2f} MiB held ({kv['compressor']}"
@@ -263,14 +263,10 @@ def _cmd_ask(a: argparse.Namespace) -> int:
 
 def _compressor(spec: str, ratio: float | None) -> Any:
     """The KV compressor of ``--compressor`` at ``--ratio``; a ratio or budget in the spec is used as given, and the
-    registry refuses one given both ways; with neither, ratio 0.5."""
-    from compress.kv import get_compressor
-    from ragcore.registry import parse_spec
+    registry refuses one given both ways; with neither, ratio 0.5 (``ragcore.context_cache.context_compressor``)."""
+    from ragcore.context_cache import context_compressor
 
-    _, options, _ = parse_spec(spec, "kv_compressor")
-    if ratio is None and "ratio" not in options and "budget" not in options:
-        ratio = 0.5
-    return get_compressor(spec, **({} if ratio is None else {"ratio": ratio}))
+    return context_compressor(spec, ratio)
 
 
 # flags of `ask` and `serve` that override a --config file's key when given (not left at their default)
@@ -319,14 +315,26 @@ def _cmd_serve(a: argparse.Namespace) -> int:
 
 def _ask_context(p: Any, a: argparse.Namespace) -> Any:
     """``ask --context-cache DIR``: answer from the context saved in DIR, or compress and save one there first."""
-    from ragcore.context_cache import MANIFEST, CompressedContext
+    from ragcore.context_cache import MANIFEST, CompressedContext, compressor_label, context_compressor
 
+    if a.query_aware:  # given (its default is None): a saved context is compressed before any question
+        raise ConfigError(
+            "--query-aware does not apply to --context-cache (compressed question-agnostic)", param="query_aware"
+        )
     folder = Path(a.context_cache)
     if (folder / MANIFEST).exists() or (folder.exists() and any(folder.iterdir())):
         ctx = CompressedContext.load(folder, p.generator)  # refuses a folder that holds something else
+        if a.compressor is not None or a.ratio is not None:  # flags that ask for another context are refused
+            want = compressor_label(context_compressor(a.compressor, a.ratio))
+            if want != ctx.compressor:
+                raise ConfigError(
+                    f"{str(folder)!r} holds a context compressed with {ctx.compressor!r}, not {want!r} "
+                    "(--compressor, --ratio): give another folder, or leave those flags out to reuse it",
+                    param="context_cache",
+                )
         state = "reused"
     else:
-        ctx = p.compress_context(a.question, None if a.compressor == "none" else a.compressor, a.ratio)
+        ctx = p.compress_context(a.question, a.compressor, a.ratio)
         ctx.save(folder)
         state = "written"
     ans = p.ask_context(ctx, a.question)
@@ -365,7 +373,7 @@ def print_traced(ans: object) -> None:
 
 def _cmd_eval(a: argparse.Namespace) -> int:
     from eval import runner
-    from eval.report import check_out, write_json
+    from eval.report import check_out, finite, write_json
 
     if a.out:  # outputs are checked before the work, not after it
         check_out(a.out)
@@ -399,7 +407,7 @@ def _cmd_eval(a: argparse.Namespace) -> int:
     shown = {k: v for k, v in res.items() if k != "predictions"}
     if "runs" in shown:  # a matrix
         shown["runs"] = [{k: v for k, v in r.items() if k != "predictions"} for r in shown["runs"]]
-    print(json.dumps(shown, indent=2))
+    print(json.dumps(finite(shown), indent=2, allow_nan=False))
     return 0
 
 
@@ -655,7 +663,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp = question_cmd("ask", "retrieve, then answer with the generator and list the sources", "passages in the prompt")
     model_opt(sp)
     sp.add_argument("--max-new-tokens", type=int, default=64, help="answer length limit in tokens (default 64)")
-    sp.add_argument("--compressor", default="none", help="KV-cache compressor, as for `eval kv` (default none)")
+    sp.add_argument(
+        "--compressor",
+        default=None,
+        help="KV-cache compressor, as for `eval kv` (default none; with --context-cache, compress.kv.DEFAULT_AGNOSTIC)",
+    )
     sp.add_argument(
         "--ratio",
         type=float,
@@ -665,7 +677,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--query-aware",
         action=argparse.BooleanOptionalAction,
-        default=True,
+        default=None,
         help="with --compressor: compress after reading the question (default); --no-query-aware: the context alone",
     )
     sp.add_argument(

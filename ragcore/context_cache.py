@@ -263,20 +263,12 @@ def prefill_context(
     """Prefill ``passages`` (the prompt up to its question) once under ``compressor`` and return the
     :class:`CompressedContext`.
 
-    ``compressor``: a KV compressor, its spec string, ``"none"`` (the full cache) or None for
-    ``compress.kv.DEFAULT_AGNOSTIC`` at ``ratio`` (default ``compress.kv.DEFAULT_AGNOSTIC_RATIO``); ``ratio``
-    also applies to a spec string that does not set one. Raises ``ConfigError`` for a bad compressor or ratio,
-    or no passages."""
-    from compress.kv import DEFAULT_AGNOSTIC, DEFAULT_AGNOSTIC_RATIO
-
+    ``compressor`` and ``ratio``: as :func:`context_compressor`. Raises ``ConfigError`` for a bad compressor or
+    ratio, or no passages."""
     chunks = [p.chunk if isinstance(p, ScoredChunk) else p for p in passages]
     if not chunks:
         raise ConfigError("prefill_context needs at least one passage", param="passages")
-    if compressor is None:
-        compressor, ratio = DEFAULT_AGNOSTIC, DEFAULT_AGNOSTIC_RATIO if ratio is None else ratio
-    comp = None
-    if compressor != "none":
-        comp = registry("kv_compressor").build(compressor, **({} if ratio is None else {"ratio": ratio}))
+    comp = context_compressor(compressor, ratio)
     generator.warm_up()
     prompt = generator.prompt(PLACEHOLDER, chunks, system)
     n = prompt.question_start
@@ -296,13 +288,39 @@ def prefill_context(
             masks, report = call.head_masks(), call.report.to_dict()
     report["prefill_s"] = time.perf_counter() - t0
     layers = [kvcache.get_kv(cache, i) for i in range(kvcache.n_layers(cache))]
-    label = "none" if comp is None else _with_ratio(comp)
+    label = compressor_label(comp)
     logger.info("prefilled a context of %d tokens under %s", n, label)
     return CompressedContext(generator, chunks, ids.cpu(), layers, masks, label, system, report)
 
 
-def _with_ratio(comp: Any) -> str:
-    """The compressor's label with its ratio (or budget), which the label leaves out."""
+def context_compressor(compressor: Any = None, ratio: float | None = None) -> Any:
+    """The KV compressor a compressed context is made with, or None for the full cache.
+
+    ``compressor``: a KV compressor (used as given), its spec string, ``"none"`` (the full cache) or None for
+    ``compress.kv.DEFAULT_AGNOSTIC``. ``ratio``: the fraction removed, for a spec string (or the default) that
+    sets neither ratio nor budget; without it, ``compress.kv.DEFAULT_AGNOSTIC_RATIO``. Raises ``ConfigError`` for
+    a bad spec or ratio, or a ratio given both in the spec and here."""
+    from compress.kv import DEFAULT_AGNOSTIC, DEFAULT_AGNOSTIC_RATIO
+
+    if compressor == "none":
+        return None
+    if compressor is None:
+        compressor = DEFAULT_AGNOSTIC
+    if not isinstance(compressor, str):
+        return compressor
+    from ragcore.registry import parse_spec
+
+    _, options, _ = parse_spec(compressor, "kv_compressor")
+    if ratio is None and "ratio" not in options and "budget" not in options:
+        ratio = DEFAULT_AGNOSTIC_RATIO
+    return registry("kv_compressor").build(compressor, **({} if ratio is None else {"ratio": ratio}))
+
+
+def compressor_label(comp: Any) -> str:
+    """The label a compressed context records for ``comp`` (``"none"`` for None): the compressor's label with its
+    ratio (or budget), which the label alone leaves out."""
+    if comp is None:
+        return "none"
     label = comp.label
     extra = f"budget={comp.budget}" if comp.budget is not None else f"ratio={comp.ratio:g}"
     head, sep, rest = label.partition(":")

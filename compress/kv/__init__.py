@@ -58,9 +58,12 @@ KV_COMPRESSORS.add(
 COMPRESSORS = KV_COMPRESSORS.classes()  # name -> class, in registration order
 
 # The question-agnostic default (a stable interface: ``compress_context``, ``prefill_context`` and tools read it),
-# and its ratio. KVzip with the paper's options (global budgets); bench/gpu_kv_agnostic.sh's ``dev`` step compares it
-# with the other candidates on questions 301-600 (docs/RESULTS.md, kv-agnostic-dev-gpu) and names the one to keep.
-DEFAULT_AGNOSTIC = "kvzip"
+# and its ratio. KVzip beat every other method on questions 301-600 (docs/RESULTS.md, kv-agnostic-dev-gpu); its
+# options were then chosen on the same questions by bench/gpu_kv_agnostic.sh's ``pick`` step (the best paired change,
+# kv-agnostic-kvzip-dev-gpu: the paper's assistant turn, KVzip+'s weights and AdaKV's floor, within noise of plain
+# KVzip) and measured on questions 1-300 and 1001-1983 (kv-agnostic-kvzip-head-gpu, kv-agnostic-kvzip-fresh-gpu),
+# against kvpress's presses in kv-vs-kvpress-agnostic-default-gpu.
+DEFAULT_AGNOSTIC = "kvzip(assistant_turn=True, plus=True, safeguard=0.2)"
 DEFAULT_AGNOSTIC_RATIO = 0.5
 
 

@@ -14,6 +14,7 @@ from compress.kv.adaptive import adaptive_budgets
 from compress.kv.base import KVBudget, KVCall, KVCompressor, LayerPrefill
 from ragcore import cache as kvcache
 from ragcore.attention import max_attention
+from ragcore.errors import ConfigError
 from ragcore.stages import option
 
 if TYPE_CHECKING:
@@ -32,6 +33,12 @@ class KVzip(KVCompressor):
     The reconstruction is a second prefill of about ``T`` tokens (the paper's cost, about 2x one prefill); it runs
     once every layer holds its cache, so the prefill's peak memory is that of an uncompressed cache plus a chunk.
     Without a tokenizer on the prompt (a bare model) the reconstruction is the context alone, no instruction.
+
+    Measured options (docs/RESULTS.md): question-agnostic, the development slice chose ``assistant_turn=True,
+    plus=True, safeguard=0.2`` among the six combinations tried (kv-agnostic-kvzip-dev-gpu; all within 1.3 points
+    of each other), and ``compress.kv.DEFAULT_AGNOSTIC`` is that setting. The class defaults stay those of this
+    class's first version (no assistant turn, no KVzip+ weights, no floor), which the query-aware runs measured
+    (kv-ask-default-gpu).
 
     Parameters
     ----------
@@ -70,6 +77,15 @@ class KVzip(KVCompressor):
     n_sink: int = option(4, minimum=0)
     name: ClassVar[str] = "kvzip"
     attention_based: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.scope == "layer" and self.safeguard > 0:
+            raise ConfigError(
+                f"kvzip: safeguard={self.safeguard!r} applies to scope='global' only (scope='layer' keeps k tokens "
+                "in every head)",
+                param="safeguard",
+            )
 
     # ---- the budget --------------------------------------------------------------------------------------
     def budget_rule(self, t: int, n_layers: int, n_kv: int) -> KVBudget:
@@ -183,9 +199,15 @@ def assistant_header(tokenizer: Any) -> str:
     if not getattr(tokenizer, "chat_template", None):
         return ""
     marker = "\ue000"  # a private-use character: no template writes it
-    text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": marker}], add_generation_prompt=True, tokenize=False
-    )
+    try:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": marker}], add_generation_prompt=True, tokenize=False
+        )
+    except Exception as e:  # jinja2's TemplateError, raised by the template itself (e.g. it wants a system turn)
+        raise ConfigError(
+            f"kvzip: the tokenizer's chat template refuses a lone user message ({e}); use assistant_turn=False",
+            param="assistant_turn",
+        ) from e
     return text[text.rindex(marker) + 1 :]
 
 

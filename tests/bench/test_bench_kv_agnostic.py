@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
-from bench.kv_agnostic import main, matrix_table, merge_matrices, reuse_table
+from bench.kv_agnostic import main, matrix_table, reuse_table
+from eval.kv_compression import merge_matrices
+from ragcore.errors import ConfigError
 
 
 def run(name: str, accs: list[float], **kw) -> dict:
@@ -23,24 +26,48 @@ def test_matrix_marks_the_best_paired_change():
     assert table.count("**best**") == 1
 
 
-def test_matrices_of_one_slice_merge_and_name_the_best(tmp_path, capsys):
-    """Candidates split over processes are one table against the first file's full cache; other settings or a
-    repeated compressor are refused naming the file."""
+def test_matrices_and_single_runs_merge_and_name_the_best(tmp_path, capsys):
+    """Candidates split over processes, and single runs (the full cache alone), are one table; other settings or
+    other questions are refused naming the file."""
     head = {"data": "nq.jsonl", "format": "nq", "model": "m", "n": 4, "offset": 300, "query_aware": False, "k": 5}
     a = {**head, "runs": [run("none", [1, 0, 1, 0]), run("kvzip", [1, 0, 1, 0])]}
     b = {**head, "runs": [run("none", [1, 0, 1, 0]), run("kvzip(plus=True)", [1, 1, 1, 0])]}
+    single = {**run("kvzip(safeguard=0.2)", [1, 1, 1, 1]), "format": "nq", "model": "m", "query_aware": False}
+    other_ids = {**single, "predictions": [{**p, "id": "x" + p["id"]} for p in single["predictions"]]}
     paths = []
-    for i, m in enumerate((a, b, {**b, "offset": 0}, a)):
+    for i, m in enumerate((a, b, {**b, "offset": 0}, single, other_ids)):
         paths.append(tmp_path / f"{i}.json")
         paths[-1].write_text(json.dumps(m))
-    m = merge_matrices([str(paths[0]), str(paths[1])])
-    assert [r["compressor"] for r in m["runs"]] == ["none", "kvzip", "kvzip(plus=True)"]
+    m = merge_matrices([str(paths[0]), str(paths[1]), str(paths[3])])
+    assert [r["compressor"] for r in m["runs"]] == ["none", "kvzip", "kvzip(plus=True)", "kvzip(safeguard=0.2)"]
+    m = merge_matrices([str(paths[3]), str(paths[0])])  # a single run first: the settings come from the matrix
+    assert m["offset"] == 300 and m["data"] == "nq.jsonl" and m["runs"][0]["compressor"] == "none"
     assert main(["--matrix", str(paths[0]), str(paths[1]), "--best"]) == 0
     assert capsys.readouterr().out.strip() == "kvzip(plus=True)"
-    with pytest.raises(ValueError, match="2.json: offset=0 differ"):
+    with pytest.raises(ConfigError, match="2.json"):
         merge_matrices([str(paths[0]), str(paths[2])])
-    with pytest.raises(ValueError, match="3.json: kvzip at ratio 0.5 is in an earlier file"):
-        merge_matrices([str(paths[0]), str(paths[3])])
+    with pytest.raises(ConfigError, match="4.json' holds other questions"):
+        merge_matrices([str(paths[0]), str(paths[4])])
+    # settings the answers depend on, bad files, a file twice, nothing to pick: refused in one line
+    absolute = tmp_path / "abs.json"  # the same data file named by its absolute path
+    absolute.write_text(json.dumps({**single, "data": str(Path("nq.jsonl").resolve()), "compressor": "h2o"}))
+    assert merge_matrices([str(paths[0]), str(absolute)])["runs"][-1]["compressor"] == "h2o"
+    other_k = {**single, "k": 3}
+    (tmp_path / "k3.json").write_text(json.dumps(other_k))
+    with pytest.raises(ConfigError, match="k=3 \\(not 5\\)"):
+        merge_matrices([str(paths[0]), str(tmp_path / "k3.json")])
+    (tmp_path / "log.txt").write_text("not json")
+    (tmp_path / "other.json").write_text(json.dumps({"rows": []}))
+    for bad, says in (("missing.json", "cannot be read"), ("log.txt", "cannot be read"), ("other.json", "not an")):
+        with pytest.raises(ConfigError, match=says):
+            merge_matrices([str(paths[0]), str(tmp_path / bad)])
+    with pytest.raises(ConfigError, match="given twice"):
+        merge_matrices([str(paths[0]), str(paths[0])])
+    only_full = tmp_path / "full.json"
+    only_full.write_text(json.dumps({**head, "runs": [run("none", [1, 0, 1, 0])]}))
+    with pytest.raises(SystemExit):
+        main(["--matrix", str(only_full), "--best"])
+    assert "nothing to pick" in capsys.readouterr().err
 
 
 def test_reuse_table_has_the_speedup_and_every_index():

@@ -3,6 +3,7 @@ hand-made items; and the compressor fields matched to a press (bench.peers.kvpre
 
 from __future__ import annotations
 
+import importlib.util
 import types
 
 import pytest
@@ -57,6 +58,16 @@ def test_ours_spec_is_checked_before_any_model_loads(capsys):
     with pytest.raises(SystemExit):
         sxs.main(["--model", "m", "--out", "x.json", "--methods", "knorm", "--ours", "kvzip(nope=1)"])
     assert "--ours" in capsys.readouterr().err
+
+
+def test_without_kvpress_one_line_says_where_to_run(capsys):
+    pytest.importorskip("transformers")
+    if importlib.util.find_spec("kvpress") is not None:
+        pytest.skip("kvpress is installed here")
+    with pytest.raises(SystemExit):
+        sxs.main(["--model", "m", "--out", "x.json", "--methods", "knorm"])
+    err = capsys.readouterr().err
+    assert "kvpress" in err and "environment" in err and "Traceback" not in err
 
 
 def test_ours_kwargs_match_the_press():

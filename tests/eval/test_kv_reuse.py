@@ -55,6 +55,25 @@ def test_ask_with_a_context_cache(tmp_path, capsys):
     assert main(base) == 0
     again = json.loads(capsys.readouterr().out)
     assert again["kv"]["context_cache"]["state"] == "reused" and again["text"] == first["text"]
+    assert again["kv"]["compressor"].startswith("kvzip(") and "ratio=0.5" in again["kv"]["compressor"]
+    # flags that ask for another context than the saved one are refused, not ignored
+    assert main([*base, "--compressor", "kvzip(safeguard=0.5)"]) == 1
+    err = capsys.readouterr().err
+    assert "holds a context compressed with" in err and "kvzip(safeguard=0.5, ratio=0.5)" in err
+    assert main([*base, "--ratio", "0.9"]) == 1
+    assert "ratio=0.9" in capsys.readouterr().err
+    assert main([*base, "--query-aware"]) == 1
+    assert "--query-aware does not apply" in capsys.readouterr().err
+    assert main([*base, "--ratio", "0.5"]) == 0  # the saved context's own settings reuse it
+    assert json.loads(capsys.readouterr().out)["kv"]["context_cache"]["state"] == "reused"
+    # a spec without a ratio is compressed at the default ratio, not at none; "none" holds the full cache
+    cc2, cc3 = tmp_path / "cc2", tmp_path / "cc3"
+    assert main([*base[:-2], str(cc2), "--json", "--compressor", "kvzip(plus=True)"]) == 0
+    kvzip = json.loads(capsys.readouterr().out)["kv"]
+    assert kvzip["compressor"] == "kvzip(plus=True, ratio=0.5)"
+    assert main([*base[:-2], str(cc3), "--json", "--compressor", "none"]) == 0
+    kv = json.loads(capsys.readouterr().out)["kv"]
+    assert kv["compressor"] == "none" and kvzip["kv_bytes"] < 0.8 * kv["kv_bytes"]
     (cc / "kv.safetensors").write_bytes((cc / "kv.safetensors").read_bytes()[:100])
     assert main(base) == 1
     assert "truncated" in capsys.readouterr().err

@@ -20,6 +20,19 @@ def test_write_json_then_read_json(tmp_path):
     assert not (tmp_path / "plain.md").exists()
 
 
+def test_write_json_writes_standard_json_without_nan(tmp_path):
+    """A NaN or an infinity (e.g. processor time not measured) is written as null, not as a bare NaN that strict
+    JSON readers refuse."""
+    data = {"s": {"cpu_s": float("nan"), "wall_s": 1.5}, "runs": [{"x": float("inf")}, (1, float("-inf"))]}
+    path = write_json(tmp_path / "r.json", data, markdown=False)
+    text = path.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(c)) == {
+        "s": {"cpu_s": None, "wall_s": 1.5},
+        "runs": [{"x": None}, [1, None]],
+    }
+
+
 def test_read_json_reads_gzip_by_name(tmp_path):
     p = tmp_path / "r.json.gz"
     p.write_bytes(gzip.compress(json.dumps({"format": "kv"}).encode()))

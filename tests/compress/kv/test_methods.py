@@ -373,6 +373,14 @@ def test_kvzip_assistant_header_is_the_templates_turn_change(smol):
     assert head == "<|im_end|>\n<|im_start|>assistant\n"
     assert assistant_header(SimpleNamespace(chat_template=None)) == ""
 
+    def refuse(*_a, **_k):
+        raise RuntimeError("Conversations must start with a system message")
+
+    with pytest.raises(ConfigError, match="refuses a lone user message.*assistant_turn=False"):
+        assistant_header(SimpleNamespace(chat_template="x", apply_chat_template=refuse))
+    with pytest.raises(ConfigError, match="safeguard=0.3 applies to scope='global' only"):
+        get_compressor("kvzip(scope='layer', safeguard=0.3)")
+
 
 def test_kvzip_output_norms_are_the_norm_through_each_query_head(tiny_llama):
     """``output_norms`` equals ||W_O[:, head] v|| computed directly, per query head of each group."""
