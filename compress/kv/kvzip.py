@@ -165,20 +165,19 @@ class KVzip(KVCompressor):
         model = call.model
         base = getattr(model, model.base_model_prefix, model)
         best: dict[int, torch.Tensor] = {}
+        norms: dict[int, torch.Tensor] = {}  # KVzip+: per layer, the context values' output norms
 
         def capture(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
             if kvcache.from_call(kwargs) is not call.cache:
                 return
             hidden = kwargs.get("hidden_states", args[0] if args else None)
             keys, values = kvcache.get_kv(call.cache, module.layer_idx)
-            weights = (
-                {
-                    "row_scale": hidden.float().norm(dim=-1).clamp_min(1e-6).reciprocal(),
-                    "col_scale": output_norms(module, values[:, :, :t]),
-                }
-                if self.plus
-                else {}
-            )
+            weights = {}
+            if self.plus:  # the context's ||W_O v|| once per layer, whatever the number of chunks
+                if module.layer_idx not in norms:
+                    norms[module.layer_idx] = output_norms(module, values[:, :, :t])
+                rows = hidden.float().norm(dim=-1).clamp_min(1e-6).reciprocal()
+                weights = {"row_scale": rows, "col_scale": norms[module.layer_idx]}
             a = max_attention(module, hidden, kwargs["position_embeddings"], keys, t, **weights)  # (B, H_kv, T)
             lay = module.layer_idx
             best[lay] = a if lay not in best else torch.maximum(best[lay], a)
