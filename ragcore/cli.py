@@ -214,6 +214,7 @@ def format_scores(scores: dict[str, float], fusion: str = "weighted") -> str:
 
 
 def _cmd_ask(a: argparse.Namespace) -> int:
+    from ragcore.context_cache import context_compressor
     from ragcore.generator import GenerationConfig, Generator
     from ragcore.pipeline import Pipeline
     from retrieval.hybrid import HybridRetriever
@@ -223,7 +224,8 @@ def _cmd_ask(a: argparse.Namespace) -> int:
     else:
         cfg = GenerationConfig(max_new_tokens=a.max_new_tokens)
         use = a.compressor not in (None, "none") and not a.context_cache
-        comp = _compressor(a.compressor, a.ratio) if use else None
+        # a ratio or budget in the spec is used as given (the registry refuses one given both ways); neither: 0.5
+        comp = context_compressor(a.compressor, a.ratio) if use else None
         retriever = HybridRetriever.load(a.index, version=a.index_version, min_score=a.min_score)
         p = Pipeline(
             retriever,
@@ -259,14 +261,6 @@ def _cmd_ask(a: argparse.Namespace) -> int:
             cc = kv["context_cache"]
             print(f"Context cache: {cc['state']} {cc['folder']} ({cc['context_tokens']} context tokens)")
     return 0
-
-
-def _compressor(spec: str, ratio: float | None) -> Any:
-    """The KV compressor of ``--compressor`` at ``--ratio``; a ratio or budget in the spec is used as given, and the
-    registry refuses one given both ways; with neither, ratio 0.5 (``ragcore.context_cache.context_compressor``)."""
-    from ragcore.context_cache import context_compressor
-
-    return context_compressor(spec, ratio)
 
 
 # flags of `ask` and `serve` that override a --config file's key when given (not left at their default)
