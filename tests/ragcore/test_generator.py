@@ -67,3 +67,14 @@ def test_empty_question(smol):
 
 def test_runs_in_float32_on_cpu(smol):
     assert smol.model.dtype == torch.float32 and smol.model.device.type == "cpu"
+
+
+def test_answer_prefix_opens_the_models_turn(smol):
+    """RULER's answer prefix: the prompt ends with it, after the template's generation prompt, spans unchanged;
+    the generated text continues it and does not repeat it."""
+    plain = smol.prompt(Q, PASSAGES)
+    p = smol.prompt(Q, PASSAGES, answer_prefix="The bridge was built in")
+    assert p.text == plain.text + "The bridge was built in" and p.answer_prefix == "The bridge was built in"
+    assert p.spans == plain.spans and len(p) > len(plain)
+    g = smol.generate(p, config=GenerationConfig(max_new_tokens=8))
+    assert g.prompt_tokens == len(p) and g.text.strip() and not g.text.lstrip().startswith("The bridge")

@@ -72,11 +72,18 @@ SPLIT_PATTERNS = {
 }
 
 
-def template(system: str | None) -> str:
+def template(system: str | None, answer_prefix: str | None = None) -> str:
     """The ``prompt`` given to ``InfiniRetri.generate``: the item's instruction, then the package's own layout
-    (its default is ``Read the book ... \\n\\n{context}\\n\\nQuestion:\\n\\n{question}\\n\\nAnswer:``)."""
-    head = (system.replace("{", "{{").replace("}", "}}") + "\n\n") if system else ""
-    return head + "{context}\n\nQuestion:\n\n{question}\n\nAnswer:"
+    (its default is ``Read the book ... \\n\\n{context}\\n\\nQuestion:\\n\\n{question}\\n\\nAnswer:``), and the item's
+    answer prefix after ``Answer:`` (the package applies the chat template to the whole prompt, so the prefix
+    ends the user's turn instead of opening the model's, as ragcore's prompt does)."""
+
+    def esc(s: str) -> str:
+        return s.replace("{", "{{").replace("}", "}}")
+
+    head = (esc(system) + "\n\n") if system else ""
+    tail = (" " + esc(answer_prefix)) if answer_prefix else ""
+    return head + "{context}\n\nQuestion:\n\n{question}\n\nAnswer:" + tail
 
 
 def set_split_pattern(ir: InfiniRetri, pattern: str) -> None:
@@ -175,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             text = ir.generate(
                 it["text"],
                 question=it["question"],
-                prompt=template(it.get("system")),
+                prompt=template(it.get("system"), it.get("answer_prefix")),
                 topk=a.topk,
                 answer_length=a.answer_length,
                 window_length=a.window,

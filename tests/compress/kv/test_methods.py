@@ -327,7 +327,10 @@ def _expected(x, model, project_queries, rotary_embedding, rotate_half):
     return torch.softmax(x.module.scaling * torch.einsum("bhd,bhtd->bht", mu, k), -1).view(1, 2, 2, T).mean(2)
 
 
-@pytest.mark.parametrize("spec", ["kvzip(safeguard=0.5)", "kvzip(plus=True)", "kvzip(assistant_turn=True, plus=True)"])
+@pytest.mark.parametrize(
+    "spec",
+    ["kvzip(safeguard=0.5)", "kvzip(plus=True)", "kvzip(assistant_turn=True, plus=True)", "kvzip(kernel_size=4)"],
+)
 def test_kvzip_options_keep_the_budget(smol, spec):
     """KVzip's options (AdaKV's safeguard, KVzip+ weights, the assistant turn) keep the global budget, and the
     safeguard gives every head at least its share of the uniform budget, on SmolLM2 with its tokenizer."""
@@ -355,7 +358,13 @@ def test_kvzip_options_change_the_selection(smol):
     prompt = build_prompt(smol.tokenizer, QUESTION, PASSAGES)
     t = prompt.question_start
     kept = {}
-    for spec in ("kvzip", "kvzip(plus=True)", "kvzip(assistant_turn=True)", "kvzip(safeguard=0.5)"):
+    for spec in (
+        "kvzip",
+        "kvzip(plus=True)",
+        "kvzip(assistant_turn=True)",
+        "kvzip(safeguard=0.5)",
+        "kvzip(kernel_size=5)",
+    ):
         picked: dict = {}
         comp = recording(get_compressor(spec, ratio=0.7), picked)
         cache = kvcache.new_cache(smol.model.config)
@@ -399,3 +408,17 @@ def test_kvzip_output_norms_are_the_norm_through_each_query_head(tiny_llama):
             h = kv * g + j
             want = (values[0, kv] @ w[:, h * d : (h + 1) * d].T).norm(dim=-1)
             torch.testing.assert_close(got[0, kv, j], want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel", [2, 3, 5])
+def test_kvzip_kernel_size_max_pools_each_heads_scores(kernel):
+    """``kernel_size``: each token's score becomes the largest within ``kernel_size // 2`` tokens of it (the window
+    ``[i - kernel // 2, i + kernel - 1 - kernel // 2]``), per batch row and head, and the shape stays."""
+    s = torch.rand(2, 3, 17)
+    out = get_compressor(f"kvzip(kernel_size={kernel})").pool(s)
+    assert out.shape == s.shape
+    lo = kernel // 2
+    for i in range(17):
+        window = s[..., max(0, i - lo) : i + kernel - lo]
+        assert torch.equal(out[..., i], window.amax(-1))
+    assert get_compressor("kvzip").pool(s) is s

@@ -1,0 +1,47 @@
+"""CRAG's ``ratio`` option: each cluster keeps its best ``ceil((1 - ratio) * n)`` sentences, so the output
+shrinks with the ratio, a large cluster keeps more than a small one, and the output stays within its budget."""
+
+from __future__ import annotations
+
+import pytest
+
+from compress.context import CONTEXT_COMPRESSORS
+from ragcore.errors import ConfigError
+from ragcore.sentences import split_sentences
+from tests.compress.context.test_conformance import inputs, lm  # noqa: F401 - the module's fixture
+
+
+def kept_sentences(out) -> int:
+    return sum(len(split_sentences(p.chunk.text)) for p in out)
+
+
+@pytest.mark.parametrize("ratio", [0.25, 0.5, 0.75])
+def test_each_cluster_keeps_its_share(lm, ratio):  # noqa: F811
+    ps = inputs(6)
+    stage = CONTEXT_COMPRESSORS.build(f"crag(ratio={ratio})")
+    labels, _, _ = stage.clusters(ps)
+    per = {}
+    for i, lab in enumerate(labels):
+        per[lab] = per.get(lab, 0) + len(split_sentences(ps[i].chunk.text))
+    want = sum(stage.kept(n) for n in per.values())
+    out = stage.compress("When was the bridge built?", ps, lm)
+    assert kept_sentences(out) == want
+    assert want == sum(max(1, -(-(1 - ratio) * n // 1)) for n in per.values())
+    tokens = sum(len(lm.tokenizer(p.chunk.text, add_special_tokens=False)["input_ids"]) for p in out)
+    assert tokens <= stage.output_budget(ps, lm) + 2 * len(out)
+
+
+def test_less_removed_keeps_more(lm):  # noqa: F811
+    ps = inputs(6)
+    sizes = [
+        kept_sentences(CONTEXT_COMPRESSORS.build(f"crag(ratio={r})").compress("q?", ps, lm)) for r in (0.8, 0.5, 0.2)
+    ]
+    assert sizes[0] < sizes[1] < sizes[2]
+    total = sum(len(split_sentences(p.chunk.text)) for p in ps)
+    assert sizes[2] < total
+
+
+@pytest.mark.parametrize("bad", [0, 1, 1.5, -0.1])
+def test_ratio_outside_zero_one_is_refused(bad):
+    with pytest.raises(ConfigError, match="ratio"):
+        CONTEXT_COMPRESSORS.build(f"crag(ratio={bad})")
