@@ -40,5 +40,7 @@ def test_peer_template_and_split_pattern():
 
     t = peer.template("Say {x}.")
     assert t.format(context="C", question="Q?") == "Say {x}.\n\nC\n\nQuestion:\n\nQ?\n\nAnswer:"
+    t = peer.template(None, '"{k}": "')  # the item's answer prefix after Answer:, braces kept
+    assert t.format(context="C", question="Q?") == 'C\n\nQuestion:\n\nQ?\n\nAnswer: "{k}": "'
     lines = re.split(peer.SPLIT_PATTERNS["lines"], '"a": "b",\n"c": "d",')
     assert [x for x in lines if x and x != "\n"] == ['"a": "b",', '"c": "d",']
