@@ -6,7 +6,8 @@
 #           of docs/RESULTS.md kv-headline-fresh-gpu), one matrix with the full cache; the table names the best
 #           change (-> PICK, and compress.kv.DEFAULT_AGNOSTIC if it differs from today's).
 #   devs    as dev, split over processes: DEV_GROUPS is ';'-separated candidate lists, one process each
-#           (dev-1.json, dev-2.json, ...; each with its own full-cache run, the first one's is the reference).
+#           (dev-1.json, dev-2.json, ...; each with its own full-cache run, the first one's is the reference; a
+#           group of one compressor is a single run, so then dev-full.json holds the full cache's run).
 #   pick    PICK := the best change over dev-*.json (bench.kv_agnostic --matrix ... --best), written to pick.txt;
 #           the later steps of the same call use it (HEAD := PICK, and the sxs step's ours with SXS_OURS=pick).
 #   head    HEAD (default: PICK, i.e. compress.kv.DEFAULT_AGNOSTIC, and REFERENCE, expected_attention; after the pick
@@ -46,11 +47,16 @@ for steps in "$@"; do
   devs)
     i=0
     IFS=';' read -ra groups <<< "${DEV_GROUPS:?DEV_GROUPS: candidate lists separated by ;}"
+    full=0
     for g in "${groups[@]}"; do
       i=$((i + 1))
       ev "dev-$i" --compressor "$g" --ratio 0.5 --offset 300 --limit "${N_KV:-300}" --batch-size "$B" "${NQ[@]}"
+      [[ $g == *,* ]] || full=1  # a group of one compressor is a single run, without the full cache beside
     done
+    [ $full = 1 ] && ev dev-full --compressor none --offset 300 --limit "${N_KV:-300}" --batch-size "$B" "${NQ[@]}"
     ;;
+  devfull)  # the full cache alone on the development questions (what `devs` adds for groups of one compressor)
+    ev dev-full --compressor none --offset 300 --limit "${N_KV:-300}" --batch-size "$B" "${NQ[@]}" ;;
   pick)
     PICK=$($PY -m bench.kv_agnostic --matrix "$OUT"/dev-*.json --best) && [ -n "$PICK" ] || { echo "no pick"; exit 3; }
     HEAD=$PICK; echo "$PICK" > "$OUT/pick.txt"; echo "pick: $PICK"

@@ -103,7 +103,7 @@ print(max(m, key=lambda k: m[k]["accuracy_avg"]))' "$OUT"/sortdev-*.json) || exi
     for t in ${LONGCTX_TOKENS:-8192 16384 32768 65536}; do
       for m in "${ms[@]}"; do
         for meth in "$(infini_of "${m%%:*}" "${m#*:}")" ${TRUNCATE-truncate}; do
-          name=longctx-${m%%:*}-$t-$(echo "$meth" | tr '()=,' '____')
+          name=longctx-${m%%:*}-$t-$(echo "$meth" | tr -d ' ' | tr '()=,' '____')
           $PY "${R[@]}" eval longctx --model "${m%%:*}" --device "$DEVICE" --tokens $t --method "$meth" --limit "${N_LONGCTX:-50}" \
             --out "$OUT/$name.json" > "$OUT/$name.log" 2>&1
         done

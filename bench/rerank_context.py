@@ -73,7 +73,9 @@ def profile_body(profiles: list[dict[str, Any]], figure: str = "attn_profile") -
     return f"![attention profile per layer and slot](figures/{figure}.png)\n\n" + "\n\n".join(parts)
 
 
-def position_body(res: dict[str, Any], profile: dict[str, Any] | None) -> str:
+def position_body(res: dict[str, Any], profile: dict[str, Any] | None, figure: str | None = None) -> str:
+    """The sweep's table and plot; the plot goes to ``docs/figures/position_{figure}.png`` (default: the model's
+    name), so that each section keeps its own figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -108,7 +110,7 @@ def position_body(res: dict[str, Any], profile: dict[str, Any] | None) -> str:
         axes[0][1].set_ylabel("share of passage attention")
     FIGURES.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    name = f"position_{res['model']}.png".replace("/", "_")
+    name = f"position_{figure or res['model']}.png".replace("/", "_")
     fig.savefig(FIGURES / name, dpi=110)
     head = (
         f"{res['model']}, n = {res['n']} questions per gold rank (NQ-open from question {res['offset']}), 10 passages "
@@ -328,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     elif a.kind == "position":
         prof = read_json(a.profile) if a.profile else None
         body, title = (
-            position_body(data[0], prof),
+            position_body(data[0], prof, a.section),
             f"Position sweep: accuracy per gold position and order ({data[0]['model']})",
         )
     elif a.kind == "longctx":

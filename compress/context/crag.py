@@ -14,7 +14,8 @@ top 10). Each cluster is condensed:
   passage's text is the summary (not text of the input), ``metadata["sources"]`` lists the chunk ids and character
   spans it summarises.
 
-Clusters come out in the order of their best-ranked chunk. Results: docs/RESULTS.md, section ``crag``.
+Clusters come out in the order of their best-ranked chunk. Results: docs/RESULTS.md, sections ``crag-gpu``
+(``sentences=4``) and ``crag-ratio-gpu`` (``k=1, ratio=0.7``, chosen in ``crag-ratio-dev-gpu``).
 """
 
 from __future__ import annotations

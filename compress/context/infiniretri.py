@@ -103,6 +103,10 @@ class InfiniRetri(Stage):
         Width in tokens of the box filter over the attention scores.
     layer : int
         Layer whose attention is read (negative: from the last; default -1, the last layer).
+
+    Measured settings (docs/RESULTS.md): ``layer=9`` for qwen2.5-0.5b and ``layer=18`` for smollm2-135m (sections
+    ``infiniretri-layer-*``); for smollm2-135m also ``carry=128`` (``infiniretri-carry-smol-dev-gpu``): its 135M
+    generator copies a key-value record's value out of two or three carried records, not out of the default's ten.
     """
 
     name: ClassVar[str] = "infiniretri"

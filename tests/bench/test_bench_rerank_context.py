@@ -48,3 +48,16 @@ def test_bad_files_get_one_line_and_crag_renders_one_setting(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["crag", str(tmp_path / "p.json")])
     assert "not crag results" in capsys.readouterr().err
+
+
+def test_each_position_section_keeps_its_own_figure(tmp_path, monkeypatch):
+    """Two sweeps of one model rendered into two sections write two figures, not one overwritten."""
+    import bench.rerank_context as rc
+
+    monkeypatch.setattr(rc, "FIGURES", tmp_path)
+    s = {"accuracy": {"0": 0.5, "9": 0.4}, "accuracy_avg": 0.45, "seconds_per_query": 1.0}
+    res = {"model": "m", "n": 2, "offset": 0, "positions": [0, 9], "orders": {"retrieval": s}}
+    a, b = rc.position_body(res, None, "sweep-a"), rc.position_body(res, None, "sweep-b")
+    assert "figures/position_sweep-a.png" in a and "figures/position_sweep-b.png" in b
+    assert {p.name for p in tmp_path.iterdir()} == {"position_sweep-a.png", "position_sweep-b.png"}
+    assert "figures/position_m.png" in rc.position_body(res, None)
