@@ -74,6 +74,8 @@ def build_prompt(
     arXiv 2404.06654: for example ``'"KEY": "'`` for a key-value record); the generated text does not repeat it."""
     if not isinstance(question, str) or not question.strip():
         raise EmptyQueryError(question)
+    if answer_prefix is not None and not isinstance(answer_prefix, str):
+        raise ConfigError(f"answer_prefix must be a string or None, got {answer_prefix!r}", param="answer_prefix")
     chunks = [p.chunk if isinstance(p, ScoredChunk) else p for p in (passages or [])]
     for c in chunks:
         if not isinstance(c, Chunk):

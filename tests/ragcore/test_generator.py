@@ -78,3 +78,5 @@ def test_answer_prefix_opens_the_models_turn(smol):
     assert p.spans == plain.spans and len(p) > len(plain)
     g = smol.generate(p, config=GenerationConfig(max_new_tokens=8))
     assert g.prompt_tokens == len(p) and g.text.strip() and not g.text.lstrip().startswith("The bridge")
+    with pytest.raises(ConfigError, match="answer_prefix must be a string or None, got 3"):
+        smol.prompt(Q, PASSAGES, answer_prefix=3)
