@@ -51,7 +51,10 @@ for steps in "$@"; do
     for g in "${groups[@]}"; do
       i=$((i + 1))
       ev "dev-$i" --compressor "$g" --ratio 0.5 --offset 300 --limit "${N_KV:-300}" --batch-size "$B" "${NQ[@]}"
-      [[ $g == *,* ]] || full=1  # a group of one compressor is a single run, without the full cache beside
+      # a group of one compressor is a single run, without the full cache beside (commas inside a spec's
+      # brackets do not separate compressors: the registry's own split counts them)
+      n=$($PY -c 'import sys; from ragcore.registry import split_top; print(len(split_top(sys.argv[1], ",")))' "$g")
+      [ "$n" = 1 ] && full=1
     done
     [ $full = 1 ] && ev dev-full --compressor none --offset 300 --limit "${N_KV:-300}" --batch-size "$B" "${NQ[@]}"
     ;;

@@ -11,7 +11,8 @@
 #   peer      the authors' infini-retri 0.0.3 on the items of `longctx` at 8k and 64k, both models, 50 queries each
 #             (bench.peers.infini_retri; PEER_PY: the python of its venv, .venv-infini, see docs/gpu-runs.md)
 #   needle    hard-needle at 256k and 1M tokens, qwen2.5-0.5b, InfiniRetri, 20 queries each
-#   cragdev   CRAG's options (sentences per cluster, k) on NQ-open questions 1-200, against plain top-10
+#   cragdev   CRAG's options (CRAG_SPECS, ';'-separated specs) on NQ-open questions 1-N_CRAGDEV (200), against plain
+#             top-10; cragboth writes the choice's table to the RESULTS section CRAG_SECTION (crag-dev-gpu)
 #   crag      qwen2.5-0.5b, NQ-open from question CRAG_FIRST+1 (default 201), n=N_CRAG (300): CRAG (CRAG_METHOD, default the setting that
 #             `bench.rerank_context choose-crag` picks from cragdev's JSON) against plain top-10
 #   cragboth  cragdev, then crag with its choice, as one chain beside the other steps
@@ -126,14 +127,16 @@ print(max(m, key=lambda k: m[k]["accuracy_avg"]))' "$OUT"/sortdev-*.json) || exi
     done & ;;
   cragdev|cragboth)  # CRAG's options on the development questions 1-200 (the report reads from question 201)
     (
-      for spec in ${CRAG_SPECS:-"crag" "crag(sentences=4)" "crag(sentences=8)" "crag(sentences=12)" "crag(k=5, sentences=4)" "crag(k=5, sentences=7)"}; do
+      IFS=';' read -ra specs <<< "${CRAG_SPECS:-crag;crag(sentences=4);crag(sentences=8);crag(sentences=12);crag(k=5, sentences=4);crag(k=5, sentences=7)}"
+      for spec in "${specs[@]}"; do
         name=cragdev-$(echo "$spec" | tr -d '() ' | tr '=,' '__')
         $PY "${R[@]}" eval crag --model "$GEN" --device "$DEVICE" --k 10 --method "$spec" --offset 0 --limit "${N_CRAGDEV:-200}" \
           --out "$OUT/$name.json" > "$OUT/$name.log" 2>&1 &
       done
       wait
       [ "$step" = cragboth ] || exit 0
-      CRAG_METHOD=$($PY -m bench.rerank_context choose-crag "$OUT"/cragdev-*.json --section crag-dev-gpu --note "GPU run") || exit 1
+      CRAG_METHOD=$($PY -m bench.rerank_context choose-crag "$OUT"/cragdev-*.json --section "${CRAG_SECTION:-crag-dev-gpu}" \
+        --note "GPU run") || exit 1
       echo "$(date +%T) crag chose $CRAG_METHOD"
       crag_shards "$CRAG_METHOD"
     ) & ;;

@@ -334,9 +334,12 @@ def main(argv: list[str] | None = None) -> int:
             f"Position sweep: accuracy per gold position and order ({data[0]['model']})",
         )
     elif a.kind == "longctx":
-        title = "Long inputs: InfiniRetri against truncation"
-        if any(_family(r["method"]) == "peer" for r in data):
-            title += " and the authors' infini-retri"
+        against = [
+            name
+            for fam, name in (("truncate", "truncation"), ("peer", "the authors' infini-retri"))
+            if any(_family(r["method"]) == fam for r in data)
+        ]
+        title = "Long inputs: InfiniRetri" + (" against " + " and ".join(against) if against else "")
         body = longctx_body(data)
     else:
         body, title = crag_body(data[0]), f"CRAG against plain top-{data[0]['k']} ({data[0]['model']})"

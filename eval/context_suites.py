@@ -36,6 +36,7 @@ from ragcore.errors import ConfigError
 from ragcore.generator import GenerationConfig, Generator
 from ragcore.prompt import Prompt
 from ragcore.registry import registry
+from ragcore.stages import check_int, check_number
 from ragcore.types import Chunk, ScoredChunk
 
 logger = logging.getLogger(__name__)
@@ -152,6 +153,11 @@ def run_longctx(
     a KV compressor spec (the truncated prompt, its KV cache compressed by ``ratio``)."""
     if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 64:
         raise ConfigError(f"tokens must be an integer >= 64, got {tokens!r}", param="tokens")
+    check_int("limit", limit, 1)
+    check_int("offset", offset, 0)
+    check_number("ratio", ratio, 0.0, 1.0, high_open=True)
+    if not isinstance(method, str) or not method.strip():
+        raise ConfigError(f"method must name infiniretri, truncate, a context or a KV compressor, got {method!r}")
     lm = model if isinstance(model, Generator) else Generator(model, device)
     lm.warm_up()
     dev = lm.model.device
@@ -206,6 +212,10 @@ def run_longctx(
         "data": str(data or "kv_retrieval_75_keys"),
         "method": method,
         "tokens": tokens,
+        "offset": offset,
+        "max_new_tokens": max_new_tokens,
+        **({"ratio": ratio} if kv is not None else {}),
+        "answer_prefix": any(it.get("answer_prefix") for it in items),  # the answer opens with the record's layout
         "n": len(preds),
         "accuracy": acc,
         "ci95": ci,
@@ -315,16 +325,20 @@ def run_suite(a: Any, progress: bool = False) -> dict[str, Any]:
             progress=progress,
         )
     if a.suite == "longctx":
+        try:
+            ratio = float(a.ratio)
+        except (TypeError, ValueError):
+            raise ConfigError(f"--ratio takes one number for eval longctx, got {a.ratio!r}", param="ratio") from None
         return run_longctx(
             a.model,
             a.data,
             a.tokens,
-            a.method or "infiniretri",
-            a.limit or 10,
+            "infiniretri" if a.method is None else a.method,
+            10 if a.limit is None else a.limit,
             a.offset or 0,
             a.device,
             a.max_new_tokens or 48,
-            float(a.ratio),
+            ratio,
             progress,
         )
     return run_crag(

@@ -223,6 +223,12 @@ def _cmd_ask(a: argparse.Namespace) -> int:
         p, comp = Pipeline.from_config(config_from_args(a)), None
     else:
         cfg = GenerationConfig(max_new_tokens=a.max_new_tokens)
+        if a.ratio is not None and a.compressor is None and not a.context_cache:
+            raise ConfigError(
+                f"--ratio {a.ratio} is the KV compressor's and needs --compressor NAME; a context compressor takes "
+                "its own in its spec (e.g. --compress-context 'crag(ratio=0.5)')",
+                param="ratio",
+            )
         use = a.compressor not in (None, "none") and not a.context_cache
         # a ratio or budget in the spec is used as given (the registry refuses one given both ways); neither: 0.5
         comp = context_compressor(a.compressor, a.ratio) if use else None

@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ragcore.errors import ConfigError
 from ragcore.sentences import split_sentences
 from ragcore.stages import Stage, option
 from ragcore.types import Chunk, ScoredChunk
@@ -61,11 +62,12 @@ class CRAG(Stage):
     ----------
     k : int or None
         Clusters; None: ``ceil(sqrt(n / 2))`` for ``n`` passages.
-    sentences : int
-        Extractive: sentences kept per cluster (when ``ratio`` is None).
+    sentences : int or None
+        Extractive: sentences kept per cluster (None: 2, unless ``ratio`` is given).
     ratio : float or None
         Extractive: the share of each cluster's sentences removed, in (0, 1) (kvpress's ``compression_ratio``
-        convention); each cluster keeps ``ceil((1 - ratio) * n)`` of its ``n`` sentences. None: ``sentences``.
+        convention); each cluster keeps ``ceil((1 - ratio) * n)`` of its ``n`` sentences. Excludes ``sentences``
+        and ``mode="abstractive"`` (``ConfigError``).
     mode : str
         ``"extractive"`` (text of the input) or ``"abstractive"`` (the generator's summary).
     embedder : str
@@ -78,12 +80,22 @@ class CRAG(Stage):
 
     name: ClassVar[str] = "crag"
     k: int | None = option(None, kind=int, minimum=1)
-    sentences: int = option(2, minimum=1)
+    sentences: int | None = option(None, kind=int, minimum=1)
     ratio: float | None = option(None, kind=float, low=0.0, high=1.0, low_open=True, high_open=True)
     mode: str = option("extractive", choices=("extractive", "abstractive"))
     embedder: str = option("minilm")
     summary_tokens: int = option(96, minimum=8)
     seed: int = option(0, minimum=0)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.ratio is not None and self.sentences is not None:
+            raise ConfigError(
+                f"crag: ratio={self.ratio!r} and sentences={self.sentences!r} exclude each other (give one)",
+                param="ratio",
+            )
+        if self.ratio is not None and self.mode != "extractive":
+            raise ConfigError(f"crag: ratio={self.ratio!r} applies to mode='extractive' only", param="ratio")
 
     def warm_up(self) -> None:
         _embedder(self.embedder)
@@ -95,12 +107,12 @@ class CRAG(Stage):
         texts = [p.chunk.text[a:b] for p in passages for a, b in split_sentences(p.chunk.text)]
         lens = sorted((len(x) for x in lm.tokenizer(texts, add_special_tokens=False)["input_ids"]), reverse=True)
         k = min(self.k or default_k(len(passages)), len(passages))
-        most = k * self.sentences if self.ratio is None else math.floor((1 - self.ratio) * len(lens)) + k
+        most = k * (self.sentences or 2) if self.ratio is None else math.floor((1 - self.ratio) * len(lens)) + k
         return sum(lens[:most])
 
     def kept(self, n: int) -> int:
         """Sentences a cluster of ``n`` sentences keeps."""
-        return self.sentences if self.ratio is None else max(1, math.ceil((1 - self.ratio) * n - 1e-9))
+        return (self.sentences or 2) if self.ratio is None else max(1, math.ceil((1 - self.ratio) * n - 1e-9))
 
     def clusters(self, passages: Sequence[ScoredChunk]) -> tuple[list[int], np.ndarray, np.ndarray]:
         """Cluster label of every passage, the centres (k, d) and the passages' embeddings (n, d)."""

@@ -64,10 +64,11 @@ class KVzip(KVCompressor):
         Share of the uniform budget ``k`` that every head keeps at least (AdaKV's safeguard) with
         ``scope="global"``; 0 leaves one token per head (the paper's pure global threshold).
     kernel_size:
-        Width of a max-pool over each head's scores along the tokens (1: none), so that a token the
+        Width (odd) of a max-pool over each head's scores along the tokens (1: none), so that a token the
         reconstruction needs keeps its neighbours' scores up too: a phrase is kept or dropped together (ChunkKV's
         argument, https://arxiv.org/abs/2502.00299; SnapKV pools its scores likewise). Measured question-agnostic:
-        3 and 7 lose more than 1 (kv-agnostic-kernel-dev-gpu).
+        3 and 7 scored below 1 on the development slice
+        (kv-agnostic-kernel-dev-gpu).
     n_sink:
         Leading tokens always kept.
     ratio, budget, protect_last:
@@ -87,6 +88,11 @@ class KVzip(KVCompressor):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.kernel_size % 2 == 0:
+            raise ConfigError(
+                f"kvzip: kernel_size must be odd (a window centred on each token), got {self.kernel_size!r}",
+                param="kernel_size",
+            )
         if self.scope == "layer" and self.safeguard > 0:
             raise ConfigError(
                 f"kvzip: safeguard={self.safeguard!r} applies to scope='global' only (scope='layer' keeps k tokens "
@@ -153,9 +159,7 @@ class KVzip(KVCompressor):
         """Scores (B, H_kv, T) max-pooled over ``kernel_size`` neighbouring tokens (same shape)."""
         if self.kernel_size == 1:
             return scores
-        t = scores.shape[-1]
-        pooled = F.max_pool1d(scores, self.kernel_size, stride=1, padding=self.kernel_size // 2)
-        return pooled[..., :t]
+        return F.max_pool1d(scores, self.kernel_size, stride=1, padding=self.kernel_size // 2)
 
     def repeat_ids(self, call: KVCall, t: int) -> list[torch.Tensor]:
         """The reconstruction inputs: per chunk of the context, the instruction then the chunk's tokens."""

@@ -62,6 +62,15 @@ def test_longctx_inputs_and_runs(lm):
         assert res["peak_mem_bytes"] > 0
     with pytest.raises(ConfigError, match="method 'nosuch'"):
         run_longctx(lm, KV, 600, "nosuch", limit=1)
+    assert {"offset", "max_new_tokens", "answer_prefix"} <= set(res) and res["answer_prefix"] is True
+    for kwargs, said in (
+        ({"limit": 0}, "limit must be .*got 0"),
+        ({"offset": -1}, "offset must be .*got -1"),
+        ({"ratio": 1.5}, "ratio must be a number in \\[0, 1\\).*got 1.5"),
+        ({"method": " "}, "method must name"),
+    ):
+        with pytest.raises(ConfigError, match=said):
+            run_longctx(lm, KV, 600, **{"method": "snapkv", "limit": 1, **kwargs})
 
 
 def test_crag_run(lm):

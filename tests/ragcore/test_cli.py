@@ -112,6 +112,8 @@ def test_ask_compressor_spec_and_ratio(tmp_path, corpus, capsys):
     assert main([*base, "--compressor", "snapkv(windw=4)"]) == 1
     err = capsys.readouterr().err
     assert "unknown option 'windw'" in err and "window, kernel_size" in err
+    assert main([*base, "--compress-context", "crag", "--ratio", "0.7"]) == 1  # --ratio would be ignored
+    assert "--ratio 0.7 is the KV compressor's and needs --compressor NAME" in capsys.readouterr().err
 
 
 def test_eval_retrieval_writes_the_stable_keys(tmp_path, monkeypatch):

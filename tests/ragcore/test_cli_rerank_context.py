@@ -25,3 +25,15 @@ def test_ask_with_a_reranker_and_a_context_compressor(tmp_path, capsys):
     assert "unknown reranker 'attnrnk' (did you mean 'attnrank'?)" in capsys.readouterr().err
     assert main(["calibrate", "--model", "smollm2-135m", "--limit", "201"]) == 1
     assert "--limit: calibration reads the development slice of 200 questions" in capsys.readouterr().err
+
+
+def test_eval_longctx_bad_ratio_and_limit_get_one_line(capsys):
+    base = ["eval", "longctx", "--model", "smollm2-135m", "--device", "cpu", "--tokens", "600", "--method", "snapkv"]
+    for extra, said in (
+        (["--ratio", "abc"], "--ratio takes one number for eval longctx, got 'abc'"),
+        (["--limit", "0"], "limit must be"),
+        (["--ratio", "1.5"], "ratio must be a number"),
+    ):
+        assert main([*base, *extra]) == 1
+        err = capsys.readouterr().err
+        assert said in err and "Traceback" not in err and "internal error" not in err

@@ -45,3 +45,19 @@ def test_less_removed_keeps_more(lm):  # noqa: F811
 def test_ratio_outside_zero_one_is_refused(bad):
     with pytest.raises(ConfigError, match="ratio"):
         CONTEXT_COMPRESSORS.build(f"crag(ratio={bad})")
+
+
+@pytest.mark.parametrize(
+    "spec, said",
+    [
+        ("crag(sentences=4, ratio=0.5)", "ratio=0.5 and sentences=4 exclude each other"),
+        ("crag(mode='abstractive', ratio=0.9)", "ratio=0.9 applies to mode='extractive' only"),
+    ],
+)
+def test_ratio_with_sentences_or_abstractive_is_refused(spec, said):
+    with pytest.raises(ConfigError, match=said):
+        CONTEXT_COMPRESSORS.build(spec)
+
+
+def test_default_keeps_two_sentences_per_cluster():
+    assert CONTEXT_COMPRESSORS.build("crag").kept(10) == 2 == CONTEXT_COMPRESSORS.build("crag(sentences=2)").kept(10)

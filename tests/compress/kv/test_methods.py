@@ -329,7 +329,7 @@ def _expected(x, model, project_queries, rotary_embedding, rotate_half):
 
 @pytest.mark.parametrize(
     "spec",
-    ["kvzip(safeguard=0.5)", "kvzip(plus=True)", "kvzip(assistant_turn=True, plus=True)", "kvzip(kernel_size=4)"],
+    ["kvzip(safeguard=0.5)", "kvzip(plus=True)", "kvzip(assistant_turn=True, plus=True)", "kvzip(kernel_size=5)"],
 )
 def test_kvzip_options_keep_the_budget(smol, spec):
     """KVzip's options (AdaKV's safeguard, KVzip+ weights, the assistant turn) keep the global budget, and the
@@ -410,15 +410,16 @@ def test_kvzip_output_norms_are_the_norm_through_each_query_head(tiny_llama):
             torch.testing.assert_close(got[0, kv, j], want, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("kernel", [2, 3, 5])
+@pytest.mark.parametrize("kernel", [3, 5, 7])
 def test_kvzip_kernel_size_max_pools_each_heads_scores(kernel):
-    """``kernel_size``: each token's score becomes the largest within ``kernel_size // 2`` tokens of it (the window
-    ``[i - kernel // 2, i + kernel - 1 - kernel // 2]``), per batch row and head, and the shape stays."""
+    """``kernel_size``: each token's score becomes the largest within ``kernel_size // 2`` tokens either side of it,
+    per batch row and head, and the shape stays; an even width (no centre) is refused."""
     s = torch.rand(2, 3, 17)
     out = get_compressor(f"kvzip(kernel_size={kernel})").pool(s)
     assert out.shape == s.shape
-    lo = kernel // 2
+    r = kernel // 2
     for i in range(17):
-        window = s[..., max(0, i - lo) : i + kernel - lo]
-        assert torch.equal(out[..., i], window.amax(-1))
+        assert torch.equal(out[..., i], s[..., max(0, i - r) : i + r + 1].amax(-1))
     assert get_compressor("kvzip").pool(s) is s
+    with pytest.raises(ConfigError, match="kernel_size must be odd.*got 4"):
+        get_compressor("kvzip(kernel_size=4)")
