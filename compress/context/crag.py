@@ -49,6 +49,9 @@ def _embed(name: str, texts: list[str]) -> np.ndarray:
     return np.asarray(_embedder(name).encode(texts, normalize_embeddings=True, show_progress_bar=False))
 
 
+SENTENCES = 2  # extractive: sentences kept per cluster when neither ``sentences`` nor ``ratio`` is given
+
+
 def default_k(n: int) -> int:
     """The number of clusters for ``n`` chunks: ``ceil(sqrt(n / 2))``, at most ``n``."""
     return max(1, min(n, math.ceil(math.sqrt(n / 2))))
@@ -107,12 +110,14 @@ class CRAG(Stage):
         texts = [p.chunk.text[a:b] for p in passages for a, b in split_sentences(p.chunk.text)]
         lens = sorted((len(x) for x in lm.tokenizer(texts, add_special_tokens=False)["input_ids"]), reverse=True)
         k = min(self.k or default_k(len(passages)), len(passages))
-        most = k * (self.sentences or 2) if self.ratio is None else math.floor((1 - self.ratio) * len(lens)) + k
+        most = k * self.kept(0) if self.ratio is None else math.floor((1 - self.ratio) * len(lens)) + k
         return sum(lens[:most])
 
     def kept(self, n: int) -> int:
         """Sentences a cluster of ``n`` sentences keeps."""
-        return (self.sentences or 2) if self.ratio is None else max(1, math.ceil((1 - self.ratio) * n - 1e-9))
+        if self.ratio is None:
+            return self.sentences or SENTENCES
+        return max(1, math.ceil(round((1 - self.ratio) * n, 9)))  # rounded: (1 - 0.7) * 10 is 3.0000000000000004
 
     def clusters(self, passages: Sequence[ScoredChunk]) -> tuple[list[int], np.ndarray, np.ndarray]:
         """Cluster label of every passage, the centres (k, d) and the passages' embeddings (n, d)."""
