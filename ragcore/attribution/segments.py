@@ -108,7 +108,7 @@ def rebuild(lm: Generator, prompt: Prompt, segments: Sequence[Segment], keep: np
             text += segments[j].text
         chunks.append(Chunk(text, src.source_id, metadata=dict(src.metadata)))
         layout.append(spans)
-    new = lm.prompt(question_of(prompt), chunks, prompt.system)
+    new = lm.prompt(question_of(prompt), chunks, prompt.system, prompt.answer_prefix or None)
     return Rebuilt(new, token_segments(lm, new, layout))
 
 
