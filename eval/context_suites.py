@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -239,9 +240,14 @@ def run_crag(
     device: str | None = None,
     max_new_tokens: int = 24,
     progress: bool = False,
+    generate: bool = True,
 ) -> dict[str, Any]:
     """Plain top ``k`` against the context compressor ``method`` (default CRAG) on NQ-open: the generator's input
-    tokens and accuracy per question, and their paired differences."""
+    tokens, whether a gold answer is still in the passages (``answer_kept``) and accuracy per question, and their
+    paired differences.
+
+    ``generate=False`` skips the answers (no ``accuracy``, ``seconds`` without generation): the tokens and
+    ``answer_kept`` alone, which need only the generator's tokenizer, for choosing a setting cheaply."""
     from eval.runner import corpus_retriever
 
     lm = model if isinstance(model, Generator) else Generator(model, device)
@@ -260,32 +266,46 @@ def run_crag(
             if passages is None:
                 passages = stage.compress(ex.question, top, lm)
             p = lm.prompt(ex.question, passages)
-            g = lm.generate(p, config=cfg)
-            row[arm] = {
-                "tokens": len(p),
-                "accuracy": metrics.accuracy(g.text, ex.answers),
-                "seconds": time.perf_counter() - t0,
-                "text": g.text,
-            }
+            rec: dict[str, Any] = {"tokens": len(p), "answer_kept": answer_kept(passages, ex.answers)}
+            if generate:
+                g = lm.generate(p, config=cfg)
+                rec.update(accuracy=metrics.accuracy(g.text, ex.answers), text=g.text)
+            row[arm] = {**rec, "seconds": time.perf_counter() - t0}
         preds.append(row)
     out = {"suite": "crag", "model": lm.model_name, "data": str(path), "k": k, "method": stage.label, "offset": offset}
     return {**out, **crag_summary(preds, stage.label)}
 
 
+def answer_kept(passages: Sequence[Any], answers: Sequence[str]) -> float:
+    """1 if a gold answer (normalised, as NQ-open's accuracy reads it) is in the passages' text, else 0."""
+    text = " ".join((p.chunk if hasattr(p, "chunk") else p).text for p in passages)
+    return metrics.accuracy(text, answers)
+
+
 def crag_summary(preds: list[dict[str, Any]], arm: str) -> dict[str, Any]:
-    """The figures of a CRAG run from its per-question ``predictions``: accuracy, input tokens and seconds of each
-    arm, and the paired accuracy change and share of tokens saved (with 95% intervals)."""
-    d_acc = [r[arm]["accuracy"] - r["plain"]["accuracy"] for r in preds]
+    """The figures of a CRAG run from its per-question ``predictions``: accuracy (when generated), input tokens,
+    answer kept and seconds of each arm; the paired accuracy change, the share of tokens saved, and the answer kept
+    among questions whose plain passages hold one (``answer_kept``), with 95% intervals."""
+    n = max(1, len(preds))
+    generated = all("accuracy" in r["plain"] and "accuracy" in r[arm] for r in preds)
     saved = [1 - r[arm]["tokens"] / r["plain"]["tokens"] for r in preds]
     out: dict[str, Any] = {"n": len(preds)}
     for a in ("plain", arm):
         out[a] = {
-            "accuracy": mean_ci([r[a]["accuracy"] for r in preds]),
-            "tokens_mean": sum(r[a]["tokens"] for r in preds) / max(1, len(preds)),
-            "seconds_per_query": sum(r[a]["seconds"] for r in preds) / max(1, len(preds)),
+            "tokens_mean": sum(r[a]["tokens"] for r in preds) / n,
+            "seconds_per_query": sum(r[a]["seconds"] for r in preds) / n,
         }
-    out["accuracy_diff"], out["accuracy_diff_ci95"] = mean_ci(d_acc)
+        if generated:
+            out[a]["accuracy"] = mean_ci([r[a]["accuracy"] for r in preds])
+    if generated:
+        out["accuracy_diff"], out["accuracy_diff_ci95"] = mean_ci(
+            [r[arm]["accuracy"] - r["plain"]["accuracy"] for r in preds]
+        )
     out["tokens_saved"], out["tokens_saved_ci95"] = mean_ci(saved)
+    held = [r[arm]["answer_kept"] for r in preds if r["plain"].get("answer_kept")]
+    if held:  # runs before answer_kept was recorded have none
+        out["answer_kept"], out["answer_kept_ci95"] = mean_ci(held)
+        out["answer_kept_n"] = len(held)
     out["predictions"] = list(preds)
     return out
 
@@ -351,4 +371,5 @@ def run_suite(a: Any, progress: bool = False) -> dict[str, Any]:
         a.device,
         a.max_new_tokens or 24,
         progress,
+        not getattr(a, "no_generate", False),
     )

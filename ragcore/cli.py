@@ -375,6 +375,8 @@ def _cmd_eval(a: argparse.Namespace) -> int:
     from eval import runner
     from eval.report import check_out, finite, write_json
 
+    if a.no_generate and a.suite != "crag":
+        raise ConfigError(f"--no-generate applies to eval crag only, not {a.suite}", param="no_generate")
     if a.out:  # outputs are checked before the work, not after it
         check_out(a.out)
     if a.dump_retrieved:
@@ -820,6 +822,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--order", default="all", help="position: reranker specs separated by commas, or all")
     sp.add_argument("--tokens", type=int, default=8192, help="longctx: input length in tokens (default 8192)")
+    sp.add_argument(
+        "--no-generate",
+        action="store_true",
+        help="crag: no answers, only the input tokens and whether a gold answer is still in the passages (for a "
+        "cheap development choice)",
+    )
     sp.set_defaults(fn=_cmd_eval)
     return p
 

@@ -77,6 +77,12 @@ class CRAG(Stage):
         Sentence-transformers model of the embeddings (a bundled name such as ``minilm``, or a folder).
     summary_tokens : int
         Abstractive: the summary's length limit in tokens.
+    titles : bool
+        Extractive: embed each sentence with its passage's ``metadata["title"]`` in front (``"title: sentence"``,
+        as DPR encodes a passage as its title and text, https://arxiv.org/abs/2004.04906), since a sentence on its
+        own often names its subject only by a pronoun or not at all. The kept text is the sentence alone.
+        Measured in crag-titles-dev: the gold answer stays in the condensed context for more questions at the same
+        saving.
     seed : int
         Seed of k-means.
     """
@@ -88,6 +94,7 @@ class CRAG(Stage):
     mode: str = option("extractive", choices=("extractive", "abstractive"))
     embedder: str = option("minilm")
     summary_tokens: int = option(96, minimum=8)
+    titles: bool = option(True)
     seed: int = option(0, minimum=0)
 
     def __post_init__(self) -> None:
@@ -151,7 +158,7 @@ class CRAG(Stage):
         sents = [(i, a, b) for i in members for a, b in split_sentences(passages[i].chunk.text)]
         if not sents:
             return []
-        emb = _embed(self.embedder, [passages[i].chunk.text[a:b] for i, a, b in sents])
+        emb = _embed(self.embedder, [self.sentence_text(passages[i].chunk, a, b) for i, a, b in sents])
         centre = centre / max(float(np.linalg.norm(centre)), 1e-12)
         score = emb @ centre + emb @ q
         keep = sorted(np.argsort(-score, kind="stable")[: self.kept(len(sents))].tolist())
@@ -169,6 +176,13 @@ class CRAG(Stage):
             if j is not None:
                 run.append(j)
         return out
+
+    def sentence_text(self, chunk: Chunk, start: int, end: int) -> str:
+        """What is embedded for the sentence ``chunk.text[start:end]``: with ``titles``, the chunk's title in front
+        (unless the sentence already starts with it)."""
+        text = chunk.text[start:end]
+        title = str(chunk.metadata.get("title") or "").strip() if self.titles else ""
+        return f"{title}: {text}" if title and not text.startswith(title) else text
 
     def _summary(self, question: str, members: list[ScoredChunk], c: int, lm: Any) -> ScoredChunk:
         from ragcore.generator import GenerationConfig

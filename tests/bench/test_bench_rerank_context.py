@@ -18,6 +18,15 @@ def test_when_none_saves_enough_the_least_loss_wins():
     assert choose_crag([run("a", 0.2, -0.05), run("b", 0.3, -0.02)]) == "b"
 
 
+def test_runs_without_generation_are_chosen_by_the_answer_kept():
+    def kept(method: str, saved: float, share: float) -> dict:
+        return {"method": method, "tokens_saved": saved, "answer_kept": share}
+
+    runs = [kept("a", 0.55, 0.90), kept("b", 0.50, 0.95), kept("c", 0.40, 0.99)]
+    assert choose_crag(runs) == "b"  # c keeps more but saves too little
+    assert choose_crag([*runs, {**run("d", 0.6, 0.0), "answer_kept": 0.5}]) == "b"  # one measure for all runs
+
+
 def _crag(path, method: str, offset: int = 0) -> str:
     import json
 

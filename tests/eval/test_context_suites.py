@@ -77,6 +77,34 @@ def test_crag_run(lm):
     res = run_crag(lm, NQ, k=5, limit=2, offset=0, max_new_tokens=2)
     assert res["n"] == 2 and res["crag"]["tokens_mean"] < res["plain"]["tokens_mean"]
     assert 0 < res["tokens_saved"] < 1 and "accuracy_diff_ci95" in res
+    for p in res["predictions"]:
+        assert {"tokens", "answer_kept", "accuracy", "text", "seconds"} <= set(p["crag"])
+
+
+def test_crag_without_generation_counts_tokens_and_kept_answers(lm):
+    res = run_crag(lm, NQ, k=5, limit=3, offset=0, generate=False)
+    assert res["n"] == 3 and "accuracy_diff" not in res and "accuracy" not in res["plain"]
+    assert all("text" not in p["plain"] and "accuracy" not in p["crag"] for p in res["predictions"])
+    held = [p["crag"]["answer_kept"] for p in res["predictions"] if p["plain"]["answer_kept"]]
+    assert held and res["answer_kept_n"] == len(held) and res["answer_kept"] == pytest.approx(sum(held) / len(held))
+    with_gen = run_crag(lm, NQ, k=5, limit=3, offset=0, max_new_tokens=2)
+    assert [p["crag"]["tokens"] for p in with_gen["predictions"]] == [p["crag"]["tokens"] for p in res["predictions"]]
+
+
+def test_answer_kept_reads_the_passages_as_nq_accuracy_reads_an_answer():
+    from eval.context_suites import answer_kept
+    from ragcore.types import Chunk
+
+    ps = [Chunk("The bridge opened in 1932.", "a"), Chunk("Sydney, Australia.", "b")]
+    assert answer_kept(ps, ["1932"]) == 1.0 and answer_kept(ps, ["the Harbour"]) == 0.0
+    assert answer_kept(ps, ["sydney australia"]) == 1.0 and answer_kept(ps, ["193"]) == 0.0  # whole words only
+
+
+def test_no_generate_is_refused_outside_crag(capsys):
+    from ragcore.cli import main
+
+    assert main(["eval", "position", "--no-generate", "--model", "smollm2-135m"]) != 0
+    assert "--no-generate applies to eval crag only, not position" in capsys.readouterr().err
 
 
 def test_eval_crag_runs_the_method_it_is_given(lm, monkeypatch):

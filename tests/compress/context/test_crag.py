@@ -61,3 +61,27 @@ def test_ratio_with_sentences_or_abstractive_is_refused(spec, said):
 
 def test_default_keeps_two_sentences_per_cluster():
     assert CONTEXT_COMPRESSORS.build("crag").kept(10) == 2 == CONTEXT_COMPRESSORS.build("crag(sentences=2)").kept(10)
+
+
+def test_titles_let_a_sentence_that_names_its_subject_by_a_pronoun_be_found():
+    """A sentence is embedded with its passage's title in front (DPR's encoding), so "It was completed in 1889."
+    is found for a question on the Eiffel Tower; the kept text is the sentence alone, with its true span."""
+    from ragcore.types import Chunk, ScoredChunk
+
+    def sc(text: str, title: str, rank: int) -> ScoredChunk:
+        return ScoredChunk(Chunk(text, title, metadata={"title": title}), {"hybrid": 1.0 - rank / 10}, rank)
+
+    ps = [
+        sc("It is made of wrought iron. It was completed in 1889.", "Eiffel Tower", 0),
+        sc("It was completed in 1859 and it is a famous tower. Its bell weighs 13 tonnes.", "Big Ben", 1),
+    ]
+    question = "When was the Eiffel Tower completed?"
+    (kept,) = CONTEXT_COMPRESSORS.build("crag(k=1, sentences=1)").compress(question, ps, None)
+    assert kept.chunk.text == "It was completed in 1889." and kept.chunk.metadata["parent"] == ps[0].chunk.id
+    assert ps[0].chunk.text[kept.chunk.start : kept.chunk.end] == kept.chunk.text
+    (plain,) = CONTEXT_COMPRESSORS.build("crag(k=1, sentences=1, titles=False)").compress(question, ps, None)
+    assert plain.chunk.metadata["parent"] == ps[1].chunk.id  # without the title, the other tower's sentence wins
+    stage = CONTEXT_COMPRESSORS.build("crag")
+    assert stage.sentence_text(ps[0].chunk, 0, 27) == "Eiffel Tower: It is made of wrought iron."
+    titled = Chunk("Eiffel Tower\nIt is made of iron.", "x", metadata={"title": "Eiffel Tower"})
+    assert stage.sentence_text(titled, 0, len(titled.text)) == titled.text  # no title twice

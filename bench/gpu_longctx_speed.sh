@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Issue 14, InfiniRetri's speed against the authors' infini-retri 0.0.3 on one GPU: per model of MODELS, the segment
+# (tokens read per window; fewer, longer windows launch fewer kernels) chosen on development key-value items 201-250
+# at DEV_TOKENS (65536) among SEGMENTS (rule: the longest segment whose accuracy is at least that of the default
+# 1024), then the chosen setting at 8k and 64k tokens on items FIRST+1..FIRST+N (default 76-125, which no choice and
+# no earlier report read), then the peer on the same items at PEER_TOKENS (65536), one run after another (no two
+# timed runs at once).
+# INFINI_SMOL / INFINI_QWEN: the model's measured spec without a segment (sections longctx-smol-gpu and
+# longctx-prefix-gpu). DEVICE: cuda; PEER_PY: python3 with the peer's wheel on PYTHONPATH.
+#   RAGCORE_CACHE=/var/tmp/cache bench/gpu_longctx_speed.sh OUTDIR
+set -uo pipefail
+OUT=${1:?output folder}
+mkdir -p "$OUT"
+rm -f "$OUT"/dev-*.json  # each choice reads only this call's development runs
+PY=${PY:-python3}
+DEVICE=${DEVICE:-cuda}
+PEER_PY=${PEER_PY:-python3}
+FIRST=${FIRST:-75}
+N=${N:-50}
+SEGMENTS=${SEGMENTS:-1024 2048 4096}
+export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+R=(-m ragcore.cli -v -q)
+spec() {  # MODEL SEGMENT: the model's InfiniRetri spec with that segment
+  local base
+  case $1 in smollm2-135m) base=${INFINI_SMOL:-infiniretri(layer=18, carry=128)} ;; *) base=${INFINI_QWEN:-infiniretri(layer=9)} ;; esac
+  echo "${base%)}, segment=$2)"
+}
+for m in ${MODELS:-smollm2-135m qwen2.5-0.5b}; do
+  for t in ${PEER_TOKENS:-65536}; do  # the peer's inputs, made while the development runs go
+    $PY -m bench.peers.infini_retri.inputs --model "$m" --tokens $t --offset "$FIRST" --limit "$N" \
+      --out "$OUT/inputs-$m-$t.json" > "$OUT/inputs-$m-$t.log" 2>&1 &
+  done
+  for s in $SEGMENTS; do
+    $PY "${R[@]}" eval longctx --model "$m" --device "$DEVICE" --tokens "${DEV_TOKENS:-65536}" --method "$(spec "$m" "$s")" \
+      --offset 200 --limit "${N_DEV:-50}" --out "$OUT/dev-$m-$s.json" > "$OUT/dev-$m-$s.log" 2>&1 &
+  done
+done
+wait
+for m in ${MODELS:-smollm2-135m qwen2.5-0.5b}; do
+  for s in $SEGMENTS; do
+    [ -s "$OUT/dev-$m-$s.json" ] || { echo "development run $m segment=$s failed: $OUT/dev-$m-$s.log"; exit 1; }
+  done
+  seg=$($PY -c 'import json, sys
+runs = {int(f.rsplit("-", 1)[1][:-5]): json.load(open(f)) for f in sys.argv[1:]}
+floor = runs[1024]["accuracy"] if 1024 in runs else max(r["accuracy"] for r in runs.values())
+print(max(s for s, r in runs.items() if r["accuracy"] >= floor))' "$OUT"/dev-"$m"-*.json) || exit 1
+  echo "$(date +%T) $m chose segment=$seg"
+  for t in 8192 65536; do
+    $PY "${R[@]}" eval longctx --model "$m" --device "$DEVICE" --tokens $t --method "$(spec "$m" "$seg")" --offset "$FIRST" \
+      --limit "$N" --out "$OUT/longctx-$m-$t-infiniretri.json" > "$OUT/longctx-$m-$t.log" 2>&1
+  done
+  for t in ${PEER_TOKENS:-65536}; do
+    $PEER_PY -m bench.peers.infini_retri.peer --input "$OUT/inputs-$m-$t.json" --device "$DEVICE" \
+      --out "$OUT/longctx-$m-$t-peer.json" > "$OUT/peer-$m-$t.log" 2>&1
+  done
+done
