@@ -32,6 +32,11 @@ def _ci(m: float, h: float, pct: bool = True) -> str:
     return f"{m * f:+.1f} [{(m - h) * f:+.1f}, {(m + h) * f:+.1f}]" if pct else f"{m:.3f} ± {h:.3f}"
 
 
+def _share(m: float, h: float) -> str:
+    """A share in percent with its 95% interval, unsigned (not a change)."""
+    return f"{100 * m:.1f} [{100 * max(0.0, m - h):.1f}, {100 * min(1.0, m + h):.1f}]"
+
+
 def profile_body(profiles: list[dict[str, Any]], figure: str = "attn_profile") -> str:
     import matplotlib
 
@@ -244,7 +249,7 @@ def crag_body(res: dict[str, Any]) -> str:
         for a in ("plain", arm)
     ]
     kept = (
-        f" A gold answer is still in the condensed passages for {_ci(res['answer_kept'], res['answer_kept_ci95'])} % "
+        f" A gold answer is still in the condensed passages for {_share(res['answer_kept'], res['answer_kept_ci95'])} % "
         f"of the {res['answer_kept_n']} questions whose plain top {res['k']} holds one."
         if "answer_kept" in res
         else ""
@@ -278,7 +283,7 @@ def crag_dev_body(runs: list[dict[str, Any]]) -> str:
         {
             "setting": f"`{r['method']}`" + (" (chosen)" if r["method"] == chosen else ""),
             "tokens saved %": _ci(r["tokens_saved"], r["tokens_saved_ci95"]),
-            "answer kept %": _ci(r["answer_kept"], r["answer_kept_ci95"]) if "answer_kept" in r else "-",
+            "answer kept %": _share(r["answer_kept"], r["answer_kept_ci95"]) if "answer_kept" in r else "-",
             "accuracy change (points)": _ci(r["accuracy_diff"], r["accuracy_diff_ci95"]) if generated else "-",
             "n": r["n"],
         }

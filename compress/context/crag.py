@@ -14,8 +14,9 @@ top 10). Each cluster is condensed:
   passage's text is the summary (not text of the input), ``metadata["sources"]`` lists the chunk ids and character
   spans it summarises.
 
-Clusters come out in the order of their best-ranked chunk. Results: docs/RESULTS.md, sections ``crag-gpu``
-(``sentences=4``) and ``crag-ratio-gpu`` (``k=1, ratio=0.7``, chosen in ``crag-ratio-dev-gpu``).
+Clusters come out in the order of their best-ranked chunk. Results: docs/RESULTS.md, sections ``crag-titles-gpu``
+(``k=1, ratio=0.65`` with titles, chosen in ``crag-titles-dev-gpu``), and before titles ``crag-gpu`` (``sentences=4``)
+and ``crag-ratio-gpu`` (``k=1, ratio=0.7``).
 """
 
 from __future__ import annotations
@@ -81,8 +82,8 @@ class CRAG(Stage):
         Extractive: embed each sentence with its passage's ``metadata["title"]`` in front (``"title: sentence"``,
         as DPR encodes a passage as its title and text, https://arxiv.org/abs/2004.04906), since a sentence on its
         own often names its subject only by a pronoun or not at all. The kept text is the sentence alone.
-        Measured in crag-titles-dev: the gold answer stays in the condensed context for more questions at the same
-        saving.
+        Measured in crag-titles-dev-gpu: at ``k=1, ratio=0.7`` the gold answer stays in the condensed passages for
+        95.6% of the development questions with titles, 84.5% without.
     seed : int
         Seed of k-means.
     """
