@@ -6,12 +6,14 @@
 # no earlier report read), then the peer on the same items at PEER_TOKENS (65536), one run after another (no two
 # timed runs at once).
 # INFINI_SMOL / INFINI_QWEN: the model's measured spec without a segment (sections longctx-smol-gpu and
-# longctx-prefix-gpu). DEVICE: cuda; PEER_PY: python3 with the peer's wheel on PYTHONPATH.
+# longctx-prefix-gpu). DEVICE: cuda; PEER_PY: python3 with the peer's wheel on PYTHONPATH. The peer runs at its
+# defaults (window_length=1024, as in every earlier side by side); its window is not tuned here. A failed run stops
+# the script (exit 1, naming its log).
 #   RAGCORE_CACHE=/var/tmp/cache bench/gpu_longctx_speed.sh OUTDIR
 set -uo pipefail
 OUT=${1:?output folder}
 mkdir -p "$OUT"
-rm -f "$OUT"/dev-*.json  # each choice reads only this call's development runs
+rm -f "$OUT"/dev-*.json "$OUT"/longctx-*.json  # the choice and the render read only this call's runs
 PY=${PY:-python3}
 DEVICE=${DEVICE:-cuda}
 PEER_PY=${PEER_PY:-python3}
@@ -40,17 +42,22 @@ for m in ${MODELS:-smollm2-135m qwen2.5-0.5b}; do
   for s in $SEGMENTS; do
     [ -s "$OUT/dev-$m-$s.json" ] || { echo "development run $m segment=$s failed: $OUT/dev-$m-$s.log"; exit 1; }
   done
+  devs=(); for s in $SEGMENTS; do devs+=("$s" "$OUT/dev-$m-$s.json"); done
   seg=$($PY -c 'import json, sys
-runs = {int(f.rsplit("-", 1)[1][:-5]): json.load(open(f)) for f in sys.argv[1:]}
+a = sys.argv[1:]
+runs = {int(s): json.load(open(f)) for s, f in zip(a[::2], a[1::2])}
 floor = runs[1024]["accuracy"] if 1024 in runs else max(r["accuracy"] for r in runs.values())
-print(max(s for s, r in runs.items() if r["accuracy"] >= floor))' "$OUT"/dev-"$m"-*.json) || exit 1
+print(max(s for s, r in runs.items() if r["accuracy"] >= floor))' "${devs[@]}") || exit 1
   echo "$(date +%T) $m chose segment=$seg"
   for t in 8192 65536; do
     $PY "${R[@]}" eval longctx --model "$m" --device "$DEVICE" --tokens $t --method "$(spec "$m" "$seg")" --offset "$FIRST" \
-      --limit "$N" --out "$OUT/longctx-$m-$t-infiniretri.json" > "$OUT/longctx-$m-$t.log" 2>&1
+      --limit "$N" --out "$OUT/longctx-$m-$t-infiniretri.json" > "$OUT/longctx-$m-$t.log" 2>&1 ||
+      { echo "InfiniRetri $m at $t failed: $OUT/longctx-$m-$t.log"; exit 1; }
   done
   for t in ${PEER_TOKENS:-65536}; do
+    [ -s "$OUT/inputs-$m-$t.json" ] || { echo "the peer's inputs $m at $t failed: $OUT/inputs-$m-$t.log"; exit 1; }
     $PEER_PY -m bench.peers.infini_retri.peer --input "$OUT/inputs-$m-$t.json" --device "$DEVICE" \
-      --out "$OUT/longctx-$m-$t-peer.json" > "$OUT/peer-$m-$t.log" 2>&1
+      --out "$OUT/longctx-$m-$t-peer.json" > "$OUT/peer-$m-$t.log" 2>&1 ||
+      { echo "the peer $m at $t failed: $OUT/peer-$m-$t.log"; exit 1; }
   done
 done

@@ -77,7 +77,8 @@ echo "$(date +%T) issues"
   MODEL=qwen2.5-0.5b RETRIEVED=/var/tmp/retrieved.json KVP=/var/tmp/kvp \
   HEAD="${HEAD:-kvzip,kvzip(scope='layer'),expected_attention,h2o}" \
   bench/gpu_kv_agnostic.sh "$RES/kv" ${KV_STEPS:-dev+head+aware+sxs+reuse report} > "$RES/kv.log" 2>&1 &
-# SPEED=1: InfiniRetri's segment and speed against the peer (bench/gpu_longctx_speed.sh) on GPU_SPEED, alone there
+# SPEED=1: InfiniRetri's segment and speed against the peer (bench/gpu_longctx_speed.sh), on GPU_SPEED (give it a GPU
+# of its own: its seconds are the comparison; unset, it shares the first GPU with the other steps)
 [ "${SPEED:-0}" = 1 ] && env ${GPU_SPEED:+CUDA_VISIBLE_DEVICES=$GPU_SPEED} MODELS="${MODELS:-smollm2-135m qwen2.5-0.5b}" \
   PEER_PY="${PEER_PY:-python3}" bench/gpu_longctx_speed.sh "$RES/speed" > "$RES/speed.log" 2>&1 &
 # on a machine of two GPUs, PROFILE=1 runs bench/gpu_profile.sh alone on GPU_PROFILE (the KV runs of KV_AFTER after it)

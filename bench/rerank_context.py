@@ -269,10 +269,13 @@ def choose_crag(runs: list[dict[str, Any]]) -> str:
     """The CRAG setting (``method`` spec) of the development runs that, among those saving at least
     :data:`TOKENS_SAVED` of the tokens (all of them if none does), loses the least accuracy against plain top k, or,
     when the runs did not generate (``eval crag --no-generate``), keeps a gold answer in the most questions; ties go
-    to the one saving more."""
-    ok = [r for r in runs if r["tokens_saved"] >= TOKENS_SAVED] or list(runs)
+    to the one saving more. Raises ``ConfigError`` naming the runs that lack the measure read."""
     measure = "accuracy_diff" if all("accuracy_diff" in r for r in runs) else "answer_kept"
-    return max(ok, key=lambda r: (r.get(measure, float("-inf")), r["tokens_saved"]))["method"]
+    lacking = [r["method"] for r in runs if measure not in r]
+    if lacking:
+        raise ConfigError(f"choose-crag reads {measure} of every run; these have none: {lacking}", param="runs")
+    ok = [r for r in runs if r["tokens_saved"] >= TOKENS_SAVED] or list(runs)
+    return max(ok, key=lambda r: (r[measure], r["tokens_saved"]))["method"]
 
 
 def crag_dev_body(runs: list[dict[str, Any]]) -> str:
@@ -323,7 +326,15 @@ def _load(a: argparse.Namespace) -> list[dict[str, Any]]:
     if a.kind == "crag" and len(by) > 1:
         raise ConfigError(f"crag renders one setting's shards, got {sorted(by)} (choose-crag compares settings)")
     merged = [rs[0] if len(rs) == 1 else merge_crag(rs) for rs in by.values()]
-    same_setting(merged, ("model", "k", "data"), "the settings compared need runs")
+    same_setting(merged, ("model", "k", "data", "offset", "n"), "the settings compared need runs")
+    answered = {r["method"]: "accuracy_diff" in r for r in merged}
+    if len(set(answered.values())) > 1:
+        raise ConfigError(
+            "runs with answers and runs without (eval crag --no-generate) cannot be compared: "
+            f"without: {sorted(m for m, g in answered.items() if not g)}"
+        )
+    if a.kind == "crag" and not all(answered.values()):
+        raise ConfigError("crag renders runs with answers; these were made with --no-generate (choose-crag reads them)")
     return merged
 
 
@@ -342,7 +353,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, KeyError, TypeError, OSError, ValueError) as e:  # bad files: one line, no traceback
         p.error(f"{a.kind}: {type(e).__name__ if isinstance(e, KeyError) else ''}{e}")
     if a.kind == "choose-crag":
-        print(choose_crag(data))
+        try:
+            chosen = choose_crag(data)
+        except ConfigError as e:
+            p.error(f"{a.kind}: {e}")
+        print(chosen)
         if a.section:
             body = (a.note + "\n\n" if a.note else "") + crag_dev_body(data)
             write_section(a.section, "CRAG: the setting chosen on the development slice", body)

@@ -247,7 +247,8 @@ def run_crag(
     paired differences.
 
     ``generate=False`` skips the answers (no ``accuracy``, ``seconds`` without generation): the tokens and
-    ``answer_kept`` alone, which need only the generator's tokenizer, for choosing a setting cheaply."""
+    ``answer_kept`` alone, for choosing a setting cheaply (the generator is still loaded: its tokenizer counts the
+    tokens, and a stage such as abstractive CRAG may call it)."""
     from eval.runner import corpus_retriever
 
     lm = model if isinstance(model, Generator) else Generator(model, device)
@@ -277,9 +278,9 @@ def run_crag(
 
 
 def answer_kept(passages: Sequence[Any], answers: Sequence[str]) -> float:
-    """1 if a gold answer (normalised, as NQ-open's accuracy reads it) is in the passages' text, else 0."""
-    text = " ".join((p.chunk if hasattr(p, "chunk") else p).text for p in passages)
-    return metrics.accuracy(text, answers)
+    """1 if a gold answer (normalised, as NQ-open's accuracy reads it) is in one of the passages' text, else 0 (an
+    answer split over two passages does not count)."""
+    return float(any(metrics.accuracy((p.chunk if hasattr(p, "chunk") else p).text, answers) for p in passages))
 
 
 def crag_summary(preds: list[dict[str, Any]], arm: str) -> dict[str, Any]:
@@ -324,7 +325,11 @@ def merge_crag(results: list[dict[str, Any]]) -> dict[str, Any]:
     preds = [p for r in results for p in r["predictions"]]
     if len({p["id"] for p in preds}) != len(preds):
         raise ConfigError("merge got a question twice: overlapping shards", param="results")
-    head = {k: v for k, v in results[0].items() if not isinstance(v, (dict, list)) and k != "n"}
+    if len({"accuracy" in p["plain"] for p in preds}) > 1:
+        raise ConfigError(
+            "merge got runs with and without answers (eval crag --no-generate): merge one kind", param="results"
+        )
+    head = {k: results[0][k] for k in ("suite", "model", "data", "k", "method") if k in results[0]}
     head["offset"] = min(r.get("offset", 0) for r in results)
     return {**head, **crag_summary(preds, results[0]["method"])}
 

@@ -81,7 +81,9 @@ class CRAG(Stage):
     titles : bool
         Extractive: embed each sentence with its passage's ``metadata["title"]`` in front (``"title: sentence"``,
         as DPR encodes a passage as its title and text, https://arxiv.org/abs/2004.04906), since a sentence on its
-        own often names its subject only by a pronoun or not at all. The kept text is the sentence alone.
+        own often names its subject only by a pronoun or not at all. The kept text is the sentence alone. Chunks
+        without a title (plain text, Markdown and PDF files as ``ragcore index`` reads them; HTML pages have one)
+        are embedded as they are.
         Measured in crag-titles-dev-gpu: at ``k=1, ratio=0.7`` the gold answer stays in the condensed passages for
         95.6% of the development questions with titles, 84.5% without.
     seed : int

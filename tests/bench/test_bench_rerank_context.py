@@ -27,6 +27,16 @@ def test_runs_without_generation_are_chosen_by_the_answer_kept():
     assert choose_crag([*runs, {**run("d", 0.6, 0.0), "answer_kept": 0.5}]) == "b"  # one measure for all runs
 
 
+def test_a_run_without_the_measure_is_named_not_chosen():
+    import pytest
+
+    from ragcore.errors import ConfigError
+
+    runs = [{"method": "old", "tokens_saved": 0.5}, {"method": "a", "tokens_saved": 0.4, "answer_kept": 0.9}]
+    with pytest.raises(ConfigError, match=r"answer_kept of every run; these have none: \['old'\]"):
+        choose_crag(runs)
+
+
 def _crag(path, method: str, offset: int = 0) -> str:
     import json
 
@@ -70,3 +80,34 @@ def test_each_position_section_keeps_its_own_figure(tmp_path, monkeypatch):
     assert "figures/position_sweep-a.png" in a and "figures/position_sweep-b.png" in b
     assert {p.name for p in tmp_path.iterdir()} == {"position_sweep-a.png", "position_sweep-b.png"}
     assert "figures/position_m.png" in rc.position_body(res, None)
+
+
+def _bare(path, method: str, offset: int = 0) -> str:
+    """A run of `eval crag --no-generate`: tokens and answer kept, no accuracy."""
+    import json
+
+    from eval.context_suites import crag_summary
+
+    pred = {"id": f"q{offset}", "plain": {"tokens": 10, "answer_kept": 1.0, "seconds": 0.1}}
+    pred[method] = {"tokens": 4, "answer_kept": 1.0, "seconds": 0.1}
+    res = {"suite": "crag", "model": "m", "k": 10, "data": "d", "method": method, "offset": offset}
+    path.write_text(json.dumps({**res, **crag_summary([pred], method)}))
+    return str(path)
+
+
+def test_runs_without_answers_are_chosen_from_not_rendered_nor_mixed(tmp_path, capsys):
+    import pytest
+
+    from bench.rerank_context import main
+
+    bare, other = _bare(tmp_path / "a.json", "crag"), _bare(tmp_path / "b.json", "crag(k=2)")
+    answered = _crag(tmp_path / "c.json", "crag(k=3)")
+    assert main(["choose-crag", bare, other]) == 0 and capsys.readouterr().out.strip() in ("crag", "crag(k=2)")
+    for argv, said in (
+        (["crag", bare], "made with --no-generate"),
+        (["choose-crag", bare, answered], "runs with answers and runs without"),
+        (["choose-crag", bare, _bare(tmp_path / "d.json", "crag(k=4)", offset=5)], "of one offset"),
+    ):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2 and said in capsys.readouterr().err, argv
