@@ -37,13 +37,18 @@ def test_a_run_without_the_measure_is_named_not_chosen():
         choose_crag(runs)
 
 
-def _crag(path, method: str, offset: int = 0) -> str:
+def _crag(path, method: str, offset: int = 0, answered: bool = True) -> str:
+    """A one-question run of `eval crag`; ``answered=False``: of `eval crag --no-generate` (no accuracy)."""
     import json
 
     from eval.context_suites import crag_summary
 
-    pred = {"id": f"q{offset}", "plain": {"tokens": 10, "accuracy": 1.0, "seconds": 1.0}}
-    pred[method] = {"tokens": 4, "accuracy": 1.0, "seconds": 1.0}
+    arm = {"accuracy": 1.0} if answered else {"answer_kept": 1.0}
+    pred = {
+        "id": f"q{offset}",
+        "plain": {"tokens": 10, "seconds": 1.0, **arm},
+        method: {"tokens": 4, "seconds": 1.0, **arm},
+    }
     res = {"suite": "crag", "model": "m", "k": 10, "data": "d", "method": method, "offset": offset}
     path.write_text(json.dumps({**res, **crag_summary([pred], method)}))
     return str(path)
@@ -82,31 +87,21 @@ def test_each_position_section_keeps_its_own_figure(tmp_path, monkeypatch):
     assert "figures/position_m.png" in rc.position_body(res, None)
 
 
-def _bare(path, method: str, offset: int = 0) -> str:
-    """A run of `eval crag --no-generate`: tokens and answer kept, no accuracy."""
-    import json
-
-    from eval.context_suites import crag_summary
-
-    pred = {"id": f"q{offset}", "plain": {"tokens": 10, "answer_kept": 1.0, "seconds": 0.1}}
-    pred[method] = {"tokens": 4, "answer_kept": 1.0, "seconds": 0.1}
-    res = {"suite": "crag", "model": "m", "k": 10, "data": "d", "method": method, "offset": offset}
-    path.write_text(json.dumps({**res, **crag_summary([pred], method)}))
-    return str(path)
-
-
 def test_runs_without_answers_are_chosen_from_not_rendered_nor_mixed(tmp_path, capsys):
     import pytest
 
     from bench.rerank_context import main
 
-    bare, other = _bare(tmp_path / "a.json", "crag"), _bare(tmp_path / "b.json", "crag(k=2)")
+    bare, other = (
+        _crag(tmp_path / "a.json", "crag", answered=False),
+        _crag(tmp_path / "b.json", "crag(k=2)", answered=False),
+    )
     answered = _crag(tmp_path / "c.json", "crag(k=3)")
     assert main(["choose-crag", bare, other]) == 0 and capsys.readouterr().out.strip() in ("crag", "crag(k=2)")
     for argv, said in (
         (["crag", bare], "made with --no-generate"),
         (["choose-crag", bare, answered], "runs with answers and runs without"),
-        (["choose-crag", bare, _bare(tmp_path / "d.json", "crag(k=4)", offset=5)], "of one offset"),
+        (["choose-crag", bare, _crag(tmp_path / "d.json", "crag(k=4)", offset=5, answered=False)], "of one offset"),
     ):
         with pytest.raises(SystemExit) as e:
             main(argv)
