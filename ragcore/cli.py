@@ -377,6 +377,11 @@ def _cmd_eval(a: argparse.Namespace) -> int:
 
     if a.no_generate and a.suite != "crag":
         raise ConfigError(f"--no-generate applies to eval crag only, not {a.suite}", param="no_generate")
+    if a.no_generate and a.max_new_tokens is not None:
+        raise ConfigError(
+            f"--max-new-tokens {a.max_new_tokens} has nothing to limit with --no-generate (no answers)",
+            param="max_new_tokens",
+        )
     if a.out:  # outputs are checked before the work, not after it
         check_out(a.out)
     if a.dump_retrieved:

@@ -105,6 +105,8 @@ def test_no_generate_is_refused_outside_crag(capsys):
 
     assert main(["eval", "position", "--no-generate", "--model", "smollm2-135m"]) != 0
     assert "--no-generate applies to eval crag only, not position" in capsys.readouterr().err
+    assert main(["eval", "crag", "--no-generate", "--max-new-tokens", "8", "--model", "smollm2-135m"]) != 0
+    assert "--max-new-tokens 8 has nothing to limit with --no-generate" in capsys.readouterr().err
 
 
 def test_eval_crag_runs_the_method_it_is_given(lm, monkeypatch):
