@@ -121,14 +121,24 @@ def read_json(path: str | Path) -> Any:
     return json.loads(gzip.decompress(raw) if str(path).endswith(".gz") else raw)
 
 
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _cell_value(x: Any) -> bool:
+    """A number, or a (mean, 95% half-width) pair of numbers: what a table cell shows."""
+    return _number(x) or (isinstance(x, (list, tuple)) and len(x) == 2 and all(map(_number, x)))
+
+
 def markdown_table(data: dict[str, Any]) -> str:
-    """Rows are the dict-valued entries of ``data`` (e.g. one per retriever); columns their numeric keys."""
+    """Rows are the dict-valued entries of ``data`` (e.g. one per retriever); columns their keys holding a number or
+    a (mean, 95% half-width) pair, shown as ``mean ± half-width``."""
     rows = {k: v for k, v in data.items() if isinstance(v, dict)}
     if not rows:
         rows = {"result": data}
     cols: list[str] = []
     for v in rows.values():
-        cols += [c for c, x in v.items() if isinstance(x, (int, float)) and c not in cols]
+        cols += [c for c, x in v.items() if (_cell_value(x) or isinstance(x, bool)) and c not in cols]
     lines = ["| | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, v in rows.items():
         cells = [_fmt(v.get(c, "")) for c in cols]
@@ -146,6 +156,8 @@ def table(rows: Sequence[dict[str, Any]], cols: Sequence[str], fmt: str = "{:.4f
 
 
 def _fmt(x: Any) -> str:
+    if isinstance(x, (list, tuple)) and _cell_value(x):
+        return f"{_fmt(x[0])} ± {_fmt(x[1])}"
     if isinstance(x, float):
         return f"{x:.4f}" if abs(x) < 100 else f"{x:.1f}"
     return str(x)

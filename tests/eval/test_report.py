@@ -53,6 +53,10 @@ def test_tables():
         markdown_table({"bm25": {"recall@1": 0.5, "n": 2}})
         == "| | recall@1 | n |\n|---|---|---|\n| bm25 | 0.5000 | 2 |\n"
     )
+    pairs = {"plain": {"accuracy": [0.5, 0.1], "tokens_mean": 10.0, "runs": [1, 2, 3]}, "crag": {"accuracy": (0.25, 0)}}
+    assert markdown_table(pairs) == (
+        "| | accuracy | tokens_mean |\n|---|---|---|\n| plain | 0.5000 ± 0.1000 | 10.0000 |\n| crag | 0.2500 ± 0 |  |\n"
+    )  # a (mean, 95% half-width) pair is one cell; other lists are no column
     rows = [{"name": "a", "x": 0.12345, "y": "±"}, {"name": "b", "x": 2}]
     assert table(rows, ["name", "x", "y"], "{:.2f}").splitlines() == [
         "| name | x | y |",
