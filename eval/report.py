@@ -121,13 +121,12 @@ def read_json(path: str | Path) -> Any:
     return json.loads(gzip.decompress(raw) if str(path).endswith(".gz") else raw)
 
 
-def _number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
 def _cell_value(x: Any) -> bool:
     """A number, or a (mean, 95% half-width) pair of numbers: what a table cell shows."""
-    return _number(x) or (isinstance(x, (list, tuple)) and len(x) == 2 and all(map(_number, x)))
+    number = (int, float)
+    return isinstance(x, number) or (
+        isinstance(x, (list, tuple)) and len(x) == 2 and all(isinstance(v, number) for v in x)
+    )
 
 
 def markdown_table(data: dict[str, Any]) -> str:
@@ -138,7 +137,7 @@ def markdown_table(data: dict[str, Any]) -> str:
         rows = {"result": data}
     cols: list[str] = []
     for v in rows.values():
-        cols += [c for c, x in v.items() if (_cell_value(x) or isinstance(x, bool)) and c not in cols]
+        cols += [c for c, x in v.items() if _cell_value(x) and c not in cols]
     lines = ["| | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, v in rows.items():
         cells = [_fmt(v.get(c, "")) for c in cols]
