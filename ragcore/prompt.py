@@ -10,11 +10,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import torch
+
 from ragcore.errors import ConfigError, EmptyQueryError
 from ragcore.types import Chunk, ScoredChunk
 
 if TYPE_CHECKING:
-    import torch
     from transformers import PreTrainedTokenizerBase
 
 SYSTEM = (
@@ -103,13 +104,13 @@ def build_prompt(
         pos = p0 + len(b)
     q0 = text.index(q, pos)
     char_spans["question"] = (q0, q0 + len(q))
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, return_tensors="pt")
-    offsets = [(int(s), int(e)) for s, e in enc["offset_mapping"][0].tolist()]
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)  # lists: no tensor round trip
+    offsets = [tuple(o) for o in enc["offset_mapping"]]
     spans = {name: _token_span(offsets, a, b) for name, (a, b) in char_spans.items()}
     custom = system if system not in (SYSTEM, SYSTEM_CLOSED) else None
     return Prompt(
         text,
-        enc["input_ids"],
+        torch.tensor([enc["input_ids"]], dtype=torch.long),
         spans,
         chunks,
         question.strip(),
