@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from bench.results import write_section
 from eval.context_suites import run_longctx
 from ragcore import cache as kvcache
 from ragcore.generator import Generator
@@ -74,6 +75,50 @@ def decode_ms(lm: Generator, tokens: int, steps: int) -> dict:
     return {"tokens": tokens, "steps": steps, "median_ms": statistics.median(per), "mean_ms": statistics.fmean(per)}
 
 
+def compare_body(runs: list[dict]) -> str:
+    """A Markdown table of runs (one per model and setting), with each model's ``off`` run as a ratio of its
+    ``default`` run (above 1: cuDNN off is faster)."""
+    first = runs[0]
+    lines = [
+        f"{first['gpu']}, torch {first['torch']}; InfiniRetri `{first['longctx']['method']}` (the model's measured "
+        f"spec) on {first['longctx']['n']} key-value items of {first['longctx']['tokens']} tokens after one warm-up "
+        f"item; decoding after a prompt of {first['decode']['tokens']} tokens, {first['decode']['steps']} steps; "
+        "prefill of random token ids, each length twice (first: a new shape; again: the same shape). Milliseconds "
+        "and seconds are wall clock.",
+        "",
+        "| model | cudnn | "
+        + " | ".join(f"prefill {p['tokens']}: first / again (ms)" for p in first["prefill"])
+        + " | decode (ms/step, median) | longctx (s/query) | accuracy |",
+        "|---" * (len(first["prefill"]) + 5) + "|",
+    ]
+    for r in runs:
+        cells = [f"{p['first_ms']:.1f} / {p['again_ms']:.1f}" for p in r["prefill"]]
+        lc = r["longctx"]
+        row = [r["model"], r["cudnn"], *cells, f"{r['decode']['median_ms']:.1f}", f"{lc['seconds_per_query']:.3f}",
+               f"{lc['accuracy']:.2f}"]  # fmt: skip
+        lines.append("| " + " | ".join(row) + " |")
+    pairs = [
+        (d, o)
+        for d in runs
+        for o in runs
+        if d["model"] == o["model"] and (d["cudnn"], o["cudnn"]) == ("default", "off")
+    ]
+    if pairs:
+        lines += [
+            "",
+            "Speedup of cuDNN off (default / off):",
+            "",
+            "| model | decode step | longctx query |",
+            "|---|---|---|",
+        ]
+        for d, o in pairs:
+            lines.append(
+                f"| {d['model']} | {d['decode']['median_ms'] / o['decode']['median_ms']:.2f}x | "
+                f"{d['longctx']['seconds_per_query'] / o['longctx']['seconds_per_query']:.2f}x |"
+            )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="qwen2.5-0.5b")
@@ -88,17 +133,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--offset", type=int, default=75)
     ap.add_argument("--out")
     ap.add_argument("--compare", nargs="+", metavar="JSON", help="print the runs side by side instead")
+    ap.add_argument("--write-results", metavar="SECTION", help="with --compare: write the table to docs/RESULTS.md")
+    ap.add_argument("--note", default="", help="with --write-results: a paragraph under the title (where it ran)")
     a = ap.parse_args(argv)
     if a.compare:
-        runs = [json.loads(Path(p).read_text()) for p in a.compare]
-        print("| cudnn | " + " | ".join(f"prefill {r['tokens']} first/again ms" for r in runs[0]["prefill"])
-              + " | decode ms/step | longctx s/query | accuracy |")  # fmt: skip
-        print("|---" * (len(runs[0]["prefill"]) + 4) + "|")
-        for r in runs:
-            cells = [f"{p['first_ms']:.1f} / {p['again_ms']:.1f}" for p in r["prefill"]]
-            lc = r["longctx"]
-            print(f"| {r['cudnn']} | " + " | ".join(cells)
-                  + f" | {r['decode']['median_ms']:.1f} | {lc['seconds_per_query']:.3f} | {lc['accuracy']:.2f} |")  # fmt: skip
+        body = compare_body([json.loads(Path(f).read_text()) for f in a.compare])
+        print(body)
+        if a.write_results:
+            title = "Attention backends on a GPU: torch's default (cuDNN first) against cuDNN off"
+            write_section(a.write_results, title, (a.note + "\n\n" if a.note else "") + body)
         return 0
     if not a.out:
         ap.error("--out is required (or --compare)")

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from ragcore.errors import ConfigError, EmptyQueryError
@@ -106,7 +107,8 @@ def build_prompt(
     char_spans["question"] = (q0, q0 + len(q))
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)  # lists: no tensor round trip
     offsets = [tuple(o) for o in enc["offset_mapping"]]
-    spans = {name: _token_span(offsets, a, b) for name, (a, b) in char_spans.items()}
+    bounds = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    spans = {name: _token_span(bounds, a, b) for name, (a, b) in char_spans.items()}
     custom = system if system not in (SYSTEM, SYSTEM_CLOSED) else None
     return Prompt(
         text,
@@ -121,7 +123,7 @@ def build_prompt(
     )
 
 
-def _token_span(offsets: list[tuple[int, int]], a: int, b: int) -> tuple[int, int]:
-    """Tokens whose characters overlap [a, b)."""
-    idx = [i for i, (s, e) in enumerate(offsets) if s < b and e > a]
-    return (idx[0], idx[-1] + 1) if idx else (0, 0)
+def _token_span(bounds: np.ndarray, a: int, b: int) -> tuple[int, int]:
+    """Tokens whose characters overlap [a, b), of (T, 2) character ``bounds``."""
+    idx = np.flatnonzero((bounds[:, 0] < b) & (bounds[:, 1] > a))
+    return (int(idx[0]), int(idx[-1]) + 1) if idx.size else (0, 0)

@@ -114,8 +114,10 @@ def rebuild(lm: Generator, prompt: Prompt, segments: Sequence[Segment], keep: np
 
 def token_segments(lm: Generator, prompt: Prompt, layout: list[list[tuple[int, int, int]]]) -> np.ndarray:
     """For each token of ``prompt``, the index of the segment its characters fall in (-1 outside any)."""
-    enc = lm.tokenizer(prompt.text, add_special_tokens=False, return_offsets_mapping=True)
-    offsets = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
+    offsets = prompt.offsets
+    if offsets is None:  # a prompt builder that kept no offset mapping
+        offsets = lm.tokenizer(prompt.text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
     owner = np.full(len(offsets), -1, dtype=np.int64)
     pos = 0
     for chunk, spans in zip(prompt.passages, layout):
