@@ -171,9 +171,10 @@ def rows_attention_batch(
     pos = torch.arange(ids.shape[1], device=dev)[None].expand(n, -1)
     total = None
     blocks = decoder_layers(model)
+    pe = rotary_embedding(model, out.hidden_states[0], pos)  # every layer's (cos, sin): one position grid
     for li, layer in enumerate(blocks):
         h = layer.input_layernorm(out.hidden_states[li])
-        a = rows_attention(layer.self_attn, h, rotary_embedding(model, h, pos), row_idx).mean(1)  # (B, R, T)
+        a = rows_attention(layer.self_attn, h, pe, row_idx).mean(1)  # (B, R, T)
         total = a if total is None else total + a
     total = (total / len(blocks)).cpu()
     return [total[i, :, : lens[i]] for i in range(n)]

@@ -158,16 +158,18 @@ def _segment_scores(
     token_scores: torch.Tensor, owner: np.ndarray, segments: Sequence[int], avg_k: int | None
 ) -> np.ndarray:
     """(G, n) scores of the ``segments`` from (G, T) token scores: the mean of each segment's ``avg_k`` best
-    tokens, or the sum over its tokens when ``avg_k`` is None."""
-    owner_t = torch.as_tensor(owner)
-    out = np.zeros((token_scores.shape[0], len(segments)))
-    for i, j in enumerate(segments):
-        cols = token_scores[:, owner_t == j]
-        if cols.shape[1] == 0:
-            continue
-        v = cols.sum(1) if avg_k is None else cols.topk(min(avg_k, cols.shape[1]), dim=1).values.mean(1)
-        out[:, i] = v.numpy()
-    return out
+    tokens, or the sum over its tokens when ``avg_k`` is None (0 for a segment without tokens). All segments at
+    once: a (n, T) membership mask, then one masked top-k (or one matrix product)."""
+    member = torch.as_tensor(owner)[None, :] == torch.as_tensor(np.asarray(segments, dtype=np.int64))[:, None]
+    scores = token_scores.float()
+    if avg_k is None:
+        return (scores @ member.T.float()).numpy().astype(np.float64)
+    counts = member.sum(1)  # (n,)
+    k = max(1, min(avg_k, int(counts.max()) if counts.numel() else 1))
+    masked = scores[:, None, :].masked_fill(~member[None], float("-inf"))  # (G, n, T)
+    top = masked.topk(min(k, masked.shape[-1]), dim=-1).values
+    top = torch.where(torch.isinf(top), torch.zeros_like(top), top).sum(-1)  # a segment's fewer tokens: only them
+    return (top / counts.clamp(min=1, max=avg_k)[None]).numpy().astype(np.float64)
 
 
 @dataclass
