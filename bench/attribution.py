@@ -224,6 +224,14 @@ def main(argv: list[str] | None = None) -> int:
         "(written by `ragcore eval poisoned|injection|citations --out`, one process each; NAME-K.json shards of one "
         "suite are merged) and render them",
     )
+    ap.add_argument(
+        "--speed",
+        nargs="+",
+        default=None,
+        metavar="JSON",
+        help="with --from-json: speed runs (the tracers alone), each shown; the verdict reads the last "
+        "(default: OUT_DIR/speed.json)",
+    )
     ap.add_argument("--note", default="", help="a sentence added to the section (where and how it ran)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -262,13 +270,21 @@ def main(argv: list[str] | None = None) -> int:
             ap.error("injection.json needs injection_dev.json beside it (the detector is chosen on it)")
         if "injection_dev" in runs:
             runs["injection_dev"]["chosen"] = choose_detector(runs["injection_dev"])
-        if (out / "speed.json").exists():  # a poisoned run of the tracers alone: the speed verdict reads it
+        speeds = [Path(f) for f in a.speed] if a.speed else [out / "speed.json"]
+        for f in speeds if a.speed else []:
+            if not f.is_file():
+                ap.error(f"--speed {str(f)!r}: no such file")
+        for f in speeds:  # poisoned runs of the tracers alone: the speed verdict reads the last
+            if not f.exists():
+                continue
             try:
-                runs["speed"] = read_json(out / "speed.json")
+                r = read_json(f)
             except ValueError as e:
-                ap.error(f"{out / 'speed.json'}: not JSON ({e})")
-            if not isinstance(runs["speed"], dict) or runs["speed"].get("suite") != "poisoned":
-                ap.error(f"{out / 'speed.json'}: not a poisoned result (ragcore eval poisoned --out)")
+                ap.error(f"{f}: not JSON ({e})")
+            if not isinstance(r, dict) or r.get("suite") != "poisoned":
+                ap.error(f"{f}: not a poisoned result (ragcore eval poisoned --out)")
+            runs.setdefault("speeds", []).append((f, r))
+            runs["speed"] = r
     if a.poisoned and not a.from_json:
         runs["poisoned"] = attribution.eval_poisoned(None, a.methods, limit=a.poisoned, shuffles=a.shuffles, **common)
     if a.injection and not a.from_json:
@@ -337,13 +353,14 @@ def main(argv: list[str] | None = None) -> int:
                     ["asr_defended", "asr_defended_ci95", "recovered"],
                 ),
             ]
-    if "speed" in runs:
-        r = runs["speed"]
+    for i, (f, r) in enumerate(runs.get("speeds", [])):
+        last = i == len(runs["speeds"]) - 1
         body += [
-            f"\n### Speed: the tracers alone (PoisonedRAG NQ, first {r.get('targets', r['n'])} targets, one process)\n",
+            f"\n### Speed: the tracers alone (PoisonedRAG NQ, first {r.get('targets', r['n'])} targets, one process)"
+            f"{'' if last else ', an earlier run'}: `{f.name}`\n",
             "The same suite with only AttnTrace and ContextCite (one ablation per forward, the context-cite package's "
             "default, and 64 at once) in one process (`bench/gpu_attribution.sh` with SUITES=speed; where it ran: the "
-            "note above); seconds per traced answer.\n",
+            f"note above); seconds per traced answer.{' The verdict above reads this run.' if last else ''}\n",
             _rows(
                 r, ["n_attacked", "trace_precision", "seconds_per_trace", "ratio_to_attntrace", "ratio_to_generation"]
             ),

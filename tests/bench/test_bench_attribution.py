@@ -105,3 +105,24 @@ def test_a_broken_shard_is_named_in_one_line(tmp_path, capsys):
         main(["--from-json", "--out-dir", str(tmp_path)])
     err = capsys.readouterr().err
     assert e.value.code == 2 and "poisoned_dev-3.json: not JSON" in err and "Traceback" not in err
+
+
+def test_speed_runs_given_are_all_shown_and_the_verdict_reads_the_last(tmp_path, capsys, monkeypatch):
+    import json
+
+    shutil.copy(SHARD, tmp_path / "poisoned.json")
+    run = json.loads(SHARD.read_text())
+    slow, fast = tmp_path / "slow.json", tmp_path / "fast.json"
+    for path, cc in ((slow, 20.0), (fast, 2.0)):  # ContextCite 20x, then 2x AttnTrace's seconds per trace
+        r = json.loads(json.dumps(run))
+        r["attntrace"]["seconds_per_trace"], r["contextcite"]["seconds_per_trace"] = 1.0, cc
+        path.write_text(json.dumps(r))
+    written = {}
+    monkeypatch.setattr("bench.attribution.write_section", lambda name, title, body: written.update(body=body))
+    assert main(["--from-json", "--out-dir", str(tmp_path), "--speed", str(slow), str(fast), "--write-results"]) == 0
+    text = written["body"]
+    assert "`slow.json`" in text and "`fast.json`" in text
+    assert "faster than ContextCite per traced answer: **no** (2.00x" in text
+    with pytest.raises(SystemExit) as e:
+        main(["--from-json", "--out-dir", str(tmp_path), "--speed", str(tmp_path / "missing.json")])
+    assert e.value.code == 2 and "no such file" in capsys.readouterr().err
