@@ -74,6 +74,48 @@ def build_prompt(
 
     ``answer_prefix``: text that opens the model's turn, which the answer continues (RULER's answer prefix,
     arXiv 2404.06654: for example ``'"KEY": "'`` for a key-value record); the generated text does not repeat it."""
+    return build_prompts(tokenizer, [(question, passages, system, answer_prefix)])[0]
+
+
+def build_prompts(
+    tokenizer: PreTrainedTokenizerBase,
+    requests: Sequence[tuple[str, Sequence[Chunk | ScoredChunk] | None, str | None, str | None]],
+) -> list[Prompt]:
+    """Several prompts, each ``(question, passages, system, answer_prefix)`` as :func:`build_prompt` takes them,
+    laid out one by one and tokenised as one batch (:func:`encode_batch`: a fast tokenizer encodes a batch on
+    several threads). AttnTrace and ContextCite rebuild their subsampled prompts through it."""
+    layouts = [_layout(tokenizer, *r) for r in requests]
+    encoded = encode_batch(tokenizer, [lay[0] for lay in layouts])
+    out = []
+    for (text, char_spans, chunks, question, system, answer_prefix), (ids, offsets) in zip(layouts, encoded):
+        bounds = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+        spans = {name: _token_span(bounds, a, b) for name, (a, b) in char_spans.items()}
+        custom = system if system not in (SYSTEM, SYSTEM_CLOSED) else None
+        out.append(
+            Prompt(
+                text,
+                torch.tensor([ids], dtype=torch.long),
+                spans,
+                chunks,
+                question,
+                custom,
+                tokenizer=tokenizer,
+                offsets=offsets,
+                answer_prefix=answer_prefix,
+            )
+        )
+    return out
+
+
+def _layout(
+    tokenizer: PreTrainedTokenizerBase,
+    question: str,
+    passages: Sequence[Chunk | ScoredChunk] | None,
+    system: str | None,
+    answer_prefix: str | None,
+) -> tuple[str, dict[str, tuple[int, int]], list[Chunk], str, str, str]:
+    """A prompt's text and the character span of each named part (checked inputs); with its passages, question,
+    system instruction and answer prefix."""
     if not isinstance(question, str) or not question.strip():
         raise EmptyQueryError(question)
     if answer_prefix is not None and not isinstance(answer_prefix, str):
@@ -94,7 +136,6 @@ def build_prompt(
         text = f"{system}\n\n{user} "
     if answer_prefix:
         text += answer_prefix
-    # character spans of the parts, then token spans through the offset mapping
     char_spans: dict[str, tuple[int, int]] = {}
     s0 = text.index(system)
     char_spans["instruction"] = (s0, s0 + len(system))
@@ -105,34 +146,27 @@ def build_prompt(
         pos = p0 + len(b)
     q0 = text.index(q, pos)
     char_spans["question"] = (q0, q0 + len(q))
-    ids, offsets = encode(tokenizer, text)
-    bounds = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
-    spans = {name: _token_span(bounds, a, b) for name, (a, b) in char_spans.items()}
-    custom = system if system not in (SYSTEM, SYSTEM_CLOSED) else None
-    return Prompt(
-        text,
-        torch.tensor([ids], dtype=torch.long),
-        spans,
-        chunks,
-        question.strip(),
-        custom,
-        tokenizer=tokenizer,
-        offsets=offsets,
-        answer_prefix=answer_prefix or "",
-    )
+    return text, char_spans, chunks, question.strip(), system, answer_prefix or ""
 
 
 def encode(tokenizer: PreTrainedTokenizerBase, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-    """The token ids of ``text`` (no special tokens added) and each token's [start, end) characters. A fast
-    tokenizer's Rust backend encodes directly (the same ids and offsets as ``tokenizer(text, ...)``, without the
-    wrapper's per-call work, which rebuilding a prompt per AttnTrace subsample pays 30 times); others go through
-    ``tokenizer(...)``."""
+    """The token ids of ``text`` (no special tokens added) and each token's [start, end) characters
+    (:func:`encode_batch` of one text)."""
+    return encode_batch(tokenizer, [text])[0]
+
+
+def encode_batch(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]
+) -> list[tuple[list[int], list[tuple[int, int]]]]:
+    """Per text, its token ids (no special tokens added) and each token's [start, end) characters. A fast
+    tokenizer's Rust backend encodes the batch directly, on several threads unless ``TOKENIZERS_PARALLELISM`` is
+    off (the same ids and offsets as ``tokenizer(text, ...)``, without the wrapper's per-call work); other
+    tokenizers go through ``tokenizer(texts, ...)``."""
     backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
     if backend is not None:
-        enc = backend.encode(text, add_special_tokens=False)
-        return enc.ids, enc.offsets
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+        return [(e.ids, e.offsets) for e in backend.encode_batch(list(texts), add_special_tokens=False)]
+    enc = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
+    return [(list(ids), [tuple(o) for o in offs]) for ids, offs in zip(enc["input_ids"], enc["offset_mapping"])]
 
 
 def _token_span(bounds: np.ndarray, a: int, b: int) -> tuple[int, int]:

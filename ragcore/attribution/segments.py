@@ -89,27 +89,46 @@ def rebuild(lm: Generator, prompt: Prompt, segments: Sequence[Segment], keep: np
     """The prompt of ``prompt``'s question and the kept ``segments`` (``keep``: a bool per segment), in their
     order; the kept segments of one passage are joined by a space, a passage with none left out. Keeping every
     segment gives ``prompt`` itself."""
-    if keep.all():
-        layout: list[list[tuple[int, int, int]]] = [[] for _ in prompt.passages]
-        for j, s in enumerate(segments):
-            layout[s.passage].append((j, s.start, s.end))
-        return Rebuilt(prompt, token_segments(lm, prompt, layout))
-    by_passage: dict[int, list[int]] = {}
-    for j in np.flatnonzero(keep):
-        by_passage.setdefault(segments[j].passage, []).append(int(j))
-    chunks, layout = [], []  # layout: per new chunk, (segment index, start, end) in its text
-    for p, idx in sorted(by_passage.items()):
-        src = prompt.passages[p]
-        text, spans = "", []
-        for j in idx:
-            if text:
-                text += " "
-            spans.append((j, len(text), len(text) + len(segments[j].text)))
-            text += segments[j].text
-        chunks.append(Chunk(text, src.source_id, metadata=dict(src.metadata)))
-        layout.append(spans)
-    new = lm.prompt(question_of(prompt), chunks, prompt.system, prompt.answer_prefix or None)
-    return Rebuilt(new, token_segments(lm, new, layout))
+    return rebuild_many(lm, prompt, segments, [keep])[0]
+
+
+def rebuild_many(
+    lm: Generator, prompt: Prompt, segments: Sequence[Segment], keeps: Sequence[np.ndarray]
+) -> list[Rebuilt]:
+    """:func:`rebuild` for each of ``keeps``, the prompts tokenised together as one batch
+    (:func:`ragcore.prompt.build_prompts`)."""
+    from ragcore.prompt import build_prompts
+
+    lm.warm_up()
+    out: list[Rebuilt | None] = [None] * len(keeps)
+    requests, layouts, where = [], [], []
+    for i, keep in enumerate(keeps):
+        if keep.all():
+            layout: list[list[tuple[int, int, int]]] = [[] for _ in prompt.passages]
+            for j, s in enumerate(segments):
+                layout[s.passage].append((j, s.start, s.end))
+            out[i] = Rebuilt(prompt, token_segments(lm, prompt, layout))
+            continue
+        by_passage: dict[int, list[int]] = {}
+        for j in np.flatnonzero(keep):
+            by_passage.setdefault(segments[j].passage, []).append(int(j))
+        chunks, layout = [], []  # layout: per new chunk, (segment index, start, end) in its text
+        for p, idx in sorted(by_passage.items()):
+            src = prompt.passages[p]
+            text, spans = "", []
+            for j in idx:
+                if text:
+                    text += " "
+                spans.append((j, len(text), len(text) + len(segments[j].text)))
+                text += segments[j].text
+            chunks.append(Chunk(text, src.source_id, metadata=dict(src.metadata)))
+            layout.append(spans)
+        requests.append((question_of(prompt), chunks, prompt.system, prompt.answer_prefix or None))
+        layouts.append(layout)
+        where.append(i)
+    for i, new, layout in zip(where, build_prompts(lm.tokenizer, requests), layouts):
+        out[i] = Rebuilt(new, token_segments(lm, new, layout))
+    return out  # type: ignore[return-value]  # every slot filled above
 
 
 def token_segments(lm: Generator, prompt: Prompt, layout: list[list[tuple[int, int, int]]]) -> np.ndarray:

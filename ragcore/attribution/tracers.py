@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ragcore.attention import rows_attention_batch
-from ragcore.attribution.segments import UNITS, Rebuilt, Segment, answer_sentences, rebuild, split
+from ragcore.attribution.segments import UNITS, Rebuilt, Segment, answer_sentences, rebuild_many, split
 from ragcore.stages import Stage, option
 from ragcore.types import SentenceCitation, SourceSpan
 
@@ -215,8 +215,9 @@ class AttnTrace(TracerBase):
             keep = np.zeros(n, dtype=bool)
             keep[rng.choice(n, size=m, replace=False) if m < n else slice(None)] = True
             keeps.append(keep)
+        rebuilt = rebuild_many(lm, prompt, segments, keeps)  # every subsample's prompt, tokenised as one batch
         for b0 in range(0, draws, self.batch_size):  # one forward per batch of subsamples
-            rbs = [rebuild(lm, prompt, segments, keep) for keep in keeps[b0 : b0 + self.batch_size]]
+            rbs = rebuilt[b0 : b0 + self.batch_size]
             tps = [len(rb.prompt) for rb in rbs]
             rows = [range(tp - 1, tp - 1 + len(answer)) for tp in tps]
             atts = rows_attention_batch(lm.model, [_with_answer(rb, answer)[0] for rb in rbs], rows)  # (A, T) each
@@ -290,12 +291,12 @@ class LeaveOneOut(TracerBase):
 
     def score(self, lm, prompt, segments, answer, groups, rng):  # noqa: ANN001, ANN201 - see TracerBase.score
         n = len(segments)
-        full = _group_sums(answer_logprobs(lm, rebuild(lm, prompt, segments, np.ones(n, bool)), answer)[0], groups)
+        keeps = [np.ones(n, dtype=bool)] + [np.arange(n) != j for j in range(n)]  # all, then each one left out
+        rebuilt = rebuild_many(lm, prompt, segments, keeps)
+        full = _group_sums(answer_logprobs(lm, rebuilt[0], answer)[0], groups)
         out = np.zeros((len(groups), n))
         for j in range(n):
-            keep = np.ones(n, dtype=bool)
-            keep[j] = False
-            out[:, j] = full - _group_sums(answer_logprobs(lm, rebuild(lm, prompt, segments, keep), answer)[0], groups)
+            out[:, j] = full - _group_sums(answer_logprobs(lm, rebuilt[j + 1], answer)[0], groups)
         return out, n + 1
 
 
@@ -335,8 +336,9 @@ class ContextCite(TracerBase):
         masks = rng.random((self.ablations, n)) < self.keep
         masks[masks.sum(1) == 0, rng.integers(n)] = True  # every ablation keeps something
         y = np.zeros((self.ablations, len(groups)))
+        rebuilt = rebuild_many(lm, prompt, segments, list(masks))  # every ablation's prompt, tokenised as one batch
         for b0 in range(0, self.ablations, self.batch_size):
-            rbs = [rebuild(lm, prompt, segments, keep) for keep in masks[b0 : b0 + self.batch_size]]
+            rbs = rebuilt[b0 : b0 + self.batch_size]
             for i, (lp, l1p) in enumerate(answer_logprobs_batch(lm, rbs, answer), start=b0):
                 y[i] = _group_sums(lp - l1p, groups)
         out = np.zeros((len(groups), n))
