@@ -53,8 +53,9 @@ if on poisoned; then
       --offset $((k * n)) --limit $n
   done
 fi
-if on speed; then
-  ev speed poisoned --method "attntrace,contextcite,contextcite(batch_size=64)" --limit "${SPEED_TARGETS:-20}"
+if on speed; then  # one process: the tokenizer's own threads, as a user's process has them (the session turns them off)
+  TOKENIZERS_PARALLELISM=${SPEED_TOKENIZERS_PARALLELISM:-true} \
+    ev speed poisoned --method "attntrace,contextcite,contextcite(batch_size=64)" --limit "${SPEED_TARGETS:-20}"
 fi
 # the detector and K are chosen on the dev half of the injected strings; the report uses the other half
 if on injection; then
