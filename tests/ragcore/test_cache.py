@@ -136,3 +136,21 @@ def test_per_head_masks_run_without_cudnn_attention_and_restore_it(tiny_llama, m
         assert torch.backends.cuda.cudnn_sdp_enabled()
     finally:
         torch.backends.cuda.enable_cudnn_sdp(was)
+
+
+def test_cudnn_sdpa_off_turns_cudnn_attention_off_where_cuda_is(monkeypatch):
+    import torch
+
+    from ragcore.cache import cudnn_sdpa_off
+
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        torch.backends.cuda.enable_cudnn_sdp(True)
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        cudnn_sdpa_off()  # no CUDA: nothing changes
+        assert torch.backends.cuda.cudnn_sdp_enabled()
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        cudnn_sdpa_off()
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before)
