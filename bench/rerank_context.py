@@ -17,11 +17,13 @@ memory is its own (on CPU, the process's peak resident size).
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import Any
 
 from bench.results import write_section
 from eval.report import read_json, same_setting, table
+from eval.stats import mean_ci
 from ragcore.errors import ConfigError
 
 FIGURES = Path(__file__).resolve().parent.parent / "docs" / "figures"
@@ -138,7 +140,8 @@ def _mean(xs: list[float]) -> float:
 
 def peer_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """ragcore's ``infiniretri`` runs against the peer's at the same model, data and length, on the items both
-    ran (paired by id): accuracy side by side, and ours/peer ratios of wall and CPU seconds and of peak memory."""
+    ran (paired by id): accuracy side by side, ours/peer ratios of wall and CPU seconds and of peak memory, and how
+    many times faster ours is per item (:func:`speedup_ci`)."""
     rows = []
     for peer in (r for r in runs if _family(r["method"]) == "peer"):
         for ours in runs:
@@ -169,9 +172,20 @@ def peer_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                         _mean([c[0] for c in cpu]) / _mean([c[1] for c in cpu]) if cpu_ok else "-"
                     ),
                     "peak memory ours/peer": ours["peak_mem_bytes"] / peer["peak_mem_bytes"],
+                    "x faster (95% CI)": speedup_ci([y["seconds"] for _, y in both], [x["seconds"] for x, _ in both]),
                 }
             )
     return sorted(rows, key=lambda r: (r["model"], r["tokens"], r["ours"]))
+
+
+def speedup_ci(slow: list[float], fast: list[float]) -> str:
+    """How many times faster ``fast`` is than ``slow``, per item paired: the geometric mean of ``slow_i / fast_i``
+    with its 95% interval (a normal interval on the mean log ratio, exponentiated), as ``"5.2x [4.9, 5.5]"``."""
+    logs = [math.log(a / b) for a, b in zip(slow, fast) if a > 0 and b > 0]
+    if not logs:
+        return "-"
+    m, h = mean_ci(logs)
+    return f"{math.exp(m):.2f}x [{math.exp(m - h):.2f}, {math.exp(m + h):.2f}]"
 
 
 def growth_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -228,7 +242,8 @@ def longctx_body(runs: list[dict[str, Any]]) -> str:
     if pr:
         out += (
             "\n\n**Against the authors' package** (`infini-retri` 0.0.3, `bench.peers.infini_retri`; same items, "
-            "paired by id; ratios below 1: ragcore faster or smaller):\n\n" + table(pr, list(pr[0]), "{:.3f}")
+            "paired by id; ratios below 1: ragcore faster or smaller; x faster: the geometric mean over items of the "
+            "peer's seconds over ours, with its 95% interval):\n\n" + table(pr, list(pr[0]), "{:.3f}")
         )
     gr = growth_rows(runs)
     if gr:

@@ -106,3 +106,13 @@ def test_runs_without_answers_are_chosen_from_not_rendered_nor_mixed(tmp_path, c
         with pytest.raises(SystemExit) as e:
             main(argv)
         assert e.value.code == 2 and said in capsys.readouterr().err, argv
+
+
+def test_speedup_is_the_geometric_mean_of_paired_ratios_with_an_interval():
+    from bench.rerank_context import speedup_ci
+
+    assert speedup_ci([4.0, 4.0], [1.0, 1.0]) == "4.00x [4.00, 4.00]"
+    said = speedup_ci([2.0, 8.0, 4.0], [1.0, 1.0, 1.0])  # ratios 2, 8, 4: geometric mean 4, an interval around it
+    mid, lo, hi = (float(x) for x in said.replace("x [", " ").replace(",", "").rstrip("]").split())
+    assert mid == 4.0 and lo < 4.0 < hi
+    assert speedup_ci([], []) == "-"
