@@ -20,7 +20,7 @@ import torch
 from ragcore import cache as kvcache
 from ragcore.errors import ConfigError, PromptTooLongError
 from ragcore.models import DEFAULT_GENERATOR, load_generator
-from ragcore.prompt import Prompt, build_prompt
+from ragcore.prompt import Prompt, build_prompt, build_prompts
 from ragcore.types import Chunk, ScoredChunk
 
 if TYPE_CHECKING:
@@ -118,6 +118,15 @@ class Generator:
         """The chat-formatted prompt (:func:`ragcore.prompt.build_prompt`)."""
         self.warm_up()
         return build_prompt(self.tokenizer, question, passages, system, answer_prefix)
+
+    def prompts(
+        self, requests: Sequence[tuple[str, Sequence[Chunk | ScoredChunk] | None, str | None, str | None]]
+    ) -> list[Prompt]:
+        """Several prompts, each ``(question, passages, system, answer_prefix)`` as :meth:`prompt` takes them,
+        tokenised as one batch (:func:`ragcore.prompt.build_prompts`); the same prompts as :meth:`prompt` one by one.
+        A subclass that changes :meth:`prompt` changes this too."""
+        self.warm_up()
+        return build_prompts(self.tokenizer, requests)
 
     @property
     def context_window(self) -> int:

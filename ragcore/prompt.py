@@ -149,22 +149,13 @@ def _layout(
     return text, char_spans, chunks, question.strip(), system, answer_prefix or ""
 
 
-def encode(tokenizer: PreTrainedTokenizerBase, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-    """The token ids of ``text`` (no special tokens added) and each token's [start, end) characters
-    (:func:`encode_batch` of one text)."""
-    return encode_batch(tokenizer, [text])[0]
-
-
 def encode_batch(
     tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]
 ) -> list[tuple[list[int], list[tuple[int, int]]]]:
-    """Per text, its token ids (no special tokens added) and each token's [start, end) characters. A fast
-    tokenizer's Rust backend encodes the batch directly, on several threads unless ``TOKENIZERS_PARALLELISM`` is
-    off (the same ids and offsets as ``tokenizer(text, ...)``, without the wrapper's per-call work); other
-    tokenizers go through ``tokenizer(texts, ...)``."""
-    backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
-    if backend is not None:
-        return [(e.ids, e.offsets) for e in backend.encode_batch(list(texts), add_special_tokens=False)]
+    """Per text, its token ids (no special tokens added) and each token's [start, end) characters: one call of the
+    tokenizer for the batch (a fast tokenizer encodes a batch on several threads unless ``TOKENIZERS_PARALLELISM``
+    is off). Through the tokenizer's own call, which sets padding and truncation off for it whatever an earlier
+    call or the tokenizer's file left set. Needs a fast tokenizer (offsets); a Python tokenizer raises."""
     enc = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
     return [(list(ids), [tuple(o) for o in offs]) for ids, offs in zip(enc["input_ids"], enc["offset_mapping"])]
 

@@ -96,9 +96,7 @@ def rebuild_many(
     lm: Generator, prompt: Prompt, segments: Sequence[Segment], keeps: Sequence[np.ndarray]
 ) -> list[Rebuilt]:
     """:func:`rebuild` for each of ``keeps``, the prompts tokenised together as one batch
-    (:func:`ragcore.prompt.build_prompts`)."""
-    from ragcore.prompt import build_prompts
-
+    (:meth:`ragcore.generator.Generator.prompts`)."""
     lm.warm_up()
     out: list[Rebuilt | None] = [None] * len(keeps)
     requests, layouts, where = [], [], []
@@ -126,7 +124,7 @@ def rebuild_many(
         requests.append((question_of(prompt), chunks, prompt.system, prompt.answer_prefix or None))
         layouts.append(layout)
         where.append(i)
-    for i, new, layout in zip(where, build_prompts(lm.tokenizer, requests), layouts):
+    for i, new, layout in zip(where, lm.prompts(requests) if requests else [], layouts):
         out[i] = Rebuilt(new, token_segments(lm, new, layout))
     return out  # type: ignore[return-value]  # every slot filled above
 

@@ -154,22 +154,32 @@ def _with_answer(rb: Rebuilt, answer: Sequence[int]) -> torch.Tensor:
     return torch.cat([rb.prompt.input_ids, torch.tensor([list(answer)], dtype=rb.prompt.input_ids.dtype)], dim=1)
 
 
-def _segment_scores(
+def segment_scores(
     token_scores: torch.Tensor, owner: np.ndarray, segments: Sequence[int], avg_k: int | None
 ) -> np.ndarray:
     """(G, n) scores of the ``segments`` from (G, T) token scores: the mean of each segment's ``avg_k`` best
     tokens, or the sum over its tokens when ``avg_k`` is None (0 for a segment without tokens). All segments at
-    once: a (n, T) membership mask, then one masked top-k (or one matrix product)."""
-    member = torch.as_tensor(owner)[None, :] == torch.as_tensor(np.asarray(segments, dtype=np.int64))[:, None]
-    scores = token_scores.float()
-    if avg_k is None:
-        return (scores @ member.T.float()).numpy().astype(np.float64)
-    counts = member.sum(1)  # (n,)
-    k = max(1, min(avg_k, int(counts.max()) if counts.numel() else 1))
-    masked = scores[:, None, :].masked_fill(~member[None], float("-inf"))  # (G, n, T)
-    top = masked.topk(min(k, masked.shape[-1]), dim=-1).values
-    top = torch.where(torch.isinf(top), torch.zeros_like(top), top).sum(-1)  # a segment's fewer tokens: only them
-    return (top / counts.clamp(min=1, max=avg_k)[None]).numpy().astype(np.float64)
+    once in O(T log T): the tokens of the segments sorted by segment, then by score, and each segment's first
+    ``avg_k`` summed."""
+    seg = np.asarray(segments, dtype=np.int64)
+    out = np.zeros((token_scores.shape[0], len(seg)))
+    if not len(seg):
+        return out
+    order = np.argsort(seg, kind="stable")
+    where = np.minimum(np.searchsorted(seg[order], owner), len(seg) - 1)
+    hit = seg[order][where] == owner
+    col = order[where[hit]]  # per token of a kept segment, its column in ``out``
+    scores = token_scores.double().numpy()[:, hit]
+    for g in range(scores.shape[0]):
+        if avg_k is None:
+            out[g] = np.bincount(col, weights=scores[g], minlength=len(seg))
+            continue
+        by = np.lexsort((-scores[g], col))  # by segment, the best token first
+        c, v = col[by], scores[g][by]
+        top = np.arange(len(c)) - np.searchsorted(c, c) < avg_k  # a token's rank within its segment
+        sums = np.bincount(c[top], weights=v[top], minlength=len(seg))
+        out[g] = sums / np.maximum(np.bincount(c[top], minlength=len(seg)), 1)
+    return out
 
 
 @dataclass
@@ -225,7 +235,7 @@ class AttnTrace(TracerBase):
                 per_token = att[:, :tp]  # (A, T_prompt), averaged over layers and heads
                 grouped = torch.stack([per_token[torch.as_tensor(g)].mean(0) for g in groups])
                 kept = np.flatnonzero(keep)
-                total[:, kept] += _segment_scores(grouped, rb.token_segment, kept, self.avg_k_or_none)
+                total[:, kept] += segment_scores(grouped, rb.token_segment, kept, self.avg_k_or_none)
                 seen[kept] += 1
         return total / np.maximum(seen, 1), draws
 
