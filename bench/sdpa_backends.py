@@ -26,6 +26,7 @@ import torch
 from bench.results import write_section
 from eval.context_suites import run_longctx
 from ragcore import cache as kvcache
+from ragcore.errors import ConfigError, RagcoreError
 from ragcore.generator import Generator
 
 
@@ -75,27 +76,57 @@ def decode_ms(lm: Generator, tokens: int, steps: int) -> dict:
     return {"tokens": tokens, "steps": steps, "median_ms": statistics.median(per), "mean_ms": statistics.fmean(per)}
 
 
+def load_runs(paths: list[str]) -> list[dict]:
+    """The runs ``--out`` wrote, checked to be comparable: the same GPU, torch and measured sizes; one run per model
+    and setting. Raises ConfigError naming the file at fault."""
+    runs = []
+    for p in paths:
+        try:
+            r = json.loads(Path(p).read_text())
+            keys = ("model", "gpu", "torch", "cudnn", "prefill", "decode", "longctx")
+            if not isinstance(r, dict) or any(k not in r for k in keys):
+                raise ConfigError(
+                    f"{p!r} is not a run of python -m bench.sdpa_backends --out (keys: {', '.join(keys)})"
+                )
+            sizes = ([x["tokens"] for x in r["prefill"]], r["decode"]["tokens"], r["decode"]["steps"],
+                     r["longctx"]["tokens"], r["longctx"]["n"])  # fmt: skip
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            if isinstance(e, ConfigError):
+                raise
+            raise ConfigError(f"{p!r} cannot be read as a run: {type(e).__name__}: {e}") from None
+        if runs:
+            first = runs[0]
+            first_sizes = ([x["tokens"] for x in first["prefill"]], first["decode"]["tokens"], first["decode"]["steps"],
+                           first["longctx"]["tokens"], first["longctx"]["n"])  # fmt: skip
+            if (r["gpu"], r["torch"]) != (first["gpu"], first["torch"]) or sizes != first_sizes:
+                raise ConfigError(f"{p!r} was measured on another machine or at other sizes than {paths[0]!r}")
+        if any((q["model"], q["cudnn"]) == (r["model"], r["cudnn"]) for q in runs):
+            raise ConfigError(f"{p!r}: a second {r['cudnn']!r} run of {r['model']!r}")
+        runs.append(r)
+    return runs
+
+
 def compare_body(runs: list[dict]) -> str:
-    """A Markdown table of runs (one per model and setting), with each model's ``off`` run as a ratio of its
-    ``default`` run (above 1: cuDNN off is faster)."""
+    """A Markdown table of runs (one per model and setting, as :func:`load_runs` checks them), with each model's
+    ``off`` run as a ratio of its ``default`` run (above 1: cuDNN off is faster)."""
     first = runs[0]
     lines = [
-        f"{first['gpu']}, torch {first['torch']}; InfiniRetri `{first['longctx']['method']}` (the model's measured "
-        f"spec) on {first['longctx']['n']} key-value items of {first['longctx']['tokens']} tokens after one warm-up "
-        f"item; decoding after a prompt of {first['decode']['tokens']} tokens, {first['decode']['steps']} steps; "
-        "prefill of random token ids, each length twice (first: a new shape; again: the same shape). Milliseconds "
-        "and seconds are wall clock.",
+        f"{first['gpu'] or 'CPU'}, torch {first['torch']}; InfiniRetri (each model's spec in the table) on "
+        f"{first['longctx']['n']} key-value items of {first['longctx']['tokens']} tokens after one warm-up item; "
+        f"decoding after a prompt of {first['decode']['tokens']} tokens, {first['decode']['steps']} steps; prefill "
+        "of random token ids, each length twice (first: a new shape; again: the same shape). Milliseconds and "
+        "seconds are wall clock.",
         "",
         "| model | cudnn | "
         + " | ".join(f"prefill {p['tokens']}: first / again (ms)" for p in first["prefill"])
-        + " | decode (ms/step, median) | longctx (s/query) | accuracy |",
-        "|---" * (len(first["prefill"]) + 5) + "|",
+        + " | decode (ms/step, median) | longctx method | longctx (s/query) | accuracy |",
+        "|---" * (len(first["prefill"]) + 6) + "|",
     ]
     for r in runs:
         cells = [f"{p['first_ms']:.1f} / {p['again_ms']:.1f}" for p in r["prefill"]]
         lc = r["longctx"]
-        row = [r["model"], r["cudnn"], *cells, f"{r['decode']['median_ms']:.1f}", f"{lc['seconds_per_query']:.3f}",
-               f"{lc['accuracy']:.2f}"]  # fmt: skip
+        row = [r["model"], r["cudnn"], *cells, f"{r['decode']['median_ms']:.1f}", f"`{lc['method']}`",
+               f"{lc['seconds_per_query']:.3f}", f"{lc['accuracy']:.2f}"]  # fmt: skip
         lines.append("| " + " | ".join(row) + " |")
     pairs = [
         (d, o)
@@ -106,38 +137,50 @@ def compare_body(runs: list[dict]) -> str:
     if pairs:
         lines += [
             "",
-            "Speedup of cuDNN off (default / off):",
+            "Speedup of cuDNN off (default / off; prefill: first calls, a new shape each):",
             "",
-            "| model | decode step | longctx query |",
-            "|---|---|---|",
+            "| model | "
+            + " | ".join(f"prefill {p['tokens']}" for p in first["prefill"])
+            + " | decode step | longctx query |",
+            "|---" * (len(first["prefill"]) + 3) + "|",
         ]
         for d, o in pairs:
-            lines.append(
-                f"| {d['model']} | {d['decode']['median_ms'] / o['decode']['median_ms']:.2f}x | "
-                f"{d['longctx']['seconds_per_query'] / o['longctx']['seconds_per_query']:.2f}x |"
-            )
+            ratios = [_ratio(a["first_ms"], b["first_ms"]) for a, b in zip(d["prefill"], o["prefill"])]
+            ratios += [_ratio(d["decode"]["median_ms"], o["decode"]["median_ms"]),
+                       _ratio(d["longctx"]["seconds_per_query"], o["longctx"]["seconds_per_query"])]  # fmt: skip
+            lines.append(f"| {d['model']} | " + " | ".join(ratios) + " |")
     return "\n".join(lines)
 
 
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b > 0 else "-"
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="qwen2.5-0.5b")
-    ap.add_argument("--device", default="cuda")
-    ap.add_argument("--cudnn", choices=("default", "off"), default="default")
-    ap.add_argument("--lengths", default="1000,2000,4000,8000")
-    ap.add_argument("--decode-tokens", type=int, default=4096)
-    ap.add_argument("--steps", type=int, default=32)
-    ap.add_argument("--method", default="infiniretri(layer=9, segment=4096)")
-    ap.add_argument("--tokens", type=int, default=65536)
-    ap.add_argument("--limit", type=int, default=5)
-    ap.add_argument("--offset", type=int, default=75)
-    ap.add_argument("--out")
-    ap.add_argument("--compare", nargs="+", metavar="JSON", help="print the runs side by side instead")
+    ap = argparse.ArgumentParser(prog="python -m bench.sdpa_backends", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="qwen2.5-0.5b", help="generator name or path (default: qwen2.5-0.5b)")
+    ap.add_argument("--device", default="cuda", help="device (default: cuda; cpu runs, but measures no cuDNN)")
+    ap.add_argument("--cudnn", choices=("default", "off"), default="default",
+                    help="default: torch's choice (cuDNN first on Hopper); off: cuDNN's attention off")  # fmt: skip
+    ap.add_argument("--lengths", default="1000,2000,4000,8000", help="prefill lengths in tokens, comma-separated")
+    ap.add_argument("--decode-tokens", type=int, default=4096, help="prompt tokens before the decoding steps")
+    ap.add_argument("--steps", type=int, default=32, help="decoding steps timed")
+    ap.add_argument("--method", default="infiniretri(layer=9, segment=4096)", help="eval longctx method (a spec)")
+    ap.add_argument("--tokens", type=int, default=65536, help="eval longctx input length in tokens")
+    ap.add_argument("--limit", type=int, default=5, help="eval longctx items timed (after one warm-up item)")
+    ap.add_argument("--offset", type=int, default=75, help="eval longctx first item")
+    ap.add_argument("--out", help="the run's JSON (its folder must exist)")
+    ap.add_argument("--compare", nargs="+", metavar="JSON", help="print runs side by side instead of measuring")
     ap.add_argument("--write-results", metavar="SECTION", help="with --compare: write the table to docs/RESULTS.md")
     ap.add_argument("--note", default="", help="with --write-results: a paragraph under the title (where it ran)")
     a = ap.parse_args(argv)
+    if a.write_results is not None and (not a.compare or not a.write_results.strip()):
+        ap.error("--write-results needs --compare and a section name")
     if a.compare:
-        body = compare_body([json.loads(Path(f).read_text()) for f in a.compare])
+        try:
+            body = compare_body(load_runs(a.compare))
+        except ConfigError as e:
+            ap.error(str(e))
         print(body)
         if a.write_results:
             title = "Attention backends on a GPU: torch's default (cuDNN first) against cuDNN off"
@@ -145,21 +188,33 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not a.out:
         ap.error("--out is required (or --compare)")
-    torch.backends.cuda.enable_cudnn_sdp(a.cudnn == "default")
-    lm = Generator(a.model, a.device)
-    lm.warm_up()
-    torch.backends.cuda.enable_cudnn_sdp(a.cudnn == "default")  # as asked, whatever loading the model chose
-    res = {
-        "model": a.model,
-        "device": str(lm.model.device),
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "torch": torch.__version__,
-        "cudnn": a.cudnn,
-        "prefill": prefill_ms(lm, [int(x) for x in a.lengths.split(",")]),
-        "decode": decode_ms(lm, a.decode_tokens, a.steps),
-    }
-    run_longctx(lm, None, a.tokens, a.method, limit=1, offset=a.offset + a.limit)  # warm-up item
-    lc = run_longctx(lm, None, a.tokens, a.method, limit=a.limit, offset=a.offset)
+    if not Path(a.out).parent.is_dir():
+        ap.error(f"--out {a.out!r}: no folder {str(Path(a.out).parent)!r}")
+    try:
+        lengths = [int(x) for x in a.lengths.split(",")]
+    except ValueError:
+        ap.error(f"--lengths {a.lengths!r}: whole numbers separated by commas")
+    for name in ("decode_tokens", "steps", "tokens", "limit"):
+        if getattr(a, name) < 1 or min(lengths) < 1:
+            ap.error(f"--{name.replace('_', '-')} and --lengths must be positive")
+    try:
+        torch.backends.cuda.enable_cudnn_sdp(a.cudnn == "default")
+        lm = Generator(a.model, a.device)
+        lm.warm_up()
+        torch.backends.cuda.enable_cudnn_sdp(a.cudnn == "default")  # as asked, whatever loading the model chose
+        res = {
+            "model": a.model,
+            "device": str(lm.model.device),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "torch": torch.__version__,
+            "cudnn": a.cudnn,
+            "prefill": prefill_ms(lm, lengths),
+            "decode": decode_ms(lm, a.decode_tokens, a.steps),
+        }
+        run_longctx(lm, None, a.tokens, a.method, limit=1, offset=a.offset + a.limit)  # warm-up item
+        lc = run_longctx(lm, None, a.tokens, a.method, limit=a.limit, offset=a.offset)
+    except RagcoreError as e:
+        ap.error(str(e))
     res["longctx"] = {k: lc[k] for k in ("method", "tokens", "n", "accuracy", "seconds_per_query")}
     res["longctx"]["seconds"] = [p["seconds"] for p in lc["predictions"]]
     Path(a.out).write_text(json.dumps(res, indent=1))
