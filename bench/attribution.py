@@ -234,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--note", default="", help="a sentence added to the section (where and how it ran)")
     a = ap.parse_args(argv)
+    if a.speed and not a.from_json:
+        ap.error("--speed reads speed runs for --from-json (it measures nothing itself)")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     out = Path(a.out_dir)
     common = {"model": a.model, "device": a.device, "max_new_tokens": a.max_new_tokens}
@@ -271,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
         if "injection_dev" in runs:
             runs["injection_dev"]["chosen"] = choose_detector(runs["injection_dev"])
         speeds = [Path(f) for f in a.speed] if a.speed else [out / "speed.json"]
+        if len({f.resolve() for f in speeds}) < len(speeds):
+            ap.error("--speed names a file twice")
         for f in speeds if a.speed else []:
             if not f.is_file():
                 ap.error(f"--speed {str(f)!r}: no such file")
@@ -283,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
                 ap.error(f"{f}: not JSON ({e})")
             if not isinstance(r, dict) or r.get("suite") != "poisoned":
                 ap.error(f"{f}: not a poisoned result (ragcore eval poisoned --out)")
+            missing = [m for m in ("attntrace", "contextcite") if "seconds_per_trace" not in (r.get(m) or {})]
+            if "n" not in r or missing:
+                ap.error(f"{f}: a speed run needs n and the seconds per trace of {', '.join(missing) or 'each tracer'}")
             runs.setdefault("speeds", []).append((f, r))
             runs["speed"] = r
     if a.poisoned and not a.from_json:
@@ -357,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         last = i == len(runs["speeds"]) - 1
         body += [
             f"\n### Speed: the tracers alone (PoisonedRAG NQ, first {r.get('targets', r['n'])} targets, one process)"
-            f"{'' if last else ', an earlier run'}: `{f.name}`\n",
+            f"{'' if last else ', an earlier run'}: `{f}`\n",
             "The same suite with only AttnTrace and ContextCite (one ablation per forward, the context-cite package's "
             "default, and 64 at once) in one process (`bench/gpu_attribution.sh` with SUITES=speed; where it ran: the "
             f"note above); seconds per traced answer.{' The verdict above reads this run.' if last else ''}\n",

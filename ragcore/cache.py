@@ -227,8 +227,15 @@ def cudnn_sdpa_off() -> None:
     attention), as :func:`ragcore.models.load_generator` does for a model it loads onto a CUDA device. cuDNN's
     attention builds an execution plan for every new shape, and nearly every call ragcore makes has one (each
     prompt's length, each decoding step's key length, each InfiniRetri window): measured by ``python -m
-    bench.sdpa_backends`` (docs/RESULTS.md, section ``sdpa-backends-gpu``). A no-op without CUDA; turn it back on
-    with ``torch.backends.cuda.enable_cudnn_sdp(True)``."""
+    bench.sdpa_backends`` (docs/RESULTS.md, section ``sdpa-backends-gpu``). It reverses 1b117a9, which had kept
+    cuDNN on outside per-head masks because a PoisonedRAG run with it off traced 1.5x slower: that run's 20
+    processes shared one GPU with other work, while the tracers alone on an H200 were faster with it off, AttnTrace
+    and ContextCite both (docs/RESULTS.md, section ``attribution``, its speed runs).
+
+    A no-op without CUDA. To keep cuDNN's attention, turn it back on with
+    ``torch.backends.cuda.enable_cudnn_sdp(True)`` after the generator has loaded (``Generator.warm_up()``): every
+    load turns it off again. The switch is torch's, process-wide; :func:`masked_sdpa` blocks entered while cuDNN
+    was on restore it on exit."""
     if torch.cuda.is_available() and torch.backends.cuda.cudnn_sdp_enabled():
         torch.backends.cuda.enable_cudnn_sdp(False)
         logger.info("cuDNN's scaled-dot-product attention turned off (a plan per new shape)")

@@ -93,9 +93,14 @@ class Generator:
         cls, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None = None, name: str = "custom"
     ) -> Generator:
         """Wrap an already loaded model (e.g. a random-initialised one in a benchmark). Without a tokenizer,
-        prompts must be given as ``Prompt`` objects, there is no end-of-sequence stop and the text is empty."""
+        prompts must be given as ``Prompt`` objects, there is no end-of-sequence stop and the text is empty. A model
+        on CUDA turns cuDNN's attention off, as loading one by name does (:func:`ragcore.cache.cudnn_sdpa_off`)."""
         g = cls(name)
         g.model, g.tokenizer = model.eval(), tokenizer
+        if model.device.type == "cuda":  # as a model loaded by name (ragcore.cache.cudnn_sdpa_off)
+            from ragcore.cache import cudnn_sdpa_off
+
+            cudnn_sdpa_off()
         g.eos_ids = _eos_ids(g.model, tokenizer)
         return g
 

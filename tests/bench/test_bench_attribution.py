@@ -121,8 +121,27 @@ def test_speed_runs_given_are_all_shown_and_the_verdict_reads_the_last(tmp_path,
     monkeypatch.setattr("bench.attribution.write_section", lambda name, title, body: written.update(body=body))
     assert main(["--from-json", "--out-dir", str(tmp_path), "--speed", str(slow), str(fast), "--write-results"]) == 0
     text = written["body"]
-    assert "`slow.json`" in text and "`fast.json`" in text
+    assert f"`{slow}`" in text and f"`{fast}`" in text
     assert "faster than ContextCite per traced answer: **no** (2.00x" in text
     with pytest.raises(SystemExit) as e:
         main(["--from-json", "--out-dir", str(tmp_path), "--speed", str(tmp_path / "missing.json")])
     assert e.value.code == 2 and "no such file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--speed", "x.json"], "for --from-json"),
+        (["--from-json", "--speed", "SLOW", "SLOW"], "names a file twice"),
+        (["--from-json", "--speed", "BARE"], "needs n and the seconds per trace"),
+    ],
+)
+def test_speed_runs_that_cannot_be_read_are_refused(tmp_path, capsys, args, said):
+    shutil.copy(SHARD, tmp_path / "poisoned.json")
+    shutil.copy(SHARD, tmp_path / "slow.json")
+    (tmp_path / "bare.json").write_text('{"suite": "poisoned"}')
+    args = [str(tmp_path / f"{a.lower()}.json") if a.isupper() else a for a in args]
+    with pytest.raises(SystemExit) as e:
+        main([*args, "--out-dir", str(tmp_path), "--poisoned", "0", "--injection", "0", "--citations", "0"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and said in err and "Traceback" not in err
