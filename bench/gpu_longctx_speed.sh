@@ -24,6 +24,8 @@ N=${N:-50}
 SEGMENTS=${SEGMENTS:-1024 2048 4096}
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 R=(-m ragcore.cli -v -q)
+[[ -z "${SEGMENT:-}" || "$SEGMENT" =~ ^[1-9][0-9]*$ ]] || { echo "SEGMENT must be a positive whole number, got '$SEGMENT'"; exit 2; }
+PEER_WINDOWS=$(printf '%s\n' ${PEER_WINDOWS:-1024} | awk '!seen[$0]++' | tr '\n' ' ')  # each window once
 spec() {  # MODEL SEGMENT: the model's InfiniRetri spec with that segment
   local base
   case $1 in smollm2-135m) base=${INFINI_SMOL:-infiniretri(layer=18, carry=128)} ;; *) base=${INFINI_QWEN:-infiniretri(layer=9)} ;; esac
@@ -63,7 +65,7 @@ print(max(s for s, r in runs.items() if r["accuracy"] >= floor))' "${devs[@]}") 
   done
   for t in ${PEER_TOKENS:-65536}; do
     [ -s "$OUT/inputs-$m-$t.json" ] || { echo "the peer's inputs $m at $t failed: $OUT/inputs-$m-$t.log"; exit 1; }
-    for w in ${PEER_WINDOWS:-1024}; do
+    for w in $PEER_WINDOWS; do
       tag=$([ "$w" = 1024 ] || echo "-w$w")
       $PEER_PY -m bench.peers.infini_retri.peer --input "$OUT/inputs-$m-$t.json" --device "$DEVICE" --window "$w" \
         --out "$OUT/longctx-$m-$t-peer$tag.json" > "$OUT/peer-$m-$t$tag.log" 2>&1 ||

@@ -31,6 +31,13 @@ run) ;;
 esac
 
 RES=${2:?results folder}
+# RETRIEVAL=0 (the long-input and backend runs alone): no kvpress copy, retrieval dump or eval index; the steps that
+# read them are refused
+if [ "${RETRIEVAL:-1}" = 0 ]; then
+  if [ -n "${RERANK_STEPS-x}" ] || [ -n "${KV_STEPS-x}" ] || { [ "${ATTRIBUTION:-1}" = 1 ] && [ "${SUITES:-}" != speed ]; }; then
+    echo "RETRIEVAL=0 runs only SDPA, SPEED and ATTRIBUTION with SUITES=speed (set RERANK_STEPS= KV_STEPS=)"; exit 2
+  fi
+fi
 mkdir -p "$RES"
 P=/var/tmp/payload
 export RAGCORE_CACHE=/var/tmp/cache HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
@@ -53,7 +60,6 @@ $PY -c "$conv" > "$RES/convert.log" 2>&1 &
 case "${MODELS:-}" in *smollm2*)
   $PY -c 'from ragcore.models import resolve; print(resolve("smollm2-135m"))' > "$RES/convert-smol.log" 2>&1 & ;;
 esac
-# RETRIEVAL=0 (the long-input and backend runs alone): no kvpress copy, retrieval dump or eval index
 if [ "${RETRIEVAL:-1}" = 1 ]; then
   PYTHONPATH="/var/tmp/kvp:/var/tmp/site" RAGCORE_CACHE="$RAGCORE_CACHE-kvp" $PY -c "$conv" > "$RES/convert-kvp.log" 2>&1 &
   $PY -m ragcore.cli -q eval retrieval --device cuda --dump-retrieved /var/tmp/retrieved.json --out "$RES/retrieval.json" \
@@ -72,10 +78,12 @@ $PY -c 'import torch, transformers; print("torch", torch.__version__, "transform
 if [ "${SDPA:-0}" = 1 ]; then
   mkdir -p "$RES/sdpa"
   for m in ${MODELS:-qwen2.5-0.5b}; do
-    spec=$([ "$m" = smollm2-135m ] && echo "infiniretri(layer=18, carry=128, segment=4096)" || echo "infiniretri(layer=9, segment=4096)")
+    seg=${SEGMENT:-4096}
+    spec=$([ "$m" = smollm2-135m ] && echo "infiniretri(layer=18, carry=128, segment=$seg)" || echo "infiniretri(layer=9, segment=$seg)")
     for c in default off; do
       $PY -m bench.sdpa_backends --model "$m" --device cuda --cudnn $c --method "$spec" --limit "${SDPA_LIMIT:-5}" \
-        --out "$RES/sdpa/sdpa-$m-$c.json" > "$RES/sdpa/sdpa-$m-$c.log" 2>&1
+        --out "$RES/sdpa/sdpa-$m-$c.json" > "$RES/sdpa/sdpa-$m-$c.log" 2>&1 ||
+        echo "$(date +%T) sdpa $m $c failed: $RES/sdpa/sdpa-$m-$c.log"
     done
   done
   echo "$(date +%T) sdpa done"
