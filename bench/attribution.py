@@ -298,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
         dev = attribution.eval_injection(a.detectors, limit=a.dev or a.injection, offset=a.dev_offset, **common)
         runs["injection_dev"] = {**dev, "chosen": choose_detector(dev)}
         runs["injection"] = attribution.eval_injection(a.detectors, limit=a.injection, **common)
+    if not a.from_json and not (a.poisoned or a.injection or a.citations):
+        ap.error("nothing to measure: --poisoned, --injection and --citations are all 0 (or render with --from-json)")
     if a.citations and not a.from_json:
         runs["citations"] = attribution.eval_citations(a.methods, limit=a.citations, **common)
     if not a.from_json:
