@@ -88,22 +88,31 @@ def load_runs(paths: list[str]) -> list[dict]:
                 raise ConfigError(
                     f"{p!r} is not a run of python -m bench.sdpa_backends --out (keys: {', '.join(keys)})"
                 )
-            sizes = ([x["tokens"] for x in r["prefill"]], r["decode"]["tokens"], r["decode"]["steps"],
-                     r["longctx"]["tokens"], r["longctx"]["n"])  # fmt: skip
+            sizes = _sizes(r)
         except (OSError, ValueError, KeyError, TypeError) as e:
             if isinstance(e, ConfigError):
                 raise
             raise ConfigError(f"{p!r} cannot be read as a run: {type(e).__name__}: {e}") from None
         if runs:
             first = runs[0]
-            first_sizes = ([x["tokens"] for x in first["prefill"]], first["decode"]["tokens"], first["decode"]["steps"],
-                           first["longctx"]["tokens"], first["longctx"]["n"])  # fmt: skip
-            if (r["gpu"], r["torch"]) != (first["gpu"], first["torch"]) or sizes != first_sizes:
+            if (r["gpu"], r["torch"]) != (first["gpu"], first["torch"]) or sizes != _sizes(first):
                 raise ConfigError(f"{p!r} was measured on another machine or at other sizes than {paths[0]!r}")
         if any((q["model"], q["cudnn"]) == (r["model"], r["cudnn"]) for q in runs):
             raise ConfigError(f"{p!r}: a second {r['cudnn']!r} run of {r['model']!r}")
         runs.append(r)
     return runs
+
+
+def _sizes(run: dict) -> tuple:
+    """What a run measured, in tokens and counts: its prefill lengths, decoding prompt and steps, eval longctx
+    length and items."""
+    return (
+        [x["tokens"] for x in run["prefill"]],
+        run["decode"]["tokens"],
+        run["decode"]["steps"],
+        run["longctx"]["tokens"],
+        run["longctx"]["n"],
+    )
 
 
 def compare_body(runs: list[dict]) -> str:
