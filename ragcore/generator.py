@@ -129,7 +129,8 @@ class Generator:
     ) -> list[Prompt]:
         """Several prompts, each ``(question, passages, system, answer_prefix)`` as :meth:`prompt` takes them,
         tokenised as one batch (:func:`ragcore.prompt.build_prompts`); the same prompts as :meth:`prompt` one by one.
-        A subclass that changes :meth:`prompt` changes this too."""
+        The tracers rebuild their subsampled prompts through it: a subclass that changes :meth:`prompt` must change
+        this too."""
         self.warm_up()
         return build_prompts(self.tokenizer, requests)
 
