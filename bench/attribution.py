@@ -273,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
         if "injection_dev" in runs:
             runs["injection_dev"]["chosen"] = choose_detector(runs["injection_dev"])
         speeds = [Path(f) for f in a.speed] if a.speed else [out / "speed.json"]
-        if len({f.resolve() for f in speeds}) < len(speeds):
+        same = {(f.stat().st_dev, f.stat().st_ino) for f in speeds if f.exists()}  # links to one file count once
+        if len(same) < len([f for f in speeds if f.exists()]):
             ap.error("--speed names a file twice")
         for f in speeds if a.speed else []:
             if not f.is_file():
@@ -287,9 +288,18 @@ def main(argv: list[str] | None = None) -> int:
                 ap.error(f"{f}: not JSON ({e})")
             if not isinstance(r, dict) or r.get("suite") != "poisoned":
                 ap.error(f"{f}: not a poisoned result (ragcore eval poisoned --out)")
-            missing = [m for m in ("attntrace", "contextcite") if "seconds_per_trace" not in (r.get(m) or {})]
-            if "n" not in r or missing:
-                ap.error(f"{f}: a speed run needs n and the seconds per trace of {', '.join(missing) or 'each tracer'}")
+            bad = [
+                m
+                for m in ("attntrace", "contextcite")
+                if not isinstance(r.get(m), dict)
+                or isinstance(r[m].get("seconds_per_trace"), bool)
+                or not isinstance(r[m].get("seconds_per_trace"), (int, float))
+                or r[m]["seconds_per_trace"] <= 0
+            ]
+            if not isinstance(r.get("n"), int) or bad:
+                ap.error(
+                    f"{f}: a speed run needs n and the positive seconds per trace of {', '.join(bad) or 'each tracer'}"
+                )
             runs.setdefault("speeds", []).append((f, r))
             runs["speed"] = r
     if a.poisoned and not a.from_json:

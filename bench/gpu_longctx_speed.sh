@@ -14,6 +14,14 @@
 #   RAGCORE_CACHE=/var/tmp/cache bench/gpu_longctx_speed.sh OUTDIR
 set -uo pipefail
 OUT=${1:?output folder}
+# settings checked before anything is removed or run
+[[ -z "${SEGMENT:-}" || "$SEGMENT" =~ ^[1-9][0-9]*$ ]] || { echo "SEGMENT must be a positive whole number, got '$SEGMENT'"; exit 2; }
+read -ra windows <<< "${PEER_WINDOWS:-1024}"
+[ ${#windows[@]} -gt 0 ] || { echo "PEER_WINDOWS names no window"; exit 2; }
+for w in "${windows[@]}"; do
+  [[ "$w" =~ ^[1-9][0-9]*$ ]] || { echo "PEER_WINDOWS must hold positive whole numbers, got '$w'"; exit 2; }
+done
+PEER_WINDOWS=$(printf '%s\n' "${windows[@]}" | awk '!seen[$0]++' | tr '\n' ' ')  # each window once
 mkdir -p "$OUT"
 rm -f "$OUT"/dev-*.json "$OUT"/longctx-*.json  # the choice and the render read only this call's runs
 PY=${PY:-python3}
@@ -24,8 +32,6 @@ N=${N:-50}
 SEGMENTS=${SEGMENTS:-1024 2048 4096}
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 R=(-m ragcore.cli -v -q)
-[[ -z "${SEGMENT:-}" || "$SEGMENT" =~ ^[1-9][0-9]*$ ]] || { echo "SEGMENT must be a positive whole number, got '$SEGMENT'"; exit 2; }
-PEER_WINDOWS=$(printf '%s\n' ${PEER_WINDOWS:-1024} | awk '!seen[$0]++' | tr '\n' ' ')  # each window once
 spec() {  # MODEL SEGMENT: the model's InfiniRetri spec with that segment
   local base
   case $1 in smollm2-135m) base=${INFINI_SMOL:-infiniretri(layer=18, carry=128)} ;; *) base=${INFINI_QWEN:-infiniretri(layer=9)} ;; esac

@@ -33,11 +33,15 @@ esac
 RES=${2:?results folder}
 # RETRIEVAL=0 (the long-input and backend runs alone): no kvpress copy, retrieval dump or eval index; the steps that
 # read them are refused
+case "${RETRIEVAL:-1}" in 0|1) ;; *) echo "RETRIEVAL must be 0 or 1, got '$RETRIEVAL'"; exit 2 ;; esac
 if [ "${RETRIEVAL:-1}" = 0 ]; then
-  if [ -n "${RERANK_STEPS-x}" ] || [ -n "${KV_STEPS-x}" ] || { [ "${ATTRIBUTION:-1}" = 1 ] && [ "${SUITES:-}" != speed ]; }; then
-    echo "RETRIEVAL=0 runs only SDPA, SPEED and ATTRIBUTION with SUITES=speed (set RERANK_STEPS= KV_STEPS=)"; exit 2
+  if [ -n "${RERANK_STEPS-x}" ] || [ -n "${KV_STEPS-x}" ] || [ "${PROFILE:-0}" = 1 ] ||
+    { [ "${ATTRIBUTION:-1}" = 1 ] && [ "${SUITES:-}" != speed ]; }; then
+    echo "RETRIEVAL=0 runs only SDPA, SPEED and ATTRIBUTION with SUITES=speed (set RERANK_STEPS= KV_STEPS= PROFILE=0)"
+    exit 2
   fi
 fi
+[[ -z "${SEGMENT:-}" || "$SEGMENT" =~ ^[1-9][0-9]*$ ]] || { echo "SEGMENT must be a positive whole number, got '$SEGMENT'"; exit 2; }
 mkdir -p "$RES"
 P=/var/tmp/payload
 export RAGCORE_CACHE=/var/tmp/cache HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false

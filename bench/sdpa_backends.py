@@ -89,6 +89,7 @@ def load_runs(paths: list[str]) -> list[dict]:
                     f"{p!r} is not a run of python -m bench.sdpa_backends --out (keys: {', '.join(keys)})"
                 )
             sizes = _sizes(r)
+            _check_fields(r)
         except (OSError, ValueError, KeyError, TypeError) as e:
             if isinstance(e, ConfigError):
                 raise
@@ -97,10 +98,29 @@ def load_runs(paths: list[str]) -> list[dict]:
             first = runs[0]
             if (r["gpu"], r["torch"]) != (first["gpu"], first["torch"]) or sizes != _sizes(first):
                 raise ConfigError(f"{p!r} was measured on another machine or at other sizes than {paths[0]!r}")
+        for q in runs:
+            if q["model"] == r["model"] and q["longctx"]["method"] != r["longctx"]["method"]:
+                raise ConfigError(f"{p!r} timed {r['longctx']['method']!r}; the other run of {r['model']!r} timed "
+                                  f"{q['longctx']['method']!r}")  # fmt: skip
         if any((q["model"], q["cudnn"]) == (r["model"], r["cudnn"]) for q in runs):
             raise ConfigError(f"{p!r}: a second {r['cudnn']!r} run of {r['model']!r}")
         runs.append(r)
     return runs
+
+
+def _check_fields(run: dict) -> None:
+    """Raise ValueError unless every figure the table reads is there with its type."""
+    num = (int, float)
+    ok = (
+        isinstance(run["model"], str)
+        and run["cudnn"] in ("default", "off")
+        and all(isinstance(p[k], num) for p in run["prefill"] for k in ("tokens", "first_ms", "again_ms"))
+        and isinstance(run["decode"]["median_ms"], num)
+        and isinstance(run["longctx"]["method"], str)
+        and all(isinstance(run["longctx"][k], num) for k in ("seconds_per_query", "accuracy"))
+    )
+    if not ok:
+        raise ValueError("a field is missing or of the wrong type")
 
 
 def _sizes(run: dict) -> tuple:
@@ -112,6 +132,7 @@ def _sizes(run: dict) -> tuple:
         run["decode"]["steps"],
         run["longctx"]["tokens"],
         run["longctx"]["n"],
+        run["longctx"].get("offset"),
     )
 
 
@@ -165,6 +186,21 @@ def _ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b > 0 else "-"
 
 
+def _check_method(method: str) -> None:
+    """Raise a RagcoreError for an ``eval longctx`` method that is no context compressor, ``truncate`` or KV
+    compressor spec (before any model loads)."""
+    from compress.kv import get_compressor
+    from ragcore.registry import registry
+
+    name = method.split("(")[0].split(":")[0].strip()
+    if name == "truncate":
+        return
+    if name in registry("context_compressor"):
+        registry("context_compressor").build(method)
+    else:
+        get_compressor(method)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.sdpa_backends", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="qwen2.5-0.5b", help="generator name or path (default: qwen2.5-0.5b)")
@@ -197,8 +233,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not a.out:
         ap.error("--out is required (or --compare)")
-    if not Path(a.out).parent.is_dir():
-        ap.error(f"--out {a.out!r}: no folder {str(Path(a.out).parent)!r}")
+    if not Path(a.out).parent.is_dir() or Path(a.out).is_dir():
+        ap.error(f"--out {a.out!r}: a file in an existing folder")
+    if a.offset < 0:
+        ap.error(f"--offset must be >= 0, got {a.offset}")
+    try:
+        _check_method(a.method)
+    except RagcoreError as e:
+        ap.error(f"--method: {e}")
     try:
         lengths = [int(x) for x in a.lengths.split(",")]
     except ValueError:
@@ -224,7 +266,9 @@ def main(argv: list[str] | None = None) -> int:
         lc = run_longctx(lm, None, a.tokens, a.method, limit=a.limit, offset=a.offset)
     except RagcoreError as e:
         ap.error(str(e))
-    res["longctx"] = {k: lc[k] for k in ("method", "tokens", "n", "accuracy", "seconds_per_query")}
+    if lc["n"] < a.limit:
+        ap.error(f"--offset {a.offset} --limit {a.limit}: only {lc['n']} items there")
+    res["longctx"] = {k: lc[k] for k in ("method", "tokens", "offset", "n", "accuracy", "seconds_per_query")}
     res["longctx"]["seconds"] = [p["seconds"] for p in lc["predictions"]]
     Path(a.out).write_text(json.dumps(res, indent=1))
     print(json.dumps({k: res[k] for k in ("cudnn", "decode")}), res["longctx"]["seconds_per_query"])

@@ -85,6 +85,8 @@ def build_prompts(
     laid out one by one and tokenised as one batch (:func:`encode_batch`: a fast tokenizer encodes a batch on
     several threads). AttnTrace and ContextCite rebuild their subsampled prompts through it."""
     layouts = [_layout(tokenizer, *r) for r in requests]
+    if not layouts:
+        return []
     encoded = encode_batch(tokenizer, [lay[0] for lay in layouts])
     out = []
     for (text, char_spans, chunks, question, system, answer_prefix), (ids, offsets) in zip(layouts, encoded):

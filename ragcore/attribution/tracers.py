@@ -24,6 +24,7 @@ import torch
 
 from ragcore.attention import rows_attention_batch
 from ragcore.attribution.segments import UNITS, Rebuilt, Segment, answer_sentences, rebuild_many, split
+from ragcore.errors import ConfigError
 from ragcore.stages import Stage, option
 from ragcore.types import SentenceCitation, SourceSpan
 
@@ -162,6 +163,8 @@ def segment_scores(
     once in O(T log T): the tokens of the segments sorted by segment, then by score, and each segment's first
     ``avg_k`` summed."""
     seg = np.asarray(segments, dtype=np.int64)
+    if len(np.unique(seg)) < len(seg):
+        raise ConfigError(f"segment_scores takes each segment once, got {list(segments)!r}")
     out = np.zeros((token_scores.shape[0], len(seg)))
     if not len(seg):
         return out
@@ -169,7 +172,7 @@ def segment_scores(
     where = np.minimum(np.searchsorted(seg[order], owner), len(seg) - 1)
     hit = seg[order][where] == owner
     col = order[where[hit]]  # per token of a kept segment, its column in ``out``
-    scores = token_scores.double().numpy()[:, hit]
+    scores = token_scores.detach().double().cpu().numpy()[:, hit]
     for g in range(scores.shape[0]):
         if avg_k is None:
             out[g] = np.bincount(col, weights=scores[g], minlength=len(seg))

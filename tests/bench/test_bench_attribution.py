@@ -133,7 +133,7 @@ def test_speed_runs_given_are_all_shown_and_the_verdict_reads_the_last(tmp_path,
     [
         (["--speed", "x.json"], "for --from-json"),
         (["--from-json", "--speed", "SLOW", "SLOW"], "names a file twice"),
-        (["--from-json", "--speed", "BARE"], "needs n and the seconds per trace"),
+        (["--from-json", "--speed", "BARE"], "needs n and the positive seconds per trace"),
     ],
 )
 def test_speed_runs_that_cannot_be_read_are_refused(tmp_path, capsys, args, said):

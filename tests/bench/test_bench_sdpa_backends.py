@@ -43,6 +43,12 @@ def test_compare_shows_the_speedup_of_cudnn_off(tmp_path, capsys):
         ([{"suite": "poisoned"}], "is not a run"),
         ([_run("default", 5, 1), _run("off", 5, 1, lengths=(1000, 2000))], "at other sizes"),
         ([_run("default", 5, 1), _run("default", 6, 1)], "a second 'default' run"),
+        ([{**_run("default", 5, 1), "cudnn": "sometimes"}], "wrong type"),
+        ([_run("default", "x", 1)], "wrong type"),
+        (
+            [_run("default", 5, 1), {**_run("off", 5, 1), "longctx": {**_run("off", 5, 1)["longctx"], "method": "x"}}],
+            "the other run of 'm' timed",
+        ),
     ],
 )
 def test_runs_that_cannot_be_compared_are_refused(tmp_path, capsys, runs, said):
@@ -54,8 +60,11 @@ def test_runs_that_cannot_be_compared_are_refused(tmp_path, capsys, runs, said):
 
 def test_bad_measurement_arguments_are_refused_before_loading_a_model(tmp_path, capsys):
     for args, said in (
-        (["--out", str(tmp_path / "no" / "x.json")], "no folder"),
+        (["--out", str(tmp_path / "no" / "x.json")], "a file in an existing folder"),
         (["--out", str(tmp_path / "x.json"), "--lengths", "1,a"], "whole numbers"),
+        (["--out", str(tmp_path)], "a file in an existing folder"),
+        (["--out", str(tmp_path / "x.json"), "--method", "bogus("], "--method"),
+        (["--out", str(tmp_path / "x.json"), "--offset", "-5"], "--offset must be >= 0, got -5"),
         (["--write-results", "s"], "needs --compare"),
     ):
         with pytest.raises(SystemExit) as e:

@@ -31,3 +31,7 @@ def test_padding_or_truncation_left_on_the_tokenizer_changes_no_prompt(smol):
     tok.backend_tokenizer.enable_truncation(max_length=32)  # or a tokenizer file that ships with truncation
     assert _same(build_prompt(tok, "When was it built?", PASSAGES), want)
     assert _same(build_prompts(tok, [("When was it built?", PASSAGES, None, None)])[0], want)
+
+
+def test_no_requests_no_prompts(smol):
+    assert build_prompts(smol.tokenizer, []) == []

@@ -23,3 +23,15 @@ def test_segment_scores_equal_a_loop_over_segments():
         ts = torch.rand(int(rng.integers(1, 4)), t)
         for k in (None, 1, 3, 100):
             np.testing.assert_allclose(segment_scores(ts, owner, segs, k), loop(ts, owner, segs, k), atol=1e-6)
+
+
+def test_segment_scores_refuse_a_segment_named_twice():
+    import numpy as np
+    import pytest
+    import torch
+
+    from ragcore.attribution.tracers import segment_scores
+    from ragcore.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="each segment once"):
+        segment_scores(torch.rand(1, 4), np.array([1, 1, 2, 2]), [1, 1], 5)
