@@ -25,6 +25,7 @@ import torch
 
 from bench.results import write_section
 from eval.context_suites import run_longctx
+from eval.report import check_out, table, write_json
 from ragcore import cache as kvcache
 from ragcore.errors import ConfigError, RagcoreError
 from ragcore.generator import Generator
@@ -140,6 +141,22 @@ def compare_body(runs: list[dict]) -> str:
     """A Markdown table of runs (one per model and setting, as :func:`load_runs` checks them), with each model's
     ``off`` run as a ratio of its ``default`` run (above 1: cuDNN off is faster)."""
     first = runs[0]
+    prefill = [f"prefill {p['tokens']}" for p in first["prefill"]]
+    rows = [
+        {
+            "model": r["model"],
+            "cudnn": r["cudnn"],
+            **{
+                f"{c}: first / again (ms)": f"{p['first_ms']:.1f} / {p['again_ms']:.1f}"
+                for c, p in zip(prefill, r["prefill"])
+            },
+            "decode (ms/step, median)": f"{r['decode']['median_ms']:.1f}",
+            "longctx method": f"`{r['longctx']['method']}`",
+            "longctx (s/query)": f"{r['longctx']['seconds_per_query']:.3f}",
+            "accuracy": f"{r['longctx']['accuracy']:.2f}",
+        }
+        for r in runs
+    ]
     lines = [
         f"{first['gpu'] or 'CPU'}, torch {first['torch']}; InfiniRetri (each model's spec in the table) on "
         f"{first['longctx']['n']} key-value items of {first['longctx']['tokens']} tokens after one warm-up item; "
@@ -147,38 +164,22 @@ def compare_body(runs: list[dict]) -> str:
         "of random token ids, each length twice (first: a new shape; again: the same shape). Milliseconds and "
         "seconds are wall clock.",
         "",
-        "| model | cudnn | "
-        + " | ".join(f"prefill {p['tokens']}: first / again (ms)" for p in first["prefill"])
-        + " | decode (ms/step, median) | longctx method | longctx (s/query) | accuracy |",
-        "|---" * (len(first["prefill"]) + 6) + "|",
+        table(rows, list(rows[0])),
     ]
-    for r in runs:
-        cells = [f"{p['first_ms']:.1f} / {p['again_ms']:.1f}" for p in r["prefill"]]
-        lc = r["longctx"]
-        row = [r["model"], r["cudnn"], *cells, f"{r['decode']['median_ms']:.1f}", f"`{lc['method']}`",
-               f"{lc['seconds_per_query']:.3f}", f"{lc['accuracy']:.2f}"]  # fmt: skip
-        lines.append("| " + " | ".join(row) + " |")
-    pairs = [
-        (d, o)
+    ratios = [
+        {
+            "model": d["model"],
+            **{c: _ratio(a["first_ms"], b["first_ms"]) for c, a, b in zip(prefill, d["prefill"], o["prefill"])},
+            "decode step": _ratio(d["decode"]["median_ms"], o["decode"]["median_ms"]),
+            "longctx query": _ratio(d["longctx"]["seconds_per_query"], o["longctx"]["seconds_per_query"]),
+        }
         for d in runs
         for o in runs
         if d["model"] == o["model"] and (d["cudnn"], o["cudnn"]) == ("default", "off")
     ]
-    if pairs:
-        lines += [
-            "",
-            "Speedup of cuDNN off (default / off; prefill: first calls, a new shape each):",
-            "",
-            "| model | "
-            + " | ".join(f"prefill {p['tokens']}" for p in first["prefill"])
-            + " | decode step | longctx query |",
-            "|---" * (len(first["prefill"]) + 3) + "|",
-        ]
-        for d, o in pairs:
-            ratios = [_ratio(a["first_ms"], b["first_ms"]) for a, b in zip(d["prefill"], o["prefill"])]
-            ratios += [_ratio(d["decode"]["median_ms"], o["decode"]["median_ms"]),
-                       _ratio(d["longctx"]["seconds_per_query"], o["longctx"]["seconds_per_query"])]  # fmt: skip
-            lines.append(f"| {d['model']} | " + " | ".join(ratios) + " |")
+    if ratios:
+        lines += ["", "Speedup of cuDNN off (default / off; prefill: first calls, a new shape each):", ""]
+        lines.append(table(ratios, list(ratios[0])))
     return "\n".join(lines)
 
 
@@ -214,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", type=int, default=65536, help="eval longctx input length in tokens")
     ap.add_argument("--limit", type=int, default=5, help="eval longctx items timed (after one warm-up item)")
     ap.add_argument("--offset", type=int, default=75, help="eval longctx first item")
-    ap.add_argument("--out", help="the run's JSON (its folder must exist)")
+    ap.add_argument("--out", help="the run's JSON (its folder is created)")
     ap.add_argument("--compare", nargs="+", metavar="JSON", help="print runs side by side instead of measuring")
     ap.add_argument("--write-results", metavar="SECTION", help="with --compare: write the table to docs/RESULTS.md")
     ap.add_argument("--note", default="", help="with --write-results: a paragraph under the title (where it ran)")
@@ -233,8 +234,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not a.out:
         ap.error("--out is required (or --compare)")
-    if not Path(a.out).parent.is_dir() or Path(a.out).is_dir():
-        ap.error(f"--out {a.out!r}: a file in an existing folder")
+    try:
+        check_out(a.out)
+    except ConfigError as e:
+        ap.error(f"--out: {e}")
     if a.offset < 0:
         ap.error(f"--offset must be >= 0, got {a.offset}")
     try:
@@ -270,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--offset {a.offset} --limit {a.limit}: only {lc['n']} items there")
     res["longctx"] = {k: lc[k] for k in ("method", "tokens", "offset", "n", "accuracy", "seconds_per_query")}
     res["longctx"]["seconds"] = [p["seconds"] for p in lc["predictions"]]
-    Path(a.out).write_text(json.dumps(res, indent=1))
+    write_json(a.out, res, markdown=False)
     print(json.dumps({k: res[k] for k in ("cudnn", "decode")}), res["longctx"]["seconds_per_query"])
     return 0
 

@@ -60,9 +60,9 @@ def test_runs_that_cannot_be_compared_are_refused(tmp_path, capsys, runs, said):
 
 def test_bad_measurement_arguments_are_refused_before_loading_a_model(tmp_path, capsys):
     for args, said in (
-        (["--out", str(tmp_path / "no" / "x.json")], "a file in an existing folder"),
+        (["--out", str(tmp_path / "x.md")], "ends in .md"),
         (["--out", str(tmp_path / "x.json"), "--lengths", "1,a"], "whole numbers"),
-        (["--out", str(tmp_path)], "a file in an existing folder"),
+        (["--out", str(tmp_path)], "is a folder"),
         (["--out", str(tmp_path / "x.json"), "--method", "bogus("], "--method"),
         (["--out", str(tmp_path / "x.json"), "--offset", "-5"], "--offset must be >= 0, got -5"),
         (["--write-results", "s"], "needs --compare"),
