@@ -3,7 +3,8 @@
 #   profile   ragcore calibrate, both bundled models, 200 development questions (NQ-open 1-200), 10 passages
 #   position  qwen2.5-0.5b, N_POSITION questions per gold position (NQ-open from 201), every order of ORDERS; one
 #             process per order and shard (POS_SHARDS)
-#   sortboth  attention sorting's placement chosen on N_SORTDEV development questions (1-100), then the sweep with it
+#   sortboth  attention sorting's options chosen on N_SORTDEV development questions (1-100) among SORT_SPECS (';'-separated
+#             specs; default: the two placements), the highest average accuracy, then the sweep with the choice
 #   rankboth  calibrate GEN, then AttnRank's sweep (the profile it reads)
 #   layer     the development check of InfiniRetri's layer, both models (synthetic haystacks, no evaluation data)
 #   longctx   key-value retrieval at 8k, 16k, 32k, 64k tokens: InfiniRetri (the layer from `layer`, LAYER_SMOL /
@@ -79,7 +80,8 @@ for steps in "$@"; do
     ) & ;;
   sortboth)  # attention sorting's placement (best last, the paper, or first) chosen on development questions
     (         # 1-N_SORTDEV (the calibration questions), then the chosen one on the sweep's questions
-      for spec in "attention_sort" "attention_sort(place='first')"; do
+      IFS=';' read -ra specs <<< "${SORT_SPECS:-attention_sort;attention_sort(place='first')}"
+      for spec in "${specs[@]}"; do
         pos_shards "$spec" 0 "${N_SORTDEV:-100}" sortdev &
       done
       wait

@@ -4,6 +4,13 @@ Each of ``rounds`` rounds prefills the prompt with the passages in the current o
 the decoding position (the prompt's last token, which produces the first answer token) pays to each passage,
 summed over the passage's tokens and averaged over layers and heads; the passages are then sorted by it, highest
 last (next to the question), and the next round starts from that order. Results: docs/RESULTS.md, ``position``.
+
+Two options come from in-context reranking (ICR, Chen et al. 2024, "Attention in Large Language Models Yields
+Efficient Zero-Shot Re-Rankers", arXiv 2410.02642): ``query="question"`` reads the attention of the question's
+tokens instead of the decoding position's, and ``calibration="na"`` subtracts, per passage, the attention the same
+rows pay it when the question is the content-free "N/A" (same passages, same order). A model's attention to a
+passage depends much on its slot (docs/RESULTS.md ``attn-profile-gpu``: qwen2.5-0.5b reads the first and last
+slots most, whatever they hold); the calibration takes that part out, one more prefill per round.
 """
 
 from __future__ import annotations
@@ -15,6 +22,9 @@ from typing import Any, ClassVar
 from ragcore.attention import attention_to_spans
 from ragcore.stages import Stage, option
 from ragcore.types import ScoredChunk
+
+#: ICR's content-free query (arXiv 2410.02642, section 3): the question that calibration puts in place of the real one
+CONTENT_FREE = "N/A"
 
 
 @dataclass
@@ -30,23 +40,46 @@ class AttentionSort(Stage):
         Where the most attended passage goes: ``"last"``, next to the question (the paper, for models that favour
         recent text), or ``"first"`` (for models that favour the start of the prompt: qwen2.5-0.5b answers best
         with the gold passage first, docs/RESULTS.md ``position-gpu``); each round measures the order it is given.
+    query : {"last", "question"}
+        Whose attention scores a passage: the decoding position (``"last"``, the paper) or the question's tokens,
+        averaged over them (``"question"``, ICR).
+    calibration : {"none", "na"}
+        ``"na"``: subtract each passage's attention under the content-free question "N/A" (ICR's calibration, one
+        more prefill per round), which removes what the passage's slot alone draws.
+
+    ``scores[name]`` holds the last round's score of each passage (attention mass, a fraction of the row's
+    attention; calibrated: a difference of two such fractions).
     """
 
     name: ClassVar[str] = "attention_sort"
     rounds: int = option(2, minimum=1)
     place: str = option("last", choices=("last", "first"))
+    query: str = option("last", choices=("last", "question"))
+    calibration: str = option("none", choices=("none", "na"))
+
+    def scores(self, question: str, passages: Sequence[ScoredChunk], lm: Any) -> list[float]:
+        """The attention mass each passage gets in the prompt of ``passages`` in this order (calibrated if asked),
+        averaged over layers and heads; one float per passage."""
+        mass = self._mass(question, passages, lm)
+        if self.calibration == "na":
+            mass = [m - c for m, c in zip(mass, self._mass(CONTENT_FREE, passages, lm))]
+        return mass
+
+    def _mass(self, question: str, passages: Sequence[ScoredChunk], lm: Any) -> list[float]:
+        prompt = lm.prompt(question, passages)
+        rows = "last" if self.query == "last" else "question"
+        att = attention_to_spans(lm.model, prompt.input_ids, prompt.spans, rows=rows)
+        return [float(att.spans[f"passage:{i + 1}"].mean()) for i in range(len(passages))]
 
     def rerank(self, question: str, passages: Sequence[ScoredChunk], lm: Any) -> list[ScoredChunk]:
         current = [ScoredChunk(p.chunk, dict(p.scores), p.rank) for p in passages]
         if len(current) < 2:
             return current
+        sign = 1.0 if self.place == "last" else -1.0
         for _ in range(self.rounds):
-            prompt = lm.prompt(question, current)
-            att = attention_to_spans(lm.model, prompt.input_ids, prompt.spans, rows="last")
-            mass = [float(att.spans[f"passage:{i + 1}"].mean()) for i in range(len(current))]
+            mass = self.scores(question, current, lm)
             for p, m in zip(current, mass):
                 p.scores[self.name] = m
-            sign = 1.0 if self.place == "last" else -1.0
             current = [
                 current[i] for i in sorted(range(len(current)), key=lambda i: sign * mass[i])
             ]  # stable: ties keep

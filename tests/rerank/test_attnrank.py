@@ -77,6 +77,25 @@ def test_attention_sort_can_put_the_most_attended_first(_smol_session):
     assert mass == sorted(mass, reverse=True) and len(set(mass)) == 3
 
 
+def test_attention_sort_calibration_subtracts_the_content_free_question(_smol_session):
+    """ICR's calibration: a passage's score is its attention under the question minus that under "N/A", both
+    measured on the same order; the question's tokens can be the rows instead of the decoding position."""
+    from rerank.attention_sort import CONTENT_FREE
+
+    lm = tiny_lm(_smol_session.tokenizer)
+    ps, q = passages(4), "Which city has a harbour?"
+    for query in ("last", "question"):
+        raw = AttentionSort(query=query).scores(q, ps, lm)
+        na = AttentionSort(query=query).scores(CONTENT_FREE, ps, lm)
+        cal = AttentionSort(query=query, calibration="na").scores(q, ps, lm)
+        assert cal == pytest.approx([r - n for r, n in zip(raw, na)], abs=1e-6)
+        assert raw != pytest.approx(na)  # the question changes what is read
+    assert AttentionSort(query="question").scores(q, ps, lm) != pytest.approx(AttentionSort().scores(q, ps, lm))
+    out = AttentionSort(rounds=1, calibration="na", place="first").rerank(q, ps, lm)
+    s = [p.scores["attention_sort"] for p in out]
+    assert s == sorted(s, reverse=True)
+
+
 def test_the_layer_rule_wants_a_basin_not_a_ramp_and_old_profiles_follow_it(tmp_path):
     from rerank.attnrank import LAYER_RULE, choose_layer
 
