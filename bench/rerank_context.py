@@ -93,7 +93,7 @@ def position_body(res: dict[str, Any], profile: dict[str, Any] | None, figure: s
         [],
         ["order", *[f"gold rank {int(p) + 1}" for p in pos], "average", "vs retrieval (points, 95% CI)", "s/query"],
     )
-    fig, axes = plt.subplots(1, 2 if profile else 1, figsize=(11 if profile else 6, 4), squeeze=False)
+    fig, axes = plt.subplots(1, 2 if profile else 1, figsize=(11 if profile else 6, 5), squeeze=False)
     for label, s in res["orders"].items():
         diff = _ci(s["diff_vs_retrieval"], s["diff_ci95"]) if "diff_vs_retrieval" in s else "-"
         rows.append(
@@ -108,7 +108,7 @@ def position_body(res: dict[str, Any], profile: dict[str, Any] | None, figure: s
         axes[0][0].plot([int(p) + 1 for p in pos], [s["accuracy"][p] for p in pos], marker="o", label=label)
     axes[0][0].set_xlabel("relevance rank of the gold passage (= its slot in retrieval order)")
     axes[0][0].set_ylabel("accuracy")
-    axes[0][0].legend(fontsize=7)
+    axes[0][0].legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2)  # below the plot
     if profile:
         a = profile["attention"][profile["layer"]]
         axes[0][1].bar(range(1, len(a) + 1), a)
@@ -124,7 +124,29 @@ def position_body(res: dict[str, Any], profile: dict[str, Any] | None, figure: s
         "(gold + 9 retrieved distractors without a gold answer). Accuracy per relevance rank given to the gold passage; "
         "each order then places it. Paired differences per question and rank against the retrieval order.\n\n"
     )
-    return head + f"![accuracy per position](figures/{name})\n\n" + table(rows, cols, "{:.3f}")
+    follows = f"\n\n{follows_profile(res, profile)}" if profile and "retrieval" in res["orders"] else ""
+    return head + f"![accuracy per position](figures/{name})\n\n" + table(rows, cols, "{:.3f}") + follows
+
+
+def follows_profile(res: dict[str, Any], profile: dict[str, Any]) -> str:
+    """Does accuracy follow the profile? The retrieval order's accuracy with the gold passage at each swept slot
+    beside the profile's attention share of that slot (AttnRank's layer), and their Spearman rank correlation over
+    the swept slots (scipy.stats.spearmanr)."""
+    from scipy.stats import spearmanr
+
+    pos = [str(p) for p in res["positions"]]
+    acc = [res["orders"]["retrieval"]["accuracy"][p] for p in pos]
+    att = [profile["attention"][profile["layer"]][int(p)] for p in pos]
+    rho = spearmanr(acc, att).statistic
+    pairs = ", ".join(f"slot {int(p) + 1}: {a:.3f} / {t:.3f}" for p, a, t in zip(pos, acc, att))
+    best_acc, best_att = pos[acc.index(max(acc))], pos[att.index(max(att))]
+    same = "is" if best_acc == best_att else "is not"
+    return (
+        f"Does accuracy follow the profile? Retrieval order, accuracy / attention share of the slot (profile layer "
+        f"{profile['layer']}): {pairs}. Spearman's rank correlation over the {len(pos)} slots: {rho:+.2f}; the most "
+        f"attended slot ({int(best_att) + 1}) {same} the one where the gold passage is answered best "
+        f"({int(best_acc) + 1})."
+    )
 
 
 PEER = "infini-retri"  # method names of the authors' package (bench.peers.infini_retri.peer)

@@ -87,6 +87,23 @@ def test_each_position_section_keeps_its_own_figure(tmp_path, monkeypatch):
     assert "figures/position_m.png" in rc.position_body(res, None)
 
 
+def test_the_sweep_says_whether_accuracy_follows_the_profile(tmp_path, monkeypatch):
+    """With a profile, the retrieval order's accuracy per slot is set beside the profile's share of that slot."""
+    import bench.rerank_context as rc
+
+    monkeypatch.setattr(rc, "FIGURES", tmp_path)
+    acc = {"0": 0.4, "2": 0.2, "5": 0.1, "9": 0.3}
+    s = {"accuracy": acc, "accuracy_avg": 0.25, "seconds_per_query": 1.0}
+    res = {"model": "m", "n": 2, "offset": 0, "positions": [0, 2, 5, 9], "orders": {"retrieval": s}}
+    basin = [0.3, 0.1, 0.05, 0.04, 0.03, 0.02, 0.04, 0.06, 0.1, 0.26]
+    body = rc.position_body(res, {"attention": [basin[::-1], basin], "layer": 1})
+    assert "slot 1: 0.400 / 0.300" in body and "+1.00" in body and "slot (1) is the one" in body
+    ramp = {"attention": [sorted(basin)], "layer": 0}  # attention rising toward the question: the opposite order
+    body = rc.position_body(res, ramp)
+    assert "Spearman's rank correlation over the 4 slots: -0.40" in body and "(10) is not the one" in body
+    assert "Does accuracy follow" not in rc.position_body({**res, "orders": {"x": s}}, ramp)
+
+
 def test_runs_without_answers_are_chosen_from_not_rendered_nor_mixed(tmp_path, capsys):
     import pytest
 
