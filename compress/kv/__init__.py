@@ -18,6 +18,7 @@ from compress.kv.adaptive import AdaKV, GlobalAdaKV
 from compress.kv.base import KVBudget, KVCall, KVCompressor, KVReport, LayerPrefill, WrapperCompressor
 from compress.kv.caote import CAOTE
 from compress.kv.chunk import ChunkKV
+from compress.kv.compactor import Compactor
 from compress.kv.expected_attention import ExpectedAttention
 from compress.kv.h2o import H2O
 from compress.kv.knorm import KNorm
@@ -53,6 +54,7 @@ KV_COMPRESSORS.add(
     RetrievalHeads,
     RandomPress,
     KVzip,
+    Compactor,
     aliases={"retrieval": "retrieval_heads"},
 )
 COMPRESSORS = KV_COMPRESSORS.classes()  # name -> class, in registration order

@@ -423,3 +423,106 @@ def test_kvzip_kernel_size_max_pools_each_heads_scores(kernel):
     assert get_compressor("kvzip").pool(s) is s
     with pytest.raises(ConfigError, match="kernel_size must be odd.*got 4"):
         get_compressor("kvzip(kernel_size=4)")
+
+
+def test_compactor_leverage_is_the_ridge_leverage_of_each_chunk():
+    """``leverage_scores``: per chunk, x_i^T (X^T X + ridge I)^-1 x_i of the centred keys, computed here directly;
+    a key far outside the others' span scores highest."""
+    from compress.kv.compactor import RIDGE, leverage_scores
+
+    torch.manual_seed(0)
+    keys = torch.randn(1, 2, 10, 4)
+    keys[0, 1, 3] = torch.tensor([0.0, 0.0, 0.0, 40.0])  # an outlier in head 1
+    got = leverage_scores(keys, chunk=6)
+    for h in range(2):
+        for s, e in ((0, 6), (6, 10)):
+            x = keys[0, h, s:e].double()
+            x = x - x.mean(0)
+            want = torch.diagonal(x @ torch.linalg.inv(x.T @ x + RIDGE * torch.eye(4, dtype=x.dtype)) @ x.T)
+            torch.testing.assert_close(got[0, h, s:e].double(), want, rtol=1e-4, atol=1e-5)
+    assert int(got[0, 1].argmax()) == 3
+    assert torch.allclose(leverage_scores(keys, chunk=0), leverage_scores(keys, chunk=10))
+
+
+def test_compactor_chunk_attention_is_non_causal_and_hands_out_equal_mass():
+    """Each key gets the attention of its chunk's queries in both directions (a later query's attention counts for
+    an earlier key and the reverse); every chunk hands out ``chunk`` per query head, a short last one included."""
+    from compress.kv.compactor import chunk_attention
+
+    torch.manual_seed(1)
+    q, k = torch.randn(1, 4, 10, 8), torch.randn(1, 2, 10, 8)
+    got = chunk_attention(q, k, chunk=4, scale=0.5)
+    assert got.shape == (1, 2, 10)
+    kk = k.repeat_interleave(2, dim=1)
+    want = torch.softmax(q[:, :, :4] @ kk[:, :, :4].transpose(-1, -2) * 0.5, -1).sum(-2).view(1, 2, 2, 4).mean(2)
+    torch.testing.assert_close(got[..., :4], want)
+    torch.testing.assert_close(got[..., :4].sum(-1), torch.full((1, 2), 4.0))
+    torch.testing.assert_close(got[..., 8:].sum(-1), torch.full((1, 2), 2 + 2 * 2 / 4))  # 2 queries + padding
+
+
+def test_compactor_scores_un_rotated_keys_and_keeps_the_budget(tiny_llama, smol):
+    """The leverage part reads the keys as projected (rotary undone: equal to k_proj of the layer's input); the
+    layer scope moves budget between heads at the same total, the head scope keeps k in every head; the options
+    change the selection."""
+    from compress.kv.compactor import Compactor
+
+    seen = {}
+    comp = get_compressor("compactor", ratio=0.5)
+    orig = Compactor.score
+
+    def spy(self, x):
+        seen.setdefault("x", x)
+        return orig(self, x)
+
+    object.__setattr__(comp, "score", lambda x: spy(comp, x))
+    prefill(tiny_llama, comp, random_ids(T))
+    x = seen["x"]
+    raw = Compactor.raw_keys(x)
+    n_kv, d = x.keys.shape[1], x.keys.shape[-1]
+    with torch.inference_mode():
+        want = x.module.k_proj(x.hidden).view(1, -1, n_kv, d).transpose(1, 2)
+    torch.testing.assert_close(raw, want, rtol=1e-4, atol=1e-4)
+
+    from ragcore.prompt import build_prompt
+
+    prompt = build_prompt(smol.tokenizer, QUESTION, PASSAGES)
+    t = prompt.question_start
+    picked_by = {}
+    for spec in ("compactor", "compactor(scope='head')", "compactor(blend=0.0)", "compactor(chunk=16)"):
+        picked: dict = {}
+        comp = recording(get_compressor(spec, ratio=0.6), picked)
+        cache = kvcache.new_cache(smol.model.config)
+        with torch.inference_mode(), comp.apply(smol.model, cache, prompt) as call:
+            kvcache.call(smol.model, cache, input_ids=prompt.input_ids[:, :t], use_cache=True)
+        kept, k = call.report.tokens_kept, comp.n_keep(t)
+        assert sum(sum(v) for v in kept.values()) == sum(len(v) for v in kept.values()) * k
+        if spec == "compactor":
+            assert call.report.masks_only and len({n for v in kept.values() for n in v}) > 1
+        if "head" in spec:
+            assert {n for v in kept.values() for n in v} == {k} and not call.report.masks_only
+        picked_by[spec] = [sorted(map(tuple, idx[0].tolist())) for idx, _ in (picked[i] for i in sorted(picked))]
+    for spec in list(picked_by)[1:]:
+        assert picked_by[spec] != picked_by["compactor"], spec
+
+
+def test_compactor_on_a_cache_that_already_holds_tokens(tiny_llama):
+    """A prefill continuing a cache (keys cached before it): the rotary embedding is undone at each key's own
+    position, and the earlier keys, which no query of this prefill saw, still get scores."""
+    from compress.kv.compactor import Compactor
+
+    seen = {}
+    comp = get_compressor("compactor", ratio=0.5)
+    orig = Compactor.score
+    object.__setattr__(comp, "score", lambda x: seen.setdefault("s", (x, orig(comp, x)))[1])
+    ids = random_ids(T)
+    cache = kvcache.new_cache(tiny_llama.config)
+    with torch.inference_mode():
+        kvcache.call(tiny_llama, cache, input_ids=ids[:, :20], use_cache=True)
+        with comp.apply(tiny_llama, cache) as call:
+            kvcache.call(tiny_llama, cache, input_ids=ids[:, 20:], use_cache=True)
+        x, s = seen["s"]
+        assert x.key_offset == 20 and s.shape == (1, x.n_kv, T) and torch.isfinite(s).all()
+        n_kv, d = x.keys.shape[1], x.keys.shape[-1]
+        want = x.module.k_proj(x.hidden).view(1, -1, n_kv, d).transpose(1, 2)
+        torch.testing.assert_close(Compactor.raw_keys(x)[:, :, 20:], want, rtol=1e-4, atol=1e-4)
+    assert call.report.tokens_kept
