@@ -346,6 +346,30 @@ def crag_body(res: dict[str, Any]) -> str:
 TOKENS_SAVED = 0.46  # issue 14: CRAG needs at least 46% fewer generator input tokens than plain top-10
 
 
+def dev_orders(text: str) -> list[str]:
+    """The orders a development choice compares (``gpu_rerank_context.sh sortboth``'s ``SORT_SPECS``):
+    ``';'``-separated reranker specs, each one reranker (its own options may hold commas), returned as their labels
+    (the keys ``eval position`` writes), so that the choice is checked before any run starts.
+
+    Raises ``ConfigError`` quoting the text for an empty spec, several rerankers in one spec, a spec the registry
+    refuses (unknown name or option, a bad value), or two specs of one setting (their runs would collide)."""
+    from eval.position import parse_orders
+    from ragcore.registry import registry
+
+    specs = [s.strip() for s in text.split(";")]
+    if not any(specs) or "" in specs:
+        raise ConfigError(f"an empty spec in {text!r} (';' separates reranker specs)", param="specs")
+    labels: dict[str, str] = {}
+    for spec in specs:
+        if len(parse_orders(spec)) != 1:
+            raise ConfigError(f"one reranker per spec (';' separates them), got {spec!r}", param="specs")
+        label = registry("reranker").build(spec).label
+        if label in labels:
+            raise ConfigError(f"{labels[label]!r} and {spec!r} are one setting ({label})", param="specs")
+        labels[label] = spec
+    return list(labels)
+
+
 def choose_crag(runs: list[dict[str, Any]]) -> str:
     """The CRAG setting (``method`` spec) of the development runs that, among those saving at least
     :data:`TOKENS_SAVED` of the tokens (all of them if none does), loses the least accuracy against plain top k, or,

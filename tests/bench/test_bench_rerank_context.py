@@ -178,3 +178,44 @@ def test_speedup_is_the_geometric_mean_of_paired_ratios_with_an_interval():
     mid, lo, hi = (float(x) for x in said.replace("x [", " ").replace(",", "").rstrip("]").split())
     assert mid == 4.0 and lo < 4.0 < hi
     assert speedup_ci([], []) == "-"
+
+
+def test_sortboth_checks_its_specs_before_any_run(tmp_path):
+    """SORT_SPECS: each spec one reranker the registry accepts, none empty, no setting twice (two runs writing one
+    file, or merged as overlapping shards); a bad list ends gpu_rerank_context.sh before it starts any run."""
+    import os
+    import subprocess
+    import sys
+
+    import pytest
+
+    from bench.rerank_context import dev_orders
+    from ragcore.errors import ConfigError
+
+    assert dev_orders(" attention_sort ; attention_sort(place = 'first', query='question')") == [
+        "attention_sort",
+        "attention_sort(place='first', query='question')",
+    ]
+    assert dev_orders("attention_sort(calibration='na')") == ["attention_sort(calibration='na')"]
+    for text, said in (
+        ("attention_sort(calibration='NA')", "'NA'"),
+        ("attention_sort;", "empty spec"),
+        (" ", "empty spec"),
+        ("attention_sort,reversed", "one reranker per spec"),
+        ("attention_sort;attention_sort(rounds=2)", "one setting"),
+        ("attention_sort(place='first');attention_sort(place = 'first')", "one setting"),
+    ):
+        with pytest.raises(ConfigError, match=said):
+            dev_orders(text)
+    out = tmp_path / "out"
+    env = {**os.environ, "PY": sys.executable, "DEVICE": "cpu", "N_SORTDEV": "1", "N_POSITION": "1"}
+    env["SORT_SPECS"] = "attention_sort(query=1)"
+    run = subprocess.run(
+        ["bash", "bench/gpu_rerank_context.sh", str(out), "sortboth"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode != 0 and "SORT_SPECS" in run.stderr and "got 1" in run.stderr, run.stderr
+    assert not list(out.glob("*")), "a run started"
