@@ -4,7 +4,8 @@
 #   position  qwen2.5-0.5b, N_POSITION questions per gold position (NQ-open from 201), every order of ORDERS; one
 #             process per order and shard (POS_SHARDS)
 #   sortboth  attention sorting's options chosen on N_SORTDEV development questions (1-100) among SORT_SPECS (';'-separated
-#             specs; default: the two placements), the highest average accuracy, then the sweep with the choice
+#             specs, each one reranker, no setting twice, checked before any step starts; unset or empty: the two
+#             placements), the highest average accuracy (a tie: the first), then the sweep with the choice
 #   rankboth  calibrate GEN, then AttnRank's sweep (the profile it reads)
 #   layer     the development check of InfiniRetri's layer, both models (synthetic haystacks, no evaluation data)
 #   longctx   key-value retrieval at 8k, 16k, 32k, 64k tokens: InfiniRetri (the layer from `layer`, LAYER_SMOL /
@@ -49,9 +50,10 @@ crag_shards() {  # METHOD: eval crag on N_CRAG questions from CRAG_FIRST+1 (defa
   done
   wait
 }
+tag_of() { echo "$1" | tr -d "()' " | tr '=,' '__'; }  # an order's spec as a file name
 pos_shards() {  # ORDER FIRST N PREFIX: eval position on questions FIRST.. in POS_SHARDS processes, then wait
   local o=$1 first=$2 total=$3 pre=$4 ps=${POS_SHARDS:-1} per k n tag
-  per=$(((total + ps - 1) / ps)); tag=$(echo "$o" | tr -d "()' " | tr '=,' '__')
+  per=$(((total + ps - 1) / ps)); tag=$(tag_of "$o")
   for ((k = 0; k < ps; k++)); do
     n=$((total - k * per < per ? total - k * per : per))
     $PY "${R[@]}" eval position --model "$GEN" --device "$DEVICE" --order "$o" --offset $((first + k * per)) --limit "$n" \
@@ -59,6 +61,17 @@ pos_shards() {  # ORDER FIRST N PREFIX: eval position on questions FIRST.. in PO
   done
   wait
 }
+
+case " ${*//+/ } " in  # sortboth's specs checked (the registry, no setting twice) before any step starts
+  *" sortboth "*)
+    SORT_LIST=$($PY -c 'import sys
+from bench.rerank_context import dev_orders
+from ragcore.errors import ConfigError
+try:
+    print("\n".join(dev_orders(sys.argv[1])))
+except ConfigError as e:
+    sys.exit(f"SORT_SPECS: {e}")' "${SORT_SPECS:-attention_sort;attention_sort(place='first')}") || exit 1 ;;
+esac
 
 for steps in "$@"; do
   echo "$(date +%T) $steps"
@@ -80,14 +93,22 @@ for steps in "$@"; do
     ) & ;;
   sortboth)  # attention sorting's placement (best last, the paper, or first) chosen on development questions
     (         # 1-N_SORTDEV (the calibration questions), then the chosen one on the sweep's questions
-      IFS=';' read -ra specs <<< "${SORT_SPECS:-attention_sort;attention_sort(place='first')}"
+      mapfile -t specs <<< "$SORT_LIST"  # their labels, one a line
       for spec in "${specs[@]}"; do
         pos_shards "$spec" 0 "${N_SORTDEV:-100}" sortdev &
       done
       wait
+      files=()  # this run's specs only (not an earlier run's files in OUT), every shard of each
+      for spec in "${specs[@]}"; do
+        for ((k = 0; k < ${POS_SHARDS:-1}; k++)); do
+          f="$OUT/sortdev-$(tag_of "$spec")-$k.json"
+          [ -s "$f" ] || { echo "sortboth: $spec wrote no $f (see its .log); no choice made" >&2; exit 1; }
+          files+=("$f")
+        done
+      done
       SORT=$($PY -c 'import json, sys; from eval.position import merge
 m = merge([json.load(open(f)) for f in sys.argv[1:]])["orders"]
-print(max(m, key=lambda k: m[k]["accuracy_avg"]))' "$OUT"/sortdev-*.json) || exit 1
+print(max(m, key=lambda k: m[k]["accuracy_avg"]))' "${files[@]}") || exit 1
       echo "$(date +%T) attention sorting chose $SORT"
       pos_shards "$SORT" "$POS_FIRST" "$N_POSITION" position
     ) & ;;

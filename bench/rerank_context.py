@@ -89,6 +89,10 @@ def position_body(res: dict[str, Any], profile: dict[str, Any] | None, figure: s
     import matplotlib.pyplot as plt
 
     pos = [str(p) for p in res["positions"]]
+    for label, s in res["orders"].items():
+        lacking = [int(p) + 1 for p in pos if p not in s["accuracy"]]
+        if lacking:
+            raise ConfigError(f"the {label} order has no accuracy at gold rank {', '.join(map(str, lacking))}")
     rows, cols = (
         [],
         ["order", *[f"gold rank {int(p) + 1}" for p in pos], "average", "vs retrieval (points, 95% CI)", "s/query"],
@@ -131,22 +135,62 @@ def position_body(res: dict[str, Any], profile: dict[str, Any] | None, figure: s
 def follows_profile(res: dict[str, Any], profile: dict[str, Any]) -> str:
     """Does accuracy follow the profile? The retrieval order's accuracy with the gold passage at each swept slot
     beside the profile's attention share of that slot (AttnRank's layer), and their Spearman rank correlation over
-    the swept slots (scipy.stats.spearmanr)."""
+    the swept slots with an accuracy (scipy.stats.spearmanr; undefined, and said so, with fewer than two such slots
+    or a constant accuracy or share). Slots tied for the highest accuracy or share are named together.
+
+    Raises ``ConfigError`` when the profile cannot describe the sweep: another model's profile, a swept slot past
+    the profile's last, or a gold rank without the retrieval order's accuracy."""
     from scipy.stats import spearmanr
 
     pos = [str(p) for p in res["positions"]]
-    acc = [res["orders"]["retrieval"]["accuracy"][p] for p in pos]
-    att = [profile["attention"][profile["layer"]][int(p)] for p in pos]
-    rho = spearmanr(acc, att).statistic
+    if profile.get("model") and res.get("model") and profile["model"] != res["model"]:
+        raise ConfigError(f"the profile is of {profile['model']!r}, the sweep of {res['model']!r}", param="profile")
+    shares = profile["attention"][profile["layer"]]
+    if any(int(p) >= len(shares) for p in pos):
+        raise ConfigError(
+            f"the profile has {len(shares)} slots; the sweep places the gold passage up to slot "
+            f"{max(int(p) for p in pos) + 1}",
+            param="profile",
+        )
+    got = res["orders"]["retrieval"]["accuracy"]
+    lacking = [int(p) + 1 for p in pos if p not in got]
+    if lacking:
+        raise ConfigError(f"the retrieval order has no accuracy at gold rank {', '.join(map(str, lacking))}")
+    acc = [float(got[p]) for p in pos]
+    att = [float(shares[int(p)]) for p in pos]
     pairs = ", ".join(f"slot {int(p) + 1}: {a:.3f} / {t:.3f}" for p, a, t in zip(pos, acc, att))
-    best_acc, best_att = pos[acc.index(max(acc))], pos[att.index(max(att))]
-    same = "is" if best_acc == best_att else "is not"
-    return (
+    ok = [i for i in range(len(pos)) if math.isfinite(acc[i]) and math.isfinite(att[i])]
+    over = f"the {len(pos)} slots" if len(ok) == len(pos) else f"the {len(ok)} slots with an accuracy"
+    xs, ys = [acc[i] for i in ok], [att[i] for i in ok]
+    head = (
         f"Does accuracy follow the profile? Retrieval order, accuracy / attention share of the slot (profile layer "
-        f"{profile['layer']}): {pairs}. Spearman's rank correlation over the {len(pos)} slots: {rho:+.2f}; the most "
-        f"attended slot ({int(best_att) + 1}) {same} the one where the gold passage is answered best "
-        f"({int(best_acc) + 1})."
+        f"{profile['layer']}): {pairs}. "
     )
+    if len(ok) < 2 or len(set(xs)) < 2 or len(set(ys)) < 2:
+        why = "fewer than two slots" if len(ok) < 2 else "the accuracy" if len(set(xs)) < 2 else "the share"
+        same = "" if len(ok) < 2 else " is the same at every slot"
+        return head + f"Spearman's rank correlation over {over}: undefined ({why}{same})."
+    rho = spearmanr(xs, ys).statistic
+
+    def tops(vs: list[float]) -> list[int]:
+        return [int(pos[i]) + 1 for i, v in zip(ok, vs) if v == max(vs)]
+
+    best_acc, best_att = tops(xs), tops(ys)
+    names = ", ".join(map(str, best_att))
+    if len(best_acc) > 1:
+        where = "the slots where the gold passage is answered best"
+        verb = "is one of" if len(best_att) == 1 and best_att[0] in best_acc else "is not among"
+        if len(best_att) > 1:
+            verb = "are among" if set(best_att) <= set(best_acc) else "are not all among"
+        told = f"{verb} {where} ({', '.join(map(str, best_acc))})"
+    else:
+        where = "the one where the gold passage is answered best"
+        if len(best_att) == 1:
+            told = f"{'is' if best_att == best_acc else 'is not'} {where} ({best_acc[0]})"
+        else:
+            told = f"{'include' if best_acc[0] in best_att else 'do not include'} {where} ({best_acc[0]})"
+    slot = "slot" if len(best_att) == 1 else "slots"
+    return head + f"Spearman's rank correlation over {over}: {rho:+.2f}; the most attended {slot} ({names}) {told}."
 
 
 PEER = "infini-retri"  # method names of the authors' package (bench.peers.infini_retri.peer)
@@ -302,6 +346,30 @@ def crag_body(res: dict[str, Any]) -> str:
 TOKENS_SAVED = 0.46  # issue 14: CRAG needs at least 46% fewer generator input tokens than plain top-10
 
 
+def dev_orders(text: str) -> list[str]:
+    """The orders a development choice compares (``gpu_rerank_context.sh sortboth``'s ``SORT_SPECS``):
+    ``';'``-separated reranker specs, each one reranker (its own options may hold commas), returned as their labels
+    (the keys ``eval position`` writes), so that the choice is checked before any run starts.
+
+    Raises ``ConfigError`` quoting the text for an empty spec, several rerankers in one spec, a spec the registry
+    refuses (unknown name or option, a bad value), or two specs of one setting (their runs would collide)."""
+    from eval.position import parse_orders
+    from ragcore.registry import registry
+
+    specs = [s.strip() for s in text.split(";")]
+    if not any(specs) or "" in specs:
+        raise ConfigError(f"an empty spec in {text!r} (';' separates reranker specs)", param="specs")
+    labels: dict[str, str] = {}
+    for spec in specs:
+        if len(parse_orders(spec)) != 1:
+            raise ConfigError(f"one reranker per spec (';' separates them), got {spec!r}", param="specs")
+        label = registry("reranker").build(spec).label
+        if label in labels:
+            raise ConfigError(f"{labels[label]!r} and {spec!r} are one setting ({label})", param="specs")
+        labels[label] = spec
+    return list(labels)
+
+
 def choose_crag(runs: list[dict[str, Any]]) -> str:
     """The CRAG setting (``method`` spec) of the development runs that, among those saving at least
     :data:`TOKENS_SAVED` of the tokens (all of them if none does), loses the least accuracy against plain top k, or,
@@ -405,11 +473,12 @@ def main(argv: list[str] | None = None) -> int:
             "Positional attention profile (AttnRank calibration)",
         )
     elif a.kind == "position":
-        prof = read_json(a.profile) if a.profile else None
-        body, title = (
-            position_body(data[0], prof, a.section),
-            f"Position sweep: accuracy per gold position and order ({data[0]['model']})",
-        )
+        try:  # a profile that cannot describe the sweep: one line, no traceback
+            prof = read_json(a.profile) if a.profile else None
+            body = position_body(data[0], prof, a.section)
+        except (ConfigError, KeyError, TypeError, IndexError, OSError, ValueError) as e:
+            p.error(f"{a.kind}: {type(e).__name__ if isinstance(e, (KeyError, IndexError)) else ''}{e}")
+        title = f"Position sweep: accuracy per gold position and order ({data[0]['model']})"
     elif a.kind == "longctx":
         against = [
             name

@@ -15,6 +15,7 @@ slots most, whatever they hold); the calibration takes that part out, one more p
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -22,6 +23,8 @@ from typing import Any, ClassVar
 from ragcore.attention import attention_to_spans
 from ragcore.stages import Stage, option
 from ragcore.types import ScoredChunk
+
+log = logging.getLogger(__name__)
 
 #: ICR's content-free query (arXiv 2410.02642, section 3): the question that calibration puts in place of the real one
 CONTENT_FREE = "N/A"
@@ -42,10 +45,12 @@ class AttentionSort(Stage):
         with the gold passage first, docs/RESULTS.md ``position-gpu``); each round measures the order it is given.
     query : {"last", "question"}
         Whose attention scores a passage: the decoding position (``"last"``, the paper) or the question's tokens,
-        averaged over them (``"question"``, ICR).
+        averaged over them (``"question"``, ICR; the prompt's question span, ``"Question: ...\nAnswer:"``, its
+        template words included).
     calibration : {"none", "na"}
         ``"na"``: subtract each passage's attention under the content-free question "N/A" (ICR's calibration, one
-        more prefill per round), which removes what the passage's slot alone draws.
+        more prefill per round), which removes what the passage's slot alone draws. Asked "N/A" itself, every
+        score is 0: the order is kept, with a warning, and nothing is prefilled.
 
     ``scores[name]`` holds the last round's score of each passage (attention mass, a fraction of the row's
     attention; calibrated: a difference of two such fractions).
@@ -80,6 +85,15 @@ class AttentionSort(Stage):
     def rerank(self, question: str, passages: Sequence[ScoredChunk], lm: Any) -> list[ScoredChunk]:
         current = [ScoredChunk(p.chunk, dict(p.scores), p.rank) for p in passages]
         if len(current) < 2:
+            return current
+        if self.calibration == "na" and isinstance(question, str) and question.strip() == CONTENT_FREE:
+            log.warning(
+                "attention_sort: the question is the content-free %r its calibration subtracts: every score is 0, "
+                "the order is kept",
+                CONTENT_FREE,
+            )
+            for p in current:
+                p.scores[self.name] = 0.0
             return current
         sign = 1.0 if self.place == "last" else -1.0
         for _ in range(self.rounds):

@@ -104,6 +104,51 @@ def test_the_sweep_says_whether_accuracy_follows_the_profile(tmp_path, monkeypat
     assert "Does accuracy follow" not in rc.position_body({**res, "orders": {"x": s}}, ramp)
 
 
+def test_the_profile_sentence_claims_nothing_ties_or_gaps_do_not_support(tmp_path, monkeypatch, capsys):
+    """Ties at the best slot are named as ties, a constant or NaN accuracy leaves the correlation undefined (no
+    "+nan", no slot called the best), and a sweep the profile cannot describe (a slot past the profile's end, a
+    rank the retrieval order lacks, another model's profile) is one line from the command, not a traceback."""
+    import json
+
+    import pytest
+
+    import bench.rerank_context as rc
+
+    monkeypatch.setattr(rc, "FIGURES", tmp_path)
+    monkeypatch.setattr(rc, "write_section", lambda *a: pytest.fail(f"wrote a section: {a[0]}"))
+    basin = [0.3, 0.1, 0.05, 0.04, 0.03, 0.02, 0.04, 0.06, 0.1, 0.26]
+    prof = {"attention": [basin], "layer": 0, "model": "m"}
+
+    def res(acc):
+        s = {"accuracy": acc, "accuracy_avg": 0.25, "seconds_per_query": 1.0}
+        return {"model": "m", "n": 2, "offset": 0, "positions": [int(p) for p in acc], "orders": {"retrieval": s}}
+
+    flat = rc.follows_profile(res({"0": 0.0, "2": 0.0, "5": 0.0, "9": 0.0}), prof)
+    assert "nan" not in flat and "undefined" in flat and "answered best" not in flat
+    tied = rc.follows_profile(res({"0": 0.5, "2": 0.0, "5": 0.0, "9": 0.5}), {**prof, "attention": [basin[::-1]]})
+    assert "(10) is one of the slots where the gold passage is answered best (1, 10)" in tied, tied
+    nan = rc.follows_profile(res({"0": float("nan"), "2": 0.2, "5": 0.1, "9": 0.3}), prof)
+    assert "nan" not in nan.replace("slot 1: nan", "") and "over the 3 slots with an accuracy" in nan, nan
+    assert "(10)" in nan.split("answered best")[1]
+    one = rc.follows_profile(res({"0": 0.4}), prof)
+    assert "nan" not in one and "undefined" in one
+    for bad, said in (
+        ({**res({"0": 0.4, "2": 0.1}), "positions": [0, 2, 5]}, "no accuracy at gold rank 6"),
+        (res({"0": 0.4, "12": 0.1}), "10 slots"),
+        ({**res({"0": 0.4, "2": 0.1}), "model": "other"}, "'m'"),
+    ):
+        with pytest.raises(rc.ConfigError, match=said):
+            rc.follows_profile(bad, prof)
+        (tmp_path / "r.json").write_text(json.dumps(bad))
+        (tmp_path / "p.json").write_text(json.dumps(prof))
+        with pytest.raises(SystemExit) as e:
+            rc.main(["position", str(tmp_path / "r.json"), "--profile", str(tmp_path / "p.json"), "--section", "x"])
+        assert e.value.code == 2 and said in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        rc.main(["position", str(tmp_path / "r.json"), "--profile", str(tmp_path / "none.json"), "--section", "x"])
+    assert e.value.code == 2 and "none.json" in capsys.readouterr().err
+
+
 def test_runs_without_answers_are_chosen_from_not_rendered_nor_mixed(tmp_path, capsys):
     import pytest
 
@@ -133,3 +178,44 @@ def test_speedup_is_the_geometric_mean_of_paired_ratios_with_an_interval():
     mid, lo, hi = (float(x) for x in said.replace("x [", " ").replace(",", "").rstrip("]").split())
     assert mid == 4.0 and lo < 4.0 < hi
     assert speedup_ci([], []) == "-"
+
+
+def test_sortboth_checks_its_specs_before_any_run(tmp_path):
+    """SORT_SPECS: each spec one reranker the registry accepts, none empty, no setting twice (two runs writing one
+    file, or merged as overlapping shards); a bad list ends gpu_rerank_context.sh before it starts any run."""
+    import os
+    import subprocess
+    import sys
+
+    import pytest
+
+    from bench.rerank_context import dev_orders
+    from ragcore.errors import ConfigError
+
+    assert dev_orders(" attention_sort ; attention_sort(place = 'first', query='question')") == [
+        "attention_sort",
+        "attention_sort(place='first', query='question')",
+    ]
+    assert dev_orders("attention_sort(calibration='na')") == ["attention_sort(calibration='na')"]
+    for text, said in (
+        ("attention_sort(calibration='NA')", "'NA'"),
+        ("attention_sort;", "empty spec"),
+        (" ", "empty spec"),
+        ("attention_sort,reversed", "one reranker per spec"),
+        ("attention_sort;attention_sort(rounds=2)", "one setting"),
+        ("attention_sort(place='first');attention_sort(place = 'first')", "one setting"),
+    ):
+        with pytest.raises(ConfigError, match=said):
+            dev_orders(text)
+    out = tmp_path / "out"
+    env = {**os.environ, "PY": sys.executable, "DEVICE": "cpu", "N_SORTDEV": "1", "N_POSITION": "1"}
+    env["SORT_SPECS"] = "attention_sort(query=1)"
+    run = subprocess.run(
+        ["bash", "bench/gpu_rerank_context.sh", str(out), "sortboth"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode != 0 and "SORT_SPECS" in run.stderr and "got 1" in run.stderr, run.stderr
+    assert not list(out.glob("*")), "a run started"

@@ -96,6 +96,29 @@ def test_attention_sort_calibration_subtracts_the_content_free_question(_smol_se
     assert s == sorted(s, reverse=True)
 
 
+def test_attention_sort_calibrated_against_the_content_free_question_itself_says_so(_smol_session, caplog):
+    """Asked "N/A" (ICR's content-free question, spaces around it stripped as the prompt does), the calibrated score
+    of every passage is 0: the order is kept, with a warning instead of silence, and no prefill is spent."""
+    import logging
+
+    from rerank.attention_sort import CONTENT_FREE
+
+    lm = tiny_lm(_smol_session.tokenizer)
+    ps = passages(4)
+    calls = []
+    forward = lm.model.forward
+    lm.model.forward = lambda *a, **k: calls.append(1) or forward(*a, **k)
+    with caplog.at_level(logging.WARNING, logger="rerank.attention_sort"):
+        out = AttentionSort(calibration="na", place="first").rerank(f" {CONTENT_FREE}\n", ps, lm)
+    assert [p.chunk.id for p in out] == [p.chunk.id for p in ps] and calls == []
+    assert all(p.scores["attention_sort"] == 0.0 for p in out)
+    assert "content-free" in caplog.text and "'N/A'" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="rerank.attention_sort"):
+        AttentionSort(calibration="na", rounds=1).rerank("n/a", ps, lm)  # another text: measured as any question
+    assert calls and not caplog.text
+
+
 def test_the_layer_rule_wants_a_basin_not_a_ramp_and_old_profiles_follow_it(tmp_path):
     from rerank.attnrank import LAYER_RULE, choose_layer
 
