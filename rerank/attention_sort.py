@@ -24,7 +24,7 @@ from ragcore.attention import attention_to_spans
 from ragcore.stages import Stage, option
 from ragcore.types import ScoredChunk
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 #: ICR's content-free query (arXiv 2410.02642, section 3): the question that calibration puts in place of the real one
 CONTENT_FREE = "N/A"
@@ -87,7 +87,7 @@ class AttentionSort(Stage):
         if len(current) < 2:
             return current
         if self.calibration == "na" and isinstance(question, str) and question.strip() == CONTENT_FREE:
-            log.warning(
+            logger.warning(
                 "attention_sort: the question is the content-free %r its calibration subtracts: every score is 0, "
                 "the order is kept",
                 CONTENT_FREE,
