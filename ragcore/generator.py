@@ -147,30 +147,43 @@ class Generator:
         max_new_tokens: int,
         max_tokens: int | None = None,
         system: str | None = None,
+        priority: Sequence[int] | None = None,
     ) -> tuple[Prompt, list[Chunk | ScoredChunk]]:
-        """The prompt with as many of the leading ``passages`` as fit, with ``max_new_tokens`` left for the answer,
-        in the model's window (or ``max_tokens``, if smaller); returns it and the passages it holds.
+        """The prompt with as many ``passages`` as fit, with ``max_new_tokens`` left for the answer, in the model's
+        window (or ``max_tokens``, if smaller); returns it and the passages it holds, in their given order.
 
-        Raises ``PromptTooLongError`` when not even the first passage fits (or the question, without passages)."""
+        Which passages stay: the leading ones, or with ``priority`` (indices into ``passages``, the most important
+        first: e.g. by retrieval rank after a reranker moved the best passage last) the most important ones.
+        Raises ``PromptTooLongError`` when not even the most important passage fits (or the question, without
+        passages); ``ConfigError`` when ``priority`` is not a permutation of the passages' indices."""
         window = self.context_window
         limit = window if max_tokens is None else min(max_tokens, window)
         budget = limit - max_new_tokens
         passages = list(passages)
+        order = list(range(len(passages))) if priority is None else [int(i) for i in priority]
+        if sorted(order) != list(range(len(passages))):
+            raise ConfigError(
+                f"priority must order the {len(passages)} passages' indices, got {list(priority or [])!r}"
+            )
+
+        def first(n: int) -> list[Chunk | ScoredChunk]:  # the n most important, in their given order
+            return [passages[i] for i in sorted(order[:n])]
+
         p = self.prompt(question, passages, system)
         if len(p) <= budget:
             return p, passages
-        lo, hi, best = 1, len(passages) - 1, None  # the most leading passages that fit
+        lo, hi, best = 1, len(passages) - 1, None  # the most passages that fit
         while lo <= hi:
             mid = (lo + hi) // 2
-            q = self.prompt(question, passages[:mid], system)
+            q = self.prompt(question, first(mid), system)
             if len(q) <= budget:
                 best, lo = (q, mid), mid + 1
             else:
                 hi = mid - 1
         if best is None:
-            first = self.prompt(question, passages[:1], system) if passages else p
+            one = self.prompt(question, first(1), system) if passages else p
             raise PromptTooLongError(
-                f"the question{' and its first passage' if passages else ''} take {len(first)} tokens; "
+                f"the question{' and its first passage' if passages else ''} take {len(one)} tokens; "
                 f"{self.model_name!r} reads {limit} tokens, {max_new_tokens} of them kept for the answer"
             )
         logger.warning(
@@ -180,7 +193,7 @@ class Generator:
             self.model_name,
             limit,
         )
-        return best[0], passages[: best[1]]
+        return best[0], first(best[1])
 
     def generate(
         self,

@@ -10,6 +10,7 @@ import asyncio
 import copy
 import dataclasses
 import inspect
+import math
 import re
 import threading
 import time
@@ -24,7 +25,7 @@ from ragcore.models import DEFAULT_GENERATOR
 from ragcore.prompt import Prompt
 from ragcore.registry import registry
 from ragcore.stages import ContextCompressor, Detector, KVCompressor, Reranker, Retriever, Tracer
-from ragcore.types import Answer, Citation, Flag, ScoredChunk, StageReport
+from ragcore.types import Answer, Chunk, Citation, Flag, ScoredChunk, StageReport
 
 if TYPE_CHECKING:
     from ragcore.config import PipelineConfig
@@ -78,6 +79,12 @@ def _tokens(lm: Generator, passages: list[ScoredChunk]) -> int | None:
     return sum(len(ids) for ids in tok([p.chunk.text for p in passages], add_special_tokens=False)["input_ids"])
 
 
+def relevance_order(passages: Sequence[Chunk | ScoredChunk]) -> list[int]:
+    """Indices of ``passages``, the most relevant first: by retrieval rank (``ScoredChunk.rank``, 1 = best, kept by
+    rerankers and context compressors; 0 = unknown, after every ranked one), then by position."""
+    return sorted(range(len(passages)), key=lambda i: (getattr(passages[i], "rank", 0) or math.inf, i))
+
+
 class Pipeline:
     """Retrieve, then answer with citations: ``Pipeline(retriever, generator).ask(question)`` -> ``Answer``.
 
@@ -115,8 +122,9 @@ class Pipeline:
     Every stage is optional but the retriever and the generator; each reports its seconds and counts in
     ``Answer.stages``, and a failing stage is named in the error. Citations are the passages the answer cites as
     ``[n]``; when it cites none, every passage in the prompt is listed, in prompt order. Passages that do not fit
-    the model's context window (with room for ``config.max_new_tokens``) are dropped from the end and listed in
-    ``Answer.dropped``.
+    the model's context window (with room for ``config.max_new_tokens``) are dropped, the least relevant first (by
+    retrieval rank, wherever a reranker placed them; with a reranker and no context compressor, before the
+    reranker reads them), and listed in ``Answer.dropped``.
     """
 
     def __init__(
@@ -166,9 +174,19 @@ class Pipeline:
 
     def passages(self, question: str, reports: list[StageReport]) -> list[ScoredChunk]:
         """Retrieve, rerank and compress the context: the passages the generator will read, in order."""
+        return self.staged_passages(question, reports)[0]
+
+    def staged_passages(self, question: str, reports: list[StageReport]) -> tuple[list[ScoredChunk], list[ScoredChunk]]:
+        """:meth:`passages`, and those left out before the reranker: with a reranker and no context compressor, the
+        reranker reads only the most relevant passages that fit the window (an attention-driven order runs the
+        model on them; a longer prompt would be read past the window)."""
         passages, rep = run_stage("retriever", self.retriever, lambda: self.retrieve(question), reports)
         rep.items_out = len(passages)
         lm = self.generator
+        early: list[ScoredChunk] = []
+        if self.reranker is not None and self.context_compressor is None:
+            _, fits = lm.fit_prompt(question, passages, self.config.max_new_tokens, max_tokens=self.max_tokens)
+            passages, early = passages[: len(fits)], passages[len(fits) :]
         if self.reranker is not None:
             before = passages
             passages, rep = run_stage(
@@ -188,7 +206,7 @@ class Pipeline:
             rep.details["chars_in"] = sum(len(p.chunk.text) for p in before)
             rep.details["chars_out"] = sum(len(p.chunk.text) for p in passages)
             rep.details["tokens_in"], rep.details["tokens_out"] = _tokens(lm, before), _tokens(lm, passages)
-        return passages
+        return passages, early
 
     def ask(self, question: str) -> Answer:
         """Retrieve, fit the passages to the model's window, generate and cite. Raises ``EmptyQueryError``,
@@ -213,12 +231,18 @@ class Pipeline:
     def prompt_for(
         self, question: str, reports: list[StageReport]
     ) -> tuple[list[ScoredChunk], list[ScoredChunk], Prompt]:
-        """The passages that fit the window (``max_tokens``, if set, or the model's), those dropped, the prompt."""
-        passages = self.passages(question, reports)
+        """The passages that fit the window (``max_tokens``, if set, or the model's), in the order the stages chose,
+        those dropped (the least relevant by retrieval rank, wherever a reranker put them), the prompt."""
+        passages, early = self.staged_passages(question, reports)
         prompt, kept = self.generator.fit_prompt(
-            question, passages, self.config.max_new_tokens, max_tokens=self.max_tokens
+            question,
+            passages,
+            self.config.max_new_tokens,
+            max_tokens=self.max_tokens,
+            priority=relevance_order(passages),
         )
-        return passages[: len(kept)], passages[len(kept) :], prompt
+        held = {id(p) for p in kept}
+        return kept, [p for p in passages if id(p) not in held] + early, prompt
 
     def answer(
         self,
@@ -288,12 +312,18 @@ class Pipeline:
             return answer
         bad = {f.chunk_id for f in answer.flags}
         passages = [p for p in answer.passages if p.chunk.id not in bad]
-        prompt, kept = lm.fit_prompt(answer.question, passages, self.config.max_new_tokens, max_tokens=self.max_tokens)
+        prompt, kept = lm.fit_prompt(
+            answer.question,
+            passages,
+            self.config.max_new_tokens,
+            max_tokens=self.max_tokens,
+            priority=relevance_order(passages),
+        )
         g, rep = self.generate(prompt, reports)
         rep.label, rep.details = lm.model_name, {"regenerated": True, "removed": sorted(bad)}
         tr, rep = run_stage("tracer", self.tracer, lambda: self.tracer.trace(prompt, g, lm), reports)
         rep.items_in, rep.items_out = len(tr.segments), len(tr.sentences)
-        answer.text, answer.passages = g.text, list(passages[: len(kept)])
+        answer.text, answer.passages = g.text, list(kept)
         answer.dropped += sorted(bad)
         answer.sentences = tr.cite(prompt, self.tracer.threshold, self.tracer.top_k)
         answer.citations = traced_citations(answer)
@@ -529,7 +559,9 @@ class Pipeline:
         ``compress.kv.DEFAULT_AGNOSTIC_RATIO``)."""
         if isinstance(passages_or_question, str):
             passages: list[Any] = self.passages(passages_or_question, [])
-            _, passages = self.generator.fit_prompt(passages_or_question, passages, self.config.max_new_tokens)
+            _, passages = self.generator.fit_prompt(
+                passages_or_question, passages, self.config.max_new_tokens, priority=relevance_order(passages)
+            )
         else:
             passages = list(passages_or_question)
         return self.generator.prefill_context(passages, compressor, ratio=ratio)

@@ -63,6 +63,39 @@ def test_passages_that_do_not_fit_the_window_are_dropped(retriever, smol):
     assert Answer.from_dict(ans.to_dict()).dropped == ans.dropped
 
 
+@pytest.mark.parametrize("order", ["reversed", "lost_in_the_middle", "attention_sort(rounds=1)"])
+def test_a_window_too_small_drops_the_least_relevant_wherever_the_reranker_put_them(retriever, smol, order):
+    """Fitting the window after a reranker: the passages left out are the least relevant (by retrieval rank), not
+    the last slots (a best-last order would lose its best passage), and the reranker reads only what fits."""
+    full = Pipeline(retriever, smol, k=5, config=CFG).ask(QUESTION)
+    n_full = len(smol.prompt(QUESTION, full.passages))
+    smol.model.config.max_position_embeddings = n_full - 20 + CFG.max_new_tokens  # one passage too many
+    seen = []
+    p = Pipeline(retriever, smol, k=5, config=CFG, reranker=order)
+    rerank = p.reranker.rerank
+    object.__setattr__(p.reranker, "rerank", lambda q, ps, lm: seen.append(len(ps)) or rerank(q, ps, lm))
+    ans = p.ask(QUESTION)
+    n = len(ans.passages)
+    assert 1 <= n < 5 and seen == [n]
+    assert sorted(x.rank for x in ans.passages) == list(range(1, n + 1))  # the n most relevant
+    assert ans.dropped == [x.chunk.id for x in full.passages[n:]]
+    assert ans.passages[0 if order == "lost_in_the_middle" else -1].rank == 1 or order.startswith("attention")
+
+
+def test_fit_prompt_keeps_the_most_important_in_their_order(smol):
+    from tests.helpers import PASSAGES
+
+    prompt = smol.prompt(QUESTION, PASSAGES)
+    limit = len(smol.prompt(QUESTION, PASSAGES[:-1])) + 8
+    smol.model.config.max_position_embeddings = limit
+    order = list(reversed(range(len(PASSAGES))))  # the last passage is the most important
+    p, kept = smol.fit_prompt(QUESTION, PASSAGES, 8, priority=order)
+    assert kept[-1] == PASSAGES[-1] and len(kept) < len(PASSAGES) and len(p) + 8 <= limit < len(prompt) + 8
+    assert kept == [x for x in PASSAGES if x in kept]  # the given order
+    with pytest.raises(ConfigError, match="priority must order the"):
+        smol.fit_prompt(QUESTION, PASSAGES, 8, priority=[0, 0])
+
+
 def test_a_question_that_cannot_fit_is_a_clear_error(retriever, smol):
     smol.model.config.max_position_embeddings = 40
     with pytest.raises(PromptTooLongError, match="take .* tokens; 'smollm2-135m' reads 40 tokens, 8 of them kept"):
