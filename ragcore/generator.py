@@ -182,8 +182,9 @@ class Generator:
                 hi = mid - 1
         if best is None:
             one = self.prompt(question, first(1), system) if passages else p
+            which = "first" if priority is None else "most important"
             raise PromptTooLongError(
-                f"the question{' and its first passage' if passages else ''} take {len(one)} tokens; "
+                f"the question{f' and its {which} passage' if passages else ''} take {len(one)} tokens; "
                 f"{self.model_name!r} reads {limit} tokens, {max_new_tokens} of them kept for the answer"
             )
         logger.warning(

@@ -124,7 +124,7 @@ class Pipeline:
     ``[n]``; when it cites none, every passage in the prompt is listed, in prompt order. Passages that do not fit
     the model's context window (with room for ``config.max_new_tokens``) are dropped, the least relevant first (by
     retrieval rank, wherever a reranker placed them; with a reranker and no context compressor, before the
-    reranker reads them), and listed in ``Answer.dropped``.
+    reranker reads them), and listed in ``Answer.dropped`` (by retrieval rank, the most relevant first).
     """
 
     def __init__(
@@ -185,8 +185,15 @@ class Pipeline:
         lm = self.generator
         early: list[ScoredChunk] = []
         if self.reranker is not None and self.context_compressor is None:
-            _, fits = lm.fit_prompt(question, passages, self.config.max_new_tokens, max_tokens=self.max_tokens)
-            passages, early = passages[: len(fits)], passages[len(fits) :]
+            _, fits = lm.fit_prompt(
+                question,
+                passages,
+                self.config.max_new_tokens,
+                max_tokens=self.max_tokens,
+                priority=relevance_order(passages),
+            )
+            held = {id(p) for p in fits}
+            passages, early = list(fits), [p for p in passages if id(p) not in held]
         if self.reranker is not None:
             before = passages
             passages, rep = run_stage(
@@ -232,7 +239,8 @@ class Pipeline:
         self, question: str, reports: list[StageReport]
     ) -> tuple[list[ScoredChunk], list[ScoredChunk], Prompt]:
         """The passages that fit the window (``max_tokens``, if set, or the model's), in the order the stages chose,
-        those dropped (the least relevant by retrieval rank, wherever a reranker put them), the prompt."""
+        those dropped (the least relevant by retrieval rank, wherever a reranker put them; listed the most relevant
+        first, as ``Answer.dropped``), the prompt."""
         passages, early = self.staged_passages(question, reports)
         prompt, kept = self.generator.fit_prompt(
             question,
@@ -242,7 +250,8 @@ class Pipeline:
             priority=relevance_order(passages),
         )
         held = {id(p) for p in kept}
-        return kept, [p for p in passages if id(p) not in held] + early, prompt
+        dropped = [p for p in passages if id(p) not in held] + early
+        return kept, [dropped[i] for i in relevance_order(dropped)], prompt
 
     def answer(
         self,
@@ -554,13 +563,17 @@ class Pipeline:
         (:meth:`ask_context`, or ``ctx.ask``); returns a :class:`ragcore.context_cache.CompressedContext`.
 
         ``passages_or_question``: the passages (``Chunk`` or ``ScoredChunk``), or a question whose retrieved (and
-        reranked, compressed) passages make the context, fitted to the model's window. ``compressor``: a KV
+        reranked, compressed) passages make the context, fitted to the model's window (or ``max_tokens``). ``compressor``: a KV
         compressor or its spec string, default ``compress.kv.DEFAULT_AGNOSTIC`` (at ``ratio``, default
         ``compress.kv.DEFAULT_AGNOSTIC_RATIO``)."""
         if isinstance(passages_or_question, str):
             passages: list[Any] = self.passages(passages_or_question, [])
             _, passages = self.generator.fit_prompt(
-                passages_or_question, passages, self.config.max_new_tokens, priority=relevance_order(passages)
+                passages_or_question,
+                passages,
+                self.config.max_new_tokens,
+                max_tokens=self.max_tokens,
+                priority=relevance_order(passages),
             )
         else:
             passages = list(passages_or_question)

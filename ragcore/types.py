@@ -107,7 +107,7 @@ class Answer:
     model: str = ""
     timings: dict[str, float] = field(default_factory=dict)
     kv: dict[str, Any] = field(default_factory=dict)  # compressor, kv_bytes held after prefill, kv_bytes_full, ...
-    dropped: list[str] = field(default_factory=list)  # ids of retrieved chunks left out: the window was full
+    dropped: list[str] = field(default_factory=list)  # ids of chunks left out (window full), most relevant first
     stages: list[StageReport] = field(default_factory=list)
     sentences: list[SentenceCitation] = field(default_factory=list)  # per answer sentence, from a tracer
     flags: list[Flag] = field(default_factory=list)  # context segments a detector flagged

@@ -82,6 +82,45 @@ def test_a_window_too_small_drops_the_least_relevant_wherever_the_reranker_put_t
     assert ans.passages[0 if order == "lost_in_the_middle" else -1].rank == 1 or order.startswith("attention")
 
 
+class WorstFirst:
+    """A retriever that returns its ranked passages worst first (ranks kept: e.g. in document order)."""
+
+    name = "worst_first"
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def retrieve(self, question, k):
+        return list(reversed(self.inner.retrieve(question, k)))
+
+
+@pytest.mark.parametrize("order", [None, "reversed"])
+def test_the_passages_left_out_are_the_least_relevant_in_any_retrieved_order(retriever, smol, order):
+    """The fit before the reranker leaves out by retrieval rank too, not the last retrieved: a retriever that lists
+    its passages worst first used to lose its best passage when a reranker was set (and the worst without)."""
+    full = Pipeline(retriever, smol, k=5, config=CFG).passages(QUESTION, [])
+    n_full = len(smol.prompt(QUESTION, full))
+    smol.model.config.max_position_embeddings = n_full - 20 + CFG.max_new_tokens  # one passage too many
+    ans = Pipeline(WorstFirst(retriever), smol, k=5, config=CFG, reranker=order).ask(QUESTION)
+    assert sorted(x.rank for x in ans.passages) == [1, 2, 3, 4]
+    assert ans.dropped == [full[4].chunk.id]
+
+
+def test_dropped_lists_the_most_relevant_first_and_compress_context_keeps_max_tokens(retriever, smol):
+    """Passages left out before the reranker and after it are listed together by retrieval rank; the context that
+    compress_context prefills fits ``max_tokens`` as ``ask``'s prompt does."""
+    full = Pipeline(retriever, smol, k=5, config=CFG).passages(QUESTION, [])
+    two = len(smol.prompt(QUESTION, full[:2])) + CFG.max_new_tokens
+    p = Pipeline(WorstFirst(retriever), smol, k=5, config=CFG, reranker="reversed")
+    p.max_tokens = two
+    ans = p.ask(QUESTION)
+    assert sorted(x.rank for x in ans.passages) == [1, 2]
+    assert ans.dropped == [x.chunk.id for x in full[2:]]
+    ctx = Pipeline(retriever, smol, k=5, config=CFG)
+    ctx.max_tokens = two
+    assert [c.id for c in ctx.compress_context(QUESTION, "none").passages] == [x.chunk.id for x in full[:2]]
+
+
 def test_fit_prompt_keeps_the_most_important_in_their_order(smol):
     from tests.helpers import PASSAGES
 
@@ -94,6 +133,9 @@ def test_fit_prompt_keeps_the_most_important_in_their_order(smol):
     assert kept == [x for x in PASSAGES if x in kept]  # the given order
     with pytest.raises(ConfigError, match="priority must order the"):
         smol.fit_prompt(QUESTION, PASSAGES, 8, priority=[0, 0])
+    smol.model.config.max_position_embeddings = 40  # the passage measured is the most important, not the first
+    with pytest.raises(PromptTooLongError, match="the question and its most important passage take"):
+        smol.fit_prompt(QUESTION, PASSAGES, 8, priority=order)
 
 
 def test_a_question_that_cannot_fit_is_a_clear_error(retriever, smol):
