@@ -16,10 +16,15 @@ RIDGE = 5e-3  # added to each Gram matrix's diagonal (the reference implementati
 
 
 def zscore(scores: torch.Tensor) -> torch.Tensor:
-    """Scores (B, H, T) standardised per batch row over every head and token together, so heads compare."""
+    """Scores (B, H, T) standardised per batch row over every head and token together, so heads compare.
+
+    A row whose scores are all equal (spread within float rounding: a standard deviation of at most 1e-6 of the
+    mean) gives 0 everywhere; standardised, the rounding of its mean alone made it all +-1 (or, its std 0, all
+    +-1e4, which saturates the sigmoid of ``Compactor.head_budgets``)."""
     flat = scores.flatten(1)
-    mean, std = flat.mean(-1), flat.std(-1, unbiased=False).clamp_min(1e-12)
-    return (scores - mean[:, None, None]) / std[:, None, None]
+    mean, std = flat.mean(-1), flat.std(-1, unbiased=False)
+    z = (scores - mean[:, None, None]) / std.clamp_min(1e-12)[:, None, None]
+    return torch.where((std <= 1e-6 * mean.abs())[:, None, None], torch.zeros_like(z), z)
 
 
 def leverage_scores(keys: torch.Tensor, chunk: int, ridge: float = RIDGE) -> torch.Tensor:

@@ -444,6 +444,18 @@ def test_compactor_leverage_is_the_ridge_leverage_of_each_chunk():
     assert torch.allclose(leverage_scores(keys, chunk=0), leverage_scores(keys, chunk=10))
 
 
+def test_compactor_zscore_of_equal_scores_is_zero():
+    """Equal scores standardise to 0, per batch row (0.1 fourteen times: its float mean is off by 1.5e-8, its std
+    0, so all -14901 before, which saturates the sigmoid of the layer scope's head budgets); unequal ones to mean 0
+    and deviation 1 over every head and token of the row."""
+    from compress.kv.compactor import zscore
+
+    s = torch.stack([torch.full((2, 7), 0.1), torch.arange(14.0).view(2, 7)])
+    z = zscore(s)
+    assert torch.equal(z[0], torch.zeros(2, 7)) and torch.equal(zscore(torch.zeros(1, 2, 3)), torch.zeros(1, 2, 3))
+    torch.testing.assert_close((z[1].mean(), z[1].std(unbiased=False)), (torch.tensor(0.0), torch.tensor(1.0)))
+
+
 def test_compactor_chunk_attention_is_non_causal_and_hands_out_equal_mass():
     """Each key gets the attention of its chunk's queries in both directions (a later query's attention counts for
     an earlier key and the reverse); every chunk hands out ``chunk`` per query head, a short last one included."""
