@@ -426,8 +426,8 @@ def test_kvzip_kernel_size_max_pools_each_heads_scores(kernel):
 
 
 def test_compactor_leverage_is_the_ridge_leverage_of_each_chunk():
-    """``leverage_scores``: per chunk, x_i^T (X^T X + ridge I)^-1 x_i of the centred keys, computed here directly;
-    a key far outside the others' span scores highest."""
+    """``leverage_scores``: per chunk, x_i^T (X^T X + ridge I)^-1 x_i of the centred keys, computed here directly
+    (a short last chunk among the last ``chunk`` keys); a key far outside the others' span scores highest."""
     from compress.kv.compactor import RIDGE, leverage_scores
 
     torch.manual_seed(0)
@@ -435,11 +435,11 @@ def test_compactor_leverage_is_the_ridge_leverage_of_each_chunk():
     keys[0, 1, 3] = torch.tensor([0.0, 0.0, 0.0, 40.0])  # an outlier in head 1
     got = leverage_scores(keys, chunk=6)
     for h in range(2):
-        for s, e in ((0, 6), (6, 10)):
-            x = keys[0, h, s:e].double()
+        for s, e, start in ((0, 6, 0), (6, 10, 4)):  # the last 4 keys are scored among the last 6
+            x = keys[0, h, start:e].double()
             x = x - x.mean(0)
             want = torch.diagonal(x @ torch.linalg.inv(x.T @ x + RIDGE * torch.eye(4, dtype=x.dtype)) @ x.T)
-            torch.testing.assert_close(got[0, h, s:e].double(), want, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(got[0, h, s:e].double(), want[s - start :], rtol=1e-4, atol=1e-5)
     assert int(got[0, 1].argmax()) == 3
     assert torch.allclose(leverage_scores(keys, chunk=0), leverage_scores(keys, chunk=10))
 
@@ -456,9 +456,23 @@ def test_compactor_zscore_of_equal_scores_is_zero():
     torch.testing.assert_close((z[1].mean(), z[1].std(unbiased=False)), (torch.tensor(0.0), torch.tensor(1.0)))
 
 
-def test_compactor_chunk_attention_is_non_causal_and_hands_out_equal_mass():
+def test_compactor_leverage_of_a_short_last_chunk_is_not_inflated():
+    """A chunk's leverage scores sum to about its rank (min(n - 1, D)): scored on its own, a short last chunk of
+    18 keys scored about 0.94 each against 0.03 in a full chunk of 512 (D = 16), so the layer kept its every key
+    first whatever they held. Scored among the last 512 keys, it is on the scale of the others."""
+    from compress.kv.compactor import leverage_scores
+
+    torch.manual_seed(3)
+    lev = leverage_scores(torch.randn(1, 2, 530, 16) * 3, chunk=512)
+    full, tail = lev[..., :512].mean(), lev[..., 512:].mean()
+    assert tail < 2 * full, (float(tail), float(full))
+    assert torch.allclose(leverage_scores(torch.randn(1, 2, 40, 16), chunk=512).sum(-1), torch.tensor(16.0), atol=0.1)
+
+
+def test_compactor_chunk_attention_is_non_causal_and_pads_a_short_last_chunk():
     """Each key gets the attention of its chunk's queries in both directions (a later query's attention counts for
-    an earlier key and the reverse); every chunk hands out ``chunk`` per query head, a short last one included."""
+    an earlier key and the reverse); a full chunk hands out ``chunk`` per query head, a short last one of ``n``
+    its ``n`` queries' attention plus ``(chunk - n) / chunk`` per key (the reference kernel's padded rows)."""
     from compress.kv.compactor import chunk_attention
 
     torch.manual_seed(1)
