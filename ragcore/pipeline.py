@@ -123,8 +123,9 @@ class Pipeline:
     ``Answer.stages``, and a failing stage is named in the error. Citations are the passages the answer cites as
     ``[n]``; when it cites none, every passage in the prompt is listed, in prompt order. Passages that do not fit
     the model's context window (with room for ``config.max_new_tokens``) are dropped, the least relevant first (by
-    retrieval rank, wherever a reranker placed them; with a reranker and no context compressor, before the
-    reranker reads them), and listed in ``Answer.dropped`` (by retrieval rank, the most relevant first).
+    retrieval rank, wherever a reranker placed them), and listed in ``Answer.dropped`` (by retrieval rank, the
+    most relevant first). A reranker reads only the passages that fit; the others follow its order unread (for a
+    context compressor to condense, or to be dropped).
     """
 
     def __init__(
@@ -173,18 +174,16 @@ class Pipeline:
         return self.retriever.retrieve(question, self.k)
 
     def passages(self, question: str, reports: list[StageReport]) -> list[ScoredChunk]:
-        """Retrieve, rerank and compress the context: the passages the generator will read, in order."""
-        return self.staged_passages(question, reports)[0]
+        """Retrieve, rerank and compress the context: the passages the generator will read, in order.
 
-    def staged_passages(self, question: str, reports: list[StageReport]) -> tuple[list[ScoredChunk], list[ScoredChunk]]:
-        """:meth:`passages`, and those left out before the reranker: with a reranker and no context compressor, the
-        reranker reads only the most relevant passages that fit the window (an attention-driven order runs the
-        model on them; a longer prompt would be read past the window)."""
+        The reranker reads only the most relevant passages (by retrieval rank) that fit the window (an
+        attention-driven order runs the model on them; a longer prompt would be read past the window); the others
+        follow its order unread, most relevant first, for a context compressor to condense or the window fit to
+        drop."""
         passages, rep = run_stage("retriever", self.retriever, lambda: self.retrieve(question), reports)
         rep.items_out = len(passages)
         lm = self.generator
-        early: list[ScoredChunk] = []
-        if self.reranker is not None and self.context_compressor is None:
+        if self.reranker is not None:
             _, fits = lm.fit_prompt(
                 question,
                 passages,
@@ -193,14 +192,16 @@ class Pipeline:
                 priority=relevance_order(passages),
             )
             held = {id(p) for p in fits}
-            passages, early = list(fits), [p for p in passages if id(p) not in held]
-        if self.reranker is not None:
-            before = passages
-            passages, rep = run_stage(
+            unread = [p for p in passages if id(p) not in held]
+            before = list(fits)
+            reordered, rep = run_stage(
                 "reranker", self.reranker, lambda: self.reranker.rerank(question, before, lm), reports
             )
-            rep.items_in, rep.items_out = len(before), len(passages)
-            rep.details["order"] = [p.chunk.id for p in passages]
+            passages = reordered + [unread[i] for i in relevance_order(unread)]
+            rep.items_in, rep.items_out = len(before), len(reordered)
+            rep.details["order"] = [p.chunk.id for p in reordered]
+            if unread:
+                rep.details["unread"] = [p.chunk.id for p in unread]
         if self.context_compressor is not None:
             before = passages
             passages, rep = run_stage(
@@ -213,7 +214,7 @@ class Pipeline:
             rep.details["chars_in"] = sum(len(p.chunk.text) for p in before)
             rep.details["chars_out"] = sum(len(p.chunk.text) for p in passages)
             rep.details["tokens_in"], rep.details["tokens_out"] = _tokens(lm, before), _tokens(lm, passages)
-        return passages, early
+        return passages
 
     def ask(self, question: str) -> Answer:
         """Retrieve, fit the passages to the model's window, generate and cite. Raises ``EmptyQueryError``,
@@ -241,7 +242,7 @@ class Pipeline:
         """The passages that fit the window (``max_tokens``, if set, or the model's), in the order the stages chose,
         those dropped (the least relevant by retrieval rank, wherever a reranker put them; listed the most relevant
         first, as ``Answer.dropped``), the prompt."""
-        passages, early = self.staged_passages(question, reports)
+        passages = self.passages(question, reports)
         prompt, kept = self.generator.fit_prompt(
             question,
             passages,
@@ -250,7 +251,7 @@ class Pipeline:
             priority=relevance_order(passages),
         )
         held = {id(p) for p in kept}
-        dropped = [p for p in passages if id(p) not in held] + early
+        dropped = [p for p in passages if id(p) not in held]
         return kept, [dropped[i] for i in relevance_order(dropped)], prompt
 
     def answer(

@@ -121,6 +121,24 @@ def test_dropped_lists_the_most_relevant_first_and_compress_context_keeps_max_to
     assert [c.id for c in ctx.compress_context(QUESTION, "none").passages] == [x.chunk.id for x in full[:2]]
 
 
+def test_with_a_context_compressor_the_reranker_reads_what_fits_and_the_compressor_gets_all(retriever, smol):
+    """A reranker followed by a context compressor: the reranker reads only the passages that fit the window (its
+    attention would be read past it otherwise); the compressor still gets every retrieved passage, the unread ones
+    after the reranker's order, most relevant first."""
+    full = Pipeline(retriever, smol, k=5, config=CFG).ask(QUESTION)
+    n_full = len(smol.prompt(QUESTION, full.passages))
+    smol.model.config.max_position_embeddings = n_full - 20 + CFG.max_new_tokens  # one passage too many
+    p = Pipeline(retriever, smol, k=5, config=CFG, reranker="reversed", context_compressor="crag(k=1)")
+    read, got = [], []
+    rerank, compress = p.reranker.rerank, p.context_compressor.compress
+    object.__setattr__(p.reranker, "rerank", lambda q, ps, lm: read.append(len(ps)) or rerank(q, ps, lm))
+    object.__setattr__(p.context_compressor, "compress", lambda q, ps, lm: got.append(ps) or compress(q, ps, lm))
+    ans = p.ask(QUESTION)
+    assert read == [4] and [x.rank for x in got[0]] == [4, 3, 2, 1, 5]
+    rep = next(r for r in ans.stages if r.kind == "reranker")
+    assert rep.items_in == 4 and rep.details["unread"] == [full.passages[4].chunk.id]
+
+
 def test_fit_prompt_keeps_the_most_important_in_their_order(smol):
     from tests.helpers import PASSAGES
 
