@@ -184,20 +184,11 @@ class Pipeline:
         rep.items_out = len(passages)
         lm = self.generator
         if self.reranker is not None:
-            _, fits = lm.fit_prompt(
-                question,
-                passages,
-                self.config.max_new_tokens,
-                max_tokens=self.max_tokens,
-                priority=relevance_order(passages),
-            )
-            held = {id(p) for p in fits}
-            unread = [p for p in passages if id(p) not in held]
-            before = list(fits)
+            _, before, unread = self.fit(question, passages)
             reordered, rep = run_stage(
                 "reranker", self.reranker, lambda: self.reranker.rerank(question, before, lm), reports
             )
-            passages = reordered + [unread[i] for i in relevance_order(unread)]
+            passages = reordered + unread
             rep.items_in, rep.items_out = len(before), len(reordered)
             rep.details["order"] = [p.chunk.id for p in reordered]
             if unread:
@@ -242,7 +233,14 @@ class Pipeline:
         """The passages that fit the window (``max_tokens``, if set, or the model's), in the order the stages chose,
         those dropped (the least relevant by retrieval rank, wherever a reranker put them; listed the most relevant
         first, as ``Answer.dropped``), the prompt."""
-        passages = self.passages(question, reports)
+        prompt, kept, dropped = self.fit(question, self.passages(question, reports))
+        return kept, dropped, prompt
+
+    def fit(self, question: str, passages: list[ScoredChunk]) -> tuple[Prompt, list[ScoredChunk], list[ScoredChunk]]:
+        """The prompt of the most relevant ``passages`` (by retrieval rank, :func:`relevance_order`) that fit the
+        window (``max_tokens``, if set, or the model's, with room for the answer), those passages in their given
+        order, and the others, the most relevant first. Raises ``PromptTooLongError`` (see
+        ``Generator.fit_prompt``)."""
         prompt, kept = self.generator.fit_prompt(
             question,
             passages,
@@ -251,8 +249,8 @@ class Pipeline:
             priority=relevance_order(passages),
         )
         held = {id(p) for p in kept}
-        dropped = [p for p in passages if id(p) not in held]
-        return kept, [dropped[i] for i in relevance_order(dropped)], prompt
+        rest = [p for p in passages if id(p) not in held]
+        return prompt, list(kept), [rest[i] for i in relevance_order(rest)]
 
     def answer(
         self,
@@ -322,13 +320,7 @@ class Pipeline:
             return answer
         bad = {f.chunk_id for f in answer.flags}
         passages = [p for p in answer.passages if p.chunk.id not in bad]
-        prompt, kept = lm.fit_prompt(
-            answer.question,
-            passages,
-            self.config.max_new_tokens,
-            max_tokens=self.max_tokens,
-            priority=relevance_order(passages),
-        )
+        prompt, kept, _ = self.fit(answer.question, passages)
         g, rep = self.generate(prompt, reports)
         rep.label, rep.details = lm.model_name, {"regenerated": True, "removed": sorted(bad)}
         tr, rep = run_stage("tracer", self.tracer, lambda: self.tracer.trace(prompt, g, lm), reports)
@@ -567,15 +559,9 @@ class Pipeline:
         reranked, compressed) passages make the context, fitted to the model's window (or ``max_tokens``). ``compressor``: a KV
         compressor or its spec string, default ``compress.kv.DEFAULT_AGNOSTIC`` (at ``ratio``, default
         ``compress.kv.DEFAULT_AGNOSTIC_RATIO``)."""
+        passages: list[Any]
         if isinstance(passages_or_question, str):
-            passages: list[Any] = self.passages(passages_or_question, [])
-            _, passages = self.generator.fit_prompt(
-                passages_or_question,
-                passages,
-                self.config.max_new_tokens,
-                max_tokens=self.max_tokens,
-                priority=relevance_order(passages),
-            )
+            _, passages, _ = self.fit(passages_or_question, self.passages(passages_or_question, []))
         else:
             passages = list(passages_or_question)
         return self.generator.prefill_context(passages, compressor, ratio=ratio)
