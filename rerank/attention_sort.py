@@ -20,9 +20,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ragcore.attention import attention_to_spans
 from ragcore.stages import Stage, option
 from ragcore.types import ScoredChunk
+from rerank.attnrank import slot_attention
 
 logger = logging.getLogger(__name__)
 
@@ -71,16 +71,10 @@ class AttentionSort(Stage):
     def scores(self, question: str, passages: Sequence[ScoredChunk], lm: Any) -> list[float]:
         """The attention mass each passage gets in the prompt of ``passages`` in this order (calibrated if asked),
         averaged over layers and heads; one float per passage."""
-        mass = self._mass(question, passages, lm)
+        mass = slot_attention(lm, question, passages, rows=self.query).mean(0)
         if self.calibration == "na":
-            mass = [m - c for m, c in zip(mass, self._mass(CONTENT_FREE, passages, lm))]
-        return mass
-
-    def _mass(self, question: str, passages: Sequence[ScoredChunk], lm: Any) -> list[float]:
-        prompt = lm.prompt(question, passages)
-        rows = "last" if self.query == "last" else "question"
-        att = attention_to_spans(lm.model, prompt.input_ids, prompt.spans, rows=rows)
-        return [float(att.spans[f"passage:{i + 1}"].mean()) for i in range(len(passages))]
+            mass = mass - slot_attention(lm, CONTENT_FREE, passages, rows=self.query).mean(0)
+        return [float(m) for m in mass]
 
     def rerank(self, question: str, passages: Sequence[ScoredChunk], lm: Any) -> list[ScoredChunk]:
         current = [ScoredChunk(p.chunk, dict(p.scores), p.rank) for p in passages]

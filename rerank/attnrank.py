@@ -209,12 +209,14 @@ def profile_path(lm: Any) -> Path:
 
 
 @torch.inference_mode()
-def slot_attention(lm: Any, question: str, passages: Sequence[Chunk | ScoredChunk]) -> np.ndarray:
-    """(L, N): attention of the question's tokens to each passage slot (summed over its tokens, averaged over the
-    question's tokens and the heads), per layer, for one prompt."""
+def slot_attention(
+    lm: Any, question: str, passages: Sequence[Chunk | ScoredChunk], rows: str = "question"
+) -> np.ndarray:
+    """(L, N): attention of the question's tokens (``rows="question"``; ``"last"``: the prompt's last token) to
+    each passage slot (summed over its tokens, averaged over the rows and the heads), per layer, for one prompt."""
     prompt = lm.prompt(question, passages)
     names = [f"passage:{i + 1}" for i in range(len(passages))]
-    att = attention_to_spans(lm.model, prompt.input_ids, prompt.spans, rows="question")
+    att = attention_to_spans(lm.model, prompt.input_ids, prompt.spans, rows=rows)
     return torch.stack([att.spans[n].mean(-1) for n in names], dim=1).numpy()
 
 
