@@ -11,7 +11,7 @@
 #   pick    PICK := the best change over dev-*.json (bench.kv_agnostic --matrix ... --best), written to pick.txt;
 #           the later steps of the same call use it (HEAD := PICK, and the sxs step's ours with SXS_OURS=pick).
 #   head    HEAD (default: PICK, i.e. compress.kv.DEFAULT_AGNOSTIC, and REFERENCE, expected_attention; after the pick
-#           step: PICK alone) on questions 1-300, and 1001-1983 with FRESH=1 (none of them seen by the choice),
+#           step: PICK alone) on questions 1-300 (HEAD_OFFSET=600: 601-900), and 1001-1983 with FRESH=1 (none of them seen by the choice),
 #           question-agnostic, ratio 0.5; the full cache as its own run beside (head-full.json, fresh-full.json).
 #   aware   query-aware (the default of `ragcore ask --compressor NAME --ratio R`), ratios 0.5 and 0.75, questions 1-300
 #   sxs     kvpress 0.5.5 side by side on the same prompts (questions 1-300): snapkv, knorm, streaming_llm,
@@ -66,8 +66,11 @@ for steps in "$@"; do
     ;;
   head)  # HEAD (default: PICK and REFERENCE); FRESH=1 adds questions 1001-1983. The full cache runs on its own
     # (head-full.json, fresh-full.json): HEAD of one compressor is a single run, without a baseline
-    ev head --compressor "${HEAD:-$PICK,${REFERENCE:-expected_attention}}" --ratio 0.5 --limit "${N_KV:-300}" --batch-size "$B" "${NQ[@]}"
-    ev head-full --compressor none --limit "${N_KV:-300}" --batch-size "$B" "${NQ[@]}"
+    # HEAD_OFFSET: the first question (0: questions 1-300; 600: 601-900, which no KV choice or headline read before
+    # the KVzap runs of 2026-12-01)
+    ho=(--offset "${HEAD_OFFSET:-0}")
+    ev head --compressor "${HEAD:-$PICK,${REFERENCE:-expected_attention}}" --ratio 0.5 --limit "${N_KV:-300}" "${ho[@]}" --batch-size "$B" "${NQ[@]}"
+    ev head-full --compressor none --limit "${N_KV:-300}" "${ho[@]}" --batch-size "$B" "${NQ[@]}"
     if [ "${FRESH:-0}" = 1 ]; then
       ev fresh --compressor "${HEAD:-$PICK,${REFERENCE:-expected_attention}}" --ratio 0.5 --offset 1000 --batch-size "$B" "${NQ[@]}"
       ev fresh-full --compressor none --offset 1000 --batch-size "$B" "${NQ[@]}"

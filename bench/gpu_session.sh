@@ -13,6 +13,7 @@
 #   issue 16  bench/gpu_kv_agnostic.sh dev+head+aware+sxs+reuse, then report
 #   SPEED=1   bench/gpu_longctx_speed.sh (issue 14: InfiniRetri's segment, then its speed beside the peer)
 #   SDPA=1    bench/sdpa_backends.py first, alone (torch's attention backend choice against cuDNN off)
+#   KVZAP_FIT=1 issue 16's KVzap surrogate fitted first (bench/kvzap_fit.py), for the KV steps' `kvzap`
 #   RETRIEVAL=0 skips the kvpress copy, the retrieval dump and the eval index (runs that need none of them)
 # and finally packs RES and the repository's docs/RESULTS.md and docs/figures into /var/tmp/res.tgz.
 set -uo pipefail
@@ -91,6 +92,16 @@ if [ "${SDPA:-0}" = 1 ]; then
     done
   done
   echo "$(date +%T) sdpa done"
+fi
+
+# KVZAP_FIT=1: issue 16's KVzap surrogate for qwen2.5-0.5b fitted first (bench/kvzap_fit.py, its default slices), into
+# the repository copy's compress/kv/surrogates/ (where `kvzap` finds it) and $RES/kvzap/ (carried back)
+if [ "${KVZAP_FIT:-0}" = 1 ]; then
+  mkdir -p "$RES/kvzap"
+  sur=compress/kv/surrogates/kvzap-qwen2.5-0.5b.safetensors
+  $PY -m bench.kvzap_fit --model qwen2.5-0.5b --device cuda --retrieved /var/tmp/retrieved.json --out "$sur" \
+    > "$RES/kvzap/fit.log" 2>&1 && cp "$sur" "$RES/kvzap/" || echo "$(date +%T) kvzap fit failed: $RES/kvzap/fit.log"
+  echo "$(date +%T) kvzap fit done"
 fi
 
 echo "$(date +%T) issues"

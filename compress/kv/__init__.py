@@ -22,6 +22,7 @@ from compress.kv.compactor import Compactor
 from compress.kv.expected_attention import ExpectedAttention
 from compress.kv.h2o import H2O
 from compress.kv.knorm import KNorm
+from compress.kv.kvzap import KVzap
 from compress.kv.kvzip import KVzip
 from compress.kv.layers import LayerShared
 from compress.kv.passages import PassageKV
@@ -54,6 +55,7 @@ KV_COMPRESSORS.add(
     RetrievalHeads,
     RandomPress,
     KVzip,
+    KVzap,
     Compactor,
     aliases={"retrieval": "retrieval_heads"},
 )

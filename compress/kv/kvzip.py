@@ -141,15 +141,20 @@ class KVzip(KVCompressor):
     def keep(self, x: LayerPrefill, k: int) -> None:
         if x.call.gather(x.layer, k) is None:  # wait for the last layer: the reconstruction runs through them all
             return
-        call, t = x.call, x.keys.shape[-2]
-        scores = [self.pool(s) for s in self.reconstruction_scores(call, t)]  # per layer (B, H_kv, T)
-        prot, floor = call.protected_floor(t, x.keys.device)
+        scores = [self.pool(s) for s in self.reconstruction_scores(x.call, x.keys.shape[-2])]  # per layer
+        self.prune_all(x.call, scores, k)
+
+    def prune_all(self, call: KVCall, scores: list[torch.Tensor], k: int) -> None:
+        """Prune every layer by its scores (B, H_kv, T), attention-like (comparable across layers and heads, <= 1
+        where they matter): ``k`` tokens per head (``scope="layer"``), or the top ``L x H_kv x k`` (layer, head,
+        token) entries of the whole cache, every head keeping ``floor(k)`` at least (``scope="global"``)."""
+        t, h = scores[0].shape[-1], scores[0].shape[1]
+        prot, floor = call.protected_floor(t, scores[0].device)
         if self.scope == "layer":
             for layer, s in enumerate(scores):
                 idx, _ = self.select(torch.maximum(s, floor), k)
                 self.prune_layer(call, layer, idx, None)
             return
-        h = x.keys.shape[1]
         budgets = adaptive_budgets(torch.cat(scores, 1), prot, k, self.floor(k), normalise=False)  # (B, L x H_kv)
         for layer, s in enumerate(scores):
             idx, mask = self.select(torch.maximum(s, floor), k, budgets[:, layer * h : (layer + 1) * h])
