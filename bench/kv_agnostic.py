@@ -4,7 +4,10 @@
   full-cache run first): per compressor its accuracy, its paired change against the full cache (points, 95%
   interval) and the KV bytes held; the best change is marked (on a development slice: the choice). Several
   files of the same questions and settings (candidates split over processes, or single runs such as the full
-  cache alone) are one table (``eval.kv_compression.merge_matrices``).
+  cache alone) are one table (``eval.kv_compression.merge_matrices``). ``--pool FILE ...`` (repeatable): the same
+  compressors on other questions (another slice, its own full-cache run); a second table gives, per compressor run
+  on every slice, the change over all their questions together (each question paired with its own slice's full
+  cache).
 * ``--reuse FILE ...``: ``ragcore eval kv --reuse Q`` results: accuracy of one compressed context answering Q
   questions against Q full prefills (paired), accuracy per question index, the seconds of both and their ratio
   (wall clock, and processor time of the run's process where measured), the KV bytes held. ``--merge OUT``
@@ -27,7 +30,7 @@ from bench.results import write_section
 from eval.kv_compression import merge_matrices
 from eval.kv_reuse import merge_reuse
 from eval.report import read_json, write_json
-from eval.stats import paired_difference
+from eval.stats import matched_diffs, mean_ci, paired_difference
 from ragcore.errors import ConfigError
 
 
@@ -41,7 +44,13 @@ def matrix_table(m: dict[str, Any]) -> tuple[str, str]:
             continue
         d, ci = paired_difference(r, full)
         rows.append((r, d, ci))
-    best = max(rows, key=lambda x: x[1])[0]["compressor"] if rows else ""
+    # the best change; a tie (equal changes: equal answers right) goes to the smaller cache held (the rule since
+    # 2026-12-01, when KVzap's per-layer setting tied KVzip on the development slice)
+    best = (
+        max(rows, key=lambda x: (round(x[1], 9), -x[0]["kv_bytes"] / (x[0]["kv_bytes_full"] or 1)))[0]["compressor"]
+        if rows
+        else ""
+    )
     lines = [
         f"Full cache: {full['accuracy']:.3f} ± {full['accuracy_ci95']:.3f} on {full['n']} questions.",
         "",
@@ -56,6 +65,29 @@ def matrix_table(m: dict[str, Any]) -> tuple[str, str]:
             f"{kv:.3f} | {'yes' if r.get('masks_only') else 'no'} | {mark} |"
         )
     return "\n".join(lines), best
+
+
+def pooled_table(slices: list[dict[str, Any]]) -> str:
+    """Per compressor run on every slice (matrices of different questions), the change against each slice's own
+    full cache over all the slices' questions together, as a Markdown table."""
+    fulls = [next(r for r in m["runs"] if r["compressor"] == "none") for m in slices]
+    names = [r["compressor"] for r in slices[0]["runs"] if r["compressor"] != "none" and not r.get("shared_baseline")]
+    where = ", ".join(f"{m['offset'] + 1}-{m['offset'] + m['n']}" for m in slices)
+    lines = [
+        f"Pooled over questions {where} ({sum(f['n'] for f in fulls)} questions), each paired with its slice's full "
+        "cache:",
+        "",
+        "| compressor | ratio | questions | change vs full (points) |",
+        "|---|---|---|---|",
+    ]
+    for name in names:
+        runs = [next((r for r in m["runs"] if r["compressor"] == name), None) for m in slices]
+        if any(r is None for r in runs):
+            continue
+        diffs = [d for r, f in zip(runs, fulls) for d in matched_diffs(r, f)]
+        d, ci = mean_ci(diffs)
+        lines.append(f"| {name} | {runs[0]['ratio']} | {len(diffs)} | {100 * d:+.1f} ± {100 * ci:.1f} |")
+    return "\n".join(lines)
 
 
 def reuse_table(results: list[dict[str, Any]]) -> str:
@@ -109,6 +141,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--matrix", nargs="*", default=[], help="question-agnostic `eval kv` matrix JSON files (same questions)"
     )
+    ap.add_argument(
+        "--pool",
+        nargs="+",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="another slice's matrix files (repeatable): a pooled table over every slice's questions",
+    )
     ap.add_argument("--best", action="store_true", help="print the label with the best change and stop")
     ap.add_argument("--reuse", nargs="*", default=[], help="`eval kv --reuse` JSON files")
     ap.add_argument(
@@ -149,6 +189,12 @@ def main(argv: list[str] | None = None) -> int:
             "those held (uneven per-head budgets keep padded slots hidden by masks). Best change: "
             f"`{best}`.\n\n{table}"
         )
+        if a.pool:
+            try:
+                slices = [m] + [merge_matrices(files) for files in a.pool]
+            except ConfigError as e:
+                ap.error(str(e))
+            parts.append(pooled_table(slices))
     reuse = [read_json(f) for f in a.reuse]
     if a.merge:
         if not reuse:

@@ -236,43 +236,48 @@ class KVzap(KVzip):
     compare across layers and heads as KVzip's scores do.
 
     Which surrogate: ``surrogate`` (a file path) if given; else a bundled file (``compress/kv/surrogates/``) whose
-    fingerprint is the model's; else one fitted at first use on ``n_calib`` random-token sequences (needs no data,
-    and is weak on a real model: a warning says so; fit one on real text with ``python -m bench.kvzap_fit``).
-    Cached positions before the prefill's own rows (a prefill on a filled cache) have no hidden states here and
-    score as the best predicted position (kept first).
+    fingerprint is the model's (qwen2.5-0.5b and smollm2-135m are bundled); else none, and the scores are KVzip+'s
+    own, from the reconstruction (what a surrogate predicts, at KVzip's cost; a warning says so: fit one with
+    ``python -m bench.kvzap_fit``). Cached positions before the prefill's own rows (a prefill on a filled cache)
+    have no hidden states here and score as the best predicted position (kept first).
+
+    Measured (docs/RESULTS.md): question-agnostic on qwen2.5-0.5b, ``scope="layer", safeguard=0`` tied the
+    KVzip default on the development slice and holds half the cache (kvzap-dev-gpu); it is
+    ``compress.kv.DEFAULT_AGNOSTIC`` since (kvzap-head-gpu, kv-vs-kvpress-kvzap-gpu, kv-reuse-kvzap-cpu).
 
     Parameters
     ----------
     surrogate:
-        Path of a surrogate file (see the module docstring); None: the bundled one for the model, else a random-
-        token calibration.
-    n_calib:
-        Random-token sequences (of 64 tokens) that the fallback calibration fits on.
+        Path of a surrogate file (see the module docstring); None: the bundled one for the model, else KVzip+'s
+        own scores.
     scope, safeguard, kernel_size, n_sink:
-        As in :class:`KVzip` (the defaults of ``compress.kv.DEFAULT_AGNOSTIC``'s KVzip: ``safeguard=0.2``).
+        As in :class:`KVzip` (``safeguard=0.2`` by default, as the KVzip setting the development slice chose).
     chunk, instruction, assistant_turn, plus:
-        Unused by the scores (no reconstruction); kept from :class:`KVzip`, whose selection this is.
+        The reconstruction's, as in :class:`KVzip`, used only without a surrogate; by default the layout that the
+        bundled surrogates predict (``assistant_turn=True, plus=True``: KVzip+ in the paper's chat layout).
     ratio, budget, protect_last:
         As in :class:`KVCompressor`.
     """
 
     surrogate: str | None = option(None, kind=str)
-    n_calib: int = option(8, minimum=1)
+    assistant_turn: bool = option(True)
+    plus: bool = option(True)
     safeguard: float = option(0.2, low=0, high=1)
     name: ClassVar[str] = "kvzap"
 
     def prepare(self, model: nn.Module) -> None:
         self.surrogate_for(model)
 
-    def surrogate_for(self, model: nn.Module) -> Surrogate:
-        """The surrogate this compressor uses on ``model`` (found on first use, then remembered per model)."""
+    def surrogate_for(self, model: nn.Module) -> Surrogate | None:
+        """The surrogate this compressor uses on ``model``, or None (KVzip+'s own scores); found on first use, then
+        remembered per model."""
         with _LOCK:
             found = _FOR_MODEL.setdefault(model, {})
             if self.surrogate not in found:
                 found[self.surrogate] = self.find_surrogate(model)
             return found[self.surrogate]
 
-    def find_surrogate(self, model: nn.Module) -> Surrogate:
+    def find_surrogate(self, model: nn.Module) -> Surrogate | None:
         """The surrogate for ``model`` (see the class docstring for the order in which it is looked up)."""
         if self.surrogate is not None:
             return Surrogate.load(self.surrogate, model)
@@ -287,18 +292,17 @@ class KVzap(KVzip):
                 logger.info("kvzap: surrogate %s", path.name)
                 return found
         logger.warning(
-            "kvzap: no surrogate fitted for this model (fingerprint %s); fitting one on %d random-token sequences, "
-            "which is weak on a real model (fit one on real text with python -m bench.kvzap_fit)",
+            "kvzap: no surrogate fitted for this model (fingerprint %s): scoring with KVzip+'s reconstruction, "
+            "about two prefills more per context (fit one with python -m bench.kvzap_fit)",
             fp,
-            self.n_calib,
         )
-        vocab = model.get_input_embeddings().weight.shape[0]
-        gen = torch.Generator().manual_seed(0)
-        ids = [(torch.randint(0, vocab, (1, 64), generator=gen), None) for _ in range(self.n_calib)]
-        return fit_surrogate(model, ids)
+        return None
 
     def score(self, x: LayerPrefill) -> torch.Tensor:
-        pred = self.surrogate_for(x.call.model).predict(x.layer, x.hidden).exp()  # (B, H_kv, T_q)
+        sur = self.surrogate_for(x.call.model)
+        if sur is None:
+            raise NotImplementedError("kvzap without a surrogate scores every layer at once (see keep)")
+        pred = sur.predict(x.layer, x.hidden).exp()  # (B, H_kv, T_q)
         before = x.key_offset
         if before:
             top = pred.amax(-1, keepdim=True).expand(*pred.shape[:2], before)
@@ -306,6 +310,9 @@ class KVzap(KVzip):
         return pred
 
     def keep(self, x: LayerPrefill, k: int) -> None:
+        if self.surrogate_for(x.call.model) is None:  # KVzip+'s scores, after the last layer's prefill
+            super().keep(x, k)
+            return
         held = x.call.gather(x.layer, self.pool(self.checked_score(x)))
         if held is not None:  # every layer scored: one selection over the whole cache, as KVzip's
             self.prune_all(x.call, [s for _, s in held], k)

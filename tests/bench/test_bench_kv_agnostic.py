@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.kv_agnostic import main, matrix_table, reuse_table
+from bench.kv_agnostic import main, matrix_table, pooled_table, reuse_table
 from eval.kv_compression import merge_matrices
 from ragcore.errors import ConfigError
 
@@ -24,6 +24,20 @@ def test_matrix_marks_the_best_paired_change():
     assert best == "kvzip"
     assert "| kvzip | 0.5 | 0.750 | +25.0 ± " in table and "| h2o | 0.5 | 0.250 | -25.0 ± " in table
     assert table.count("**best**") == 1
+
+
+def test_a_tie_goes_to_the_smaller_cache():
+    m = {"runs": [run("none", [1, 0, 1, 0]), run("kvzip", [1, 1, 1, 0]), run("kvzap", [1, 0, 1, 1], kv_bytes=40)]}
+    assert matrix_table(m)[1] == "kvzap"
+    m["runs"][2]["kv_bytes"] = 60
+    assert matrix_table(m)[1] == "kvzip"
+
+
+def test_pooled_table_pairs_each_slice_with_its_own_full_cache():
+    a = {"offset": 0, "n": 4, "runs": [run("none", [1, 1, 0, 0]), run("x", [1, 0, 0, 0]), run("only-a", [1, 1, 1, 1])]}
+    b = {"offset": 100, "n": 4, "runs": [run("none", [0, 0, 0, 0]), run("x", [1, 1, 0, 0])]}
+    t = pooled_table([a, b])
+    assert "questions 1-4, 101-104 (8 questions)" in t and "| x | 0.5 | 8 | +12.5 ± " in t and "only-a" not in t
 
 
 def test_matrices_and_single_runs_merge_and_name_the_best(tmp_path, capsys):

@@ -105,7 +105,32 @@ def test_bundled_surrogate_found_by_fingerprint(tiny_llama, tmp_path, monkeypatc
     with caplog.at_level(logging.INFO, logger="compress.kv.kvzap"):
         found = get_compressor("kvzap").find_surrogate(tiny_llama)
     assert torch.equal(found.weight, mine.weight) and "b-mine.safetensors" in caplog.text
-    monkeypatch.setattr(kvzap, "SURROGATES", tmp_path / "empty")
+
+
+def test_without_a_surrogate_it_is_kvzip_plus(tiny_llama, monkeypatch, caplog):
+    """No surrogate for the model: KVzip+'s own scores (the reconstruction), the same selection as the kvzip spec
+    with the surrogates' target layout, and a warning."""
+    monkeypatch.setattr(kvzap, "SURROGATES", kvzap.SURROGATES / "none-here")
+    got, want = {}, {}
     with caplog.at_level(logging.WARNING, logger="compress.kv.kvzap"):
-        get_compressor("kvzap", n_calib=2).find_surrogate(tiny_llama)
+        prefill(tiny_llama, recording(get_compressor("kvzap(n_sink=0)", ratio=0.5), got), random_ids(T))
     assert "no surrogate fitted for this model" in caplog.text
+    spec = "kvzip(assistant_turn=True, plus=True, safeguard=0.2, n_sink=0)"
+    prefill(tiny_llama, recording(get_compressor(spec, ratio=0.5), want), random_ids(T))
+    for layer in want:
+        assert torch.equal(got[layer][0], want[layer][0]) and torch.equal(got[layer][1], want[layer][1])
+
+
+def test_surrogate_scores_keep_the_global_budget_and_decode(tiny_llama, smol, tmp_path):
+    """With a surrogate, scope='global' keeps L x H_kv x k (layer, head, token) entries with every head at its floor
+    or more (masks hide the padded slots), and decodes alike alone and batched."""
+    from tests.compress.kv.test_conformance import check_budget
+    from tests.compress.kv.test_methods import decodes_alone_and_batched
+    from tests.helpers import Q
+
+    path = fitted(tiny_llama).save(tmp_path / "s.safetensors")
+    comp = get_compressor(f"kvzap(surrogate='{path}')", ratio=0.5)
+    cache, call = prefill(tiny_llama, comp, random_ids(T))
+    check_budget(tiny_llama, comp, call, cache, T, Q)
+    assert call.report.masks_only  # uneven per-head budgets
+    decodes_alone_and_batched(tiny_llama, smol.tokenizer, comp)
