@@ -68,25 +68,27 @@ def matrix_table(m: dict[str, Any]) -> tuple[str, str]:
 
 
 def pooled_table(slices: list[dict[str, Any]]) -> str:
-    """Per compressor run on every slice (matrices of different questions), the change against each slice's own
-    full cache over all the slices' questions together, as a Markdown table."""
+    """Per compressor run on every slice (matrices of different questions), its change against each slice's own
+    full cache on each slice and over all the slices' questions together, as a Markdown table."""
     fulls = [next(r for r in m["runs"] if r["compressor"] == "none") for m in slices]
     names = [r["compressor"] for r in slices[0]["runs"] if r["compressor"] != "none" and not r.get("shared_baseline")]
-    where = ", ".join(f"{m['offset'] + 1}-{m['offset'] + m['n']}" for m in slices)
+    spans = [f"{m['offset'] + 1}-{m['offset'] + m['n']}" for m in slices]
     lines = [
-        f"Pooled over questions {where} ({sum(f['n'] for f in fulls)} questions), each paired with its slice's full "
-        "cache:",
+        f"Pooled over questions {', '.join(spans)} ({sum(f['n'] for f in fulls)} questions), each paired with its "
+        "slice's full cache (full cache per slice: " + ", ".join(f"{f['accuracy']:.3f}" for f in fulls) + "):",
         "",
-        "| compressor | ratio | questions | change vs full (points) |",
-        "|---|---|---|---|",
+        "| compressor | ratio | " + " | ".join(f"change on {x}" for x in spans) + " | questions | change, pooled |",
+        "|---|---|" + "---|" * len(spans) + "---|---|",
     ]
     for name in names:
         runs = [next((r for r in m["runs"] if r["compressor"] == name), None) for m in slices]
         if any(r is None for r in runs):
             continue
+        each = [mean_ci(matched_diffs(r, f)) for r, f in zip(runs, fulls)]
         diffs = [d for r, f in zip(runs, fulls) for d in matched_diffs(r, f)]
         d, ci = mean_ci(diffs)
-        lines.append(f"| {name} | {runs[0]['ratio']} | {len(diffs)} | {100 * d:+.1f} ± {100 * ci:.1f} |")
+        cells = " | ".join(f"{100 * x:+.1f} ± {100 * c:.1f}" for x, c in each)
+        lines.append(f"| {name} | {runs[0]['ratio']} | {cells} | {len(diffs)} | {100 * d:+.1f} ± {100 * ci:.1f} |")
     return "\n".join(lines)
 
 

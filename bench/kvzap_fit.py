@@ -8,6 +8,8 @@ The last ``--holdout`` contexts are scored, not fitted (R^2 in the file and the 
 
     HF_HUB_OFFLINE=1 python -m bench.kvzap_fit --model qwen2.5-0.5b --limit 300 --kv-limit 40 \\
         --out compress/kv/surrogates/kvzap-qwen2.5-0.5b.safetensors
+
+``--render FILE ... --write-results SECTION`` writes the surrogates' fit (what each file records) as a table.
 """
 
 from __future__ import annotations
@@ -16,15 +18,36 @@ import argparse
 import logging
 import random
 
-from compress.kv.kvzap import TARGETS, fit_surrogate
+from bench.results import write_section
+from compress.kv.kvzap import TARGETS, Surrogate, fit_surrogate
 from eval.kv_compression import load_items
 from ragcore.generator import Generator
 
 logger = logging.getLogger("bench.kvzap_fit")
 
 
+def render(paths: list[str]) -> str:
+    """The fit of each surrogate file (its recorded metadata) as a Markdown table."""
+    lines = [
+        "| file | model | targets | contexts fitted | tokens | held-out contexts | held-out R^2 (mean over layers) | "
+        "lowest layer R^2 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for path in paths:
+        m = Surrogate.load(path).meta
+        low = min(m["r2"]) if m.get("r2") else float("nan")
+        lines.append(
+            f"| `{path}` | {m.get('model', '?')} | `{m['targets']}` | {m['contexts']} | {m['tokens']} | "
+            f"{m.get('holdout', 0)} | {m.get('r2_mean', float('nan')):.3f} | {low:.3f} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--render", nargs="+", default=None, metavar="FILE", help="surrogate files: their fit as a table")
+    p.add_argument("--write-results", default=None, metavar="SECTION", help="with --render: the RESULTS section")
+    p.add_argument("--note", default="", help="with --render: text before the table")
     p.add_argument("--model", default="qwen2.5-0.5b")
     p.add_argument("--data", default=None, help="NQ-open file (default: the bundled one)")
     p.add_argument("--offset", type=int, default=0, help="first NQ-open question (0-based)")
@@ -39,8 +62,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ridge", type=float, default=1e-2)
     p.add_argument("--targets", default=TARGETS, help="the KVzip spec whose scores the surrogate predicts")
     p.add_argument("--device", default=None)
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", default=None)
     a = p.parse_args(argv)
+    if a.render:
+        body = "\n\n".join(x for x in (a.note.strip(), render(a.render)) if x)
+        print(body)
+        if a.write_results:
+            write_section(a.write_results, "KV compression: the KVzap surrogates' fit (issue #16)", body)
+        return 0
+    if not a.out:
+        p.error("--out is required (or --render)")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     gen = Generator(a.model, device=a.device)
     prompts = []

@@ -37,7 +37,8 @@ def test_pooled_table_pairs_each_slice_with_its_own_full_cache():
     a = {"offset": 0, "n": 4, "runs": [run("none", [1, 1, 0, 0]), run("x", [1, 0, 0, 0]), run("only-a", [1, 1, 1, 1])]}
     b = {"offset": 100, "n": 4, "runs": [run("none", [0, 0, 0, 0]), run("x", [1, 1, 0, 0])]}
     t = pooled_table([a, b])
-    assert "questions 1-4, 101-104 (8 questions)" in t and "| x | 0.5 | 8 | +12.5 ± " in t and "only-a" not in t
+    assert "questions 1-4, 101-104 (8 questions)" in t and "only-a" not in t
+    assert "| x | 0.5 | -25.0 ± " in t and " | +50.0 ± " in t and "| 8 | +12.5 ± " in t
 
 
 def test_matrices_and_single_runs_merge_and_name_the_best(tmp_path, capsys):
