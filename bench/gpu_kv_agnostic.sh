@@ -7,8 +7,10 @@
 #           change (-> PICK, and compress.kv.DEFAULT_AGNOSTIC if it differs from today's).
 #   devs    as dev, split over processes: DEV_GROUPS is ';'-separated candidate lists, one process each
 #           (dev-1.json, dev-2.json, ...; each with its own full-cache run, the first one's is the reference; a
-#           group of one compressor is a single run, so then dev-full.json holds the full cache's run).
-#   pick    PICK := the best change over dev-*.json (bench.kv_agnostic --matrix ... --best), written to pick.txt;
+#           group of one compressor is a single run, so then dev-full.json holds the full cache's run); and each
+#           group on key-value retrieval rows 101-200 (guard-*.json, the guard of the pick step).
+#   pick    PICK := the best change over dev-*.json among the candidates that lose at most 3 points on the guard
+#           files when there are any (bench.kv_agnostic --matrix ... --guard ... --best), written to pick.txt;
 #           the later steps of the same call use it (HEAD := PICK, and the sxs step's ours with SXS_OURS=pick).
 #   head    HEAD (default: PICK, i.e. compress.kv.DEFAULT_AGNOSTIC, and REFERENCE, expected_attention; after the pick
 #           step: PICK alone) on questions 1-300 (HEAD_OFFSET=600: 601-900), and 1001-1983 with FRESH=1 (none of them seen by the choice),
@@ -57,11 +59,21 @@ for steps in "$@"; do
       [ "$n" = 1 ] && full=1
     done
     [ $full = 1 ] && ev dev-full --compressor none --offset 300 --limit "${N_KV:-300}" --batch-size "$B" "${NQ[@]}"
+    # the guard: every group on key-value retrieval too (rows 101-200; the reuse runs read rows 1-30), since a
+    # setting that keeps NQ-open's short answers can lose long exact strings outright (kv-reuse-kvzap-layer-cpu);
+    # the pick step then takes only a candidate that loses at most 3 points there
+    i=0
+    for g in "${groups[@]}"; do
+      i=$((i + 1))
+      ev "guard-$i" --compressor "$g" --ratio 0.5 --data "${KV[0]}" --offset 100 --limit "${N_GUARD:-100}" --batch-size "$B"
+    done
+    ev guard-full --compressor none --data "${KV[0]}" --offset 100 --limit "${N_GUARD:-100}" --batch-size "$B"
     ;;
   devfull)  # the full cache alone on the development questions (what `devs` adds for groups of one compressor)
     ev dev-full --compressor none --offset 300 --limit "${N_KV:-300}" --batch-size "$B" "${NQ[@]}" ;;
   pick)
-    PICK=$($PY -m bench.kv_agnostic --matrix "$OUT"/dev-*.json --best) && [ -n "$PICK" ] || { echo "no pick"; exit 3; }
+    guard=(); compgen -G "$OUT/guard-*.json" > /dev/null && guard=(--guard "$OUT"/guard-*.json)
+    PICK=$($PY -m bench.kv_agnostic --matrix "$OUT"/dev-*.json "${guard[@]}" --best) && [ -n "$PICK" ] || { echo "no pick"; exit 3; }
     HEAD=$PICK; echo "$PICK" > "$OUT/pick.txt"; echo "pick: $PICK"
     ;;
   head)  # HEAD (default: PICK and REFERENCE); FRESH=1 adds questions 1001-1983. The full cache runs on its own

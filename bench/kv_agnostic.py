@@ -33,9 +33,18 @@ from eval.report import read_json, write_json
 from eval.stats import matched_diffs, mean_ci, paired_difference
 from ragcore.errors import ConfigError
 
+# points a candidate may lose on the guard data (key-value retrieval) and still be picked: issue 16's reuse tolerance
+GUARD_MAX_LOSS = 3.0
 
-def matrix_table(m: dict[str, Any]) -> tuple[str, str]:
-    """The matrix's rows as a Markdown table, and the label of the compressor with the best change."""
+
+def matrix_table(
+    m: dict[str, Any], guard: dict[str, Any] | None = None, max_loss: float = GUARD_MAX_LOSS
+) -> tuple[str, str]:
+    """The matrix's rows as a Markdown table, and the label of the compressor with the best change.
+
+    ``guard``: a matrix of the same compressors on another kind of data (key-value retrieval: exact copies of long
+    strings, where a setting that keeps NQ-open's short answers can fail outright). Only a compressor whose change
+    there is at least ``-max_loss`` points can be the best; one the guard did not run cannot."""
     runs = m["runs"]
     full = next(r for r in runs if r["compressor"] == "none")
     rows = []
@@ -44,25 +53,31 @@ def matrix_table(m: dict[str, Any]) -> tuple[str, str]:
             continue
         d, ci = paired_difference(r, full)
         rows.append((r, d, ci))
-    # the best change; a tie (equal changes: equal answers right) goes to the smaller cache held (the rule since
-    # 2026-12-01, when KVzap's per-layer setting tied KVzip on the development slice)
-    best = (
-        max(rows, key=lambda x: (round(x[1], 9), -x[0]["kv_bytes"] / (x[0]["kv_bytes_full"] or 1)))[0]["compressor"]
-        if rows
-        else ""
-    )
+    held: dict[str, tuple[float, float]] = {}
+    if guard is not None:
+        g_full = next(r for r in guard["runs"] if r["compressor"] == "none")
+        held = {r["compressor"]: paired_difference(r, g_full) for r in guard["runs"] if r["compressor"] != "none"}
+    ok = [x for x in rows if guard is None or held.get(x[0]["compressor"], (-1.0, 0))[0] >= -max_loss / 100]
+    best = max(ok, key=lambda x: x[1])[0]["compressor"] if ok else ""
+    head = "| compressor | ratio | accuracy | change vs full (points) | kv bytes / full | masks |"
+    if guard is not None:
+        head += f" change on {guard['format']} (guard: >= -{max_loss:g}) |"
     lines = [
         f"Full cache: {full['accuracy']:.3f} ± {full['accuracy_ci95']:.3f} on {full['n']} questions.",
         "",
-        "| compressor | ratio | accuracy | change vs full (points) | kv bytes / full | masks | best |",
-        "|---|---|---|---|---|---|---|",
+        head + " best |",
+        "|---" * (head.count("|") - 1 + 1) + "|",
     ]
     for r, d, ci in rows:
         kv = r["kv_bytes"] / r["kv_bytes_full"] if r["kv_bytes_full"] else 0.0
         mark = "**best**" if r["compressor"] == best else ""
+        cell = ""
+        if guard is not None:
+            gd = held.get(r["compressor"])
+            cell = " not run |" if gd is None else f" {100 * gd[0]:+.1f} ± {100 * gd[1]:.1f} |"
         lines.append(
             f"| {r['compressor']} | {r['ratio']} | {r['accuracy']:.3f} | {100 * d:+.1f} ± {100 * ci:.1f} | "
-            f"{kv:.3f} | {'yes' if r.get('masks_only') else 'no'} | {mark} |"
+            f"{kv:.3f} | {'yes' if r.get('masks_only') else 'no'} |{cell} {mark} |"
         )
     return "\n".join(lines), best
 
@@ -151,6 +166,15 @@ def main(argv: list[str] | None = None) -> int:
         metavar="FILE",
         help="another slice's matrix files (repeatable): a pooled table over every slice's questions",
     )
+    ap.add_argument(
+        "--guard",
+        nargs="+",
+        default=None,
+        metavar="FILE",
+        help="the candidates' matrix files on key-value retrieval: only one losing at most --guard-max-loss points "
+        "there can be the best",
+    )
+    ap.add_argument("--guard-max-loss", type=float, default=GUARD_MAX_LOSS, help="points (default: %(default)s)")
     ap.add_argument("--best", action="store_true", help="print the label with the best change and stop")
     ap.add_argument("--reuse", nargs="*", default=[], help="`eval kv --reuse` JSON files")
     ap.add_argument(
@@ -173,10 +197,15 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(str(e))
         if m.get("query_aware"):
             ap.error(f"{a.matrix[0]} is query-aware; this table is for question-agnostic runs")
-        table, best = matrix_table(m)
+        try:
+            guard = merge_matrices(a.guard) if a.guard else None
+        except ConfigError as e:
+            ap.error(str(e))
+        table, best = matrix_table(m, guard, a.guard_max_loss)
         if a.best:
             if not best:
-                ap.error(f"no compressor run in {a.matrix} (only the full cache): nothing to pick")
+                why = "none holds on the guard data" if guard else "only the full cache: nothing to pick"
+                ap.error(f"no compressor in {a.matrix} can be picked ({why})")
             print(best)
             return 0
         where = (  # single runs written before they recorded their data and offset

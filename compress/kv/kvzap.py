@@ -241,9 +241,12 @@ class KVzap(KVzip):
     ``python -m bench.kvzap_fit``). Cached positions before the prefill's own rows (a prefill on a filled cache)
     have no hidden states here and score as the best predicted position (kept first).
 
-    Measured (docs/RESULTS.md): question-agnostic on qwen2.5-0.5b, ``scope="layer", safeguard=0`` tied the
-    KVzip default on the development slice and holds half the cache (kvzap-dev-gpu); it is
-    ``compress.kv.DEFAULT_AGNOSTIC`` since (kvzap-head-gpu, kv-vs-kvpress-kvzap-gpu, kv-reuse-kvzap-cpu).
+    Measured (docs/RESULTS.md), question-agnostic on qwen2.5-0.5b: with KVzip's selection of
+    ``compress.kv.DEFAULT_AGNOSTIC`` (the class defaults), within noise of that KVzip on NQ-open (kvzap-dev-gpu,
+    kvzap-head-gpu) and on key-value retrieval reused for 10 questions (kv-reuse-kvzap-gpu, kv-reuse-kvzap-cpu), at
+    a fraction of its compression time (kv-vs-kvpress-kvzap-gpu). ``scope="layer"`` tied on NQ-open but answered
+    none of 60 key-value questions (kv-reuse-kvzap-layer-cpu): a head that copies long strings needs more than
+    its layer's share.
 
     Parameters
     ----------

@@ -26,11 +26,15 @@ def test_matrix_marks_the_best_paired_change():
     assert table.count("**best**") == 1
 
 
-def test_a_tie_goes_to_the_smaller_cache():
-    m = {"runs": [run("none", [1, 0, 1, 0]), run("kvzip", [1, 1, 1, 0]), run("kvzap", [1, 0, 1, 1], kv_bytes=40)]}
-    assert matrix_table(m)[1] == "kvzap"
-    m["runs"][2]["kv_bytes"] = 60
-    assert matrix_table(m)[1] == "kvzip"
+def test_the_guard_data_rules_out_a_candidate_that_fails_there():
+    """The best NQ-open change cannot be picked when it loses more than 3 points on key-value retrieval; a candidate
+    the guard did not run cannot be picked either."""
+    m = {"runs": [run("none", [1, 0, 1, 0]), run("a", [1, 1, 1, 1]), run("b", [1, 1, 1, 0]), run("c", [1, 1, 1, 1])]}
+    g = {"format": "kv_retrieval", "runs": [run("none", [1, 1, 1, 1]), run("a", [0, 0, 0, 0]), run("b", [1, 1, 1, 1])]}
+    table, best = matrix_table(m, g)
+    assert best == "b" and matrix_table(m)[1] == "a"
+    assert "| a | 0.5 | 1.000 | +50.0 ± " in table and "| -100.0 ± 0.0 |  |" in table and "| not run |  |" in table
+    assert matrix_table(m, {**g, "runs": g["runs"][:2]})[1] == ""
 
 
 def test_pooled_table_pairs_each_slice_with_its_own_full_cache():
