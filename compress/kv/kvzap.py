@@ -222,7 +222,10 @@ def fit_surrogate(
 
 
 # per model, its surrogate per ``surrogate`` option (a file, or None: bundled or calibrated), found once
-_FOR_MODEL: weakref.WeakKeyDictionary[nn.Module, dict[str | None, Surrogate]] = weakref.WeakKeyDictionary()
+# model -> {(surrogate option, folder searched): surrogate or None}
+_FOR_MODEL: weakref.WeakKeyDictionary[nn.Module, dict[tuple[str | None, Path], Surrogate | None]] = (
+    weakref.WeakKeyDictionary()
+)
 _LOCK = threading.Lock()
 
 
@@ -273,12 +276,13 @@ class KVzap(KVzip):
 
     def surrogate_for(self, model: nn.Module) -> Surrogate | None:
         """The surrogate this compressor uses on ``model``, or None (KVzip+'s own scores); found on first use, then
-        remembered per model."""
+        remembered per model (and per folder of bundled surrogates searched)."""
+        key = (self.surrogate, SURROGATES)
         with _LOCK:
             found = _FOR_MODEL.setdefault(model, {})
-            if self.surrogate not in found:
-                found[self.surrogate] = self.find_surrogate(model)
-            return found[self.surrogate]
+            if key not in found:
+                found[key] = self.find_surrogate(model)
+            return found[key]
 
     def find_surrogate(self, model: nn.Module) -> Surrogate | None:
         """The surrogate for ``model`` (see the class docstring for the order in which it is looked up)."""
