@@ -7,8 +7,8 @@ of one prefill + Q answers against Q full prefills (with their answers) as a rat
 
 Contexts, by data format:
 
-* ``"kv_retrieval"``: one row's records (a window that fits ``max_tokens``) asked for the values of Q keys spread
-  evenly over the records shown;
+* ``"kv_retrieval"``: one row's records (or the records of ``rows_per_context`` consecutive rows, for longer
+  contexts), as many as fit ``max_tokens``, asked for the values of Q keys spread evenly over the records shown;
 * ``"nq"``: the gold passages of Q consecutive NQ-open questions plus ``distractors`` gold passages of the
   questions that follow them, in a fixed shuffled order; each of the Q questions is asked.
 
@@ -56,13 +56,23 @@ def records_passage(records: list[tuple[str, str]]) -> list[Chunk]:
     return [Chunk(json.dumps(dict(records), indent=1), "kv-records")]
 
 
-def kv_contexts(gen: Generator, rows: list[dict], q: int, budget: int, first: int = 0) -> list[ReuseContext]:
-    """Per row, the most records (from the first) that fit ``budget`` with the longest question, and ``q`` keys
-    spread evenly over them. A row without an ``id`` is named by its index in the file (``first``: the index of
-    ``rows[0]``), so runs over different ``--offset`` name their contexts apart."""
+def kv_contexts(
+    gen: Generator, rows: list[dict], q: int, budget: int, first: int = 0, rows_per_context: int = 1
+) -> list[ReuseContext]:
+    """Per group of ``rows_per_context`` consecutive rows, the most of their records (in order, from the first)
+    that fit ``budget`` with the longest question, and ``q`` keys spread evenly over them. A context is named by
+    its first row's ``id`` (or, without one, by the row's index in the file, ``first`` being that of
+    ``rows[0]``), joined with ``+`` to its last row's when it holds several, so runs over different ``--offset``
+    name their contexts apart. Raises ``ConfigError`` when fewer than ``q`` records fit or when the rows of one
+    context share a key."""
     out = []
-    for i, row in enumerate(rows, start=first):
-        records = [tuple(r) for r in row["ordered_kv_records"]]
+    for g in range(0, len(rows) - rows_per_context + 1, rows_per_context):
+        group = rows[g : g + rows_per_context]
+        records = [tuple(r) for row in group for r in row["ordered_kv_records"]]
+        if len({k for k, _ in records}) < len(records):
+            raise ConfigError(
+                f"rows {first + g}..{first + g + len(group) - 1} repeat a key: they cannot share a context"
+            )
         longest = kv_question(max((k for k, _ in records), key=len))
 
         lo, hi, best = 1, len(records), 0
@@ -76,7 +86,9 @@ def kv_contexts(gen: Generator, rows: list[dict], q: int, budget: int, first: in
             raise ConfigError(f"only {best} key-value records fit in {budget} prompt tokens, fewer than --reuse {q}")
         picks = [records[int((j + 0.5) * best / q)] for j in range(q)]
         questions = [(kv_question(k), [str(v)]) for k, v in picks]
-        out.append(ReuseContext(str(row.get("id", i)), records_passage(records[:best]), KV_RETRIEVAL_SYSTEM, questions))
+        names = [str(row.get("id", first + g + j)) for j, row in enumerate(group)]
+        name = names[0] if len(names) == 1 else f"{names[0]}+{names[-1]}"
+        out.append(ReuseContext(name, records_passage(records[:best]), KV_RETRIEVAL_SYSTEM, questions))
     return out
 
 
@@ -122,6 +134,7 @@ def run_reuse(
     distractors: int = 10,
     progress: bool = True,
     batch_size: int = 1,
+    rows_per_context: int = 1,
 ) -> dict[str, Any]:
     """Ask ``reuse`` questions of each of ``limit`` contexts, from one compressed context and from full prefills.
 
@@ -154,6 +167,11 @@ def run_reuse(
         (kernel launches), so with 1 (one by one, the default) both arms are bound by decoding and reuse saves
         little there. With more than 1, a row's ``answer_s``/``full_s`` is its question's feed (its prefill) plus
         the batch's decoding until that row stopped.
+    rows_per_context:
+        Key-value retrieval: the records of this many consecutive rows make one context (``limit`` contexts read
+        ``limit x rows_per_context`` rows), for contexts longer than one row's (75 records, about 5k tokens).
+        A prefill's cost grows with the context's length faster than an answer's decoding does, so this is the
+        knob that shows where reuse pays.
 
     Returns
     -------
@@ -169,7 +187,9 @@ def run_reuse(
     """
     from compress.kv import DEFAULT_AGNOSTIC, DEFAULT_AGNOSTIC_RATIO, get_compressor
 
-    for name, v, lo in (("reuse", reuse, 1), ("limit", limit, 1), ("offset", offset, 0), ("batch_size", batch_size, 1)):
+    checks = (("reuse", reuse, 1), ("limit", limit, 1), ("offset", offset, 0), ("batch_size", batch_size, 1),
+              ("rows_per_context", rows_per_context, 1))  # fmt: skip
+    for name, v, lo in checks:
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
             raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= {lo}, got {v!r}", param=name)
     spec = compressor or DEFAULT_AGNOSTIC
@@ -185,7 +205,15 @@ def run_reuse(
     new = max_new_tokens or DEFAULT_NEW_TOKENS[fmt]
     budget = window_limit(gen, max_tokens, new)
     if fmt == "kv_retrieval":
-        contexts = kv_contexts(gen, rows[offset : offset + limit], reuse, budget, offset)
+        n_rows = limit * rows_per_context
+        if offset + n_rows > len(rows):
+            raise ConfigError(
+                f"{str(path)!r} has {len(rows)} rows: too few for --offset {offset} and {limit} contexts of "
+                f"{rows_per_context} rows"
+            )
+        contexts = kv_contexts(gen, rows[offset : offset + n_rows], reuse, budget, offset, rows_per_context)
+    elif rows_per_context != 1:
+        raise ConfigError("rows_per_context is for key-value retrieval data only", param="rows_per_context")
     else:
         contexts = nq_contexts(gen, path, reuse, limit, offset, distractors, budget)
     cfg = GenerationConfig(max_new_tokens=new)
@@ -225,7 +253,7 @@ def run_reuse(
                           "accuracy_reuse": score_answer(fmt, a.text, gold)})  # fmt: skip
     head = {"suite": "kv-reuse", "data": str(path), "format": fmt, "model": gen.model_name, "compressor": label,
             "ratio": float(ratio), "query_aware": False, "reuse": reuse, "offset": offset,
-            "batch_size": batch_size}  # fmt: skip
+            "batch_size": batch_size, "rows_per_context": rows_per_context}  # fmt: skip
     return {**head, **summarise(preds, timings, reuse), "max_new_tokens": new, "predictions": preds}
 
 
@@ -285,12 +313,14 @@ def merge_reuse(results: list[dict[str, Any]]) -> dict[str, Any]:
     per-context timings."""
     if not results:
         raise ConfigError("merge_reuse needs at least one result")
-    same = ("suite", "data", "format", "model", "compressor", "ratio", "reuse", "max_new_tokens", "batch_size")
+    same = ("suite", "data", "format", "model", "compressor", "ratio", "reuse", "max_new_tokens", "batch_size",
+            "rows_per_context")  # fmt: skip
     first = results[0]
     seen: set[str] = set()
 
     def setting(r: dict[str, Any], key: str) -> Any:
-        return r.get(key, 1 if key == "batch_size" else None)  # results from before the batches decoded one by one
+        # results from before the batches decoded one by one, or before contexts of several rows
+        return r.get(key, 1 if key in ("batch_size", "rows_per_context") else None)
 
     for r in results:
         for key in same:

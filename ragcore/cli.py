@@ -43,6 +43,7 @@ FLAGS = {
     "out": "--out",
     "context_cache": "--context-cache",
     "reuse": "--reuse",
+    "rows_per_context": "--rows-per-context",
     "offset": "--offset",
     "dump": "--dump-retrieved",
     "limit": "--limit",
@@ -430,7 +431,7 @@ def _eval_kv_reuse(a: argparse.Namespace) -> dict:
     comp = None if a.compressor == "none" else a.compressor
     return run_reuse(
         a.model, a.data, comp, ratio, a.reuse, a.limit or 5, a.offset or 0, a.device, a.max_tokens,
-        a.max_new_tokens, progress=_progress(a), batch_size=a.batch_size,
+        a.max_new_tokens, progress=_progress(a), batch_size=a.batch_size, rows_per_context=a.rows_per_context,
     )  # fmt: skip
 
 
@@ -443,6 +444,8 @@ def _eval_kv(a: argparse.Namespace) -> dict:
 
     if a.reuse is not None:
         return _eval_kv_reuse(a)
+    if a.rows_per_context != 1:
+        raise ConfigError("--rows-per-context goes with --reuse", param="rows_per_context")
     names = [x.strip() for x in split_top(a.compressor, ",") if x.strip()]  # commas inside brackets are options
     try:
         ratios = [float(x) for x in a.ratio.split(",") if x.strip()]
@@ -791,6 +794,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="Q",
         help="kv: ask Q questions of each of --limit (default 5) contexts compressed once, question-agnostic "
         "(--compressor, default compress.kv.DEFAULT_AGNOSTIC), against Q full prefills",
+    )
+    sp.add_argument(
+        "--rows-per-context",
+        type=int,
+        default=1,
+        metavar="N",
+        help="kv --reuse on key-value data: the records of N consecutive rows make one context (longer contexts)",
     )
     sp.add_argument(
         "--method",

@@ -115,6 +115,26 @@ def test_key_value_contexts_are_named_by_their_row_in_the_file(smol):
     assert [c.id for c in kv_contexts(smol, rows[1:3], 2, 340, first=1)] == ["1", "2"]
 
 
+def test_contexts_of_several_rows_hold_their_records_in_order(smol):
+    """--rows-per-context N: N consecutive rows' records make one context (rows 1-2 and 3-4 here), named by its
+    first and last row; a budget that fits more than one row's records reaches into the next row's."""
+    rows = read_jsonl(KV)
+    one_row = len(smol.tokenizer(json.dumps(dict(map(tuple, rows[1]["ordered_kv_records"])), indent=1)).input_ids)
+    got = kv_contexts(smol, rows[1:3], 3, one_row * 9 // 5, first=1, rows_per_context=2)
+    assert [c.id for c in got] == ["1+2"]
+    shown = json.loads(got[0].passages[0].text)
+    first_row = dict(map(tuple, rows[1]["ordered_kv_records"]))
+    assert list(shown)[: len(first_row)] == list(first_row)  # the first row whole, then the next row's records
+    assert len(shown) > len(first_row) and set(shown) - set(first_row) <= {k for k, _ in rows[2]["ordered_kv_records"]}
+    assert any(q for q, _ in got[0].questions if q.split('"')[1] not in first_row)  # keys asked of both rows
+    with pytest.raises(ConfigError, match="repeat a key"):
+        kv_contexts(smol, [rows[1], rows[1]], 3, one_row + 400, rows_per_context=2)
+    with pytest.raises(ConfigError, match="too few for --offset"):
+        run_reuse(smol, KV, limit=2, rows_per_context=2, progress=False)
+    with pytest.raises(ConfigError, match="key-value retrieval data only"):
+        run_reuse(smol, None, rows_per_context=2, progress=False)
+
+
 def test_reuse_with_batches_gives_the_answers_one_by_one_gives(smol):
     """--batch-size decodes the questions together in both arms (ask_batch, generate_batch): the same greedy
     answers as one by one, and the setting is recorded (a merge refuses mixed settings)."""
