@@ -21,6 +21,10 @@
 #           SXS_OURS=SPEC (or "pick"): ours runs SPEC against every press (bench.kv_side_by_side --ours).
 #   reuse   eval kv --reuse 10: 30 key-value contexts (10 keys each) and 30 NQ-open contexts (the gold passages of
 #           10 questions + 10 distractors), ratio 0.5, PICK; one prefill + 10 answers against 10 full prefills.
+#   reuselong  eval kv --reuse 10 on contexts of REUSE_ROWS key-value rows each (--rows-per-context; default 5,
+#           about 25k tokens: there a prefill costs more than the answers' decoding), N_REUSE contexts from row
+#           REUSE_OFFSET (default 300), decoded 10 together, for each spec of REUSE_SPECS (';'-separated, default
+#           PICK): one run after the other, alone on the GPU, so that neither arm's seconds share it
 #   report  the RESULTS sections ($SECTIONS-dev-gpu, $SECTIONS-head-gpu, [$SECTIONS-fresh-gpu,] kv-reuse-gpu,
 #           kv-vs-kvpress-agnostic-gpu); SECTIONS=kv-agnostic by default (kv-agnostic-kvzip for the options' choice).
 #   MODEL=qwen2.5-0.5b [RETRIEVED=/var/tmp/m/retrieved.json] KVP=/var/tmp/kvp \
@@ -111,6 +115,18 @@ for steps in "$@"; do
       ev reuse-nq$sfx --reuse 10 --limit "${N_REUSE:-30}" --compressor "$PICK" --ratio 0.5 --batch-size "$b"
     done
     ;;
+  reuselong)
+    IFS=';' read -ra specs <<< "${REUSE_SPECS:-$PICK}"
+    j=0
+    for spec in "${specs[@]}"; do
+      j=$((j + 1))
+      for r in ${REUSE_ROWS:-5}; do
+        ev "reuse-long-$j-r$r" --reuse 10 --rows-per-context "$r" --limit "${N_REUSE:-30}" --offset "${REUSE_OFFSET:-300}" \
+          --compressor "$spec" --ratio 0.5 --data "${KV[0]}" --batch-size 10
+        wait
+      done
+    done
+    ;;
   report)  # SECTIONS: the prefix of the section names (kv-agnostic: the method choice; kv-agnostic-kvzip: the options)
     NOTE="Ran on one GPU by bench/gpu_kv_agnostic.sh (qwen2.5-0.5b, $($PY -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))."
     S=${SECTIONS:-kv-agnostic}
@@ -129,7 +145,7 @@ for steps in "$@"; do
     $PY -m bench.kv_side_by_side --render "$OUT"/sxs-agnostic-*.json --write-results "$sxs" \
       --note "$NOTE Ours question-agnostic against kvpress's presses with their defaults."
     ;;
-  *) echo "unknown step $step (dev, devs, pick, head, aware, sxs, reuse, report)"; exit 2 ;;
+  *) echo "unknown step $step (dev, devs, pick, head, aware, sxs, reuse, reuselong, report)"; exit 2 ;;
   esac
   done
   wait
