@@ -14,7 +14,8 @@
 #   SPEED=1   bench/gpu_longctx_speed.sh (issue 14: InfiniRetri's segment, then its speed beside the peer)
 #   SDPA=1    bench/sdpa_backends.py first, alone (torch's attention backend choice against cuDNN off)
 #   KVZAP_FIT=1 issue 16's KVzap surrogate fitted first (bench/kvzap_fit.py), for the KV steps' `kvzap`
-#   RETRIEVAL=0 skips the kvpress copy, the retrieval dump and the eval index (runs that need none of them)
+#   RETRIEVAL=0 skips the kvpress copy, the retrieval dump and the eval index (runs that need none of them: then
+#             the payload needs only qwen.gguf and the gguf wheel)
 # and finally packs RES and the repository's docs/RESULTS.md and docs/figures into /var/tmp/res.tgz.
 set -uo pipefail
 cmd=${1:?join|run}
@@ -36,9 +37,12 @@ RES=${2:?results folder}
 # read them are refused
 case "${RETRIEVAL:-1}" in 0|1) ;; *) echo "RETRIEVAL must be 0 or 1, got '$RETRIEVAL'"; exit 2 ;; esac
 if [ "${RETRIEVAL:-1}" = 0 ]; then
-  if [ -n "${RERANK_STEPS-x}" ] || [ -n "${KV_STEPS-x}" ] || [ "${PROFILE:-0}" = 1 ] ||
+  # the KV steps that read no retrieved passages: the reuse runs (gold passages, key-value records)
+  kv_ok=1; for s in ${KV_STEPS-x}; do for t in ${s//+/ }; do case $t in reuse|reuselong) ;; *) kv_ok=0 ;; esac; done; done
+  if [ -n "${RERANK_STEPS-x}" ] || [ $kv_ok = 0 ] || [ "${PROFILE:-0}" = 1 ] ||
     { [ "${ATTRIBUTION:-1}" = 1 ] && [ "${SUITES:-}" != speed ]; }; then
-    echo "RETRIEVAL=0 runs only SDPA, SPEED and ATTRIBUTION with SUITES=speed (set RERANK_STEPS= KV_STEPS= PROFILE=0)"
+    echo "RETRIEVAL=0 runs only SDPA, SPEED, ATTRIBUTION with SUITES=speed and KV_STEPS of reuse and reuselong" \
+      "(set RERANK_STEPS= PROFILE=0 and KV_STEPS accordingly)"
     exit 2
   fi
 fi
@@ -54,7 +58,9 @@ cd /var/tmp/repo || exit 1
 
 echo "$(date +%T) setup"
 $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /var/tmp/site $P/whl/*.whl || exit 1
-$PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /var/tmp/kvp $P/kvp/*.whl || exit 1
+if [ "${RETRIEVAL:-1}" = 1 ]; then  # kvpress's environment (the side by side); a payload without it has no kvp/
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /var/tmp/kvp $P/kvp/*.whl || exit 1
+fi
 export PYTHONPATH=/var/tmp/site
 for c in "$RAGCORE_CACHE" "$RAGCORE_CACHE-kvp"; do
   mkdir -p "$c/gguf" && ln -f $P/qwen.gguf "$c/gguf/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
