@@ -17,6 +17,7 @@ Figures: docs/RESULTS.md, sections ``kv-reuse-*``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import random
@@ -84,6 +85,15 @@ def kv_contexts(
                 hi = mid - 1
         if best < q:
             raise ConfigError(f"only {best} key-value records fit in {budget} prompt tokens, fewer than --reuse {q}")
+        starts = [0, *itertools.accumulate(len(r["ordered_kv_records"]) for r in group)][:-1]
+        shown = sum(1 for start in starts if start < best)  # rows with at least one record in the context
+        if shown < len(group):
+            raise ConfigError(
+                f"only {best} key-value records fit in {budget} prompt tokens: rows {first + g + shown}.. of a "
+                f"context of {rows_per_context} rows would not be shown (raise --max-tokens or lower "
+                "--rows-per-context)",
+                param="rows_per_context",
+            )
         picks = [records[int((j + 0.5) * best / q)] for j in range(q)]
         questions = [(kv_question(k), [str(v)]) for k, v in picks]
         names = [str(row.get("id", first + g + j)) for j, row in enumerate(group)]
@@ -145,7 +155,8 @@ def run_reuse(
     data:
         Key-value retrieval or NQ-open JSON lines (default: the bundled NQ-open).
     compressor:
-        A KV compressor spec (default ``compress.kv.DEFAULT_AGNOSTIC``), compressed question-agnostic.
+        A KV compressor spec (default ``compress.kv.DEFAULT_AGNOSTIC``), compressed question-agnostic; ``"none"``
+        reuses the full cache (one prefill of the context, no compression).
     ratio:
         Fraction of the context's cache removed (default ``compress.kv.DEFAULT_AGNOSTIC_RATIO``).
     reuse:
@@ -194,7 +205,8 @@ def run_reuse(
             raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= {lo}, got {v!r}", param=name)
     spec = compressor or DEFAULT_AGNOSTIC
     ratio = DEFAULT_AGNOSTIC_RATIO if ratio is None else ratio
-    label = get_compressor(spec, ratio=ratio).label  # a bad spec or ratio fails before the model loads
+    # a bad spec or ratio fails before the model loads; "none": the full cache reused (prefix caching alone)
+    label = "none" if spec == "none" else get_compressor(spec, ratio=ratio).label
     path = Path(data) if data else NQ_OPEN
     if not path.exists():
         raise FileNotFoundError(f"no data file at {str(path)!r}")
@@ -208,8 +220,8 @@ def run_reuse(
         n_rows = limit * rows_per_context
         if offset + n_rows > len(rows):
             raise ConfigError(
-                f"{str(path)!r} has {len(rows)} rows: too few for --offset {offset} and {limit} contexts of "
-                f"{rows_per_context} rows"
+                f"{str(path)!r} has {len(rows)} rows: too few for --offset {offset} and {limit} "
+                f"context{'s' if limit != 1 else ''} of {rows_per_context} rows"
             )
         contexts = kv_contexts(gen, rows[offset : offset + n_rows], reuse, budget, offset, rows_per_context)
     elif rows_per_context != 1:

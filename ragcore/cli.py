@@ -116,7 +116,7 @@ def error_message(e: BaseException, a: argparse.Namespace | None) -> str:
         if isinstance(e, IndexMismatchError) and e.param == "embedder" and cmd != "index":
             flag = None
         hint = _index_hint(e, a) if a is not None else e.hint
-        if flag:
+        if flag and not msg.startswith(flag):  # a message that names its flag first is not prefixed again
             msg = f"{flag}: {msg}"
         if hint:
             msg += f"; hint: {hint}"
@@ -255,7 +255,8 @@ def _cmd_ask(a: argparse.Namespace) -> int:
     print(f"Q: {ans.question}\nA: {ans.text}\n\nSources:")
     for c in ans.citations:
         snippet = " ".join(c.text.split())[:120]
-        print(f"  [{c.number}] {c.source_id}:{c.start}-{c.end} (score {c.score:.3f}) {snippet}")
+        score = "" if a.context_cache else f" (score {c.score:.3f})"  # a saved context keeps no retrieval scores
+        print(f"  [{c.number}] {c.source_id}:{c.start}-{c.end}{score} {snippet}")
     if comp is not None or a.context_cache:
         kv = ans.kv
         mode = "question-agnostic" if a.context_cache or a.query_aware is False else "query-aware"
@@ -316,13 +317,19 @@ def _cmd_serve(a: argparse.Namespace) -> int:
 
 def _ask_context(p: Any, a: argparse.Namespace) -> Any:
     """``ask --context-cache DIR``: answer from the context saved in DIR, or compress and save one there first."""
-    from ragcore.context_cache import MANIFEST, CompressedContext, compressor_label, context_compressor
+    from ragcore.context_cache import MANIFEST, CompressedContext, check_target, compressor_label, context_compressor
+    from ragcore.errors import ContextCacheError
 
     if a.query_aware:  # given (its default is None): a saved context is compressed before any question
         raise ConfigError(
             "--query-aware does not apply to --context-cache (compressed question-agnostic)", param="query_aware"
         )
+    given = [f for f, v in (("--tracer", a.tracer), ("--detector", a.detector), ("--defend", a.defend)) if v]
+    if given:  # the attribution reads the full prompt's attention, which a saved compressed context no longer holds
+        raise ConfigError(f"{', '.join(given)} do not apply to --context-cache", param="context_cache")
     folder = Path(a.context_cache)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{str(folder)!r} is a file, not a folder", param="context_cache")
     if (folder / MANIFEST).exists() or (folder.exists() and any(folder.iterdir())):
         ctx = CompressedContext.load(folder, p.generator)  # refuses a folder that holds something else
         if a.compressor is not None or a.ratio is not None:  # flags that ask for another context are refused
@@ -335,6 +342,10 @@ def _ask_context(p: Any, a: argparse.Namespace) -> Any:
                 )
         state = "reused"
     else:
+        try:
+            check_target(folder)  # before the compression's work, not after it
+        except ContextCacheError as e:
+            raise ConfigError(str(e), param="context_cache") from None
         ctx = p.compress_context(a.question, a.compressor, a.ratio)
         ctx.save(folder)
         state = "written"
@@ -428,9 +439,12 @@ def _eval_kv_reuse(a: argparse.Namespace) -> dict:
         ratio = None if a.ratio is None else float(a.ratio)
     except ValueError:
         raise ConfigError(f"--reuse takes one ratio, got {a.ratio!r}", param="ratio") from None
-    comp = None if a.compressor == "none" else a.compressor
+    if a.query_aware:
+        raise ConfigError("--reuse compresses each context before any question: --query-aware does not apply",
+                          param="query_aware")  # fmt: skip
     return run_reuse(
-        a.model, a.data, comp, ratio, a.reuse, a.limit or 5, a.offset or 0, a.device, a.max_tokens,
+        a.model, a.data, a.compressor, ratio, a.reuse, 5 if a.limit is None else a.limit, a.offset or 0, a.device,
+        a.max_tokens,
         a.max_new_tokens, progress=_progress(a), batch_size=a.batch_size, rows_per_context=a.rows_per_context,
     )  # fmt: skip
 
@@ -446,7 +460,9 @@ def _eval_kv(a: argparse.Namespace) -> dict:
         return _eval_kv_reuse(a)
     if a.rows_per_context != 1:
         raise ConfigError("--rows-per-context goes with --reuse", param="rows_per_context")
-    names = [x.strip() for x in split_top(a.compressor, ",") if x.strip()]  # commas inside brackets are options
+    names = [
+        x.strip() for x in split_top(a.compressor or "none", ",") if x.strip()
+    ]  # commas inside brackets are options
     try:
         ratios = [float(x) for x in a.ratio.split(",") if x.strip()]
     except ValueError:
@@ -770,9 +786,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--max-new-tokens", type=int, default=None, help="default 32 (kv: 64 for key-value files)")
     sp.add_argument(
         "--compressor",
-        default="none",
-        help="kv: KV-cache compressor: a name, 'wrapper:inner', options as 'chunk(chunk_size=5):snapkv', or none; "
-        "several, separated by commas, run a matrix with --ratio (one JSON holding every run)",
+        default=None,
+        help="kv: KV-cache compressor: a name, 'wrapper:inner', options as 'chunk(chunk_size=5):snapkv', or none "
+        "(the default; with --reuse: compress.kv.DEFAULT_AGNOSTIC, and none reuses the full cache); several, "
+        "separated by commas, run a matrix with --ratio (one JSON holding every run)",
     )
     sp.add_argument(
         "--ratio", default="0.5", help="kv: fraction of the context's KV cache removed; several: a matrix (0.5,0.75)"
@@ -864,6 +881,10 @@ def main(argv: list[str] | None = None) -> int:
         _close_bars()
         print("ragcore: interrupted; nothing was written (an index stays at its previous version)", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader of stdout went away (`ragcore ... | head`): not an error of ours
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's last flush at exit writes nowhere
+        return 0
     except (RagcoreError, OSError) as e:
         _close_bars()
         if args.verbose:

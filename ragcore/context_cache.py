@@ -13,12 +13,15 @@ On disk (``ctx.save(folder)``) a compressed context is::
         kv.safetensors   keys.<layer>, values.<layer> (B, H_kv, S_l, D), mask.<layer> (uneven compressions),
                          context_ids (1, T)
         manifest.json    written last: format, version, model, compressor label, context length, passages,
-                         system prompt, report, and the bytes and sha256 of kv.safetensors
+                         system prompt, report, the bytes and sha256 of kv.safetensors, and ``sha256``: the hash
+                         of the manifest's own JSON without that field (sorted keys, compact separators)
 
-written into a temporary folder beside it and renamed into place. ``CompressedContext.load`` refuses a folder
-whose manifest is missing or of another version, whose tensors file has another size or sha256 (truncated or
-tampered with), or whose model differs from the generator's, with :class:`ragcore.errors.ContextCacheError`. No
-pickle: tensors go through safetensors, the rest is JSON.
+written into a temporary folder beside it and renamed into place, under a lock (``.<folder>.lock`` beside it).
+``save`` replaces only an empty folder or a saved context; anything else at the path is refused.
+``CompressedContext.load`` refuses a folder whose manifest is missing, of another version, changed (its sha256)
+or incomplete, whose tensors file has another size or sha256 (truncated or tampered with), or whose model differs
+from the generator's, with :class:`ragcore.errors.ContextCacheError`. No pickle: tensors go through safetensors,
+the rest is JSON.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ragcore import cache as kvcache
-from ragcore.errors import ConfigError, ContextCacheError
+from ragcore.errors import ConfigError, ContextCacheError, PromptTooLongError
 from ragcore.registry import registry
 from ragcore.types import Chunk, ScoredChunk
 
@@ -47,7 +50,7 @@ if TYPE_CHECKING:
     from ragcore.prompt import Prompt
 
 logger = logging.getLogger(__name__)
-FORMAT, VERSION = "ragcore-context-cache", 1
+FORMAT, VERSION = "ragcore-context-cache", 2  # 2: the manifest carries its own sha256
 TENSORS, MANIFEST = "kv.safetensors", "manifest.json"
 PLACEHOLDER = "?"  # the question of the prompt whose context is prefilled (only the tokens before it are used)
 
@@ -96,9 +99,20 @@ class CompressedContext:
         """Bytes the compressed keys and values hold (padded slots of uneven budgets included)."""
         return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in self.layers)
 
-    def prompt(self, question: str) -> Prompt:
-        """The full prompt for ``question``, checked to start with this context's tokens."""
+    def prompt(self, question: str, config: GenerationConfig | None = None) -> Prompt:
+        """The full prompt for ``question``, checked to start with this context's tokens and to leave room for the
+        answer (``config.max_new_tokens``, default ``GenerationConfig()``'s) in the model's window (raises
+        ``PromptTooLongError`` otherwise)."""
+        from ragcore.generator import GenerationConfig
+
         p = self.generator.prompt(question, self.passages, self.system)
+        new = (config or GenerationConfig()).max_new_tokens
+        window = self.generator.context_window
+        if len(p) + new > window:
+            raise PromptTooLongError(
+                f"the question takes {len(p) - self.context_tokens} tokens after the context's {self.context_tokens}; "
+                f"{self.generator.model_name!r} reads {window} tokens, {new} of them kept for the answer"
+            )
         n = self.context_tokens
         if p.question_start != n or not torch.equal(p.input_ids[:, :n], self.context_ids.to(p.input_ids.device)):
             raise ContextCacheError(
@@ -111,7 +125,7 @@ class CompressedContext:
         """Answer ``question`` from the compressed context, leaving the context unchanged. ``Generation.stats``
         gets ``kv_bytes`` (the context's compressed cache), ``kv_bytes_full`` (an uncompressed one of the same
         prompt), ``masks_only`` and ``compressor``."""
-        p = self.prompt(question)
+        p = self.prompt(question, config)
         dev = self.generator.model.device
         cache = kvcache.new_cache(self.generator.model.config, [(k.to(dev), v.to(dev)) for k, v in self.layers])
         masks = {i: m.to(dev) for i, m in self.masks.items()}
@@ -137,7 +151,7 @@ class CompressedContext:
             return []
         gen = self.generator
         dev = gen.model.device
-        prompts = [self.prompt(q) for q in questions]
+        prompts = [self.prompt(q, config) for q in questions]
         masks = {i: m.to(dev) for i, m in self.masks.items()}
         rows, firsts, prefill_s, stats = [], [], [], []
         for p in prompts:
@@ -157,12 +171,16 @@ class CompressedContext:
         return gen.decode_batch(prompts, rows, firsts, stats, prefill_s, config)
 
     # ---- on disk ---------------------------------------------------------------------------------------------
-    def save(self, folder: str | Path) -> Path:
-        """Write the context to ``folder`` (replacing one there), atomically: a temporary folder beside it is
-        filled, synced and renamed into place. Returns the folder."""
+    def save(self, folder: str | Path, lock_timeout: float = 60.0) -> Path:
+        """Write the context to ``folder``, atomically: a temporary folder beside it is filled, synced and renamed
+        into place, under a lock beside it (``lock_timeout`` seconds at most). ``folder`` may be missing, empty,
+        or a saved context (replaced); anything else there is refused with ``ContextCacheError`` and left as it
+        is. Returns the folder."""
+        from filelock import FileLock, Timeout
         from safetensors.torch import save_file
 
         folder = Path(folder)
+        check_target(folder)
         folder.parent.mkdir(parents=True, exist_ok=True)
         tensors = {"context_ids": self.context_ids.cpu().contiguous()}
         for i, (k, v) in enumerate(self.layers):
@@ -170,34 +188,47 @@ class CompressedContext:
             tensors[f"values.{i}"] = v.cpu().contiguous()
         for i, m in self.masks.items():
             tensors[f"mask.{i}"] = m.cpu().contiguous()
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         try:
-            save_file(tensors, str(tmp / TENSORS))
-            _fsync(tmp / TENSORS)
-            manifest = {
-                "format": FORMAT,
-                "version": VERSION,
-                "model": self.generator.model_name,
-                "compressor": self.compressor,
-                "context_tokens": self.context_tokens,
-                "n_layers": len(self.layers),
-                "system": self.system,
-                "passages": [c.to_dict() for c in self.passages],
-                "report": self.report,
-                "files": {TENSORS: {"bytes": (tmp / TENSORS).stat().st_size, "sha256": _sha256(tmp / TENSORS)}},
-            }
-            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
-            _fsync(tmp / MANIFEST)
-            old = None
-            if folder.exists():
-                old = folder.with_name(f".{folder.name}.old.{os.getpid()}")
-                os.replace(folder, old)
-            os.replace(tmp, folder)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            lock = FileLock(str(folder.with_name(f".{folder.name}.lock")), timeout=lock_timeout)
+            lock.acquire()
+        except Timeout:
+            raise ContextCacheError(
+                f"{str(folder)!r} is being written by another process (waited {lock_timeout:g} s)"
+            ) from None
+        try:
+            check_target(folder)  # again, under the lock
+            tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+            try:
+                save_file(tensors, str(tmp / TENSORS))
+                _fsync(tmp / TENSORS)
+                manifest = {
+                    "format": FORMAT,
+                    "version": VERSION,
+                    "model": self.generator.model_name,
+                    "compressor": self.compressor,
+                    "context_tokens": self.context_tokens,
+                    "n_layers": len(self.layers),
+                    "system": self.system,
+                    "passages": [c.to_dict() for c in self.passages],
+                    "report": self.report,
+                    "files": {TENSORS: {"bytes": (tmp / TENSORS).stat().st_size, "sha256": _sha256(tmp / TENSORS)}},
+                }
+                manifest = json.loads(json.dumps(manifest))  # as it reads back (keys as strings, lists)
+                manifest["sha256"] = manifest_sha256(manifest)
+                (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+                _fsync(tmp / MANIFEST)
+                old = None
+                if folder.exists():
+                    old = folder.with_name(f".{folder.name}.old.{os.getpid()}")
+                    os.replace(folder, old)
+                os.replace(tmp, folder)
+                if old is not None:
+                    shutil.rmtree(old, ignore_errors=True)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+        finally:
+            lock.release()
         return folder
 
     @classmethod
@@ -214,16 +245,23 @@ class CompressedContext:
             raise ContextCacheError(f"{str(folder)!r} holds no saved context (no {MANIFEST})")
         try:
             m = json.loads(mpath.read_text())
-            files = m["files"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ContextCacheError(f"{str(mpath)!r} is not a context manifest: {e}") from None
+        if not isinstance(m, dict):
+            raise ContextCacheError(f"{str(mpath)!r} is not a context manifest (not a JSON object)")
         if m.get("format") != FORMAT or m.get("version") != VERSION:
             raise ContextCacheError(
                 f"{str(folder)!r} is format {m.get('format')!r} version {m.get('version')!r}; "
-                f"this ragcore reads {FORMAT!r} version {VERSION}"
+                f"this ragcore reads {FORMAT!r} version {VERSION} (compress the context again into a new folder)"
             )
+        if m.get("sha256") != manifest_sha256(m):
+            raise ContextCacheError(f"{str(mpath)!r} does not match its sha256: the manifest was changed")
+        missing = [k for k in MANIFEST_KEYS if k not in m]
+        if missing:
+            raise ContextCacheError(f"{str(mpath)!r} lacks {', '.join(missing)}")
         path = folder / TENSORS
-        want = files.get(TENSORS, {})
+        files = m["files"] if isinstance(m["files"], dict) else {}
+        want = files.get(TENSORS) if isinstance(files.get(TENSORS), dict) else {}
         if not path.is_file():
             raise ContextCacheError(f"{str(path)!r} is missing")
         size = path.stat().st_size
@@ -240,16 +278,29 @@ class CompressedContext:
             t = load_file(str(path))
         except SafetensorError as e:
             raise ContextCacheError(f"{str(path)!r} cannot be read: {e}") from None
-        n = int(m["n_layers"])
+        from ragcore.attention import decoder_layers
+
+        n = len(decoder_layers(generator.model))
+        if m["n_layers"] != n or any(f"keys.{i}" not in t or f"values.{i}" not in t for i in range(n)):
+            raise ContextCacheError(
+                f"{str(folder)!r} holds {m['n_layers']!r} layers' keys and values; the model has {n}", param="model"
+            )
+        ids = t.get("context_ids")
+        if ids is None or ids.dim() != 2 or ids.shape[-1] != m["context_tokens"]:
+            raise ContextCacheError(f"{str(path)!r} holds no context_ids of {m['context_tokens']!r} tokens")
+        try:
+            passages = [Chunk.from_dict(c) for c in m["passages"]]
+        except (KeyError, TypeError, ValueError) as e:
+            raise ContextCacheError(f"{str(mpath)!r} has a malformed passage: {e}") from None
         return cls(
             generator,
-            [Chunk.from_dict(c) for c in m["passages"]],
-            t["context_ids"],
+            passages,
+            ids,
             [(t[f"keys.{i}"], t[f"values.{i}"]) for i in range(n)],
             {i: t[f"mask.{i}"] for i in range(n) if f"mask.{i}" in t},
-            m["compressor"],
+            str(m["compressor"]),
             m["system"],
-            m["report"],
+            m["report"] if isinstance(m["report"], dict) else {},
         )
 
 
@@ -327,6 +378,43 @@ def compressor_label(comp: Any) -> str:
     if head.endswith(")"):
         return f"{head[:-1]}, {extra}){sep}{rest}"
     return f"{head}({extra}){sep}{rest}"
+
+
+MANIFEST_KEYS = ("model", "compressor", "context_tokens", "n_layers", "system", "passages", "report", "files")
+
+
+def manifest_sha256(manifest: dict[str, Any]) -> str:
+    """The sha256 of a manifest's JSON (sorted keys, compact) without its own ``sha256`` field."""
+    body = {k: v for k, v in manifest.items() if k != "sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def is_saved_context(folder: Path) -> bool:
+    """Whether ``folder`` holds a manifest of a saved context (of any version of this format)."""
+    try:
+        m = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(m, dict) and m.get("format") == FORMAT
+
+
+def check_target(folder: Path) -> None:
+    """Refuse a path that :meth:`CompressedContext.save` must not replace: a file, a folder holding anything but
+    a saved context, or a path under a file. Raises ``ContextCacheError`` quoting the path."""
+    for parent in folder.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ContextCacheError(f"cannot save a context under {str(parent)!r}: it is a file, not a folder")
+            break
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise ContextCacheError(f"{str(folder)!r} is a file, not a folder for a saved context")
+    if any(folder.iterdir()) and not is_saved_context(folder):
+        raise ContextCacheError(
+            f"{str(folder)!r} holds files that are not a saved context: give an empty or new folder (nothing was "
+            "changed there)"
+        )
 
 
 def _sha256(path: Path) -> str:

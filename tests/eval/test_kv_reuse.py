@@ -37,7 +37,17 @@ def test_reuse_on_nq_contexts_and_bad_sizes(smol, tmp_path):
         run_reuse(smol, KV, "snapkv", 0.5, reuse=40, limit=1, max_tokens=360, progress=False)
     out = tmp_path / "r.json"
     assert main(["eval", "kv", "--reuse", "0", "--data", str(KV), "--out", str(out)]) == 1
+    for flags in (["--limit", "0"], ["--query-aware"]):  # refused, not turned into a default or dropped
+        assert main(["eval", "kv", "--reuse", "2", "--data", str(KV), "--out", str(out), *flags]) == 1
     assert not out.exists()
+
+
+def test_reuse_of_the_full_cache_answers_as_full_prefills(smol):
+    """--compressor none with --reuse: the context's full cache reused (no compression): every answer is the one
+    a full prefill of the same prompt gives."""
+    res = run_reuse(smol, KV, "none", reuse=3, limit=1, max_tokens=360, max_new_tokens=6, progress=False)
+    assert res["compressor"] == "none" and res["kv_bytes"] == res["kv_bytes_full"]
+    assert [p["reuse"] for p in res["predictions"]] == [p["full"] for p in res["predictions"]]
 
 
 def test_ask_with_a_context_cache(tmp_path, capsys):
@@ -75,6 +85,16 @@ def test_ask_with_a_context_cache(tmp_path, capsys):
     assert main([*base[:-2], str(cc3), "--json", "--compressor", "none"]) == 0
     kv = json.loads(capsys.readouterr().out)["kv"]
     assert kv["compressor"] == "none" and kvzip["kv_bytes"] < 0.8 * kv["kv_bytes"]
+    # attribution flags, and a cache path that cannot be one, are refused before any work, naming the flag
+    assert main([*base, "--defend"]) == 1
+    assert "--context-cache: --defend do not apply" in capsys.readouterr().err
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for bad in (afile, afile / "sub"):
+        assert main([*base[:-2], str(bad), "--json"]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("ragcore: error: --context-cache:") and "a file, not a folder" in err
+    assert afile.read_text() == "x"
     (cc / "kv.safetensors").write_bytes((cc / "kv.safetensors").read_bytes()[:100])
     assert main(base) == 1
     assert "truncated" in capsys.readouterr().err
@@ -127,6 +147,8 @@ def test_contexts_of_several_rows_hold_their_records_in_order(smol):
     assert list(shown)[: len(first_row)] == list(first_row)  # the first row whole, then the next row's records
     assert len(shown) > len(first_row) and set(shown) - set(first_row) <= {k for k, _ in rows[2]["ordered_kv_records"]}
     assert any(q for q, _ in got[0].questions if q.split('"')[1] not in first_row)  # keys asked of both rows
+    with pytest.raises(ConfigError, match=r"rows 2\.\. of a context of 2 rows would not be shown"):
+        kv_contexts(smol, rows[1:3], 3, one_row // 2, first=1, rows_per_context=2)
     with pytest.raises(ConfigError, match="repeat a key"):
         kv_contexts(smol, [rows[1], rows[1]], 3, one_row + 400, rows_per_context=2)
     with pytest.raises(ConfigError, match="too few for --offset"):

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from compress.kv import DEFAULT_AGNOSTIC, get_compressor
-from ragcore.context_cache import MANIFEST, TENSORS, CompressedContext
-from ragcore.errors import ConfigError, ContextCacheError
+from ragcore.context_cache import MANIFEST, TENSORS, CompressedContext, manifest_sha256
+from ragcore.errors import ConfigError, ContextCacheError, PromptTooLongError
 from ragcore.generator import GenerationConfig
 from ragcore.pipeline import Pipeline
 from tests.helpers import PASSAGES, QUESTION
@@ -45,7 +45,7 @@ def test_save_load_round_trip_and_refusals(smol, tmp_path):
     assert ctx.compressor.startswith(DEFAULT_AGNOSTIC.split("(")[0]) and "ratio=0.5" in ctx.compressor
     want = ctx.ask(QUESTION, CFG).token_ids
     folder = ctx.save(tmp_path / "ctx")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ctx"]  # no temporary folder left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".ctx.lock", "ctx"]  # no temporary folder left
     again = CompressedContext.load(folder, smol)
     assert again.ask(QUESTION, CFG).token_ids == want and again.masks.keys() == ctx.masks.keys()
     ctx.save(folder)  # replacing a saved context is atomic too
@@ -65,11 +65,75 @@ def test_save_load_round_trip_and_refusals(smol, tmp_path):
     (folder / MANIFEST).write_text(json.dumps({**m, "version": 99}))
     with pytest.raises(ContextCacheError, match="version 99"):
         CompressedContext.load(folder, smol)
-    (folder / MANIFEST).write_text(json.dumps({**m, "model": "qwen2.5-0.5b"}))
+    other = {**m, "model": "qwen2.5-0.5b"}
+    (folder / MANIFEST).write_text(json.dumps({**other, "sha256": manifest_sha256(other)}))
     with pytest.raises(ContextCacheError, match="made by model 'qwen2.5-0.5b'"):
         CompressedContext.load(folder, smol)
     with pytest.raises(ContextCacheError, match="no manifest.json"):
         CompressedContext.load(tmp_path / "nothing", smol)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda m: {**m, "compressor": "snapkv(ratio=0.1)"},  # any hand edit: the manifest's own sha256
+        lambda m: {**m, "passages": [{**m["passages"][0], "text": "changed"}] + m["passages"][1:]},
+        lambda m: {k: v for k, v in m.items() if k != "sha256"},
+    ],
+)
+def test_a_changed_manifest_is_refused(smol, tmp_path, edit):
+    folder = smol.prefill_context(PASSAGES, "knorm", ratio=0.5).save(tmp_path / "ctx")
+    m = json.loads((folder / MANIFEST).read_text())
+    (folder / MANIFEST).write_text(json.dumps(edit(m)))
+    with pytest.raises(ContextCacheError, match="manifest was changed"):
+        CompressedContext.load(folder, smol)
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda m: {k: v for k, v in m.items() if k != "passages"}, "lacks passages"),
+        (lambda m: {**m, "n_layers": m["n_layers"] + 1}, "layers' keys and values; the model has"),
+        (lambda m: {**m, "context_tokens": m["context_tokens"] - 1}, "no context_ids of"),
+        (lambda m: {**m, "passages": [{"oops": 1}]}, "malformed passage"),
+    ],
+)
+def test_an_inconsistent_manifest_is_refused_with_its_reason(smol, tmp_path, edit, match):
+    """A manifest whose sha256 holds but whose content does not fit the tensors or the model (written by another
+    tool, say): a ContextCacheError naming what is wrong, never a KeyError or a shape error."""
+    folder = smol.prefill_context(PASSAGES, "knorm", ratio=0.5).save(tmp_path / "ctx")
+    m = edit(json.loads((folder / MANIFEST).read_text()))
+    (folder / MANIFEST).write_text(json.dumps({**m, "sha256": manifest_sha256(m)}))
+    with pytest.raises(ContextCacheError, match=match):
+        CompressedContext.load(folder, smol)
+
+
+def test_save_replaces_only_an_empty_folder_or_a_saved_context(smol, tmp_path):
+    ctx = smol.prefill_context(PASSAGES, "knorm", ratio=0.5)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "important.txt").write_text("keep me")
+    with pytest.raises(ContextCacheError, match="not a saved context"):
+        ctx.save(mine)
+    assert (mine / "important.txt").read_text() == "keep me"
+    afile = tmp_path / "afile"
+    afile.write_text("a file")
+    for target, match in ((afile, "is a file, not a folder"), (afile / "ctx", "under .* it is a file")):
+        with pytest.raises(ContextCacheError, match=match):
+            ctx.save(target)
+    assert afile.read_text() == "a file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "mine"]  # nothing hidden left behind
+    (tmp_path / "empty").mkdir()
+    assert CompressedContext.load(ctx.save(tmp_path / "empty"), smol).compressor == ctx.compressor
+
+
+def test_a_question_that_leaves_no_room_for_the_answer_is_refused(smol):
+    ctx = smol.prefill_context(PASSAGES, "knorm", ratio=0.5)
+    long = "why " * smol.context_window
+    with pytest.raises(PromptTooLongError, match=f"reads {smol.context_window} tokens"):
+        ctx.ask(long, CFG)
+    with pytest.raises(PromptTooLongError):
+        ctx.ask_batch([QUESTION, long], CFG)
 
 
 def test_pipeline_defaults(retriever, smol):
