@@ -4,6 +4,8 @@
 # Carried (docs/gpu-runs.md, "One lease for every open issue"): the payload tar (qwen2.5-0.5b's GGUF and the wheels
 # the machine's image lacks) in 55 MiB parts, joined and checked by `bench/gpu_session.sh join PARTS_DIR`; then
 #   setsid bash bench/gpu_session.sh run RES > RES.log 2>&1 &
+# (a run that fits in one call's 600 s: in the foreground, then copy its JSON into $OUT in the same call; a
+# background run lives only as long as poll calls keep the machine, and one missed 30 s window loses it)
 # runs, from a copy of the repository in /var/tmp/repo (so later carry calls cannot change the code under it):
 #   setup     wheels into /var/tmp/site (and kvpress's into /var/tmp/kvp), the GGUF into both caches, the model
 #             converted once per cache, NQ-open's top-20 ids dumped once (every KV suite reads the same file)
