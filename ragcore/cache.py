@@ -34,6 +34,54 @@ def new_cache(config: Any, layers: list[tuple[torch.Tensor, torch.Tensor]] | Non
     return cache
 
 
+def slot_cache(config: Any, layers: list[tuple[torch.Tensor, torch.Tensor, int]]) -> Any:
+    """A cache whose layers keep their keys and values in given buffers, written in place: per layer ``(keys,
+    values, filled)``, the (B, H_kv, C, D) buffers and the slots already written. Each update writes its tokens at
+    the layer's fill count (a device tensor, so a CUDA graph that captured the update replays it at the next slot)
+    and attention reads the whole buffer, so the caller's mask must hide the slots not written yet (and any
+    padding). transformers' ``DynamicCache`` appends by concatenation instead, a copy of the whole layer per
+    decoding step; ``StaticCache`` keeps one length for every layer and changed its update between versions."""
+    cache = new_cache(config)
+    if not hasattr(cache, "layers") or len(cache.layers) != len(layers):
+        raise ConfigError(f"slot_cache: expected a layered transformers cache of {len(layers)} layers")
+    for i, (k, v, filled) in enumerate(layers):
+        if k.shape != v.shape[:-1] + (k.shape[-1],) or not 0 <= filled <= k.shape[-2]:
+            raise ConfigError(f"slot_cache: layer {i}: keys {tuple(k.shape)}, values {tuple(v.shape)}, {filled=}")
+        cache.layers[i] = _slot_layer()(k, v, filled)
+    return cache
+
+
+@functools.cache
+def _slot_layer() -> type:
+    """The layer class of :func:`slot_cache` (transformers is imported on first use)."""
+    from transformers.cache_utils import DynamicLayer
+
+    class SlotLayer(DynamicLayer):
+        def __init__(self, keys: torch.Tensor, values: torch.Tensor, filled: int) -> None:
+            super().__init__()
+            self.keys, self.values, self.is_initialized = keys, values, True
+            self.device, self.dtype = keys.device, keys.dtype
+            self.filled = torch.tensor([filled], device=keys.device)  # (1,): the next slot to write
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            q = key_states.shape[-2]
+            idx = self.filled if q == 1 else self.filled + torch.arange(q, device=self.device)
+            self.keys.index_copy_(2, idx, key_states)
+            self.values.index_copy_(2, idx, value_states)
+            self.filled.add_(q)
+            return self.keys, self.values
+
+        def get_mask_sizes(self, *args: Any, **kwargs: Any) -> tuple[int, int]:
+            return self.keys.shape[-2], 0
+
+    return SlotLayer
+
+
+def slots_filled(cache: Any, layer: int) -> torch.Tensor:
+    """The (1,) device tensor of the slots a :func:`slot_cache` layer has written (the next one to write)."""
+    return cache.layers[layer].filled
+
+
 @functools.cache
 def _cache_keyword(cls: type) -> str:
     return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
@@ -293,3 +341,88 @@ def head_mask_hook(masks: Callable[[Any, Any], torch.Tensor | None]) -> Callable
 
 
 DECODE_ROOM = 256  # decoding steps a per-layer mask row is built for, at least, before it is rebuilt larger
+
+
+ATTN_IMPLEMENTATION = "ragcore_sdpa"  # the attention implementation ragcore's loaders give a model on "sdpa"
+# the device types grouped decoding runs on, each with the multiple of slots it pads a step's keys and values to:
+# on CUDA, cuBLAS picks kernels 5-20x slower for products over, or into, a slot count that is not a multiple of 8.
+# Elsewhere SDPA runs (on CPU it was as fast, in fewer operations: python -m bench.decode_step --device cpu)
+GROUPED_DECODE = {"cuda": 8}
+
+
+def grouped_decode_attention(
+    module: Any,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """transformers' SDPA attention, except a decoding step (one query row) under a mask on a device of
+    :data:`GROUPED_DECODE` (CUDA): that one runs as two matrix products per key/value head, with the query heads of
+    each group as rows.
+
+    Why: with a mask, transformers' SDPA path either repeats every key and value per query head (``repeat_kv``,
+    seven copies of the whole cache per layer and step for Qwen2.5's 14 heads in 2 groups) or, packing the group's
+    heads as query rows, hands the memory-efficient kernel one thread block per (row, key/value head), which then
+    reads all the cache's slots alone. A compressed cache under per-head masks, and any left-padded batch, decodes
+    on that path every step. Here the scores are a batched product (query heads of a group) x (their keys), in
+    float32 on CUDA (``out_dtype``), masked, a float32 softmax, then the product with the values in the model's
+    dtype, as flash attention does. On CUDA a slot count that is not a multiple of 8 is padded with hidden slots
+    (a copy of the keys and values, cheaper than cuBLAS's kernels for such shapes). Measured by ``python -m
+    bench.decode_step`` (docs/RESULTS.md, section ``decode-step-gpu``).
+
+    Shapes as transformers' attention functions: ``query`` (B, H, 1, D), ``key``/``value`` (B, H_kv, T, D),
+    ``attention_mask`` (B or 1, H or 1, 1, T), boolean (True: visible) or additive; returns ((B, 1, H, D), None).
+    Everything else (prefill, no mask, dropout, training) goes to transformers' ``sdpa_attention_forward``
+    unchanged. Registered as :data:`ATTN_IMPLEMENTATION` by :func:`use_grouped_decode`."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    b, h, q, d = query.shape
+    hkv, t = key.shape[1], key.shape[2]
+    align = GROUPED_DECODE.get(query.device.type)
+    if q != 1 or attention_mask is None or align is None or dropout or module.training or h % hkv:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+    g = h // hkv
+    scale = d**-0.5 if scaling is None else scaling
+    mask = attention_mask if attention_mask.shape[-1] == t else attention_mask[..., -t:]  # (B|1, H|1, 1, T)
+    pad = -t % align
+    if pad:
+        key, value = (torch.nn.functional.pad(x, (0, 0, 0, pad)) for x in (key, value))
+        hide = False if mask.dtype == torch.bool else torch.finfo(mask.dtype).min
+        mask = torch.nn.functional.pad(mask, (0, pad), value=hide)
+        t += pad
+    qg = (query * scale).reshape(b * hkv, g, d)  # query head i*g + j reads key/value head i (transformers' repeat_kv)
+    kt = key.reshape(b * hkv, t, d).transpose(1, 2)
+    if query.is_cuda and query.dtype in (torch.float16, torch.bfloat16):
+        scores = torch.bmm(qg, kt, out_dtype=torch.float32)
+    else:
+        scores = torch.bmm(qg, kt).float()
+    scores = scores.view(b, hkv, g, t)
+    if mask.shape[1] == h:
+        mask = mask.reshape(mask.shape[0], hkv, g, t)
+    scores = torch.where(mask, scores, float("-inf")) if mask.dtype == torch.bool else scores + mask
+    probs = torch.softmax(scores, dim=-1).to(value.dtype).view(b * hkv, g, t)
+    out = torch.bmm(probs, value.reshape(b * hkv, t, d))  # (B * H_kv, g, D): rows are query heads in order
+    return out.view(b, 1, h, d), None
+
+
+@functools.cache
+def _register_grouped_decode() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(ATTN_IMPLEMENTATION, grouped_decode_attention)
+    AttentionMaskInterface.register(ATTN_IMPLEMENTATION, sdpa_mask)  # the masks SDPA gets
+
+
+def use_grouped_decode(model: Any) -> None:
+    """Give a model on transformers' ``"sdpa"`` attention :func:`grouped_decode_attention` (registered with
+    transformers' ``AttentionInterface`` as :data:`ATTN_IMPLEMENTATION`, with SDPA's masks), as
+    :func:`ragcore.models.load_generator` and ``Generator.from_model`` do. It is SDPA except for masked decoding
+    steps, so nothing else changes; a model on another implementation (eager, flash attention) is left alone."""
+    if getattr(model.config, "_attn_implementation", None) == "sdpa":
+        _register_grouped_decode()
+        model.config._attn_implementation = ATTN_IMPLEMENTATION

@@ -79,7 +79,9 @@ class Generation:
 class Generator:
     """Answers a question from passages with a causal LM from the model registry.
 
-    ``__init__`` is light; the model loads in ``warm_up()`` (called on first use).
+    ``__init__`` is light; the model loads in ``warm_up()`` (called on first use). ``cuda_graphs`` (default True):
+    batched decoding (:meth:`generate_batch`, :meth:`decode_batch`) on CUDA captures its step once as a CUDA graph
+    and replays it.
     """
 
     def __init__(self, model: str = DEFAULT_GENERATOR, device: str | None = None, dtype: str | None = None) -> None:
@@ -87,20 +89,23 @@ class Generator:
         self.model: PreTrainedModel | None = None
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self.eos_ids: set[int] = set()
+        # batched decoding on CUDA replays its steps as a CUDA graph (see _BatchedCache); False runs them eagerly
+        self.cuda_graphs = True
 
     @classmethod
     def from_model(
         cls, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None = None, name: str = "custom"
     ) -> Generator:
         """Wrap an already loaded model (e.g. a random-initialised one in a benchmark). Without a tokenizer,
-        prompts must be given as ``Prompt`` objects, there is no end-of-sequence stop and the text is empty. A model
-        on CUDA turns cuDNN's attention off, as loading one by name does (:func:`ragcore.cache.cudnn_sdpa_off`)."""
+        prompts must be given as ``Prompt`` objects, there is no end-of-sequence stop and the text is empty. As
+        loading one by name does, a model on SDPA attention decodes masked steps with grouped products
+        (:func:`ragcore.cache.use_grouped_decode`) and a model on CUDA turns cuDNN's attention off
+        (:func:`ragcore.cache.cudnn_sdpa_off`)."""
         g = cls(name)
         g.model, g.tokenizer = model.eval(), tokenizer
-        if model.device.type == "cuda":  # as a model loaded by name (ragcore.cache.cudnn_sdpa_off)
-            from ragcore.cache import cudnn_sdpa_off
-
-            cudnn_sdpa_off()
+        kvcache.use_grouped_decode(model)
+        if model.device.type == "cuda":
+            kvcache.cudnn_sdpa_off()
         g.eos_ids = _eos_ids(g.model, tokenizer)
         return g
 
@@ -308,7 +313,7 @@ class Generator:
             gen = torch.Generator(device=dev)
             if cfg.seed is not None:
                 gen.manual_seed(cfg.seed)
-        batched = _BatchedCache(model, list(rows), cfg.max_new_tokens)
+        batched = _BatchedCache(model, list(rows), cfg.max_new_tokens, self.cuda_graphs)
         rows.clear()
         t1 = time.perf_counter()
         b = len(prompts)
@@ -537,54 +542,108 @@ def _drain(steps: Generator_[int, None, R]) -> R:
 
 class _BatchedCache:
     """Several single-row caches (possibly compressed to different lengths per layer, possibly with per-head
-    visibility masks) as one left-padded batch cache. Inside the ``with`` block the cache adapter's per-head mask
-    hook passes each layer's visibility, so padding and masked slots stay hidden; the hooks are removed when the
-    block ends."""
+    visibility masks) as one left-padded batch cache whose buffers have room for the decoding steps
+    (:func:`ragcore.cache.slot_cache`): a step writes its slot in place instead of copying every layer. Inside the
+    ``with`` block a pre-hook on every attention layer marks the slot being written visible and passes the layer's
+    visibility as the attention mask (per key/value head to grouped decoding, per query head otherwise), so
+    padding, masked slots and unwritten room stay hidden; the hooks are removed when the block ends.
 
-    def __init__(self, model: PreTrainedModel, rows: list[tuple[Any, dict[int, torch.Tensor]]], max_new: int):
+    On CUDA the step after the first is captured once as a CUDA graph and replayed (``graphs``; default: on CUDA):
+    a small model's decoding step is bound by the host launching its few hundred kernels, not by the GPU. The
+    captured hooks, slot writes and masks replay with it, at the next slot each time. A capture that fails (an
+    operation a graph cannot hold) is logged and the steps run eagerly."""
+
+    def __init__(
+        self, model: PreTrainedModel, rows: list[tuple[Any, dict[int, torch.Tensor]]], max_new: int, graphs: bool
+    ):
         self.model = model
         dev = model.device
         layers, self.visible = [], []
         for li in range(kvcache.n_layers(rows[0][0])):
             kv = [kvcache.get_kv(c, li) for c, _ in rows]
             width = max(k.shape[-2] for k, _ in kv)
-            vis = torch.zeros(len(rows), kv[0][0].shape[1], width + max_new, dtype=torch.bool, device=dev)
-            vis[..., width:] = True
-            keys, values = [], []
+            room = -(-(width + max_new) // 8) * 8  # slots, a multiple of 8 (cuBLAS's fast kernels want one)
+            k0, v0 = kv[0]
+            keys = k0.new_zeros(len(rows), k0.shape[1], room, k0.shape[-1])
+            values = v0.new_zeros(len(rows), v0.shape[1], room, v0.shape[-1])
+            vis = torch.zeros(len(rows), k0.shape[1], room, dtype=torch.bool, device=dev)
             for i, ((k, v), (_, masks)) in enumerate(zip(kv, rows)):
                 pad = width - k.shape[-2]
-                keys.append(torch.nn.functional.pad(k, (0, 0, pad, 0)))
-                values.append(torch.nn.functional.pad(v, (0, 0, pad, 0)))
+                keys[i, :, pad:width], values[i, :, pad:width] = k[0], v[0]
                 vis[i, :, pad:width] = True
                 if li in masks:  # head-wise budgets: the compressor's slots beyond a head's budget stay hidden
                     m = masks[li][0]
                     vis[i, :, pad : pad + m.shape[-1]] = m
-            layers.append((torch.cat(keys), torch.cat(values)))
+            layers.append((keys, values, width))
             self.visible.append(vis)
-        self.cache = kvcache.new_cache(model.config, layers)
+        self.cache = kvcache.slot_cache(model.config, layers)
+        self.cache_position = torch.tensor([0], device=dev)  # unused by the slot layers; transformers wants one
+        self.graphs = graphs and dev.type == "cuda"
+        self._graph: Any = None
         self._hooks = contextlib.ExitStack()
 
     def __enter__(self) -> _BatchedCache:
-        self._hooks.enter_context(kvcache.attention_hooks(self.model, pre=kvcache.head_mask_hook(self._visible)))
+        self._hooks.enter_context(kvcache.attention_hooks(self.model, pre=self._pre))
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._hooks.close()
+        self._graph = None
 
-    def _visible(self, module: Any, cache: Any) -> torch.Tensor | None:
-        return self.visible[module.layer_idx] if cache is self.cache else None
+    def _pre(self, module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        if kvcache.from_call(kwargs) is not self.cache:
+            return None
+        li = module.layer_idx
+        vis = self.visible[li]
+        vis.index_fill_(2, kvcache.slots_filled(self.cache, li), True)  # the slot this step writes
+        impl = getattr(module.config, "_attn_implementation", "sdpa")
+        if impl == kvcache.ATTN_IMPLEMENTATION and vis.device.type in kvcache.GROUPED_DECODE:
+            mask = vis[:, :, None]  # (B, H_kv, 1, C): grouped decoding reads it per key/value head
+        else:
+            g = module.config.num_attention_heads // vis.shape[1]
+            mask = vis.repeat_interleave(g, dim=1)[:, :, None]  # (B, H, 1, C)
+            if impl == "eager":
+                dtype = kwargs.get("hidden_states", args[0] if args else None).dtype
+                mask = torch.zeros(mask.shape, dtype=dtype, device=vis.device).masked_fill(
+                    ~mask, torch.finfo(dtype).min
+                )
+        return args, {**kwargs, "attention_mask": mask}
 
-    def step(self, toks: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Feed one token per row (B, 1) at absolute ``positions`` (B,); the next-token logits (B, V)."""
-        slot = kvcache.seq_len(self.cache, 0)
+    def _forward(self, toks: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         return kvcache.call(
             self.model,
             self.cache,
             input_ids=toks,
             position_ids=positions[:, None],
-            cache_position=torch.tensor([slot], device=toks.device),
+            cache_position=self.cache_position,
             use_cache=True,
         ).logits[:, -1]
+
+    def step(self, toks: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Feed one token per row (B, 1) at absolute ``positions`` (B,); the next-token logits (B, V)."""
+        if self._graph is not None:
+            self._toks.copy_(toks)
+            self._pos.copy_(positions)
+            self._graph.replay()
+            return self._out
+        if not self.graphs:
+            return self._forward(toks, positions)
+        side = torch.cuda.Stream()  # the first step runs eagerly on a side stream (a graph's warm-up), then the
+        side.wait_stream(torch.cuda.current_stream())  # next ones are captured
+        with torch.cuda.stream(side):
+            out = self._forward(toks, positions)
+        torch.cuda.current_stream().wait_stream(side)
+        self._toks, self._pos = toks.clone(), positions.clone()
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                self._out = self._forward(self._toks, self._pos)
+        except RuntimeError as e:  # nothing ran: the steps go on eagerly
+            logger.warning("decoding steps run without a CUDA graph: the capture failed (%s)", e)
+            self.graphs = False
+        else:
+            self._graph = graph
+        return out
 
 
 def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None) -> set[int]:

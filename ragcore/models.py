@@ -256,8 +256,10 @@ def load_embedder(name: str = DEFAULT_EMBEDDER, device: str | None = None) -> Se
 def load_generator(
     name: str = DEFAULT_GENERATOR, device: str | None = None, dtype: str | torch.dtype | None = None, **kwargs: Any
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a causal LM and its tokenizer. ``dtype`` defaults to float32 on CPU, bfloat16 on CUDA. On CUDA,
-    cuDNN's attention is turned off for the process (:func:`ragcore.cache.cudnn_sdpa_off`)."""
+    """Load a causal LM and its tokenizer. ``dtype`` defaults to float32 on CPU, bfloat16 on CUDA. A model on SDPA
+    attention decodes masked steps with :func:`ragcore.cache.grouped_decode_attention`
+    (:func:`ragcore.cache.use_grouped_decode`); on CUDA, cuDNN's attention is turned off for the process
+    (:func:`ragcore.cache.cudnn_sdpa_off`)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -278,8 +280,9 @@ def load_generator(
         raise
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    if model.device.type == "cuda":
-        from ragcore.cache import cudnn_sdpa_off
+    from ragcore.cache import cudnn_sdpa_off, use_grouped_decode
 
+    use_grouped_decode(model)
+    if model.device.type == "cuda":
         cudnn_sdpa_off()
     return model, tok

@@ -4,6 +4,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
+from ragcore import cache as kvcache
 from ragcore.attention import (
     attention_to_spans,
     decoder_layers,
@@ -23,12 +24,12 @@ Q = "When was the Eiffel Tower completed?"
 
 
 def _eager(model, ids):
-    model.config._attn_implementation = "eager"
+    was, model.config._attn_implementation = model.config._attn_implementation, "eager"
     try:
         with torch.inference_mode():
             att = model(ids, output_attentions=True).attentions
     finally:
-        model.config._attn_implementation = "sdpa"
+        model.config._attn_implementation = was
     return torch.stack([a[0] for a in att])  # (L, H, T, T)
 
 
@@ -43,7 +44,7 @@ def test_matches_eager_on_bundled_models(bundled, rows):
     model, tok = bundled
     p = build_prompt(tok, Q, PASSAGES)
     ref = _eager(model, p.input_ids)
-    assert model.config._attn_implementation == "sdpa"
+    assert model.config._attn_implementation == kvcache.ATTN_IMPLEMENTATION  # load_generator's: SDPA + grouped decoding
     got = attention_to_spans(model, p.input_ids, p.spans, rows, reduce_rows=False)
     a, b = (len(p) - 1, len(p)) if rows == "last" else p.spans["question"]
     assert got.tokens.shape == (ref.shape[0], ref.shape[1], b - a, len(p))

@@ -154,3 +154,121 @@ def test_cudnn_sdpa_off_turns_cudnn_attention_off_where_cuda_is(monkeypatch):
         assert not torch.backends.cuda.cudnn_sdp_enabled()
     finally:
         torch.backends.cuda.enable_cudnn_sdp(before)
+
+
+def _sdpa(module, q, k, v, mask):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    return sdpa_attention_forward(module, q, k, v, mask, scaling=0.125)[0]
+
+
+@pytest.mark.parametrize("align", [1, 8])
+@pytest.mark.parametrize("mask_kind", ["per_head", "per_group", "shared", "additive"])
+def test_grouped_decode_attention_equals_sdpa(tiny_llama, mask_kind, align, monkeypatch):
+    """One query row under any mask SDPA takes: the same output as transformers' SDPA attention (float32), also
+    with the 9 slots padded to 16 hidden ones (as on CUDA)."""
+    monkeypatch.setitem(kvcache.GROUPED_DECODE, "cpu", align)
+    attn = kvcache.attention_layers(tiny_llama)[0]  # 4 query heads in 2 key/value groups
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (
+        torch.randn(3, 4, 1, 16, generator=g),
+        torch.randn(3, 2, 9, 16, generator=g),
+        torch.randn(3, 2, 9, 16, generator=g),
+    )
+    mask = torch.rand(3, 4, 1, 9, generator=g) > 0.4
+    mask[..., -1] = True  # the new slot is always visible
+    if mask_kind == "per_group":
+        mask = mask[:, ::2].repeat_interleave(2, dim=1)
+    elif mask_kind == "shared":
+        mask = mask[:, :1]
+    elif mask_kind == "additive":
+        mask = torch.zeros(mask.shape).masked_fill(~mask, torch.finfo(torch.float32).min)
+    got, none = kvcache.grouped_decode_attention(attn, q, k, v, mask, scaling=0.125)
+    assert none is None and got.shape == (3, 1, 4, 16)
+    torch.testing.assert_close(got, _sdpa(attn, q, k, v, mask), rtol=1e-5, atol=1e-5)
+
+
+def test_grouped_decode_attention_leaves_other_calls_to_sdpa(tiny_llama, monkeypatch):
+    monkeypatch.setitem(kvcache.GROUPED_DECODE, "cpu", 1)
+    attn = kvcache.attention_layers(tiny_llama)[0]
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (
+        torch.randn(1, 4, 3, 16, generator=g),
+        torch.randn(1, 2, 5, 16, generator=g),
+        torch.randn(1, 2, 5, 16, generator=g),
+    )
+    mask = torch.ones(1, 1, 3, 5, dtype=torch.bool).tril(diagonal=2)
+    got, _ = kvcache.grouped_decode_attention(attn, q, k, v, mask, scaling=0.125)  # three rows: SDPA's own path
+    assert torch.equal(got, _sdpa(attn, q, k, v, mask))
+
+
+def test_use_grouped_decode_switches_sdpa_models_only():
+    model = tiny_model("qwen2")
+    kvcache.use_grouped_decode(model)
+    assert model.config._attn_implementation == kvcache.ATTN_IMPLEMENTATION
+    eager = tiny_model("qwen2")
+    eager.config._attn_implementation = "eager"
+    kvcache.use_grouped_decode(eager)
+    assert eager.config._attn_implementation == "eager"
+
+
+def test_masked_decoding_steps_run_grouped_and_match_sdpa(tiny_llama, monkeypatch):
+    """Decoding steps on a cache under per-head masks: the registered implementation answers them (counted) with
+    the logits of the same steps under transformers' SDPA, and of a full forward with the equivalent mask (grouped
+    decoding turned on for the CPU, with CUDA's padding of the slots)."""
+    ids = random_ids(30)
+    hidden = torch.ones(1, 2, 24, dtype=torch.bool)
+    hidden[0, 0, 3:10] = False
+    hidden[0, 1, 12:20] = False
+    monkeypatch.setitem(kvcache.GROUPED_DECODE, "cpu", 8)
+    calls = []
+    grouped = kvcache.grouped_decode_attention
+    monkeypatch.setattr(
+        kvcache,
+        "grouped_decode_attention",
+        lambda m, q, *a, **kw: (calls.append(q.shape[2]), grouped(m, q, *a, **kw))[1],
+    )
+    kvcache._register_grouped_decode.cache_clear()
+    logits = {}
+    try:
+        for impl in ("sdpa", kvcache.ATTN_IMPLEMENTATION):
+            kvcache.use_grouped_decode(tiny_llama)
+            tiny_llama.config._attn_implementation = impl
+            cache = kvcache.new_cache(tiny_llama.config)
+            with torch.inference_mode():
+                kvcache.call(tiny_llama, cache, input_ids=ids[:, :24], use_cache=True)
+                hook = kvcache.head_mask_hook(lambda m, c, mine=cache: hidden if c is mine else None)
+                with kvcache.attention_hooks(tiny_llama, pre=hook):
+                    logits[impl] = [kvcache.feed(tiny_llama, ids[:, i : i + 1], cache, i) for i in range(24, 30)]
+    finally:
+        tiny_llama.config._attn_implementation = "sdpa"
+        kvcache._register_grouped_decode.cache_clear()
+        kvcache.use_grouped_decode(tiny_llama)
+        tiny_llama.config._attn_implementation = "sdpa"
+    assert calls.count(1) == 6 * 2  # six steps, two layers, all grouped
+    mask = torch.ones(1, 4, 30, 30, dtype=torch.bool).tril()
+    mask[:, :2, 24:, 3:10] = False
+    mask[:, 2:, 24:, 12:20] = False
+    with torch.inference_mode():
+        ref = tiny_llama(input_ids=ids, attention_mask=mask).logits[0, 24:]
+    for impl, rows in logits.items():
+        torch.testing.assert_close(torch.cat(rows), ref, rtol=1e-4, atol=1e-4, msg=impl)
+
+
+def test_slot_cache_writes_in_place_at_each_layers_fill_count(tiny_llama):
+    """A model step on a slot cache writes its keys at each layer's own next slot, in the given buffers (no new
+    tensors), and the fill count moves on; attention reads the whole buffer."""
+    k0 = torch.zeros(1, 2, 8, 16)
+    bufs = [(k0.clone(), k0.clone(), 3), (k0.clone(), k0.clone(), 5)]
+    ptrs = [k.data_ptr() for k, _, _ in bufs]
+    cache = kvcache.slot_cache(tiny_llama.config, bufs)
+    with torch.inference_mode():
+        kvcache.call(tiny_llama, cache, input_ids=random_ids(1), position_ids=torch.tensor([[5]]), use_cache=True)
+    for li, filled in enumerate((3, 5)):
+        k, _ = kvcache.get_kv(cache, li)
+        assert k.data_ptr() == ptrs[li] and k.shape[-2] == 8
+        assert int(kvcache.slots_filled(cache, li)) == filled + 1
+        written = k[0].abs().sum(-1).bool()  # (H_kv, 8)
+        assert written[:, filled].all() and not written[:, :filled].any() and not written[:, filled + 1 :].any()
+    with pytest.raises(ConfigError, match="layer 0"):
+        kvcache.slot_cache(tiny_llama.config, [(k0, k0, 9), (k0, k0, 0)])
