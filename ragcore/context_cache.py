@@ -140,35 +140,31 @@ class CompressedContext:
         return g
 
     def ask_batch(self, questions: Sequence[str], config: GenerationConfig | None = None) -> list[Generation]:
-        """Answer several ``questions`` from the compressed context, decoding them together as one batch
-        (:meth:`Generator.decode_batch`): each question is fed on its own view of the context's cache, then every
-        answer's decoding steps run once for the whole batch, which is what a step's cost on a GPU is bound by
-        for a small model (kernel launches), not the rows. Greedy answers equal :meth:`ask`'s up to
-        floating-point ties (the rows are left-padded to a common length and the padding masked); ``prefill_s``
-        is each question's feed, ``decode_s`` the batch's decoding until that row stopped. ``stats`` as in
-        :meth:`ask`, plus ``batch_size``."""
+        """Answer several ``questions`` from the compressed context together (:meth:`Generator.decode_shared`): the
+        context is copied once into a batch cache, every question is fed in one model call (left-padded, the
+        padding hidden), then the answers' decoding steps run once for the whole batch, which is what a step's cost
+        on a GPU is bound by for a small model (kernel launches), not the rows. The context is left unchanged.
+        Greedy answers equal :meth:`ask`'s up to floating-point ties; ``prefill_s`` is the one feed's time,
+        ``decode_s`` the batch's decoding until that row stopped. ``stats`` as in :meth:`ask`, plus
+        ``batch_size``."""
         if not questions:
             return []
         gen = self.generator
-        dev = gen.model.device
         prompts = [self.prompt(q, config) for q in questions]
-        masks = {i: m.to(dev) for i, m in self.masks.items()}
-        rows, firsts, prefill_s, stats = [], [], [], []
-        for p in prompts:
-            t0 = time.perf_counter()
-            cache = kvcache.new_cache(gen.model.config, [(k.to(dev), v.to(dev)) for k, v in self.layers])
-            firsts.append(gen.feed_on(cache, p, self.context_tokens, masks))
-            prefill_s.append(time.perf_counter() - t0)
-            rows.append((cache, masks))
-            stats.append(
-                {
-                    "kv_bytes": self.kv_bytes,
-                    "kv_bytes_full": kvcache.bytes_per_token(cache) * len(p),
-                    "masks_only": bool(self.report.get("masks_only", False)),
-                    "compressor": self.compressor,
-                }
-            )
-        return gen.decode_batch(prompts, rows, firsts, stats, prefill_s, config)
+        per_token = sum(
+            k.shape[0] * k.shape[1] * (k.shape[-1] * k.element_size() + v.shape[-1] * v.element_size())
+            for k, v in self.layers
+        )
+        stats = [
+            {
+                "kv_bytes": self.kv_bytes,
+                "kv_bytes_full": per_token * len(p),
+                "masks_only": bool(self.report.get("masks_only", False)),
+                "compressor": self.compressor,
+            }
+            for p in prompts
+        ]
+        return gen.decode_shared(prompts, self.layers, self.masks, self.context_tokens, stats, config)
 
     # ---- on disk ---------------------------------------------------------------------------------------------
     def save(self, folder: str | Path, lock_timeout: float = 60.0) -> Path:

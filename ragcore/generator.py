@@ -308,40 +308,92 @@ class Generator:
         seeded from ``config.seed``)."""
         self.warm_up()
         cfg = config or GenerationConfig()
-        model, dev = self.model, self.model.device
+        batched = _BatchedCache.from_rows(self.model, list(rows), cfg.max_new_tokens, self.cuda_graphs)
+        rows.clear()
+        with batched:
+            return self._decode_rows(prompts, batched, torch.cat(list(logits)), stats, prefill_s, cfg, gen)
+
+    @torch.inference_mode()
+    def decode_shared(
+        self,
+        prompts: Sequence[Prompt],
+        context: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        masks: dict[int, torch.Tensor],
+        start: int,
+        stats: Sequence[dict[str, Any]],
+        config: GenerationConfig | None = None,
+    ) -> list[Generation]:
+        """Answer several prompts that share their first ``start`` tokens, held (possibly compressed) in
+        ``context``: per layer, (1, H_kv, S, D) keys and values, with ``masks`` the per-layer (1, H_kv, S) head
+        visibility (empty: all visible). The context is copied once into a batch cache with room for every
+        prompt's remaining tokens and answer; those tokens are fed in one model call, left-padded (the padding
+        hidden), at their absolute positions; then the answers decode together as :meth:`decode_batch` does.
+        Greedy answers equal :meth:`decode_on`'s one by one up to floating-point ties. ``prefill_s`` of each
+        :class:`Generation` is the one feed's time; ``stats`` go to each."""
+        self.warm_up()
+        cfg = config or GenerationConfig()
+        dev = self.model.device
+        tails = [p.input_ids[0, start:] for p in prompts]
+        if not tails or any(len(t) == 0 for t in tails):
+            raise ConfigError(f"decode_shared needs prompts with tokens after the shared {start}")
+        q = max(len(t) for t in tails)
+        pad_id = getattr(self.tokenizer, "pad_token_id", None) or 0
+        ids = torch.full((len(tails), q), pad_id, dtype=torch.long)
+        pos = torch.full((len(tails), q), start, dtype=torch.long)
+        real = torch.zeros(len(tails), q, dtype=torch.bool)  # the question's columns; the padding stays hidden
+        for i, t in enumerate(tails):
+            ids[i, q - len(t) :] = t
+            pos[i, q - len(t) :] = torch.arange(start, start + len(t))
+            real[i, q - len(t) :] = True
+        batched = _BatchedCache.shared(self.model, context, masks, len(tails), q + cfg.max_new_tokens, self.cuda_graphs)
+        with batched:
+            t0 = time.perf_counter()
+            logits = batched.feed(ids.to(dev), pos.to(dev), real.to(dev))
+            _sync(dev)
+            feed_s = time.perf_counter() - t0
+            return self._decode_rows(prompts, batched, logits, stats, [feed_s] * len(tails), cfg, None)
+
+    def _decode_rows(
+        self,
+        prompts: Sequence[Prompt],
+        cache: _BatchedCache,
+        logits: torch.Tensor,
+        stats: Sequence[dict[str, Any]],
+        prefill_s: Sequence[float],
+        cfg: GenerationConfig,
+        gen: torch.Generator | None,
+    ) -> list[Generation]:
+        """The batched decoding loop on an entered ``cache``, from the (B, V) next-token ``logits``."""
+        dev = self.model.device
         if gen is None:
             gen = torch.Generator(device=dev)
             if cfg.seed is not None:
                 gen.manual_seed(cfg.seed)
-        batched = _BatchedCache(model, list(rows), cfg.max_new_tokens, self.cuda_graphs)
-        rows.clear()
         t1 = time.perf_counter()
         b = len(prompts)
         outs: list[list[int]] = [[] for _ in range(b)]
         stopped = ["max_new_tokens"] * b
         done_at = [0.0] * b
         live = list(range(b))
-        logits = torch.cat(list(logits))
         n = torch.tensor([len(p) for p in prompts], device=dev)
-        with batched as cache:
-            for step in range(cfg.max_new_tokens):
-                if cfg.temperature == 0:
-                    toks = logits.float().argmax(-1).tolist()
+        for step in range(cfg.max_new_tokens):
+            if cfg.temperature == 0:
+                toks = logits.float().argmax(-1).tolist()
+            else:
+                toks = [_pick(row.float(), cfg, gen) for row in logits]
+            for i in list(live):
+                if toks[i] in self.eos_ids:
+                    stopped[i] = "eos"
                 else:
-                    toks = [_pick(row.float(), cfg, gen) for row in logits]
-                for i in list(live):
-                    if toks[i] in self.eos_ids:
-                        stopped[i] = "eos"
-                    else:
-                        outs[i].append(toks[i])
-                        if len(outs[i]) < cfg.max_new_tokens:
-                            continue
-                    live.remove(i)
-                    done_at[i] = time.perf_counter() - t1
-                out_of_time = cfg.max_time is not None and time.perf_counter() - t1 > cfg.max_time
-                if not live or out_of_time:
-                    break
-                logits = cache.step(torch.tensor(toks, device=dev)[:, None], n + step)
+                    outs[i].append(toks[i])
+                    if len(outs[i]) < cfg.max_new_tokens:
+                        continue
+                live.remove(i)
+                done_at[i] = time.perf_counter() - t1
+            out_of_time = cfg.max_time is not None and time.perf_counter() - t1 > cfg.max_time
+            if not live or out_of_time:
+                break
+            logits = cache.step(torch.tensor(toks, device=dev)[:, None], n + step)
         _sync(dev)
         for i in live:  # stopped by the wall-clock limit
             stopped[i] = "max_time"
@@ -541,32 +593,43 @@ def _drain(steps: Generator_[int, None, R]) -> R:
 
 
 class _BatchedCache:
-    """Several single-row caches (possibly compressed to different lengths per layer, possibly with per-head
-    visibility masks) as one left-padded batch cache whose buffers have room for the decoding steps
-    (:func:`ragcore.cache.slot_cache`): a step writes its slot in place instead of copying every layer. Inside the
-    ``with`` block a pre-hook on every attention layer marks the slot being written visible and passes the layer's
-    visibility as the attention mask (per key/value head to grouped decoding, per query head otherwise), so
-    padding, masked slots and unwritten room stay hidden; the hooks are removed when the block ends.
+    """Several rows' caches as one batch cache whose buffers have room for the tokens still to come
+    (:func:`ragcore.cache.slot_cache`): a step writes its slot in place instead of copying every layer. Built from
+    single-row caches (:meth:`from_rows`: possibly compressed to different lengths per layer, possibly with
+    per-head masks, left-padded to a common length) or from one context shared by every row (:meth:`shared`).
+    Inside the ``with`` block a pre-hook on every attention layer marks the slots being written visible and passes
+    the layer's visibility as the attention mask (per key/value head to grouped decoding, per query head
+    otherwise), so padding, masked slots and unwritten room stay hidden; the hooks are removed when the block ends.
 
-    On CUDA the step after the first is captured once as a CUDA graph and replayed (``graphs``; default: on CUDA):
-    a small model's decoding step is bound by the host launching its few hundred kernels, not by the GPU. The
-    captured hooks, slot writes and masks replay with it, at the next slot each time. A capture that fails (an
-    operation a graph cannot hold) is logged and the steps run eagerly."""
+    On CUDA the step after the first is captured once as a CUDA graph and replayed (``graphs``): a small model's
+    decoding step is bound by the host launching its few hundred kernels, not by the GPU. The captured hooks, slot
+    writes and masks replay with it, at the next slot each time. A capture that fails (an operation a graph cannot
+    hold) is logged and the steps run eagerly."""
 
     def __init__(
-        self, model: PreTrainedModel, rows: list[tuple[Any, dict[int, torch.Tensor]]], max_new: int, graphs: bool
+        self, model: PreTrainedModel, layers: list[tuple[torch.Tensor, torch.Tensor, int]], visible: list, graphs: bool
     ):
         self.model = model
-        dev = model.device
-        layers, self.visible = [], []
+        self.cache = kvcache.slot_cache(model.config, layers)
+        self.visible = visible  # per layer (B, H_kv, C): the slots each row's heads may see
+        self.cache_position = torch.tensor(
+            [0], device=model.device
+        )  # unused by the slot layers; transformers wants one
+        self.graphs = graphs and model.device.type == "cuda"
+        self._graph: Any = None
+        self._feed: tuple[torch.Tensor, list[int]] | None = None  # during feed(): the (B, q) real columns, widths
+        self._hooks = contextlib.ExitStack()
+
+    @classmethod
+    def from_rows(
+        cls, model: PreTrainedModel, rows: list[tuple[Any, dict[int, torch.Tensor]]], max_new: int, graphs: bool
+    ) -> _BatchedCache:
+        """From single-row caches and their per-layer (1, H_kv, S) head visibility, left-padded."""
+        layers, visible = [], []
         for li in range(kvcache.n_layers(rows[0][0])):
             kv = [kvcache.get_kv(c, li) for c, _ in rows]
             width = max(k.shape[-2] for k, _ in kv)
-            room = -(-(width + max_new) // 8) * 8  # slots, a multiple of 8 (cuBLAS's fast kernels want one)
-            k0, v0 = kv[0]
-            keys = k0.new_zeros(len(rows), k0.shape[1], room, k0.shape[-1])
-            values = v0.new_zeros(len(rows), v0.shape[1], room, v0.shape[-1])
-            vis = torch.zeros(len(rows), k0.shape[1], room, dtype=torch.bool, device=dev)
+            keys, values, vis = _buffers(kv[0], len(rows), width + max_new)
             for i, ((k, v), (_, masks)) in enumerate(zip(kv, rows)):
                 pad = width - k.shape[-2]
                 keys[i, :, pad:width], values[i, :, pad:width] = k[0], v[0]
@@ -575,12 +638,54 @@ class _BatchedCache:
                     m = masks[li][0]
                     vis[i, :, pad : pad + m.shape[-1]] = m
             layers.append((keys, values, width))
-            self.visible.append(vis)
-        self.cache = kvcache.slot_cache(model.config, layers)
-        self.cache_position = torch.tensor([0], device=dev)  # unused by the slot layers; transformers wants one
-        self.graphs = graphs and dev.type == "cuda"
-        self._graph: Any = None
-        self._hooks = contextlib.ExitStack()
+            visible.append(vis)
+        return cls(model, layers, visible, graphs)
+
+    @classmethod
+    def shared(
+        cls,
+        model: PreTrainedModel,
+        context: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        masks: dict[int, torch.Tensor],
+        b: int,
+        room: int,
+        graphs: bool,
+    ) -> _BatchedCache:
+        """``b`` rows of one context (per layer (1, H_kv, S, D) keys and values, ``masks`` its (1, H_kv, S) head
+        visibility), each with ``room`` slots after it."""
+        layers, visible = [], []
+        dev = model.device
+        for li, (k, v) in enumerate(context):
+            k, v = k.to(dev), v.to(dev)
+            width = k.shape[-2]
+            keys, values, vis = _buffers((k, v), b, width + room)
+            keys[:, :, :width], values[:, :, :width] = k, v  # one copy per layer, broadcast over the rows
+            vis[:, :, :width] = True
+            if li in masks:  # head-wise budgets: the compressor's slots beyond a head's budget stay hidden
+                m = masks[li].to(dev)
+                vis[:, :, : m.shape[-1]] = m
+            layers.append((keys, values, width))
+            visible.append(vis)
+        return cls(model, layers, visible, graphs)
+
+    def feed(self, ids: torch.Tensor, positions: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """Feed (B, q) tokens at absolute ``positions`` (B, q) into the slots after every layer's written ones;
+        ``real`` (B, q) says which are tokens, not padding (hidden from every row). The next-token logits (B, V)
+        after the last column."""
+        li_width = [int(kvcache.slots_filled(self.cache, li)) for li in range(len(self.visible))]
+        self._feed = (real, li_width)
+        try:
+            return kvcache.call(
+                self.model,
+                self.cache,
+                input_ids=ids,
+                position_ids=positions,
+                cache_position=torch.arange(ids.shape[1], device=ids.device),
+                use_cache=True,
+                logits_to_keep=1,
+            ).logits[:, -1]
+        finally:
+            self._feed = None
 
     def __enter__(self) -> _BatchedCache:
         self._hooks.enter_context(kvcache.attention_hooks(self.model, pre=self._pre))
@@ -595,13 +700,19 @@ class _BatchedCache:
             return None
         li = module.layer_idx
         vis = self.visible[li]
-        vis.index_fill_(2, kvcache.slots_filled(self.cache, li), True)  # the slot this step writes
         impl = getattr(module.config, "_attn_implementation", "sdpa")
-        if impl == kvcache.ATTN_IMPLEMENTATION and vis.device.type in kvcache.GROUPED_DECODE:
-            mask = vis[:, :, None]  # (B, H_kv, 1, C): grouped decoding reads it per key/value head
+        if self._feed is not None:  # several columns: the real ones become visible, each sees those before it
+            real, widths = self._feed
+            w, q = widths[li], real.shape[1]
+            vis[:, :, w : w + q] = real[:, None]
+            slots = torch.arange(vis.shape[-1], device=vis.device)
+            mask = vis[:, :, None, :] & (slots[None, :] <= w + torch.arange(q, device=vis.device)[:, None])
         else:
-            g = module.config.num_attention_heads // vis.shape[1]
-            mask = vis.repeat_interleave(g, dim=1)[:, :, None]  # (B, H, 1, C)
+            vis.index_fill_(2, kvcache.slots_filled(self.cache, li), True)  # the slot this step writes
+            mask = vis[:, :, None]  # (B, H_kv, 1, C)
+        grouped = impl == kvcache.ATTN_IMPLEMENTATION and vis.device.type in kvcache.GROUPED_DECODE
+        if mask.shape[2] > 1 or not grouped:  # grouped decoding reads one row per key/value head; others per head
+            mask = mask.repeat_interleave(module.config.num_attention_heads // vis.shape[1], dim=1)  # (B, H, q, C)
             if impl == "eager":
                 dtype = kwargs.get("hidden_states", args[0] if args else None).dtype
                 mask = torch.zeros(mask.shape, dtype=dtype, device=vis.device).masked_fill(
@@ -644,6 +755,18 @@ class _BatchedCache:
         else:
             self._graph = graph
         return out
+
+
+def _buffers(kv: tuple[torch.Tensor, torch.Tensor], b: int, slots: int) -> tuple[torch.Tensor, ...]:
+    """Zeroed (b, H_kv, C, D) key and value buffers like ``kv``'s and a (b, H_kv, C) visibility, all hidden, with
+    ``C`` = ``slots`` rounded up to a multiple of 8 (cuBLAS's fast kernels want one)."""
+    k, v = kv
+    c = -(-slots // 8) * 8
+    return (
+        k.new_zeros(b, k.shape[1], c, k.shape[-1]),
+        v.new_zeros(b, v.shape[1], c, v.shape[-1]),
+        torch.zeros(b, k.shape[1], c, dtype=torch.bool, device=k.device),
+    )
 
 
 def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None) -> set[int]:

@@ -193,3 +193,22 @@ def test_ask_batch_gives_the_answers_of_ask(smol):
     assert [g.token_ids for g in batch] == [g.token_ids for g in one]
     assert [g.text for g in batch] == [g.text for g in one] and all(g.stats["batch_size"] == 3 for g in batch)
     assert batch[0].stats["kv_bytes"] == one[0].stats["kv_bytes"] and ctx.ask_batch([], cfg) == []
+    assert batch[0].stats["kv_bytes_full"] == one[0].stats["kv_bytes_full"]
+
+
+def test_ask_batch_feeds_every_question_in_one_model_call(smol):
+    """The questions go on the shared context in one call (B rows), then one call per decoding step: 1 + steps
+    calls, not one feed per question."""
+    ctx = smol.prefill_context(PASSAGES, "kvzip", ratio=0.5)
+    shapes = []
+    handle = smol.model.model.register_forward_pre_hook(
+        lambda m, a, kw: shapes.append(tuple(kw["input_ids"].shape)), with_kwargs=True
+    )
+    try:
+        batch = ctx.ask_batch([QUESTION, OTHER], GenerationConfig(max_new_tokens=3))
+    finally:
+        handle.remove()
+    steps = max(len(g.token_ids) for g in batch) - 1
+    assert shapes[0][0] == 2 and shapes[0][1] > 1 and shapes[1:] == [(2, 1)] * steps
+    with pytest.raises(ConfigError, match="tokens after the shared"):
+        smol.decode_shared([ctx.prompt(QUESTION)], ctx.layers, ctx.masks, len(ctx.prompt(QUESTION)), [{}])
