@@ -89,6 +89,7 @@ class CompressedContext:
     compressor: str = "none"
     system: str | None = None
     report: dict[str, Any] = field(default_factory=dict)
+    _base: Prompt | None = field(default=None, init=False, repr=False, compare=False)  # the context's own prompt
 
     @property
     def context_tokens(self) -> int:
@@ -102,10 +103,19 @@ class CompressedContext:
     def prompt(self, question: str, config: GenerationConfig | None = None) -> Prompt:
         """The full prompt for ``question``, checked to start with this context's tokens and to leave room for the
         answer (``config.max_new_tokens``, default ``GenerationConfig()``'s) in the model's window (raises
-        ``PromptTooLongError`` otherwise)."""
-        from ragcore.generator import GenerationConfig
+        ``PromptTooLongError`` otherwise). With the generator's own prompt layout only the question's part is
+        tokenised (:func:`ragcore.prompt.extend_prompt`; the context's prompt is built once per object)."""
+        from ragcore.generator import GenerationConfig, Generator
+        from ragcore.prompt import extend_prompt
 
-        p = self.generator.prompt(question, self.passages, self.system)
+        gen = self.generator
+        p = None
+        if type(gen).prompt is Generator.prompt:  # ragcore's own layout: only the question is tokenised
+            if self._base is None:
+                self._base = gen.prompt(PLACEHOLDER, self.passages, self.system)
+            p = extend_prompt(self._base, question)
+        if p is None:
+            p = gen.prompt(question, self.passages, self.system)
         new = (config or GenerationConfig()).max_new_tokens
         window = self.generator.context_window
         if len(p) + new > window:

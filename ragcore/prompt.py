@@ -109,6 +109,37 @@ def build_prompts(
     return out
 
 
+def extend_prompt(context: Prompt, question: str, overlap: int = 8) -> Prompt | None:
+    """The prompt :func:`build_prompt` makes for ``question`` with the passages, system instruction, answer prefix
+    and tokenizer of ``context`` (a prompt it made), tokenising only what follows ``context``'s context (its tokens
+    before ``question_start``) and the last ``overlap`` tokens of it, which must come out as they were; the context's
+    other tokens and offsets are reused. A compressed context asks many questions of one long context
+    (``ragcore.context_cache``): this costs the question, not the context, per prompt. None where it cannot vouch
+    for the result (no tokenizer or offsets, a text that does not start with the context's, an overlap that
+    tokenises differently): the caller then builds the prompt in full."""
+    tok, offsets, n = context.tokenizer, context.offsets, context.question_start
+    if tok is None or offsets is None or n >= len(context) or n <= overlap:
+        return None
+    system = context.system if context.system is not None else (SYSTEM if context.passages else SYSTEM_CLOSED)
+    text, char_spans, chunks, q, system, prefix = _layout(
+        tok, question, context.passages, system, context.answer_prefix or None
+    )
+    j = n - overlap
+    c0, cq = offsets[j][0], offsets[n][0]
+    if text[:cq] != context.text[:cq]:
+        return None
+    ids, tail = encode_batch(tok, [text[c0:]])[0]
+    head = context.input_ids[0, j:n].tolist()
+    if ids[:overlap] != head or [(a + c0, b + c0) for a, b in tail[:overlap]] != list(offsets[j:n]):
+        return None
+    offs = list(offsets[:j]) + [(a + c0, b + c0) for a, b in tail]
+    bounds = np.asarray(offs, dtype=np.int64).reshape(-1, 2)
+    spans = {name: _token_span(bounds, a, b) for name, (a, b) in char_spans.items()}
+    ids_all = torch.cat([context.input_ids[0, :j], torch.tensor(ids, dtype=torch.long)])[None]
+    custom = system if system not in (SYSTEM, SYSTEM_CLOSED) else None
+    return Prompt(text, ids_all, spans, chunks, q, custom, tokenizer=tok, offsets=offs, answer_prefix=prefix)
+
+
 def _layout(
     tokenizer: PreTrainedTokenizerBase,
     question: str,

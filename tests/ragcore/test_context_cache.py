@@ -3,6 +3,7 @@ when intact."""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -212,3 +213,21 @@ def test_ask_batch_feeds_every_question_in_one_model_call(smol):
     assert shapes[0][0] == 2 and shapes[0][1] > 1 and shapes[1:] == [(2, 1)] * steps
     with pytest.raises(ConfigError, match="tokens after the shared"):
         smol.decode_shared([ctx.prompt(QUESTION)], ctx.layers, ctx.masks, len(ctx.prompt(QUESTION)), [{}])
+
+
+def test_a_question_prompt_is_the_generators_own_prompt(smol):
+    """The context's prompts, tokenised from the question on (ragcore.prompt.extend_prompt), equal the generator's
+    full prompts; a generator with its own prompt layout gets its own prompts."""
+    ctx = smol.prefill_context(PASSAGES, "none")
+    for q in (QUESTION, OTHER, "  spaced  ", "日本?"):
+        got, want = ctx.prompt(q), smol.prompt(q, PASSAGES)
+        assert got.input_ids.equal(want.input_ids) and got.spans == want.spans and got.offsets == want.offsets
+
+    class Custom(type(smol)):
+        def prompt(self, question, passages=None, system=None, answer_prefix=None):
+            return super().prompt(question.upper(), passages, system, answer_prefix)
+
+    custom = copy.copy(smol)
+    custom.__class__ = Custom
+    ctx2 = custom.prefill_context(PASSAGES, "none")
+    assert QUESTION.upper() in ctx2.prompt(QUESTION).text
