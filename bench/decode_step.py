@@ -224,6 +224,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if a.steps < 2:
         ap.error(f"--steps must be at least 2, got {a.steps}")
+    for name in ("batch", "layers", "repeats"):
+        if getattr(a, name) < 1:
+            ap.error(f"--{name} must be at least 1, got {getattr(a, name)}")
+    if min(a.tokens) < 1:
+        ap.error(f"--tokens must be at least 1 each, got {a.tokens}")
+    if a.device not in ("cpu", "cuda") or (a.device == "cuda" and not torch.cuda.is_available()):
+        ap.error(f"--device must be cpu or cuda (with a CUDA build of torch and a GPU), got {a.device!r}")
     t0 = time.perf_counter()
     res = run(a.device, a.batch, a.tokens, a.steps, a.layers, a.masks, a.repeats, a.profile)
     res["wall_s"] = time.perf_counter() - t0

@@ -158,7 +158,9 @@ def run_reuse(
         A KV compressor spec (default ``compress.kv.DEFAULT_AGNOSTIC``), compressed question-agnostic; ``"none"``
         reuses the full cache (one prefill of the context, no compression).
     ratio:
-        Fraction of the context's cache removed (default ``compress.kv.DEFAULT_AGNOSTIC_RATIO``).
+        Fraction of the context's cache removed, for a spec that sets neither ratio nor budget (default
+        ``compress.kv.DEFAULT_AGNOSTIC_RATIO``); the result records the one used (0 for ``"none"``), and a spec's
+        budget in its ``compressor`` label.
     reuse:
         Questions per context (Q).
     limit:
@@ -173,8 +175,8 @@ def run_reuse(
         Show a progress bar.
     batch_size:
         Questions decoded together, in both arms: ``CompressedContext.ask_batch`` on the compressed context,
-        ``Generator.generate_batch`` for the full prefills (greedy answers equal one-by-one ones up to
-        floating-point ties). Decoding steps cost a small model on a GPU the same for one row as for ten
+        ``Generator.generate_batch`` for the full prefills (greedy answers equal one-by-one ones in float32; in
+        bfloat16 a token can differ now and then). Decoding steps cost a small model on a GPU the same for one row as for ten
         (kernel launches), so with 1 (one by one, the default) both arms are bound by decoding and reuse saves
         little there. With more than 1, a row's ``answer_s``/``full_s`` is its question's feed (its prefill) plus
         the batch's decoding until that row stopped.
@@ -196,17 +198,22 @@ def run_reuse(
         ``kv_bytes_full`` (the context's cache, mean per context), ``n`` (questions), ``contexts``, the settings
         and ``predictions``.
     """
-    from compress.kv import DEFAULT_AGNOSTIC, DEFAULT_AGNOSTIC_RATIO, get_compressor
+    from ragcore.context_cache import compressor_label, context_compressor
 
     checks = (("reuse", reuse, 1), ("limit", limit, 1), ("offset", offset, 0), ("batch_size", batch_size, 1),
               ("rows_per_context", rows_per_context, 1))  # fmt: skip
     for name, v, lo in checks:
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
             raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= {lo}, got {v!r}", param=name)
-    spec = compressor or DEFAULT_AGNOSTIC
-    ratio = DEFAULT_AGNOSTIC_RATIO if ratio is None else ratio
-    # a bad spec or ratio fails before the model loads; "none": the full cache reused (prefix caching alone)
-    label = "none" if spec == "none" else get_compressor(spec, ratio=ratio).label
+    if max_new_tokens is not None and (
+        isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1
+    ):
+        raise ConfigError(f"--max-new-tokens must be an integer >= 1, got {max_new_tokens!r}", param="max_new_tokens")
+    # a bad spec or ratio fails before the model loads; "none" (None): the full cache reused (prefix caching
+    # alone); a spec's own ratio or budget is used, else ``ratio``, else compress.kv.DEFAULT_AGNOSTIC_RATIO
+    comp = context_compressor(compressor, ratio)
+    label = "none" if comp is None else compressor_label(comp) if comp.budget is not None else comp.label
+    ratio = 0.0 if comp is None else float(comp.ratio)
     path = Path(data) if data else NQ_OPEN
     if not path.exists():
         raise FileNotFoundError(f"no data file at {str(path)!r}")
@@ -233,7 +240,7 @@ def run_reuse(
     timings: list[dict[str, Any]] = []
     for c in tqdm(contexts, desc=f"reuse {label} {ratio}", disable=not progress):
         t0, c0 = time.perf_counter(), time.process_time()
-        ctx = gen.prefill_context(c.passages, spec, c.system, ratio)
+        ctx = gen.prefill_context(c.passages, "none" if comp is None else comp, c.system)
         qs = [question for question, _ in c.questions]
         if batch_size == 1:
             answers = [ctx.ask(question, cfg) for question in qs]

@@ -40,7 +40,10 @@ def slot_cache(config: Any, layers: list[tuple[torch.Tensor, torch.Tensor, int]]
     the layer's fill count (a device tensor, so a CUDA graph that captured the update replays it at the next slot)
     and attention reads the whole buffer, so the caller's mask must hide the slots not written yet (and any
     padding). transformers' ``DynamicCache`` appends by concatenation instead, a copy of the whole layer per
-    decoding step; ``StaticCache`` keeps one length for every layer and changed its update between versions."""
+    decoding step; ``StaticCache`` keeps one length for every layer and changed its update between versions.
+    :func:`seq_len` (and transformers' ``get_seq_length``) of such a cache is its capacity, not the slots written,
+    so :func:`feed` and the per-head mask hook, which take positions from it, are not for it: its user passes
+    positions and masks itself (``ragcore.generator``'s batch cache does)."""
     cache = new_cache(config)
     if not hasattr(cache, "layers") or len(cache.layers) != len(layers):
         raise ConfigError(f"slot_cache: expected a layered transformers cache of {len(layers)} layers")
@@ -346,7 +349,8 @@ DECODE_ROOM = 256  # decoding steps a per-layer mask row is built for, at least,
 ATTN_IMPLEMENTATION = "ragcore_sdpa"  # the attention implementation ragcore's loaders give a model on "sdpa"
 # the device types grouped decoding runs on, each with the multiple of slots it pads a step's keys and values to:
 # on CUDA, cuBLAS picks kernels 5-20x slower for products over, or into, a slot count that is not a multiple of 8.
-# Elsewhere SDPA runs (on CPU it was as fast, in fewer operations: python -m bench.decode_step --device cpu)
+# Elsewhere SDPA runs: on CPU a step is bound by the model's matrix products, and the grouped path was no faster
+# in a trial of bench.decode_step with "cpu" added here, while it dispatches more operations
 GROUPED_DECODE = {"cuda": 8}
 
 

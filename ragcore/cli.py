@@ -438,7 +438,8 @@ def _eval_kv_reuse(a: argparse.Namespace) -> dict:
     try:
         ratio = None if a.ratio is None else float(a.ratio)
     except ValueError:
-        raise ConfigError(f"--reuse takes one ratio, got {a.ratio!r}", param="ratio") from None
+        what = "one ratio" if "," in a.ratio else "a ratio as a number"
+        raise ConfigError(f"--reuse takes {what}, got {a.ratio!r}", param="ratio") from None
     if a.query_aware:
         raise ConfigError("--reuse compresses each context before any question: --query-aware does not apply",
                           param="query_aware")  # fmt: skip
@@ -456,6 +457,8 @@ def _eval_kv(a: argparse.Namespace) -> dict:
     from ragcore.errors import ConfigError
     from ragcore.registry import split_top
 
+    if a.max_new_tokens is not None and a.max_new_tokens < 1:
+        raise ConfigError(f"--max-new-tokens must be at least 1, got {a.max_new_tokens}", param="max_new_tokens")
     if a.reuse is not None:
         return _eval_kv_reuse(a)
     if a.rows_per_context != 1:
@@ -464,11 +467,22 @@ def _eval_kv(a: argparse.Namespace) -> dict:
         x.strip() for x in split_top(a.compressor or "none", ",") if x.strip()
     ]  # commas inside brackets are options
     try:
-        ratios = [float(x) for x in a.ratio.split(",") if x.strip()]
+        ratios = [float(x) for x in (a.ratio or "0.5").split(",") if x.strip()]
     except ValueError:
         raise ConfigError(f"ratio takes fractions separated by commas, got {a.ratio!r}", param="ratio") from None
     if not names or not ratios:
         raise ConfigError("compressor and ratio need at least one value each", param="compressor")
+    if a.ratio is None:  # the default 0.5 would clash with a ratio or budget written in a spec: say how to give it
+        from compress.kv import get_compressor
+
+        for name in names:
+            comp = None if name == "none" else get_compressor(name)
+            if comp is not None and (comp.ratio or comp.budget is not None):
+                raise ConfigError(
+                    f"eval kv takes the ratio from --ratio (default 0.5), not from the spec {name!r}: give it as "
+                    "--ratio R (a budget in a spec goes with --reuse only)",
+                    param="compressor",
+                )
     sizes = dict(
         limit=a.limit, k=a.k, max_tokens=a.max_tokens, max_new_tokens=a.max_new_tokens, batch_size=a.batch_size
     )
@@ -792,12 +806,17 @@ def build_parser() -> argparse.ArgumentParser:
         "separated by commas, run a matrix with --ratio (one JSON holding every run)",
     )
     sp.add_argument(
-        "--ratio", default="0.5", help="kv: fraction of the context's KV cache removed; several: a matrix (0.5,0.75)"
+        "--ratio",
+        default=None,
+        help="kv: fraction of the context's KV cache removed (default 0.5; with --reuse, the spec's own if it sets "
+        "one); several: a matrix (0.5,0.75)",
     )
     k_opt(sp, 5, "kv: passages retrieved per NQ question")
     sp.add_argument("--max-tokens", type=int, default=None, help="kv: prompt + answer token limit (cuts records)")
     sp.add_argument("--query-aware", action="store_true", help="kv: compress after reading the question too")
-    sp.add_argument("--batch-size", type=int, default=1, help="kv: questions decoded together (same answers)")
+    sp.add_argument(
+        "--batch-size", type=int, default=1, help="kv: questions decoded together (the same greedy answers in float32)"
+    )
     sp.add_argument(
         "--offset",
         type=int,

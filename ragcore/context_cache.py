@@ -154,9 +154,12 @@ class CompressedContext:
         context is copied once into a batch cache, every question is fed in one model call (left-padded, the
         padding hidden), then the answers' decoding steps run once for the whole batch, which is what a step's cost
         on a GPU is bound by for a small model (kernel launches), not the rows. The context is left unchanged.
-        Greedy answers equal :meth:`ask`'s up to floating-point ties; ``prefill_s`` is the one feed's time,
+        Greedy answers equal :meth:`ask`'s in float32; in bfloat16 (the default on CUDA) the batch's attention
+        rounds differently and can change a token now and then. ``prefill_s`` is the one feed's time,
         ``decode_s`` the batch's decoding until that row stopped. ``stats`` as in :meth:`ask`, plus
         ``batch_size``."""
+        if isinstance(questions, str):
+            raise ConfigError(f"ask_batch takes a list of questions, got one string {questions!r}: use ask()")
         if not questions:
             return []
         gen = self.generator
@@ -298,11 +301,16 @@ class CompressedContext:
             passages = [Chunk.from_dict(c) for c in m["passages"]]
         except (KeyError, TypeError, ValueError) as e:
             raise ContextCacheError(f"{str(mpath)!r} has a malformed passage: {e}") from None
+        layers = [(t[f"keys.{i}"], t[f"values.{i}"]) for i in range(n)]
+        dtype = generator.model.dtype
+        if layers[0][0].dtype != dtype:  # saved by a generator of another precision (float32 on CPU, bf16 on CUDA)
+            logger.info("%s: keys and values cast from %s to the model's %s", folder, layers[0][0].dtype, dtype)
+            layers = [(k.to(dtype), v.to(dtype)) for k, v in layers]
         return cls(
             generator,
             passages,
             ids,
-            [(t[f"keys.{i}"], t[f"values.{i}"]) for i in range(n)],
+            layers,
             {i: t[f"mask.{i}"] for i in range(n) if f"mask.{i}" in t},
             str(m["compressor"]),
             m["system"],

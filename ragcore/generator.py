@@ -259,9 +259,12 @@ class Generator:
         :meth:`generate` does, then all decode together as one batch, their caches left-padded to a common
         length and the padding masked (per layer and head, so head-wise budgets stay enforced).
 
-        Greedy answers equal :meth:`generate`'s up to floating-point ties; sampled ones draw from one
-        generator for the batch, so they differ from one-by-one sampling with the same seed. ``prefill_s`` is
-        each prompt's own; ``decode_s`` is the batch's decoding time until that row stopped."""
+        Greedy answers equal :meth:`generate`'s in float32; in bfloat16 (the default on CUDA) the batch's
+        attention rounds differently and can change a token now and then. Sampled ones draw from one generator
+        for the batch, so they differ from one-by-one sampling with the same seed. ``prefill_s`` is each prompt's
+        own; ``decode_s`` is the batch's decoding time until that row stopped; ``config.max_time`` counts from
+        this call's start."""
+        started = time.perf_counter()  # max_time counts from here, as generate() counts from its prefill
         self.warm_up()
         cfg = config or GenerationConfig()
         if not prompts:
@@ -286,7 +289,7 @@ class Generator:
             stats.append(st)
         rows = list(zip(caches, masks))
         caches.clear()  # the batch cache holds copies: let the single-row caches go
-        return self.decode_batch(prompts, rows, firsts, stats, prefill_s, cfg, gen)
+        return self.decode_batch(prompts, rows, firsts, stats, prefill_s, cfg, gen, started)
 
     @torch.inference_mode()
     def decode_batch(
@@ -298,6 +301,7 @@ class Generator:
         prefill_s: Sequence[float],
         config: GenerationConfig | None = None,
         gen: torch.Generator | None = None,
+        started: float | None = None,
     ) -> list[Generation]:
         """Decode several prompts together from their prefilled single-row caches, as :meth:`generate_batch` does.
 
@@ -305,13 +309,20 @@ class Generator:
         (1, H_kv, S) head visibility (empty: all visible); the list is emptied once the left-padded batch cache
         holds copies of them. ``logits``: per prompt, the (1, V) next-token logits after its last token;
         ``stats`` and ``prefill_s`` go to each :class:`Generation`. ``gen``: the sampling generator (default: one
-        seeded from ``config.seed``)."""
+        seeded from ``config.seed``). ``started``: the ``time.perf_counter()`` that ``config.max_time`` counts from
+        (default: this call's start; :meth:`generate_batch` passes its own, before the prefills). The rows are
+        copied into a batch cache with room for the answers, written in place (``ragcore.cache.slot_cache``); on
+        CUDA the decoding step is replayed as a CUDA graph (``cuda_graphs``). Greedy answers equal one-by-one
+        decoding's in float32; in bfloat16 the batch's attention rounds differently and can change a token now
+        and then."""
+        started = time.perf_counter() if started is None else started
         self.warm_up()
         cfg = config or GenerationConfig()
         batched = _BatchedCache.from_rows(self.model, list(rows), cfg.max_new_tokens, self.cuda_graphs)
-        rows.clear()
+        if isinstance(rows, list):
+            rows.clear()
         with batched:
-            return self._decode_rows(prompts, batched, torch.cat(list(logits)), stats, prefill_s, cfg, gen)
+            return self._decode_rows(prompts, batched, torch.cat(list(logits)), stats, prefill_s, cfg, gen, started)
 
     @torch.inference_mode()
     def decode_shared(
@@ -328,8 +339,10 @@ class Generator:
         visibility (empty: all visible). The context is copied once into a batch cache with room for every
         prompt's remaining tokens and answer; those tokens are fed in one model call, left-padded (the padding
         hidden), at their absolute positions; then the answers decode together as :meth:`decode_batch` does.
-        Greedy answers equal :meth:`decode_on`'s one by one up to floating-point ties. ``prefill_s`` of each
-        :class:`Generation` is the one feed's time; ``stats`` go to each."""
+        Greedy answers equal :meth:`decode_on`'s one by one in float32 (in bfloat16 the batch's attention rounds
+        differently and can change a token now and then). ``prefill_s`` of each :class:`Generation` is the one
+        feed's time; ``stats`` go to each; ``config.max_time`` counts from this call's start."""
+        started = time.perf_counter()
         self.warm_up()
         cfg = config or GenerationConfig()
         dev = self.model.device
@@ -351,7 +364,7 @@ class Generator:
             logits = batched.feed(ids.to(dev), pos.to(dev), real.to(dev))
             _sync(dev)
             feed_s = time.perf_counter() - t0
-            return self._decode_rows(prompts, batched, logits, stats, [feed_s] * len(tails), cfg, None)
+            return self._decode_rows(prompts, batched, logits, stats, [feed_s] * len(tails), cfg, None, started)
 
     def _decode_rows(
         self,
@@ -362,8 +375,10 @@ class Generator:
         prefill_s: Sequence[float],
         cfg: GenerationConfig,
         gen: torch.Generator | None,
+        started: float,
     ) -> list[Generation]:
-        """The batched decoding loop on an entered ``cache``, from the (B, V) next-token ``logits``."""
+        """The batched decoding loop on an entered ``cache``, from the (B, V) next-token ``logits``;
+        ``cfg.max_time`` counts from ``started``."""
         dev = self.model.device
         if gen is None:
             gen = torch.Generator(device=dev)
@@ -390,7 +405,7 @@ class Generator:
                         continue
                 live.remove(i)
                 done_at[i] = time.perf_counter() - t1
-            out_of_time = cfg.max_time is not None and time.perf_counter() - t1 > cfg.max_time
+            out_of_time = cfg.max_time is not None and time.perf_counter() - started > cfg.max_time
             if not live or out_of_time:
                 break
             logits = cache.step(torch.tensor(toks, device=dev)[:, None], n + step)

@@ -445,7 +445,8 @@ class Pipeline:
 
     def ask_batch(self, questions: Sequence[str]) -> list[Answer]:
         """Answer several questions: each is retrieved and prompted on its own, then all decode together
-        (``Generator.generate_batch``: the same greedy answers as ``ask``, up to floating-point ties)."""
+        (``Generator.generate_batch``: the same greedy answers as ``ask`` in float32; in bfloat16 a token can
+        differ now and then)."""
         questions = list(questions)
         if not questions:
             return []

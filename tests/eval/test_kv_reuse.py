@@ -170,3 +170,25 @@ def test_reuse_with_batches_gives_the_answers_one_by_one_gives(smol):
         merge_reuse([one, {**two, "timings": [{**t, "context": "other"} for t in two["timings"]]}])
     with pytest.raises(ConfigError, match="--batch-size must be an integer >= 1"):
         run_reuse(smol, KV, batch_size=0)
+
+
+def test_reuse_takes_a_specs_own_ratio_or_budget_and_records_it(smol, capsys):
+    """A ratio or budget written in the spec is the one used and recorded; --max-new-tokens 0 and a ratio that
+    is not a number are refused with their reason."""
+    res = run_reuse(smol, KV, "snapkv(ratio=0.3)", reuse=2, limit=1, max_tokens=360, max_new_tokens=3, progress=False)
+    assert res["compressor"] == "snapkv" and res["ratio"] == 0.3
+    res = run_reuse(smol, KV, "snapkv(budget=50)", reuse=2, limit=1, max_tokens=360, max_new_tokens=3, progress=False)
+    assert res["compressor"] == "snapkv(budget=50)" and 0 < res["kv_bytes"] < res["kv_bytes_full"]
+    assert (
+        run_reuse(smol, KV, "none", 0.3, reuse=2, limit=1, max_tokens=360, max_new_tokens=3, progress=False)["ratio"]
+        == 0
+    )
+    with pytest.raises(ConfigError, match="max-new-tokens must be an integer >= 1, got 0"):
+        run_reuse(smol, KV, reuse=2, max_new_tokens=0)
+    base = ["eval", "kv", "--data", str(KV), "--limit", "1"]
+    assert main([*base, "--reuse", "2", "--ratio", "abc"]) == 1
+    assert "a ratio as a number, got 'abc'" in capsys.readouterr().err
+    assert main([*base, "--max-new-tokens", "0"]) == 1
+    assert "--max-new-tokens must be at least 1, got 0" in capsys.readouterr().err
+    assert main([*base, "--compressor", "snapkv(ratio=0.3)"]) == 1  # without --reuse: the ratio goes in --ratio
+    assert "give it as --ratio R" in capsys.readouterr().err

@@ -231,3 +231,37 @@ def test_a_question_prompt_is_the_generators_own_prompt(smol):
     custom.__class__ = Custom
     ctx2 = custom.prefill_context(PASSAGES, "none")
     assert QUESTION.upper() in ctx2.prompt(QUESTION).text
+
+
+def test_a_context_saved_in_one_precision_loads_into_another(smol, tmp_path):
+    """Saved by a float32 generator (CPU), loaded by a bfloat16 one (as on CUDA): the keys and values take the
+    model's dtype and both ways of asking answer."""
+    from ragcore.generator import Generator
+
+    ctx = smol.prefill_context(PASSAGES, "snapkv", ratio=0.5)
+    ctx.save(tmp_path / "c")
+    bf16 = Generator("smollm2-135m", device="cpu", dtype="bfloat16")
+    loaded = CompressedContext.load(tmp_path / "c", bf16)
+    assert {k.dtype for k, _ in loaded.layers} == {torch.bfloat16}
+    cfg = GenerationConfig(max_new_tokens=3)
+    assert loaded.ask(QUESTION, cfg).token_ids and len(loaded.ask_batch([QUESTION, OTHER], cfg)) == 2
+
+
+def test_ask_batch_refuses_one_string(smol):
+    ctx = smol.prefill_context(PASSAGES, "none")
+    with pytest.raises(ConfigError, match="list of questions"):
+        ctx.ask_batch(QUESTION)
+
+
+def test_max_time_counts_from_the_call_in_every_path(smol):
+    """A wall-clock limit of half the prompt's prefill stops every path after its first token (the batched ones
+    once counted from after their prefills and went on for several)."""
+    passages = PASSAGES * 8
+    prompt = smol.prompt(QUESTION, passages)
+    smol.generate(prompt, config=GenerationConfig(max_new_tokens=1))  # warm-up
+    prefill = smol.generate(prompt, config=GenerationConfig(max_new_tokens=1)).prefill_s
+    cfg = GenerationConfig(max_new_tokens=20, max_time=prefill / 2)
+    ctx = smol.prefill_context(passages, "none")
+    assert ctx.ask_batch([QUESTION], GenerationConfig(max_new_tokens=20))[0].stopped != "max_time"
+    for g in (smol.generate(prompt, config=cfg), *smol.generate_batch([prompt], cfg)):
+        assert g.stopped == "max_time" and len(g.token_ids) <= 1
