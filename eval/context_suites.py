@@ -351,7 +351,7 @@ def run_suite(a: Any, progress: bool = False) -> dict[str, Any]:
         )
     if a.suite == "longctx":
         try:
-            ratio = float(a.ratio)
+            ratio = 0.5 if a.ratio is None else float(a.ratio)  # the parser's default is None (kv --reuse)
         except (TypeError, ValueError):
             raise ConfigError(f"--ratio takes one number for eval longctx, got {a.ratio!r}", param="ratio") from None
         return run_longctx(
