@@ -762,7 +762,8 @@ class _BatchedCache:
         self._toks, self._pos = toks.clone(), positions.clone()
         graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph):
+            # thread_local: other threads' CUDA calls (another request decoding on the same GPU) stay legal
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 self._out = self._forward(self._toks, self._pos)
         except RuntimeError as e:  # nothing ran: the steps go on eagerly
             logger.warning("decoding steps run without a CUDA graph: the capture failed (%s)", e)
