@@ -158,12 +158,14 @@ def kv_bytes(cache: Any) -> int:
 
 def bytes_per_token(cache: Any) -> int:
     """Bytes one more token costs across all layers (batch included), from the cache's tensor shapes."""
-    total = 0
-    for i in range(n_layers(cache)):
-        if _initialised(cache, i):
-            k, v = get_kv(cache, i)
-            total += k.shape[0] * k.shape[1] * (k.shape[-1] * k.element_size() + v.shape[-1] * v.element_size())
-    return total
+    return layers_bytes_per_token([get_kv(cache, i) for i in range(n_layers(cache)) if _initialised(cache, i)])
+
+
+def layers_bytes_per_token(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
+    """:func:`bytes_per_token` of per-layer (keys, values), each (B, H_kv, T, D), held outside a cache."""
+    return sum(
+        k.shape[0] * k.shape[1] * (k.shape[-1] * k.element_size() + v.shape[-1] * v.element_size()) for k, v in layers
+    )
 
 
 def prune(cache: Any, layer: int, indices: torch.Tensor) -> None:

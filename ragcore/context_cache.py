@@ -140,14 +140,17 @@ class CompressedContext:
         cache = kvcache.new_cache(self.generator.model.config, [(k.to(dev), v.to(dev)) for k, v in self.layers])
         masks = {i: m.to(dev) for i, m in self.masks.items()}
         g = self.generator.decode_on(cache, p, self.context_tokens, config, masks)
-        per_token = kvcache.bytes_per_token(cache)
-        g.stats.update(
-            kv_bytes=self.kv_bytes,
-            kv_bytes_full=per_token * len(p),
-            masks_only=bool(self.report.get("masks_only", False)),
-            compressor=self.compressor,
-        )
+        g.stats.update(self._stats(p))
         return g
+
+    def _stats(self, p: Prompt) -> dict[str, Any]:
+        """What an answer to prompt ``p`` reports of this context (``Generation.stats``)."""
+        return {
+            "kv_bytes": self.kv_bytes,
+            "kv_bytes_full": kvcache.layers_bytes_per_token(self.layers) * len(p),
+            "masks_only": bool(self.report.get("masks_only", False)),
+            "compressor": self.compressor,
+        }
 
     def ask_batch(self, questions: Sequence[str], config: GenerationConfig | None = None) -> list[Generation]:
         """Answer several ``questions`` from the compressed context together (:meth:`Generator.decode_shared`): the
@@ -164,19 +167,7 @@ class CompressedContext:
             return []
         gen = self.generator
         prompts = [self.prompt(q, config) for q in questions]
-        per_token = sum(
-            k.shape[0] * k.shape[1] * (k.shape[-1] * k.element_size() + v.shape[-1] * v.element_size())
-            for k, v in self.layers
-        )
-        stats = [
-            {
-                "kv_bytes": self.kv_bytes,
-                "kv_bytes_full": per_token * len(p),
-                "masks_only": bool(self.report.get("masks_only", False)),
-                "compressor": self.compressor,
-            }
-            for p in prompts
-        ]
+        stats = [self._stats(p) for p in prompts]
         return gen.decode_shared(prompts, self.layers, self.masks, self.context_tokens, stats, config)
 
     # ---- on disk ---------------------------------------------------------------------------------------------
