@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -26,6 +27,8 @@ import torch
 from torch import nn
 
 from ragcore.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 
 def head_counts(attn: nn.Module) -> tuple[int, int, int]:
@@ -180,6 +183,48 @@ def rows_attention_batch(
     return [total[i, :, : lens[i]] for i in range(n)]
 
 
+def row_logsumexp(queries: torch.Tensor, keys: torch.Tensor, flash: bool = True) -> torch.Tensor:
+    """Each query row's softmax normaliser: ``log sum_j exp(q . k_j)`` (B, H, R) in float32, over the keys it sees.
+
+    ``queries`` (B, H, R, D) are already scaled (and rotated); ``keys`` (B, H_kv, T_k, D) with ``H`` a multiple of
+    ``H_kv`` (query head ``i x g + j`` reads key head ``i``, as transformers' ``repeat_kv``), the rows being the
+    last ``R`` of the ``T_k`` keys: row ``r`` sees keys ``<= T_k - R + r``. Torch's flash attention kernel
+    returns this beside its output without writing the scores out: one call for the rows' own keys (causal, a
+    square) and one for the keys before them (all visible), joined with ``logaddexp``. Where that kernel does not
+    run (float32 on CUDA, other devices) or with ``flash=False``, the scores are computed in blocks of rows
+    instead."""
+    b, n_h, r, d = queries.shape
+    n_kv, t_k = keys.shape[1], keys.shape[2]
+    offset = t_k - r
+    k = keys.to(queries.dtype).repeat_interleave(n_h // n_kv, dim=1)
+    kernel = {
+        "cuda": torch.ops.aten._scaled_dot_product_flash_attention,
+        "cpu": torch.ops.aten._scaled_dot_product_flash_attention_for_cpu,
+    }.get(queries.device.type)
+    if flash and kernel is not None:
+        try:
+            out = kernel(queries, k[:, :, offset:], k[:, :, offset:], dropout_p=0.0, is_causal=True, scale=1.0)[1]
+            if offset:
+                past = kernel(queries, k[:, :, :offset], k[:, :, :offset], dropout_p=0.0, is_causal=False, scale=1.0)
+                out = torch.logaddexp(out, past[1])
+            return out[..., :r].float()
+        except (
+            RuntimeError,
+            NotImplementedError,
+        ) as e:  # no flash kernel for this dtype or head size here: the blocks below
+            logger.debug("row_logsumexp: flash attention refused (%s); scores in blocks", e)
+    out = torch.empty(b, n_h, r, dtype=torch.float32, device=queries.device)
+    step = max(1, (1 << 22) // max(1, n_h * t_k))
+    rows = torch.arange(r, device=queries.device)
+    kt = k.transpose(-1, -2)
+    for s in range(0, r, step):
+        e = min(s + step, r)
+        scores = torch.matmul(queries[:, :, s:e], kt).float()  # (B, H, R_b, T_k)
+        scores[..., offset + s + 1 :].masked_fill_(rows[None, s + 1 :] > rows[s:e, None], float("-inf"))
+        out[:, :, s:e] = torch.logsumexp(scores, -1)
+    return out
+
+
 def max_attention(
     attn: nn.Module,
     hidden: torch.Tensor,
@@ -193,19 +238,23 @@ def max_attention(
     """The largest attention probability (B, H_kv, n_keys), in float32, that any row of ``hidden`` pays each of
     the first ``n_keys`` keys, over the rows and the query heads of each key/value group.
 
-    ``row_scale`` (B, R) and ``col_scale`` (B, H_kv, g, n_keys), when given, multiply each probability of row
-    ``r`` and of the key in query head ``(kv head, j)`` before the maximum (KVzip+'s weights).
+    ``row_scale`` (B, R, positive) and ``col_scale`` (B, H_kv, g, n_keys), when given, multiply each probability
+    of row ``r`` and of the key in query head ``(kv head, j)`` before the maximum (KVzip+'s weights).
 
     ``hidden`` (B, R, d) is the layer's normed input, whose rows are the last ``R`` of the ``T_k`` ``keys``
     (B, H_kv, T_k, D, rotated); row ``r`` sees keys ``<= T_k - R + r``. The result equals
-    ``rows_attention(...)[..., :n_keys]`` maximised over rows and each group's query heads (up to rounding),
-    computed in blocks of rows of about ``cells`` scores (default: 2M on CPU, so that a block stays in the
-    processor's cache; 32M on an accelerator, where fewer, larger blocks launch fewer kernels): the
-    scale folded into the queries, a group's query heads and rows as the rows of one matrix product with the
-    group's keys (no copy of the keys per query head), the causal mask filled in place on the rows' own
-    columns only (one mask per block, shared by its heads), the softmax in float32 and the largest
-    probability per key. KVzip's reconstruction scores (``compress.kv.kvzip``) are this, over every
-    reconstruction row; on CPU about 3.5x faster than ``rows_attention`` in blocks of 256 rows.
+    ``rows_attention(...)[..., :n_keys]`` maximised over rows and each group's query heads (up to rounding).
+
+    How: a probability is ``exp(q . k - lse(q))``, with ``lse`` the row's softmax normaliser
+    (:func:`row_logsumexp`, from the flash kernel, which never writes the scores out), so its maximum over rows is
+    ``exp`` of the maximum of ``q . k - lse(q)`` (minus ``log`` of the row's scale). That difference comes out of
+    one matrix product, the queries extended by ``-lse`` (in two bfloat16 parts, high and low, so that a large
+    normaliser loses no precision) and the keys by ones, in blocks of rows of about ``cells`` scores (default: 2M
+    on CPU, so that a block stays in the processor's cache; 256M on an accelerator, where fewer, larger blocks
+    launch fewer kernels); each block's scores are written once, keys as rows, and read once, by the maximum
+    along each key's row.
+    The columns ``n_keys`` reaches past the first row's keys are masked per row. KVzip's reconstruction scores
+    (``compress.kv.kvzip``) are this, over every reconstruction row. Measured by ``python -m bench.compress_cost``.
     """
     n_h, n_kv, d = head_counts(attn)
     g = n_h // n_kv
@@ -215,29 +264,34 @@ def max_attention(
     if not 0 <= n_keys <= t_k or offset < 0:
         raise ConfigError(f"max_attention: {r} rows and n_keys={n_keys} do not fit {t_k} keys")
     scale = getattr(attn, "scaling", d**-0.5)
-    q = (project_queries(attn, hidden, position_embeddings) * scale).view(b, n_kv, g, r, d)
-    kt = keys.to(q.dtype).transpose(-1, -2)  # (B, H_kv, D, T_k): a view
+    q = project_queries(attn, hidden, position_embeddings) * scale  # (B, H, R, D)
+    lse = row_logsumexp(q, keys)  # (B, H, R)
+    if row_scale is not None:
+        lse = lse - row_scale.float().log()[:, None, :]
+    hi = lse.to(q.dtype)
+    lo = (lse - hi.float()).to(q.dtype)
+    pad = -(d + 2) % 8  # cuBLAS is fastest on sizes that are multiples of 8
+    qa = torch.cat([q, -hi[..., None], -lo[..., None], q.new_zeros(b, n_h, r, pad)], -1)
+    qa = qa.view(b, n_kv, g, r, d + 2 + pad)
+    ka = keys[:, :, :n_keys].to(q.dtype)
+    ka = torch.cat([ka, ka.new_ones(b, n_kv, n_keys, 2), ka.new_zeros(b, n_kv, n_keys, pad)], -1)
     if cells is None:
-        cells = 1 << 21 if hidden.device.type == "cpu" else 1 << 25
-    step = max(1, cells // max(1, n_h * t_k))
-    best = torch.zeros(b, n_kv, n_keys, dtype=torch.float32, device=hidden.device)
+        cells = 1 << 21 if hidden.device.type == "cpu" else 1 << 28
+    step = max(1, cells // max(1, n_h * n_keys))
+    best = torch.full((b, n_kv, n_keys, g), float("-inf"), dtype=torch.float32, device=hidden.device)
     rows = torch.arange(r, device=hidden.device)
     for s in range(0, r, step):
         e = min(s + step, r)
-        scores = torch.matmul(q[:, :, :, s:e].reshape(b, n_kv, g * (e - s), d), kt)  # (B, H_kv, g x R_b, T_k)
-        if s + 1 < r:  # the block's rows may not see the rows after them (columns offset + s + 1 on)
-            grid = scores.view(b, n_kv, g, e - s, t_k)[..., offset + s + 1 :]
-            grid.masked_fill_(rows[None, s + 1 :] > rows[s:e, None], float("-inf"))  # (R_b, r - s - 1)
-        probs = torch.softmax(scores, -1, dtype=torch.float32)[..., :n_keys]
-        if row_scale is not None or col_scale is not None:
-            probs = probs.view(b, n_kv, g, e - s, n_keys)
-            if row_scale is not None:
-                probs = probs * row_scale[:, None, None, s:e, None].float()
-            if col_scale is not None:
-                probs = probs * col_scale[:, :, :, None].float()
-            probs = probs.view(b, n_kv, g * (e - s), n_keys)
-        best = torch.maximum(best, probs.amax(2))
-    return best
+        block = qa[:, :, :, s:e].reshape(b, n_kv, g * (e - s), -1).transpose(-1, -2)
+        scores = torch.matmul(ka, block).view(b, n_kv, n_keys, g, e - s)  # keys as rows: the maximum runs along
+        if offset + s + 1 < n_keys:  # keys past the block's first row's own: later rows only
+            grid = scores[:, :, offset + s + 1 :]
+            grid.masked_fill_((rows[s + 1 : n_keys - offset, None] > rows[None, s:e])[:, None], float("-inf"))
+        best = torch.maximum(best, scores.amax(-1).float())
+    probs = best.transpose(-1, -2).exp()  # (B, H_kv, g, n_keys)
+    if col_scale is not None:
+        probs = probs * col_scale.float()
+    return probs.amax(2)
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:

@@ -382,14 +382,27 @@ def grouped_decode_attention(
 
     Shapes as transformers' attention functions: ``query`` (B, H, 1, D), ``key``/``value`` (B, H_kv, T, D),
     ``attention_mask`` (B or 1, H or 1, 1, T), boolean (True: visible) or additive; returns ((B, 1, H, D), None).
-    Everything else (prefill, no mask, dropout, training) goes to transformers' ``sdpa_attention_forward``
-    unchanged. Registered as :data:`ATTN_IMPLEMENTATION` by :func:`use_grouped_decode`."""
+    Several rows fed after cached keys with nothing but the causal mask (a chunk of a long prefill, KVzip's
+    reconstruction) run, on those devices, as SDPA under torch's ``causal_lower_right``: transformers hands SDPA
+    the mask written out, which only the memory-efficient kernel takes (about 4x slower than flash attention in
+    KVzip's reconstruction at 25k tokens on an H200, ``bench.compress_cost``), while the lower-right causal bias
+    runs on flash attention. Everything else (prefill from an empty cache, no mask, other masks, dropout,
+    training) goes to transformers' ``sdpa_attention_forward`` unchanged. Registered as
+    :data:`ATTN_IMPLEMENTATION` by :func:`use_grouped_decode`."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     b, h, q, d = query.shape
     hkv, t = key.shape[1], key.shape[2]
     align = GROUPED_DECODE.get(query.device.type)
-    if q != 1 or attention_mask is None or align is None or dropout or module.training or h % hkv:
+    plain = attention_mask is None or align is None or dropout or module.training or h % hkv
+    if not plain and 1 < q < t and lower_right_causal(attention_mask, q, t):
+        from torch.nn.attention.bias import causal_lower_right
+
+        out = torch.nn.functional.scaled_dot_product_attention(
+            query, key, value, attn_mask=causal_lower_right(q, t), scale=scaling, enable_gqa=h != hkv
+        )
+        return out.transpose(1, 2).contiguous(), None
+    if q != 1 or plain:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     g = h // hkv
     scale = d**-0.5 if scaling is None else scaling
@@ -413,6 +426,16 @@ def grouped_decode_attention(
     probs = torch.softmax(scores, dim=-1).to(value.dtype).view(b * hkv, g, t)
     out = torch.bmm(probs, value.reshape(b * hkv, t, d))  # (B * H_kv, g, D): rows are query heads in order
     return out.view(b, 1, h, d), None
+
+
+def lower_right_causal(mask: torch.Tensor, q: int, t: int) -> bool:
+    """Whether an attention mask (B|1, 1, q, >= t), boolean, shows ``q`` rows fed after ``t - q`` cached keys
+    every key up to their own and no other (the causal mask aligned to the lower right), the same for every
+    sequence of the batch. It reads the whole mask (one pass, and a wait for the device)."""
+    if mask.dtype != torch.bool or mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[-2] != q or mask.shape[-1] < t:
+        return False
+    own = torch.ones(q, q, dtype=torch.bool, device=mask.device).tril()
+    return bool(mask[..., : t - q].all() and torch.equal(mask[..., t - q : t], own.expand_as(mask[..., t - q : t])))
 
 
 @functools.cache

@@ -196,3 +196,38 @@ def test_layer_input_scores_equal_the_full_forward_on_bundled_models(bundled, la
     assert x.layer == layer % len(decoder_layers(model))
     ref = attention_to_spans(model, p.input_ids, p.spans, "question", [x.layer], reduce_rows=False).tokens[0]
     assert torch.equal(got, ref)
+
+
+@pytest.mark.parametrize("flash", [True, False])
+def test_row_logsumexp_is_each_rows_normaliser_over_the_keys_it_sees(flash):
+    """row_logsumexp (from the flash kernel, or in blocks) is the log-sum-exp of each row's causal scores, rows
+    after cached keys, query heads reading their group's key head."""
+    from ragcore.attention import row_logsumexp
+
+    torch.manual_seed(2)
+    q, keys = torch.randn(2, 4, 30, 16), torch.randn(2, 2, 50, 16)
+    scores = q @ keys.repeat_interleave(2, dim=1).transpose(-1, -2)  # (2, 4, 30, 50)
+    hidden = torch.arange(50)[None] > torch.arange(30)[:, None] + 20  # row r sees keys <= 20 + r
+    want = torch.logsumexp(scores.masked_fill(hidden, float("-inf")), -1)
+    got = row_logsumexp(q, keys, flash=flash)
+    assert got.shape == (2, 4, 30) and got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    square = torch.logsumexp(scores[..., :5, :5].masked_fill(hidden[:5, 20:25], float("-inf")), -1)
+    torch.testing.assert_close(row_logsumexp(q[:, :, :5], keys[:, :, :5], flash=flash), square)  # no cached keys
+
+
+def test_max_attention_in_bfloat16_keeps_the_precision_of_its_scores():
+    """In bfloat16, max_attention's probabilities stay within bfloat16's rounding of the float32 ones, though
+    each row's normaliser (tens) is folded into the product: it goes in as two parts, high and low."""
+    model = tiny_model("qwen2", layers=1)
+    attn = model.model.layers[0].self_attn
+    torch.manual_seed(3)
+    h = torch.randn(1, 40, 64) * 4  # large scores: normalisers far from 0
+    pe = model.model.rotary_emb(h, torch.arange(40)[None])
+    keys = torch.randn(1, 2, 100, 16) * 4
+    keys[:, :, 60:] = project_keys(attn, h, pe)
+    want = max_attention(attn, h, pe, keys, 60)
+    got = max_attention(attn.to(torch.bfloat16), h.bfloat16(), tuple(x.bfloat16() for x in pe), keys.bfloat16(), 60)
+    attn.float()
+    assert got.dtype == torch.float32
+    assert (got - want).abs().max() < 0.02 * want.max()

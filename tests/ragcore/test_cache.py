@@ -198,8 +198,42 @@ def test_grouped_decode_attention_leaves_other_calls_to_sdpa(tiny_llama, monkeyp
         torch.randn(1, 2, 5, 16, generator=g),
     )
     mask = torch.ones(1, 1, 3, 5, dtype=torch.bool).tril(diagonal=2)
+    mask[..., 0, 0] = False  # not the plain causal mask
     got, _ = kvcache.grouped_decode_attention(attn, q, k, v, mask, scaling=0.125)  # three rows: SDPA's own path
     assert torch.equal(got, _sdpa(attn, q, k, v, mask))
+
+
+@pytest.mark.parametrize("cached", [2, 0])
+def test_rows_after_cached_keys_under_the_causal_mask_run_lower_right_causal(tiny_llama, cached, monkeypatch):
+    """Rows fed after cached keys under the causal mask alone run as SDPA under causal_lower_right: the output
+    of transformers' SDPA under the mask written out; a mask that hides anything more is not taken for it."""
+    from ragcore.cache import lower_right_causal
+
+    monkeypatch.setitem(kvcache.GROUPED_DECODE, "cpu", 1)
+    attn = kvcache.attention_layers(tiny_llama)[0]
+    g = torch.Generator().manual_seed(2)
+    t = 3 + cached
+    q, k, v = (
+        torch.randn(2, 4, 3, 16, generator=g),
+        torch.randn(2, 2, t, 16, generator=g),
+        torch.randn(2, 2, t, 16, generator=g),
+    )
+    mask = torch.ones(2, 1, 3, t, dtype=torch.bool).tril(diagonal=cached)
+    assert lower_right_causal(mask, 3, t)
+    import torch.nn.attention.bias as bias
+
+    made = []
+    monkeypatch.setattr(
+        bias, "causal_lower_right", lambda *a: made.append(a) or bias.CausalBias(bias.CausalVariant.LOWER_RIGHT, *a)
+    )
+    got, _ = kvcache.grouped_decode_attention(attn, q, k, v, mask, scaling=0.125)
+    assert made == ([(3, t)] if cached else [])  # a square is SDPA's own causal case
+    torch.testing.assert_close(got, _sdpa(attn, q, k, v, mask), rtol=1e-5, atol=1e-5)
+    padded = mask.clone()
+    padded[1, ..., 0] = False  # the second sequence left-padded
+    assert not lower_right_causal(padded, 3, t)
+    assert not lower_right_causal(mask.tril(diagonal=cached - 1), 3, t)
+    assert not lower_right_causal(mask.expand(2, 4, 3, t), 3, t)  # per-head masks
 
 
 def test_use_grouped_decode_switches_sdpa_models_only():
