@@ -13,24 +13,24 @@ run on a random model. The report gives the median wall seconds and each spec's 
     OMP_NUM_THREADS=2 python -m bench.compress_cost --device cpu --tokens 2000 --layers 4
 
 Not a test: it checks nothing. ``--render JSON [JSON ...] --write-results SECTION`` writes a docs/RESULTS.md
-section from such files.
+section from such files, a row per file, spec and length (the ``run`` column: the file's name).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
-from pathlib import Path
 from statistics import median
 from typing import Any
 
 import torch
 
 from bench.decode_step import QWEN25_05B, model
+from bench.results import finish, output_args, render_files
 from compress.kv import DEFAULT_AGNOSTIC
 from ragcore import cache as kvcache
+from ragcore.errors import ConfigError
 from ragcore.generator import Generator
 from ragcore.registry import registry
 
@@ -56,21 +56,22 @@ def prefill(gen: Generator, ids: torch.Tensor, spec: str, ratio: float) -> float
     return time.perf_counter() - t0
 
 
-def profile(gen: Generator, ids: torch.Tensor, spec: str, ratio: float, rows_: int = 15) -> str:
+def profile(gen: Generator, ids: torch.Tensor, spec: str, ratio: float, by: str = "device", rows_: int = 15) -> str:
     """torch.profiler's table of one prefill under ``spec``: the ``rows_`` operations most costly on the device
-    (on CPU: in processor time)."""
+    (``by="device"``; on CPU: in processor time) or in the host's time (``"host"``: where launching the
+    operations goes, with their counts)."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
     cuda = ids.device.type == "cuda"
     with torch_profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
         prefill(gen, ids, spec, ratio)
-    key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    key = "self_cuda_time_total" if cuda and by == "device" else "self_cpu_time_total"
     return prof.key_averages().table(sort_by=key, row_limit=rows_)
 
 
 def run(
-    device: str, tokens: list[int], specs: list[str], ratio: float, layers: int, repeats: int, profiled: bool
+    device: str, tokens: list[int], specs: list[str], ratio: float, layers: int, repeats: int, profiled: str | None
 ) -> dict[str, Any]:
     gen = model(device, layers)
     res: dict[str, Any] = {
@@ -95,7 +96,7 @@ def run(
                 logger.info("%d tokens, %s: %.3f s", t, spec, per[spec][-1])
         res["rows"].append({"tokens": t, "seconds": per})
         if profiled and t == max(tokens):
-            res["profile"] = {s: profile(gen, ids, s, ratio) for s in specs}
+            res["profile"] = {s: profile(gen, ids, s, ratio, profiled) for s in specs}
         if device == "cuda":
             torch.cuda.empty_cache()
     return res
@@ -105,8 +106,9 @@ def render(results: list[dict[str, Any]]) -> str:
     """The Markdown table of one or more runs' results: median seconds, and the cost in plain prefills (the
     ratio of medians, with its range over the runs) where the run has ``none``."""
     lines = [
-        "| device | dtype | layers | context tokens | compressor | runs | seconds (median) | plain prefills (range) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| run | device | dtype | layers | context tokens | compressor | runs | seconds (median) "
+        "| plain prefills (range) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         for row in r["rows"]:
@@ -117,7 +119,7 @@ def render(results: list[dict[str, Any]]) -> str:
                     q = sorted(a / b for a, b in zip(secs, plain))
                     cost = f"{median(secs) / median(plain):.2f} ({q[0]:.2f}-{q[-1]:.2f})"
                 lines.append(
-                    f"| {r['device']} | {r['dtype']} | {r['layers']} | {row['tokens']} | `{spec}` | {len(secs)} "
+                    f"| {r.get('run', '-')} | {r['device']} | {r['dtype']} | {r['layers']} | {row['tokens']} | `{spec}` | {len(secs)} "
                     f"| {median(secs):.3f} | {cost} |"
                 )
     return "\n".join(lines)
@@ -131,23 +133,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ratio", type=float, default=0.5)
     ap.add_argument("--layers", type=int, default=QWEN25_05B["num_hidden_layers"])
     ap.add_argument("--repeats", type=int, default=3, help="runs of each spec, alternating")
-    ap.add_argument("--profile", action="store_true", help="also torch.profiler's tables (longest context)")
-    ap.add_argument("--json", default=None, help="write the numbers to this JSON file")
-    ap.add_argument("--render", nargs="+", default=None, help="print (or write) the table of these JSON files")
-    ap.add_argument("--write-results", default=None, metavar="SECTION", help="with --render: docs/RESULTS.md")
-    ap.add_argument("--note", default="", help="with --write-results: a paragraph above the table")
+    ap.add_argument(
+        "--profile",
+        nargs="?",
+        const="device",
+        choices=["device", "host"],
+        help="also torch.profiler's tables (longest context), by device time (default) or host time",
+    )
+    output_args(ap)
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if a.render:
-        table = render([json.loads(Path(f).read_text()) for f in a.render])
-        if a.write_results:
-            from bench.results import write_section
-
-            title = "Compressing a context once: prefill seconds under a KV compressor"
-            write_section(a.write_results, title, (a.note + "\n\n" if a.note else "") + table)
-        else:
-            print(table)
-        return 0
+        return render_files(a, render, "Compressing a context once: prefill seconds under a KV compressor")
     for name in ("layers", "repeats"):
         if getattr(a, name) < 1:
             ap.error(f"--{name} must be at least 1, got {getattr(a, name)}")
@@ -158,18 +155,15 @@ def main(argv: list[str] | None = None) -> int:
     if a.device not in ("cpu", "cuda") or (a.device == "cuda" and not torch.cuda.is_available()):
         ap.error(f"--device must be cpu or cuda (with a CUDA build of torch and a GPU), got {a.device!r}")
     for spec in a.specs:  # a bad spec fails here, before the model loads
-        if spec != "none":
-            registry("kv_compressor").build(spec, ratio=a.ratio)
+        try:
+            if spec != "none":
+                registry("kv_compressor").build(spec, ratio=a.ratio)
+        except ConfigError as e:
+            ap.error(f"--specs: {e}")
     t0 = time.perf_counter()
     res = run(a.device, a.tokens, a.specs, a.ratio, a.layers, a.repeats, a.profile)
     res["wall_s"] = time.perf_counter() - t0
-    if a.json:
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps(res, indent=1))
-    for spec, table in res.get("profile", {}).items():
-        print(f"\nprofile, {spec}:\n{table}")
-    print(render([res]))
-    return 0
+    return finish(a, res, render)
 
 
 if __name__ == "__main__":

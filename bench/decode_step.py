@@ -25,15 +25,14 @@ section from such files.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
-from pathlib import Path
 from statistics import median
 from typing import Any
 
 import torch
 
+from bench.results import finish, output_args, render_files
 from ragcore import cache as kvcache
 from ragcore.generator import GenerationConfig, Generator
 from ragcore.prompt import Prompt
@@ -203,25 +202,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--masks", nargs="+", default=["head", "none"], choices=["head", "none"])
     ap.add_argument("--repeats", type=int, default=3, help="runs of each implementation, alternating")
     ap.add_argument("--profile", action="store_true", help="also torch.profiler's tables (longest context)")
-    ap.add_argument("--json", default=None, help="write the numbers to this JSON file")
-    ap.add_argument("--render", nargs="+", default=None, help="print (or write) the table of these JSON files")
-    ap.add_argument("--write-results", default=None, metavar="SECTION", help="with --render: docs/RESULTS.md")
-    ap.add_argument("--note", default="", help="with --write-results: a paragraph above the table")
+    output_args(ap)
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if a.render:
-        table = render([json.loads(Path(f).read_text()) for f in a.render])
-        if a.write_results:
-            from bench.results import write_section
-
-            write_section(
-                a.write_results,
-                "Decoding steps on a long cache: transformers' SDPA against grouped decoding",
-                (a.note + "\n\n" if a.note else "") + table,
-            )
-        else:
-            print(table)
-        return 0
+        return render_files(a, render, "Decoding steps on a long cache: transformers' SDPA against grouped decoding")
     if a.steps < 2:
         ap.error(f"--steps must be at least 2, got {a.steps}")
     for name in ("batch", "layers", "repeats"):
@@ -234,13 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     res = run(a.device, a.batch, a.tokens, a.steps, a.layers, a.masks, a.repeats, a.profile)
     res["wall_s"] = time.perf_counter() - t0
-    if a.json:
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps(res, indent=1))
-    for impl, table in res.get("profile", {}).items():
-        print(f"\nprofile, {impl}:\n{table}")
-    print(render([res]))
-    return 0
+    return finish(a, res, render)
 
 
 if __name__ == "__main__":

@@ -7,12 +7,15 @@ read by ``eval.report`` (``write_json``, ``read_json``), tables made by ``eval.r
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "RESULTS.md"
 HEADER = "# Results\n\nEvery table here is written by the script named in its section; do not edit numbers by hand.\n"
@@ -54,3 +57,33 @@ def _write_section(name: str, title: str, body: str, command: str | None, path: 
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def output_args(ap: Any) -> None:
+    """The output options of a driver that measures into JSON and renders tables from such files."""
+    ap.add_argument("--json", default=None, help="write the numbers to this JSON file")
+    ap.add_argument("--render", nargs="+", default=None, help="print (or write) the table of these JSON files")
+    ap.add_argument("--write-results", default=None, metavar="SECTION", help="with --render: docs/RESULTS.md")
+    ap.add_argument("--note", default="", help="with --write-results: a paragraph above the table")
+
+
+def render_files(a: Any, render: Callable[[list[dict[str, Any]]], str], title: str) -> int:
+    """``--render``: the table of the JSON files ``a.render`` (each result with its file's name as ``run``),
+    printed, or written as section ``a.write_results`` under ``title`` with ``a.note`` above it."""
+    table = render([{"run": Path(f).stem, **json.loads(Path(f).read_text())} for f in a.render])
+    if a.write_results:
+        write_section(a.write_results, title, (a.note + "\n\n" if a.note else "") + table)
+    else:
+        print(table)
+    return 0
+
+
+def finish(a: Any, res: dict[str, Any], render: Callable[[list[dict[str, Any]]], str]) -> int:
+    """After a measuring run: ``res`` to ``a.json`` (when given), its profiler tables and its table printed."""
+    if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps(res, indent=1))
+    for name, table in res.get("profile", {}).items():
+        print(f"\nprofile, {name}:\n{table}")
+    print(render([res]))
+    return 0

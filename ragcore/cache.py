@@ -14,6 +14,7 @@ import functools
 import inspect
 import logging
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -428,14 +429,24 @@ def grouped_decode_attention(
     return out.view(b, 1, h, d), None
 
 
+_LAST_CHECK = threading.local()  # per thread: the last mask lower_right_causal read, and its answer
+
+
 def lower_right_causal(mask: torch.Tensor, q: int, t: int) -> bool:
     """Whether an attention mask (B|1, 1, q, >= t), boolean, shows ``q`` rows fed after ``t - q`` cached keys
     every key up to their own and no other (the causal mask aligned to the lower right), the same for every
-    sequence of the batch. It reads the whole mask (one pass, and a wait for the device)."""
+    sequence of the batch. It reads the whole mask (one pass, and a wait for the device) once: transformers hands
+    every layer of a forward the same mask tensor, so the answer for the last tensor read is kept (per thread,
+    while that tensor lives; a mask changed in place after its check is not read again)."""
     if mask.dtype != torch.bool or mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[-2] != q or mask.shape[-1] < t:
         return False
+    last = getattr(_LAST_CHECK, "entry", None)
+    if last is not None and last[0]() is mask and last[1] == t:
+        return last[2]
     own = torch.ones(q, q, dtype=torch.bool, device=mask.device).tril()
-    return bool(mask[..., : t - q].all() and torch.equal(mask[..., t - q : t], own.expand_as(mask[..., t - q : t])))
+    found = bool(mask[..., : t - q].all() and torch.equal(mask[..., t - q : t], own.expand_as(mask[..., t - q : t])))
+    _LAST_CHECK.entry = (weakref.ref(mask), t, found)
+    return found
 
 
 @functools.cache

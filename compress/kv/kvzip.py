@@ -33,6 +33,10 @@ class KVzip(KVCompressor):
 
     The reconstruction is a second prefill of about ``T`` tokens (the paper's cost, about 2x one prefill); it runs
     once every layer holds its cache, so the prefill's peak memory is that of an uncompressed cache plus a chunk.
+    Its scores come from :func:`ragcore.attention.max_attention` (each row's normaliser from the flash kernel,
+    then one matrix product per block of rows), its chunks' attention from flash attention on CUDA; measured in
+    plain prefills by ``python -m bench.compress_cost`` (docs/RESULTS.md, ``compress-cost-gpu`` and
+    ``compress-cost-cpu``).
     Without a tokenizer on the prompt (a bare model) the reconstruction is the context alone, no instruction.
 
     Measured options (docs/RESULTS.md): question-agnostic, the development slice chose ``assistant_turn=True,

@@ -234,6 +234,8 @@ def test_rows_after_cached_keys_under_the_causal_mask_run_lower_right_causal(tin
     assert not lower_right_causal(padded, 3, t)
     assert not lower_right_causal(mask.tril(diagonal=cached - 1), 3, t)
     assert not lower_right_causal(mask.expand(2, 4, 3, t), 3, t)  # per-head masks
+    for m, want in ((mask, True), (mask, True), (padded, False), (padded, False), (mask, True)):  # kept per tensor
+        assert lower_right_causal(m, 3, t) is want
 
 
 def test_use_grouped_decode_switches_sdpa_models_only():
