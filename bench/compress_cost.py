@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from bench.decode_step import QWEN25_05B, model
-from bench.results import finish, output_args, render_files
+from bench.results import check_outputs, finish, output_args, render_files
 from compress.kv import DEFAULT_AGNOSTIC
 from ragcore import cache as kvcache
 from ragcore.errors import ConfigError
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if a.render:
-        return render_files(a, render, "Compressing a context once: prefill seconds under a KV compressor")
+        return render_files(ap, a, render, "Compressing a context once: prefill seconds under a KV compressor")
     for name in ("layers", "repeats"):
         if getattr(a, name) < 1:
             ap.error(f"--{name} must be at least 1, got {getattr(a, name)}")
@@ -154,12 +154,15 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--ratio must be in (0, 1), got {a.ratio}")
     if a.device not in ("cpu", "cuda") or (a.device == "cuda" and not torch.cuda.is_available()):
         ap.error(f"--device must be cpu or cuda (with a CUDA build of torch and a GPU), got {a.device!r}")
+    if len(set(a.specs)) < len(a.specs):
+        ap.error(f"--specs names a spec twice: {a.specs}")
     for spec in a.specs:  # a bad spec fails here, before the model loads
         try:
             if spec != "none":
                 registry("kv_compressor").build(spec, ratio=a.ratio)
         except ConfigError as e:
             ap.error(f"--specs: {e}")
+    check_outputs(ap, a)
     t0 = time.perf_counter()
     res = run(a.device, a.tokens, a.specs, a.ratio, a.layers, a.repeats, a.profile)
     res["wall_s"] = time.perf_counter() - t0

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from bench.results import finish, output_args, render_files
+from bench.results import check_outputs, finish, output_args, render_files
 from ragcore import cache as kvcache
 from ragcore.generator import GenerationConfig, Generator
 from ragcore.prompt import Prompt
@@ -206,7 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if a.render:
-        return render_files(a, render, "Decoding steps on a long cache: transformers' SDPA against grouped decoding")
+        return render_files(
+            ap, a, render, "Decoding steps on a long cache: transformers' SDPA against grouped decoding"
+        )
     if a.steps < 2:
         ap.error(f"--steps must be at least 2, got {a.steps}")
     for name in ("batch", "layers", "repeats"):
@@ -216,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--tokens must be at least 1 each, got {a.tokens}")
     if a.device not in ("cpu", "cuda") or (a.device == "cuda" and not torch.cuda.is_available()):
         ap.error(f"--device must be cpu or cuda (with a CUDA build of torch and a GPU), got {a.device!r}")
+    check_outputs(ap, a)
     t0 = time.perf_counter()
     res = run(a.device, a.batch, a.tokens, a.steps, a.layers, a.masks, a.repeats, a.profile)
     res["wall_s"] = time.perf_counter() - t0

@@ -67,15 +67,40 @@ def output_args(ap: Any) -> None:
     ap.add_argument("--note", default="", help="with --write-results: a paragraph above the table")
 
 
-def render_files(a: Any, render: Callable[[list[dict[str, Any]]], str], title: str) -> int:
+def render_files(ap: Any, a: Any, render: Callable[[list[dict[str, Any]]], str], title: str) -> int:
     """``--render``: the table of the JSON files ``a.render`` (each result with its file's name as ``run``),
-    printed, or written as section ``a.write_results`` under ``title`` with ``a.note`` above it."""
-    table = render([{"run": Path(f).stem, **json.loads(Path(f).read_text())} for f in a.render])
+    printed, or written as section ``a.write_results`` under ``title`` with ``a.note`` above it. A file that
+    cannot be read, or is not a run of this driver, is refused through ``ap.error``."""
+    results = []
+    for f in a.render:
+        try:
+            results.append({"run": Path(f).stem, **json.loads(Path(f).read_text())})
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError) as e:
+            ap.error(f"--render: {f!r} cannot be read as a run's JSON ({e})")
+    try:
+        table = render(results)
+    except (KeyError, TypeError, ValueError) as e:
+        ap.error(f"--render: the files are not all runs of this driver (no {e} in one)")
     if a.write_results:
         write_section(a.write_results, title, (a.note + "\n\n" if a.note else "") + table)
     else:
         print(table)
     return 0
+
+
+def check_outputs(ap: Any, a: Any) -> None:
+    """Before a measuring run: ``--write-results`` and ``--note`` belong to ``--render``, and ``--json`` must be
+    writable now, not once the run has ended. Errors go through ``ap.error``."""
+    if a.write_results or a.note:
+        ap.error("--write-results and --note go with --render (a run writes --json; its table is then rendered)")
+    if a.json:
+        out = Path(a.json)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            ap.error(f"--json: cannot make the folder of {a.json!r} ({e})")
+        if out.is_dir() or not os.access(out.parent, os.W_OK):
+            ap.error(f"--json: {a.json!r} cannot be written")
 
 
 def finish(a: Any, res: dict[str, Any], render: Callable[[list[dict[str, Any]]], str]) -> int:

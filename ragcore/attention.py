@@ -188,14 +188,18 @@ def row_logsumexp(queries: torch.Tensor, keys: torch.Tensor, flash: bool = True)
 
     ``queries`` (B, H, R, D) are already scaled (and rotated); ``keys`` (B, H_kv, T_k, D) with ``H`` a multiple of
     ``H_kv`` (query head ``i x g + j`` reads key head ``i``, as transformers' ``repeat_kv``), the rows being the
-    last ``R`` of the ``T_k`` keys: row ``r`` sees keys ``<= T_k - R + r``. Torch's flash attention kernel
+    last ``R <= T_k`` of the ``T_k`` keys: row ``r`` sees keys ``<= T_k - R + r``. Torch's flash attention kernel
     returns this beside its output without writing the scores out: one call for the rows' own keys (causal, a
     square) and one for the keys before them (all visible), joined with ``logaddexp``. Where that kernel does not
-    run (float32 on CUDA, other devices) or with ``flash=False``, the scores are computed in blocks of rows
-    instead."""
+    run (float32 on CUDA, other devices) or with ``flash=False``, the scores are computed in float32 in blocks of
+    rows instead. Raises ``ConfigError`` for more rows than keys."""
     b, n_h, r, d = queries.shape
     n_kv, t_k = keys.shape[1], keys.shape[2]
     offset = t_k - r
+    if offset < 0:
+        raise ConfigError(f"row_logsumexp: {r} rows are more than the {t_k} keys they are the last of")
+    if r == 0:  # torch's CPU kernel divides by the row count
+        return queries.new_zeros(b, n_h, 0, dtype=torch.float32)
     k = keys.to(queries.dtype).repeat_interleave(n_h // n_kv, dim=1)
     kernel = {
         "cuda": torch.ops.aten._scaled_dot_product_flash_attention,
@@ -208,18 +212,15 @@ def row_logsumexp(queries: torch.Tensor, keys: torch.Tensor, flash: bool = True)
                 past = kernel(queries, k[:, :, :offset], k[:, :, :offset], dropout_p=0.0, is_causal=False, scale=1.0)
                 out = torch.logaddexp(out, past[1])
             return out[..., :r].float()
-        except (
-            RuntimeError,
-            NotImplementedError,
-        ) as e:  # no flash kernel for this dtype or head size here: the blocks below
+        except (RuntimeError, NotImplementedError) as e:  # no flash kernel for this dtype or head size here
             logger.debug("row_logsumexp: flash attention refused (%s); scores in blocks", e)
     out = torch.empty(b, n_h, r, dtype=torch.float32, device=queries.device)
     step = max(1, (1 << 22) // max(1, n_h * t_k))
     rows = torch.arange(r, device=queries.device)
-    kt = k.transpose(-1, -2)
+    kt = k.float().transpose(-1, -2)
     for s in range(0, r, step):
         e = min(s + step, r)
-        scores = torch.matmul(queries[:, :, s:e], kt).float()  # (B, H, R_b, T_k)
+        scores = torch.matmul(queries[:, :, s:e].float(), kt)  # (B, H, R_b, T_k)
         scores[..., offset + s + 1 :].masked_fill_(rows[None, s + 1 :] > rows[s:e, None], float("-inf"))
         out[:, :, s:e] = torch.logsumexp(scores, -1)
     return out
@@ -234,27 +235,33 @@ def max_attention(
     cells: int | None = None,
     row_scale: torch.Tensor | None = None,
     col_scale: torch.Tensor | None = None,
+    fused: bool | None = None,
 ) -> torch.Tensor:
     """The largest attention probability (B, H_kv, n_keys), in float32, that any row of ``hidden`` pays each of
     the first ``n_keys`` keys, over the rows and the query heads of each key/value group.
 
-    ``row_scale`` (B, R, positive) and ``col_scale`` (B, H_kv, g, n_keys), when given, multiply each probability
-    of row ``r`` and of the key in query head ``(kv head, j)`` before the maximum (KVzip+'s weights).
+    ``row_scale`` (B, R, >= 0) and ``col_scale`` (B, H_kv, g, n_keys), when given, multiply each probability of
+    row ``r`` and of the key in query head ``(kv head, j)`` before the maximum (KVzip+'s weights).
 
     ``hidden`` (B, R, d) is the layer's normed input, whose rows are the last ``R`` of the ``T_k`` ``keys``
     (B, H_kv, T_k, D, rotated); row ``r`` sees keys ``<= T_k - R + r``. The result equals
     ``rows_attention(...)[..., :n_keys]`` maximised over rows and each group's query heads (up to rounding).
 
-    How: a probability is ``exp(q . k - lse(q))``, with ``lse`` the row's softmax normaliser
-    (:func:`row_logsumexp`, from the flash kernel, which never writes the scores out), so its maximum over rows is
-    ``exp`` of the maximum of ``q . k - lse(q)`` (minus ``log`` of the row's scale). That difference comes out of
-    one matrix product, the queries extended by ``-lse`` (in two bfloat16 parts, high and low, so that a large
-    normaliser loses no precision) and the keys by ones, in blocks of rows of about ``cells`` scores (default: 2M
-    on CPU, so that a block stays in the processor's cache; 256M on an accelerator, where fewer, larger blocks
-    launch fewer kernels); each block's scores are written once, keys as rows, and read once, by the maximum
-    along each key's row.
-    The columns ``n_keys`` reaches past the first row's keys are masked per row. KVzip's reconstruction scores
-    (``compress.kv.kvzip``) are this, over every reconstruction row. Measured by ``python -m bench.compress_cost``.
+    How: a probability is ``exp(q . k - lse(q))``, with ``lse`` the row's softmax normaliser, so its maximum over
+    rows is ``exp`` of the maximum of ``q . k - lse(q)`` (minus ``log`` of the row's scale, taken relative to the
+    largest scale, which multiplies the result back). Rows go in blocks of about ``cells`` scores, and a key's
+    maximum runs over contiguous memory (keys are the rows of each block's product). Two ways to get there:
+
+    - ``fused`` (the default on CUDA): ``lse`` from the flash kernel (:func:`row_logsumexp`, which never writes
+      the scores out), then ``q . k - lse`` out of one matrix product, the queries extended by ``-lse`` (in two
+      bfloat16 parts, high and low, so that a large normaliser loses no precision) and the keys by ones: each
+      block's scores are written once and read once. Blocks of 256M scores by default (fewer kernel launches).
+    - not fused (the default elsewhere): each block's scores over every key in float32, its rows' ``lse`` from
+      them, then the maximum; blocks of 2M scores by default, so that a block stays in the processor's cache,
+      where the flash kernel's second pass would cost more than the product it saves.
+
+    KVzip's reconstruction scores (``compress.kv.kvzip``) are this, over every reconstruction row; measured by
+    ``python -m bench.compress_cost``. Raises ``ConfigError`` when the rows or ``n_keys`` do not fit the keys.
     """
     n_h, n_kv, d = head_counts(attn)
     g = n_h // n_kv
@@ -263,32 +270,50 @@ def max_attention(
     offset = t_k - r
     if not 0 <= n_keys <= t_k or offset < 0:
         raise ConfigError(f"max_attention: {r} rows and n_keys={n_keys} do not fit {t_k} keys")
+    if r == 0:
+        return torch.zeros(b, n_kv, n_keys, dtype=torch.float32, device=hidden.device)
+    if fused is None:
+        fused = hidden.device.type == "cuda"
+    if cells is None:
+        cells = 1 << 28 if fused else 1 << 21
     scale = getattr(attn, "scaling", d**-0.5)
     q = project_queries(attn, hidden, position_embeddings) * scale  # (B, H, R, D)
-    lse = row_logsumexp(q, keys)  # (B, H, R)
+    shift = torch.zeros(b, r, dtype=torch.float32, device=hidden.device)  # log of each row's relative scale
+    top = None
     if row_scale is not None:
-        lse = lse - row_scale.float().log()[:, None, :]
-    hi = lse.to(q.dtype)
-    lo = (lse - hi.float()).to(q.dtype)
-    pad = -(d + 2) % 8  # cuBLAS is fastest on sizes that are multiples of 8
-    qa = torch.cat([q, -hi[..., None], -lo[..., None], q.new_zeros(b, n_h, r, pad)], -1)
-    qa = qa.view(b, n_kv, g, r, d + 2 + pad)
-    ka = keys[:, :, :n_keys].to(q.dtype)
-    ka = torch.cat([ka, ka.new_ones(b, n_kv, n_keys, 2), ka.new_zeros(b, n_kv, n_keys, pad)], -1)
-    if cells is None:
-        cells = 1 << 21 if hidden.device.type == "cpu" else 1 << 28
-    step = max(1, cells // max(1, n_h * n_keys))
+        rs = row_scale.float()
+        top = rs.amax(1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)  # (B, 1)
+        shift = (rs / top).log()  # <= 0; -inf for a row of scale 0
     best = torch.full((b, n_kv, n_keys, g), float("-inf"), dtype=torch.float32, device=hidden.device)
+    step = max(1, cells // max(1, n_h * (n_keys if fused else t_k)))
     rows = torch.arange(r, device=hidden.device)
+    if fused:
+        lse = row_logsumexp(q, keys) - shift[:, None]  # (B, H, R); +inf for a row of scale 0
+        hi = lse.to(q.dtype)
+        lo = torch.where(lse.isfinite(), lse - hi.float(), 0.0).to(q.dtype)
+        pad = -(d + 2) % 8  # cuBLAS is fastest on sizes that are multiples of 8
+        qa = torch.cat([q, -hi[..., None], -lo[..., None], q.new_zeros(b, n_h, r, pad)], -1).view(b, n_kv, g, r, -1)
+        ka = keys[:, :, :n_keys].to(q.dtype)
+        ka = torch.cat([ka, ka.new_ones(b, n_kv, n_keys, 2), ka.new_zeros(b, n_kv, n_keys, pad)], -1)
+    else:
+        qa = q.view(b, n_kv, g, r, d)
+        ka = keys.to(q.dtype)
     for s in range(0, r, step):
         e = min(s + step, r)
         block = qa[:, :, :, s:e].reshape(b, n_kv, g * (e - s), -1).transpose(-1, -2)
-        scores = torch.matmul(ka, block).view(b, n_kv, n_keys, g, e - s)  # keys as rows: the maximum runs along
-        if offset + s + 1 < n_keys:  # keys past the block's first row's own: later rows only
+        scores = torch.matmul(ka, block).view(b, n_kv, ka.shape[2], g, e - s)  # keys as rows
+        if not fused:  # the block's normalisers from its own scores over every key
+            scores = scores.float()
+            scores[:, :, offset + s + 1 :].masked_fill_((rows[s + 1 :, None] > rows[None, s:e])[:, None], float("-inf"))
+            lse = torch.logsumexp(scores, 2) - shift[:, None, None, s:e]  # (B, H_kv, g, R_b)
+            scores = scores[:, :, :n_keys] - lse[:, :, None]
+        elif offset + s + 1 < n_keys:  # keys past the block's first row's own: later rows only
             grid = scores[:, :, offset + s + 1 :]
             grid.masked_fill_((rows[s + 1 : n_keys - offset, None] > rows[None, s:e])[:, None], float("-inf"))
         best = torch.maximum(best, scores.amax(-1).float())
     probs = best.transpose(-1, -2).exp()  # (B, H_kv, g, n_keys)
+    if top is not None:
+        probs = probs * top[:, :, None, None]
     if col_scale is not None:
         probs = probs * col_scale.float()
     return probs.amax(2)

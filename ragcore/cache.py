@@ -396,7 +396,7 @@ def grouped_decode_attention(
     hkv, t = key.shape[1], key.shape[2]
     align = GROUPED_DECODE.get(query.device.type)
     plain = attention_mask is None or align is None or dropout or module.training or h % hkv
-    if not plain and 1 < q < t and lower_right_causal(attention_mask, q, t):
+    if not plain and 1 < q < t and lower_right_causal(attention_mask, q, t, getattr(module, "layer_idx", 0) == 0):
         from torch.nn.attention.bias import causal_lower_right
 
         out = torch.nn.functional.scaled_dot_product_attention(
@@ -432,16 +432,17 @@ def grouped_decode_attention(
 _LAST_CHECK = threading.local()  # per thread: the last mask lower_right_causal read, and its answer
 
 
-def lower_right_causal(mask: torch.Tensor, q: int, t: int) -> bool:
+def lower_right_causal(mask: torch.Tensor, q: int, t: int, fresh: bool = True) -> bool:
     """Whether an attention mask (B|1, 1, q, >= t), boolean, shows ``q`` rows fed after ``t - q`` cached keys
     every key up to their own and no other (the causal mask aligned to the lower right), the same for every
-    sequence of the batch. It reads the whole mask (one pass, and a wait for the device) once: transformers hands
-    every layer of a forward the same mask tensor, so the answer for the last tensor read is kept (per thread,
-    while that tensor lives; a mask changed in place after its check is not read again)."""
+    sequence of the batch. It reads the whole mask (one pass, and a wait for the device), except with
+    ``fresh=False`` for the tensor it read last on this thread: transformers hands every layer of a forward the
+    same mask tensor, so :func:`grouped_decode_attention` reads it at the first layer (``fresh``) and the other
+    layers take that answer."""
     if mask.dtype != torch.bool or mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[-2] != q or mask.shape[-1] < t:
         return False
     last = getattr(_LAST_CHECK, "entry", None)
-    if last is not None and last[0]() is mask and last[1] == t:
+    if not fresh and last is not None and last[0]() is mask and last[1] == t:
         return last[2]
     own = torch.ones(q, q, dtype=torch.bool, device=mask.device).tril()
     found = bool(mask[..., : t - q].all() and torch.equal(mask[..., t - q : t], own.expand_as(mask[..., t - q : t])))

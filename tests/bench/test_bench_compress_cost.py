@@ -34,10 +34,25 @@ def test_a_run_writes_its_json_and_renders_each_spec_in_plain_prefills(tmp_path,
         (["--profile", "wall"], "invalid choice"),
         (["--specs", "kvzip(chunk=0)"], "--specs: chunk must be a positive integer, got 0"),
         (["--specs", "nosuch"], "--specs:"),
+        (["--specs", "none", "none"], "names a spec twice"),
+        (["--note", "x"], "go with --render"),
+        (["--json", "/"], "cannot be written"),
+        (["--render", "/no/such.json"], "cannot be read"),
+        (["--render", __file__], "cannot be read"),
     ],
 )
 def test_bad_arguments_are_refused_in_one_line(args, said, capsys):
+    """Refused before any model loads (a run would take minutes), in one line."""
     with pytest.raises(SystemExit) as e:
         main(args)
     err = capsys.readouterr().err
     assert e.value.code == 2 and said in err and "Traceback" not in err
+
+
+def test_a_file_of_another_driver_is_refused_in_one_line(tmp_path, capsys):
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"suite": "kv-reuse"}))
+    with pytest.raises(SystemExit) as e:
+        main(["--render", str(other)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "not all runs of this driver" in err and "Traceback" not in err

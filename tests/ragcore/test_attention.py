@@ -113,8 +113,9 @@ def test_rows_attention_batch_equals_one_sequence_at_a_time():
         torch.testing.assert_close(g, want, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("fused", [False, True])  # CPU's way and CUDA's (the flash kernel's normalisers)
 @pytest.mark.parametrize("cells", [1 << 20, 100])  # one block of rows; blocks of one row
-def test_max_attention_equals_the_max_of_rows_attention(cells):
+def test_max_attention_equals_the_max_of_rows_attention(cells, fused):
     """max_attention (KVzip's reconstruction score) is rows_attention over the first n_keys keys, maximised over
     the rows and each group's query heads, for rows fed after cached keys."""
     model = tiny_model("qwen2", layers=1)
@@ -126,7 +127,7 @@ def test_max_attention_equals_the_max_of_rows_attention(cells):
     keys[:, :, 20:] = project_keys(attn, h, pe)
     ref = rows_attention(attn, h, pe, slice(None), keys, key_offset=20)[..., :24]  # (1, 4, 30, 24)
     ref = ref.amax(2).view(1, 2, 2, 24).amax(2)
-    got = max_attention(attn, h, pe, keys, 24, cells=cells)
+    got = max_attention(attn, h, pe, keys, 24, cells=cells, fused=fused)
     assert got.shape == (1, 2, 24) and got.dtype == torch.float32
     assert torch.allclose(got, ref, rtol=1e-5, atol=1e-7)
     with pytest.raises(ConfigError, match="n_keys=51"):
@@ -135,8 +136,15 @@ def test_max_attention_equals_the_max_of_rows_attention(cells):
     rs, cs = torch.rand(1, 30) + 0.5, torch.rand(1, 2, 2, 24) + 0.5
     full = rows_attention(attn, h, pe, slice(None), keys, key_offset=20)[..., :24].view(1, 2, 2, 30, 24)
     ref = (full * rs[:, None, None, :, None] * cs[:, :, :, None]).amax((2, 3))
-    got = max_attention(attn, h, pe, keys, 24, cells=cells, row_scale=rs, col_scale=cs)
+    got = max_attention(attn, h, pe, keys, 24, cells=cells, row_scale=rs, col_scale=cs, fused=fused)
     assert torch.allclose(got, ref, rtol=1e-5, atol=1e-7)
+    # a row of scale 0 counts for nothing (no NaN); no rows: nothing attended
+    rs[0, 5:] = 0
+    ref = (full * rs[:, None, None, :, None] * cs[:, :, :, None]).amax((2, 3))
+    got = max_attention(attn, h, pe, keys, 24, cells=cells, row_scale=rs, col_scale=cs, fused=fused)
+    assert torch.allclose(got, ref, rtol=1e-5, atol=1e-7)
+    none = max_attention(attn, h[:, :0], pe, keys[:, :, :20], 20, fused=fused)
+    assert torch.equal(none, torch.zeros(1, 2, 20))
 
 
 @torch.inference_mode()  # layer_input's tensors are inference tensors
@@ -211,12 +219,16 @@ def test_row_logsumexp_is_each_rows_normaliser_over_the_keys_it_sees(flash):
     want = torch.logsumexp(scores.masked_fill(hidden, float("-inf")), -1)
     got = row_logsumexp(q, keys, flash=flash)
     assert got.shape == (2, 4, 30) and got.dtype == torch.float32
+    assert row_logsumexp(q[:, :, :0], keys, flash=flash).shape == (2, 4, 0)
+    with pytest.raises(ConfigError, match="30 rows are more than the 20 keys"):
+        row_logsumexp(q, keys[:, :, :20], flash=flash)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     square = torch.logsumexp(scores[..., :5, :5].masked_fill(hidden[:5, 20:25], float("-inf")), -1)
     torch.testing.assert_close(row_logsumexp(q[:, :, :5], keys[:, :, :5], flash=flash), square)  # no cached keys
 
 
-def test_max_attention_in_bfloat16_keeps_the_precision_of_its_scores():
+@pytest.mark.parametrize("fused", [False, True])
+def test_max_attention_in_bfloat16_keeps_the_precision_of_its_scores(fused):
     """In bfloat16, max_attention's probabilities stay within bfloat16's rounding of the float32 ones, though
     each row's normaliser (tens) is folded into the product: it goes in as two parts, high and low."""
     model = tiny_model("qwen2", layers=1)
@@ -226,8 +238,13 @@ def test_max_attention_in_bfloat16_keeps_the_precision_of_its_scores():
     pe = model.model.rotary_emb(h, torch.arange(40)[None])
     keys = torch.randn(1, 2, 100, 16) * 4
     keys[:, :, 60:] = project_keys(attn, h, pe)
+    rs = torch.rand(1, 40) * 1e-4 + 1e-5  # KVzip+'s row weights are of this size (1 / ||h||)
     want = max_attention(attn, h, pe, keys, 60)
-    got = max_attention(attn.to(torch.bfloat16), h.bfloat16(), tuple(x.bfloat16() for x in pe), keys.bfloat16(), 60)
+    want_rs = max_attention(attn, h, pe, keys, 60, row_scale=rs)
+    args = (h.bfloat16(), tuple(x.bfloat16() for x in pe), keys.bfloat16(), 60)
+    got = max_attention(attn.to(torch.bfloat16), *args, fused=fused)
+    got_rs = max_attention(attn, *args, row_scale=rs, fused=fused)
     attn.float()
     assert got.dtype == torch.float32
     assert (got - want).abs().max() < 0.02 * want.max()
+    assert (got_rs - want_rs).abs().max() < 0.02 * want_rs.max()

@@ -235,7 +235,9 @@ def test_rows_after_cached_keys_under_the_causal_mask_run_lower_right_causal(tin
     assert not lower_right_causal(mask.tril(diagonal=cached - 1), 3, t)
     assert not lower_right_causal(mask.expand(2, 4, 3, t), 3, t)  # per-head masks
     for m, want in ((mask, True), (mask, True), (padded, False), (padded, False), (mask, True)):  # kept per tensor
-        assert lower_right_causal(m, 3, t) is want
+        assert lower_right_causal(m, 3, t, fresh=False) is want
+    mask[1, ..., 0] = False  # changed in place: the next fresh read (a forward's first layer) sees it
+    assert lower_right_causal(mask, 3, t, fresh=False) and not lower_right_causal(mask, 3, t)
 
 
 def test_use_grouped_decode_switches_sdpa_models_only():
