@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from bench.decode_step import QWEN25_05B, model
+from bench.decode_step import QWEN25_05B, environment, model
 from bench.results import check_outputs, finish, output_args, render_files
 from compress.kv import DEFAULT_AGNOSTIC
 from ragcore import cache as kvcache
@@ -74,16 +74,7 @@ def run(
     device: str, tokens: list[int], specs: list[str], ratio: float, layers: int, repeats: int, profiled: str | None
 ) -> dict[str, Any]:
     gen = model(device, layers)
-    res: dict[str, Any] = {
-        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
-        "torch": torch.__version__,
-        "transformers": __import__("transformers").__version__,
-        "layers": layers,
-        "ratio": ratio,
-        "repeats": repeats,
-        "dtype": str(gen.model.dtype).removeprefix("torch."),
-        "rows": [],
-    }
+    res: dict[str, Any] = {**environment(gen), "layers": layers, "ratio": ratio, "repeats": repeats, "rows": []}
     g = torch.Generator().manual_seed(0)
     for t in tokens:
         ids = torch.randint(0, QWEN25_05B["vocab_size"], (1, t), generator=g).to(gen.model.device)
@@ -119,8 +110,8 @@ def render(results: list[dict[str, Any]]) -> str:
                     q = sorted(a / b for a, b in zip(secs, plain))
                     cost = f"{median(secs) / median(plain):.2f} ({q[0]:.2f}-{q[-1]:.2f})"
                 lines.append(
-                    f"| {r.get('run', '-')} | {r['device']} | {r['dtype']} | {r['layers']} | {row['tokens']} | `{spec}` | {len(secs)} "
-                    f"| {median(secs):.3f} | {cost} |"
+                    f"| {r.get('run', '-')} | {r['device']} | {r['dtype']} | {r['layers']} | {row['tokens']} "
+                    f"| `{spec}` | {len(secs)} | {median(secs):.3f} | {cost} |"
                 )
     return "\n".join(lines)
 

@@ -71,6 +71,17 @@ def model(device: str, layers: int) -> Generator:
     return Generator.from_model(m, name="random-qwen2.5-0.5b-shape")
 
 
+def environment(gen: Generator) -> dict[str, str]:
+    """Where a run of ``gen`` measures: the device's name, torch's and transformers' versions, the dtype."""
+    dev = gen.model.device
+    return {
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev.type,
+        "torch": torch.__version__,
+        "transformers": __import__("transformers").__version__,
+        "dtype": str(gen.model.dtype).removeprefix("torch."),
+    }
+
+
 def rows(gen: Generator, batch: int, tokens: int, masks: str, seed: int = 0) -> list[tuple[Any, dict]]:
     """``batch`` single-row caches of ``tokens`` random slots per layer, with per-head visibility (``masks``)."""
     cfg = gen.model.config
@@ -133,14 +144,11 @@ def run(
 ) -> dict[str, Any]:
     gen = model(device, layers)
     res: dict[str, Any] = {
-        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
-        "torch": torch.__version__,
-        "transformers": __import__("transformers").__version__,
+        **environment(gen),
         "batch": batch,
         "steps": steps,
         "repeats": repeats,
         "layers": layers,
-        "dtype": str(gen.model.dtype).removeprefix("torch."),
         "rows": [],
     }
     decode(gen, batch, min(tokens), masks[0], 3)  # warm-up: kernels load, the allocator grows
