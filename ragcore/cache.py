@@ -385,9 +385,9 @@ def grouped_decode_attention(
     ``attention_mask`` (B or 1, H or 1, 1, T), boolean (True: visible) or additive; returns ((B, 1, H, D), None).
     Several rows fed after cached keys with nothing but the causal mask (a chunk of a long prefill, KVzip's
     reconstruction) run, on those devices, as SDPA under torch's ``causal_lower_right``: transformers hands SDPA
-    the mask written out, which only the memory-efficient kernel takes (about 4x slower than flash attention in
-    KVzip's reconstruction at 25k tokens on an H200, ``bench.compress_cost``), while the lower-right causal bias
-    runs on flash attention. Everything else (prefill from an empty cache, no mask, other masks, dropout,
+    the mask written out, which only the memory-efficient kernel takes (0.8 s of KVzip's reconstruction at 25k
+    tokens on an H200 before this path, docs/RESULTS.md ``compress-cost-gpu``), while the lower-right causal
+    bias runs on flash attention. Everything else (prefill from an empty cache, no mask, other masks, dropout,
     training) goes to transformers' ``sdpa_attention_forward`` unchanged. Registered as
     :data:`ATTN_IMPLEMENTATION` by :func:`use_grouped_decode`."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
