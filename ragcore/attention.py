@@ -183,6 +183,71 @@ def rows_attention_batch(
     return [total[i, :, : lens[i]] for i in range(n)]
 
 
+_FLASH_KERNELS = {
+    "cuda": torch.ops.aten._scaled_dot_product_flash_attention,
+    "cpu": torch.ops.aten._scaled_dot_product_flash_attention_for_cpu,
+}
+
+
+@dataclass
+class RowSoftmax:
+    """Query rows as an attention function read them, and each row's softmax normaliser: ``queries`` (B, H, R, D),
+    rotated and already multiplied by the attention's scale; ``lse`` (B, H, R) float32, ``log sum_j exp(q . k_j)``
+    over the keys each row sees. Recorded by :func:`ragcore.cache.record_row_softmax` and read by
+    :func:`max_attention`, so that a layer's own attention pass gives the normalisers once."""
+
+    queries: torch.Tensor
+    lse: torch.Tensor
+
+
+def attention_with_lse(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal attention of ``R`` query rows that are the last ``R`` of the ``T_k`` keys (rows fed after
+    ``T_k - R`` cached keys: row ``r`` sees keys ``<= T_k - R + r``, the lower-right causal mask), with each
+    row's softmax normaliser.
+
+    ``query`` (B, H, R, D), rotated, not scaled; ``key``/``value`` (B, H_kv, T_k, D) with ``H`` a multiple of
+    ``H_kv`` (query head ``i x g + j`` reads key head ``i``, as transformers' ``repeat_kv``); ``scale`` defaults to
+    ``D ** -0.5``. Returns the output (B, H, R, D) in the query's dtype and ``lse`` (B, H, R) float32 of the
+    scaled scores. Torch's flash kernel gives both in one pass over the keys (on CPU and, in half precision, on
+    CUDA): one call for the rows' own keys (causal, a square), one for the keys before them (all visible),
+    joined by their normalisers. Elsewhere, SDPA under torch's ``causal_lower_right`` and :func:`row_logsumexp`'s
+    float32 blocks. Raises ``ConfigError`` for more rows than keys."""
+    b, n_h, r, d = query.shape
+    n_kv, t_k = key.shape[1], key.shape[2]
+    offset = t_k - r
+    if offset < 0:
+        raise ConfigError(f"attention_with_lse: {r} rows are more than the {t_k} keys they are the last of")
+    if r == 0:
+        return query.new_zeros(b, n_h, 0, value.shape[-1]), query.new_zeros(b, n_h, 0, dtype=torch.float32)
+    scale = d**-0.5 if scale is None else scale
+    g = n_h // n_kv
+    k, v = (x.repeat_interleave(g, dim=1) if g > 1 else x for x in (key, value))
+    kernel = _FLASH_KERNELS.get(query.device.type)
+    if kernel is not None:
+        try:
+            own = kernel(query, k[:, :, offset:], v[:, :, offset:], dropout_p=0.0, is_causal=True, scale=scale)
+            out, lse = own[0], own[1][..., :r].float()
+            if offset:
+                past = kernel(query, k[:, :, :offset], v[:, :, :offset], dropout_p=0.0, is_causal=False, scale=scale)
+                lse_past = past[1][..., :r].float()
+                total = torch.logaddexp(lse, lse_past)
+                out = (
+                    out.float() * (lse - total).exp()[..., None] + past[0].float() * (lse_past - total).exp()[..., None]
+                )
+                out, lse = out.to(query.dtype), total
+            return out, lse
+        except (RuntimeError, NotImplementedError) as e:  # no flash kernel for this dtype or head size here
+            logger.debug("attention_with_lse: flash attention refused (%s); SDPA and scores in blocks", e)
+    from torch.nn.attention.bias import causal_lower_right
+
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query, k, v, attn_mask=causal_lower_right(r, t_k), scale=scale
+    )
+    return out, row_logsumexp(query * scale, key, flash=False)
+
+
 def row_logsumexp(queries: torch.Tensor, keys: torch.Tensor, flash: bool = True) -> torch.Tensor:
     """Each query row's softmax normaliser: ``log sum_j exp(q . k_j)`` (B, H, R) in float32, over the keys it sees.
 
@@ -201,10 +266,7 @@ def row_logsumexp(queries: torch.Tensor, keys: torch.Tensor, flash: bool = True)
     if r == 0:  # torch's CPU kernel divides by the row count
         return queries.new_zeros(b, n_h, 0, dtype=torch.float32)
     k = keys.to(queries.dtype).repeat_interleave(n_h // n_kv, dim=1)
-    kernel = {
-        "cuda": torch.ops.aten._scaled_dot_product_flash_attention,
-        "cpu": torch.ops.aten._scaled_dot_product_flash_attention_for_cpu,
-    }.get(queries.device.type)
+    kernel = _FLASH_KERNELS.get(queries.device.type)
     if flash and kernel is not None:
         try:
             out = kernel(queries, k[:, :, offset:], k[:, :, offset:], dropout_p=0.0, is_causal=True, scale=1.0)[1]
@@ -236,6 +298,7 @@ def max_attention(
     row_scale: torch.Tensor | None = None,
     col_scale: torch.Tensor | None = None,
     fused: bool | None = None,
+    softmax: RowSoftmax | None = None,
 ) -> torch.Tensor:
     """The largest attention probability (B, H_kv, n_keys), in float32, that any row of ``hidden`` pays each of
     the first ``n_keys`` keys, over the rows and the query heads of each key/value group.
@@ -260,6 +323,11 @@ def max_attention(
       them, then the maximum; blocks of 2M scores by default, so that a block stays in the processor's cache,
       where the flash kernel's second pass would cost more than the product it saves.
 
+    ``softmax``: the rows' queries and normalisers as the layer's own attention pass recorded them
+    (:func:`ragcore.cache.record_row_softmax`, a :class:`RowSoftmax` of this layer and call); then the queries
+    are not projected again, no normaliser is computed, and the fused way runs on every device (blocks of 2M
+    scores off CUDA): the scores are one product over the first ``n_keys`` keys and a maximum.
+
     KVzip's reconstruction scores (``compress.kv.kvzip``) are this, over every reconstruction row; measured by
     ``python -m bench.compress_cost``. Raises ``ConfigError`` when the rows or ``n_keys`` do not fit the keys.
     """
@@ -272,12 +340,21 @@ def max_attention(
         raise ConfigError(f"max_attention: {r} rows and n_keys={n_keys} do not fit {t_k} keys")
     if r == 0:
         return torch.zeros(b, n_kv, n_keys, dtype=torch.float32, device=hidden.device)
-    if fused is None:
+    if softmax is not None:
+        if softmax.queries.shape != (b, n_h, r, d) or softmax.lse.shape != (b, n_h, r):
+            raise ConfigError(
+                f"max_attention: recorded rows {tuple(softmax.queries.shape)} / lse {tuple(softmax.lse.shape)} do "
+                f"not fit {r} rows of {n_h} heads"
+            )
+        fused = True
+    elif fused is None:
         fused = hidden.device.type == "cuda"
     if cells is None:
-        cells = 1 << 28 if fused else 1 << 21
-    scale = getattr(attn, "scaling", d**-0.5)
-    q = project_queries(attn, hidden, position_embeddings) * scale  # (B, H, R, D)
+        cells = 1 << 28 if fused and hidden.device.type == "cuda" else 1 << 21
+    if softmax is not None:
+        q = softmax.queries
+    else:
+        q = project_queries(attn, hidden, position_embeddings) * getattr(attn, "scaling", d**-0.5)  # (B, H, R, D)
     shift = torch.zeros(b, r, dtype=torch.float32, device=hidden.device)  # log of each row's relative scale
     top = None
     if row_scale is not None:
@@ -288,7 +365,7 @@ def max_attention(
     step = max(1, cells // max(1, n_h * (n_keys if fused else t_k)))
     rows = torch.arange(r, device=hidden.device)
     if fused:
-        lse = row_logsumexp(q, keys) - shift[:, None]  # (B, H, R); +inf for a row of scale 0
+        lse = (row_logsumexp(q, keys) if softmax is None else softmax.lse) - shift[:, None]  # (B, H, R); +inf: scale 0
         hi = lse.to(q.dtype)
         lo = torch.where(lse.isfinite(), lse - hi.float(), 0.0).to(q.dtype)
         pad = -(d + 2) % 8  # cuBLAS is fastest on sizes that are multiples of 8

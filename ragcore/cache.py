@@ -16,10 +16,12 @@ import logging
 import threading
 import weakref
 from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from typing import Any
 
 import torch
 
+from ragcore.attention import RowSoftmax, attention_with_lse
 from ragcore.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -357,6 +359,25 @@ ATTN_IMPLEMENTATION = "ragcore_sdpa"  # the attention implementation ragcore's l
 GROUPED_DECODE = {"cuda": 8}
 
 
+_ROW_SOFTMAX: ContextVar[dict[int, Any] | None] = ContextVar("ragcore_row_softmax", default=None)
+
+
+@contextlib.contextmanager
+def record_row_softmax(into: dict[int, Any]) -> Iterator[dict[int, Any]]:
+    """For the block, in this thread (or task), every attention layer of a model on :data:`ATTN_IMPLEMENTATION`
+    that reads several rows fed after cached keys under the plain causal mask puts
+    ``into[layer_idx] = RowSoftmax(queries, lse)`` (:class:`ragcore.attention.RowSoftmax`: its scaled, rotated
+    queries and each row's softmax normaliser, from the same flash pass that gives the layer's output,
+    :func:`ragcore.attention.attention_with_lse`). KVzip's reconstruction reads them, so its scores cost one
+    product per layer and no second attention pass. Layers on other implementations (eager, flash attention)
+    record nothing: readers fall back to computing the normalisers themselves. Yields ``into``."""
+    token = _ROW_SOFTMAX.set(into)
+    try:
+        yield into
+    finally:
+        _ROW_SOFTMAX.reset(token)
+
+
 def grouped_decode_attention(
     module: Any,
     query: torch.Tensor,
@@ -387,16 +408,30 @@ def grouped_decode_attention(
     reconstruction) run, on those devices, as SDPA under torch's ``causal_lower_right``: transformers hands SDPA
     the mask written out, which only the memory-efficient kernel takes (0.8 s of KVzip's reconstruction at 25k
     tokens on an H200 before this path, docs/RESULTS.md ``compress-cost-gpu``), while the lower-right causal
-    bias runs on flash attention. Everything else (prefill from an empty cache, no mask, other masks, dropout,
+    bias runs on flash attention. Such rows inside :func:`record_row_softmax` run, on every device, as
+    :func:`ragcore.attention.attention_with_lse` and leave their queries and normalisers behind. Everything else (prefill from an empty cache, no mask, other masks, dropout,
     training) goes to transformers' ``sdpa_attention_forward`` unchanged. Registered as
     :data:`ATTN_IMPLEMENTATION` by :func:`use_grouped_decode`."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     b, h, q, d = query.shape
     hkv, t = key.shape[1], key.shape[2]
+    record = _ROW_SOFTMAX.get()
+    first = getattr(module, "layer_idx", 0) == 0
+    if (
+        record is not None
+        and attention_mask is not None
+        and 1 < q < t
+        and not (dropout or module.training or h % hkv)
+        and lower_right_causal(attention_mask, q, t, first)
+    ):
+        scale = d**-0.5 if scaling is None else scaling
+        out, lse = attention_with_lse(query, key, value, scale)
+        record[module.layer_idx] = RowSoftmax(query * scale, lse)
+        return out.transpose(1, 2).contiguous(), None
     align = GROUPED_DECODE.get(query.device.type)
     plain = attention_mask is None or align is None or dropout or module.training or h % hkv
-    if not plain and 1 < q < t and lower_right_causal(attention_mask, q, t, getattr(module, "layer_idx", 0) == 0):
+    if not plain and 1 < q < t and lower_right_causal(attention_mask, q, t, first):
         from torch.nn.attention.bias import causal_lower_right
 
         out = torch.nn.functional.scaled_dot_product_attention(

@@ -33,10 +33,11 @@ class KVzip(KVCompressor):
 
     The reconstruction is a second prefill of about ``T`` tokens (the paper's cost, about 2x one prefill); it runs
     once every layer holds its cache, so the prefill's peak memory is that of an uncompressed cache plus a chunk.
-    Its scores come from :func:`ragcore.attention.max_attention` (each row's normaliser from the flash kernel,
-    then one matrix product per block of rows), its chunks' attention from flash attention on CUDA; measured in
-    plain prefills by ``python -m bench.compress_cost`` (docs/RESULTS.md, ``compress-cost-gpu`` and
-    ``compress-cost-cpu``).
+    Its scores come from :func:`ragcore.attention.max_attention`: one matrix product per block of rows and a
+    maximum, with the queries and each row's softmax normaliser that the layer's own flash attention pass left
+    behind (:func:`ragcore.cache.record_row_softmax`; a model on another attention implementation recomputes
+    them). Measured in plain prefills by ``python -m bench.compress_cost`` (docs/RESULTS.md,
+    ``compress-cost-gpu`` and ``compress-cost-cpu``).
     Without a tokenizer on the prompt (a bare model) the reconstruction is the context alone, no instruction.
 
     Measured options (docs/RESULTS.md): question-agnostic, the development slice chose ``assistant_turn=True,
@@ -194,6 +195,7 @@ class KVzip(KVCompressor):
         base = getattr(model, model.base_model_prefix, model)
         best: dict[int, torch.Tensor] = {}
         norms: dict[int, torch.Tensor] = {}  # KVzip+: per layer, the context values' output norms
+        recorded: dict[int, Any] = {}  # per layer, the chunk's RowSoftmax from the layer's attention
 
         def capture(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
             if kvcache.from_call(kwargs) is not call.cache:
@@ -206,13 +208,14 @@ class KVzip(KVCompressor):
                     norms[module.layer_idx] = output_norms(module, values[:, :, :t])
                 rows = hidden.float().norm(dim=-1).clamp_min(1e-6).reciprocal()
                 weights = {"row_scale": rows, "col_scale": norms[module.layer_idx]}
-            a = max_attention(module, hidden, kwargs["position_embeddings"], keys, t, **weights)  # (B, H_kv, T)
+            soft = recorded.pop(module.layer_idx, None)  # the layer's own queries and normalisers, if it left them
+            a = max_attention(module, hidden, kwargs["position_embeddings"], keys, t, softmax=soft, **weights)
             lay = module.layer_idx
             best[lay] = a if lay not in best else torch.maximum(best[lay], a)
 
         for piece in self.repeat_ids(call, t):
             pos = torch.arange(t, t + piece.shape[1], device=piece.device)[None]
-            with kvcache.attention_hooks(model, post=capture):
+            with kvcache.attention_hooks(model, post=capture), kvcache.record_row_softmax(recorded):
                 kvcache.call(base, call.cache, input_ids=piece, position_ids=pos, use_cache=True)
             for layer in range(call.n_layers):  # crop the reconstruction off again
                 k, v = kvcache.get_kv(call.cache, layer)

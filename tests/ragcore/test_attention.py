@@ -248,3 +248,72 @@ def test_max_attention_in_bfloat16_keeps_the_precision_of_its_scores(fused):
     assert got.dtype == torch.float32
     assert (got - want).abs().max() < 0.02 * want.max()
     assert (got_rs - want_rs).abs().max() < 0.02 * want_rs.max()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("cached", [20, 0])
+def test_attention_with_lse_is_lower_right_causal_attention_and_its_normalisers(cached, dtype):
+    """attention_with_lse: the output of SDPA under the lower-right causal mask (query heads reading their group's
+    key head) and each row's log-sum-exp of its scaled scores over the keys it sees."""
+    from torch.nn.attention.bias import causal_lower_right
+
+    from ragcore.attention import attention_with_lse
+
+    g = torch.Generator().manual_seed(4)
+    q = torch.randn(2, 4, 30, 16, generator=g)
+    k, v = torch.randn(2, 2, 30 + cached, 16, generator=g), torch.randn(2, 2, 30 + cached, 16, generator=g)
+    want = torch.nn.functional.scaled_dot_product_attention(
+        q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), attn_mask=causal_lower_right(30, 30 + cached)
+    )
+    scores = q @ k.repeat_interleave(2, dim=1).transpose(-1, -2) * 0.25
+    hidden = torch.arange(30 + cached)[None] > torch.arange(30)[:, None] + cached
+    want_lse = torch.logsumexp(scores.masked_fill(hidden, float("-inf")), -1)
+    out, lse = attention_with_lse(q.to(dtype), k.to(dtype), v.to(dtype))
+    assert out.shape == (2, 4, 30, 16) and out.dtype == dtype and lse.dtype == torch.float32
+    tol = 1e-5 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(out.float(), want, rtol=tol, atol=tol)
+    torch.testing.assert_close(lse, want_lse, rtol=tol, atol=tol)
+    out, lse = attention_with_lse(q[:, :, :0], k, v)
+    assert out.shape == (2, 4, 0, 16) and lse.shape == (2, 4, 0)
+    with pytest.raises(ConfigError, match="30 rows are more than the 10 keys"):
+        attention_with_lse(q, k[:, :, :10], v[:, :, :10])
+
+
+def test_recorded_row_softmax_gives_the_same_outputs_and_max_attention():
+    """Rows fed after cached keys inside record_row_softmax: the model's logits are those of the plain forward,
+    every layer leaves its scaled queries and normalisers, and max_attention from them equals max_attention
+    computed from the layer's input."""
+    from ragcore.attention import RowSoftmax
+
+    model = tiny_model("qwen2", layers=2)
+    kvcache.use_grouped_decode(model)
+    ids = torch.randint(3, 256, (1, 50), generator=torch.Generator().manual_seed(5))
+    pos = torch.arange(20, 50)[None]
+    seen = {}
+
+    def capture(module, args, kwargs, output):
+        keys, _ = kvcache.get_kv(kvcache.from_call(kwargs), module.layer_idx)
+        seen[module.layer_idx] = (kwargs["hidden_states"], kwargs["position_embeddings"], keys)
+
+    with torch.no_grad():
+        plain_cache, rec_cache = (kvcache.new_cache(model.config) for _ in range(2))
+        for c in (plain_cache, rec_cache):
+            kvcache.call(model, c, input_ids=ids[:, :20], use_cache=True)
+        want = kvcache.call(model, plain_cache, input_ids=ids[:, 20:], position_ids=pos, use_cache=True).logits
+        recorded = {}
+        with kvcache.attention_hooks(model, post=capture), kvcache.record_row_softmax(recorded):
+            got = kvcache.call(model, rec_cache, input_ids=ids[:, 20:], position_ids=pos, use_cache=True).logits
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert sorted(recorded) == [0, 1] and all(isinstance(r, RowSoftmax) for r in recorded.values())
+    for layer, attn in enumerate(kvcache.attention_layers(model)):
+        hidden, pe, keys = seen[layer]
+        assert recorded[layer].queries.shape == (1, 4, 30, 16) and recorded[layer].lse.shape == (1, 4, 30)
+        want = max_attention(attn, hidden, pe, keys, 20, fused=False)
+        got = max_attention(attn, hidden, pe, keys, 20, softmax=recorded[layer])
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ConfigError, match="do not fit 29 rows"):
+        max_attention(attn, hidden[:, 1:], pe, keys, 20, softmax=recorded[1])
+    recorded.clear()
+    with torch.no_grad():  # outside the block nothing is recorded
+        kvcache.call(model, rec_cache, input_ids=ids[:, 20:21], use_cache=True)
+    assert recorded == {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -373,6 +374,56 @@ def test_kvzip_options_change_the_selection(smol):
         kept[spec] = [sorted(map(tuple, idx[0].tolist())) for idx, _ in (picked[i] for i in sorted(picked))]
     for spec in list(kept)[1:]:
         assert kept[spec] != kept["kvzip"], spec
+
+
+@pytest.mark.parametrize("spec", ["kvzip", "kvzip(plus=True)"])
+def test_kvzip_scores_from_the_layers_own_normalisers_equal_recomputed_ones(smol, spec, monkeypatch):
+    """KVzip's reconstruction reads each layer's queries and normalisers from the layer's own attention pass
+    (record_row_softmax); its scores are those it computes itself from the layer's input when nothing is recorded
+    (a model on another attention implementation)."""
+    from compress.kv.kvzip import KVzip
+    from ragcore.prompt import build_prompt
+
+    prompt = build_prompt(smol.tokenizer, QUESTION, PASSAGES)
+    t = prompt.question_start
+    assert smol.model.config._attn_implementation == kvcache.ATTN_IMPLEMENTATION
+    scores, reads, now = {}, [], {}
+    real = KVzip.reconstruction_scores
+    record = kvcache.record_row_softmax
+
+    def keep_scores(self, call, n):
+        scores[now["mode"]] = real(self, call, n)
+        return scores[now["mode"]]
+
+    def counted(into):
+        reads.append(now["mode"])
+        return record(into) if now["mode"] == "recorded" else contextlib.nullcontext(into)
+
+    import compress.kv.kvzip as kvzip_module
+
+    given = []  # per max_attention call: whether the layer's own normalisers came with it
+    inner = kvzip_module.max_attention
+
+    def spy(*args, softmax=None, **kwargs):
+        given.append((now["mode"], softmax is not None))
+        return inner(*args, softmax=softmax, **kwargs)
+
+    monkeypatch.setattr(kvzip_module, "max_attention", spy)
+    monkeypatch.setattr(KVzip, "reconstruction_scores", keep_scores)
+    monkeypatch.setattr(kvcache, "record_row_softmax", counted)
+    for mode in ("recorded", "recomputed"):
+        now["mode"] = mode
+        comp = get_compressor(spec, ratio=0.5, chunk=40)  # several chunks
+        cache = kvcache.new_cache(smol.model.config)
+        with torch.inference_mode(), comp.apply(smol.model, cache, prompt):
+            kvcache.call(smol.model, cache, input_ids=prompt.input_ids[:, :t], use_cache=True)
+    assert reads.count("recorded") == reads.count("recomputed") > 1
+    assert {m: {g for mm, g in given if mm == m} for m in ("recorded", "recomputed")} == {
+        "recorded": {True},
+        "recomputed": {False},
+    }
+    for got, want in zip(scores["recorded"], scores["recomputed"], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
 
 
 def test_kvzip_assistant_header_is_the_templates_turn_change(smol):
