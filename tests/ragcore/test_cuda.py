@@ -64,3 +64,47 @@ def test_rows_after_cached_keys_run_lower_right_causal_on_cuda():
     got, _ = kvcache.grouped_decode_attention(attn, q, k, v, mask, scaling=0.125)
     want, _ = sdpa_attention_forward(attn, q, k, v, mask, scaling=0.125)
     torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
+
+
+def test_attention_with_lse_on_cuda_matches_sdpa_and_the_blocks():
+    """The flash kernel's two calls (own keys causal, cached keys all visible), joined by their normalisers: the
+    output of SDPA under the lower-right causal mask and the blocks' float32 normalisers."""
+    from torch.nn.attention.bias import causal_lower_right
+
+    from ragcore.attention import attention_with_lse
+
+    torch.manual_seed(3)
+    q = torch.randn(1, 14, 500, 64, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(1, 2, 3000, 64, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    out, lse = attention_with_lse(q, k, v, 0.125)
+    want = torch.nn.functional.scaled_dot_product_attention(
+        q, k.repeat_interleave(7, 1), v.repeat_interleave(7, 1), attn_mask=causal_lower_right(500, 3000), scale=0.125
+    )
+    assert out.dtype == torch.bfloat16 and lse.shape == (1, 14, 500)
+    torch.testing.assert_close(out, want, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(lse, row_logsumexp(q.float() * 0.125, k.float(), flash=False), rtol=1e-3, atol=1e-2)
+
+
+def test_recorded_row_softmax_on_cuda_gives_kvzips_scores():
+    """Inside record_row_softmax on CUDA, rows after cached keys leave their queries and normalisers, and
+    max_attention from them matches max_attention from the layer's input (bfloat16 rounding)."""
+    model = qwen_layer(torch.bfloat16)
+    kvcache.use_grouped_decode(model)
+    ids = torch.randint(0, 256, (1, 2600), device="cuda", generator=torch.Generator("cuda").manual_seed(4))
+    seen, recorded = {}, {}
+
+    def capture(module, args, kwargs, output):
+        keys, _ = kvcache.get_kv(kvcache.from_call(kwargs), module.layer_idx)
+        seen["x"] = (kwargs["hidden_states"], kwargs["position_embeddings"], keys)
+
+    with torch.inference_mode():
+        cache = kvcache.new_cache(model.config)
+        kvcache.call(model, cache, input_ids=ids[:, :2000], use_cache=True)
+        pos = torch.arange(2000, 2600, device="cuda")[None]
+        with kvcache.attention_hooks(model, post=capture), kvcache.record_row_softmax(recorded):
+            kvcache.call(model, cache, input_ids=ids[:, 2000:], position_ids=pos, use_cache=True)
+        attn = kvcache.attention_layers(model)[0]
+        h, pe, keys = seen["x"]
+        want = max_attention(attn, h, pe, keys, 2000)
+        got = max_attention(attn, h, pe, keys, 2000, softmax=recorded[0])
+    assert (got - want).abs().max() < 0.03 * want.max()
