@@ -17,7 +17,8 @@
 #   SDPA=1    bench/sdpa_backends.py first, alone (torch's attention backend choice against cuDNN off)
 #   KVZAP_FIT=1 issue 16's KVzap surrogate fitted first (bench/kvzap_fit.py), for the KV steps' `kvzap`
 #   RETRIEVAL=0 skips the kvpress copy, the retrieval dump and the eval index (runs that need none of them: then
-#             the payload needs only qwen.gguf and the gguf wheel)
+#             the payload needs only qwen.gguf and the gguf wheel); with a dump made elsewhere copied to
+#             /var/tmp/retrieved.json first, the KV steps on NQ-open run too (all but sxs)
 # and finally packs RES and the repository's docs/RESULTS.md and docs/figures into /var/tmp/res.tgz.
 set -uo pipefail
 cmd=${1:?join|run}
@@ -39,12 +40,19 @@ RES=${2:?results folder}
 # read them are refused
 case "${RETRIEVAL:-1}" in 0|1) ;; *) echo "RETRIEVAL must be 0 or 1, got '$RETRIEVAL'"; exit 2 ;; esac
 if [ "${RETRIEVAL:-1}" = 0 ]; then
-  # the KV steps that read no retrieved passages: the reuse runs (gold passages, key-value records)
-  kv_ok=1; for s in ${KV_STEPS-x}; do for t in ${s//+/ }; do case $t in reuse|reuselong) ;; *) kv_ok=0 ;; esac; done; done
+  # the KV steps that read no retrieved passages: the reuse runs (gold passages, key-value records); with a dump
+  # carried in as /var/tmp/retrieved.json (ragcore eval retrieval --dump-retrieved, made elsewhere) every KV step
+  # but the side by side (kvpress is not installed)
+  kv_ok=1; for s in ${KV_STEPS-x}; do for t in ${s//+/ }; do case $t in
+    reuse|reuselong) ;;
+    sxs|x) kv_ok=0 ;;
+    *) [ -s /var/tmp/retrieved.json ] || kv_ok=0 ;;
+  esac; done; done
   if [ -n "${RERANK_STEPS-x}" ] || [ $kv_ok = 0 ] || [ "${PROFILE:-0}" = 1 ] ||
     { [ "${ATTRIBUTION:-1}" = 1 ] && [ "${SUITES:-}" != speed ]; }; then
-    echo "RETRIEVAL=0 runs only SDPA, SPEED, ATTRIBUTION with SUITES=speed and KV_STEPS of reuse and reuselong" \
-      "(set RERANK_STEPS= PROFILE=0 and KV_STEPS accordingly)"
+    echo "RETRIEVAL=0 runs only SDPA, SPEED, ATTRIBUTION with SUITES=speed and KV_STEPS of reuse and reuselong," \
+      "or every KV step but sxs with a carried /var/tmp/retrieved.json (set RERANK_STEPS= PROFILE=0 and KV_STEPS" \
+      "accordingly)"
     exit 2
   fi
 fi

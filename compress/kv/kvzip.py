@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from compress.kv.adaptive import adaptive_budgets
-from compress.kv.base import KVBudget, KVCall, KVCompressor, LayerPrefill
+from compress.kv.base import KVBudget, KVCall, KVCompressor, LayerPrefill, priority_floor
 from ragcore import cache as kvcache
 from ragcore.attention import max_attention
 from ragcore.errors import ConfigError
@@ -74,6 +74,11 @@ class KVzip(KVCompressor):
         argument, https://arxiv.org/abs/2502.00299; SnapKV pools its scores likewise). Measured question-agnostic:
         3 and 7 scored below 1 on the development slice
         (kv-agnostic-kernel-dev-gpu).
+    keep_system_prompt:
+        Keep the prompt's tokens before its first passage (the chat template's system turn with the instruction,
+        and the user turn's opening) in every head, and reconstruct the passages on only: the layout of the
+        paper's code (its ``evict_range`` starts after the system prompt, and its reconstruction repeats the
+        context alone). Needs a ``Prompt`` with passages (``Generator`` gives it); no effect otherwise.
     n_sink:
         Leading tokens always kept.
     ratio, budget, protect_last:
@@ -87,6 +92,7 @@ class KVzip(KVCompressor):
     plus: bool = option(False)
     safeguard: float = option(0.0, low=0, high=1)
     kernel_size: int = option(1, minimum=1)
+    keep_system_prompt: bool = option(False)
     n_sink: int = option(4, minimum=0)
     name: ClassVar[str] = "kvzip"
     attention_based: ClassVar[bool] = True
@@ -155,6 +161,11 @@ class KVzip(KVCompressor):
         token) entries of the whole cache, every head keeping ``floor(k)`` at least (``scope="global"``)."""
         t, h = scores[0].shape[-1], scores[0].shape[1]
         prot, floor = call.protected_floor(t, scores[0].device)
+        system = self.system_end(call, t)
+        if system:
+            prot = prot.clone()
+            prot[:system] = True
+            floor = priority_floor(prot)
         if self.scope == "layer":
             for layer, s in enumerate(scores):
                 idx, _ = self.select(torch.maximum(s, floor), k)
@@ -171,6 +182,14 @@ class KVzip(KVCompressor):
             return scores
         return F.max_pool1d(scores, self.kernel_size, stride=1, padding=self.kernel_size // 2)
 
+    def system_end(self, call: KVCall, t: int) -> int:
+        """With ``keep_system_prompt``, where the prompt's first passage starts (the tokens before it are the system
+        prompt); 0 otherwise, or without a prompt with passages."""
+        prompt = call.prompt
+        if not self.keep_system_prompt or prompt is None or not prompt.passages:
+            return 0
+        return min(prompt.passage_spans()[0][0], t)
+
     def repeat_ids(self, call: KVCall, t: int) -> list[torch.Tensor]:
         """The reconstruction inputs: per chunk of the context, the instruction then the chunk's tokens."""
         ids = call.inputs["input_ids"]
@@ -178,6 +197,7 @@ class KVzip(KVCompressor):
             ids = ids[:, :t].to(call.model.device)
         device = ids.device
         context = ids[:, -t:] if ids.shape[1] >= t else ids  # a prefill after cached tokens: its own tokens
+        context = context[:, self.system_end(call, t) :]  # the passages on, with keep_system_prompt
         tokenizer = getattr(call.prompt, "tokenizer", None)
         text = self.instruction + (assistant_header(tokenizer) if self.assistant_turn and tokenizer is not None else "")
         head = (

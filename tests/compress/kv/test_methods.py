@@ -330,7 +330,13 @@ def _expected(x, model, project_queries, rotary_embedding, rotate_half):
 
 @pytest.mark.parametrize(
     "spec",
-    ["kvzip(safeguard=0.5)", "kvzip(plus=True)", "kvzip(assistant_turn=True, plus=True)", "kvzip(kernel_size=5)"],
+    [
+        "kvzip(safeguard=0.5)",
+        "kvzip(plus=True)",
+        "kvzip(assistant_turn=True, plus=True)",
+        "kvzip(kernel_size=5)",
+        "kvzip(keep_system_prompt=True)",
+    ],
 )
 def test_kvzip_options_keep_the_budget(smol, spec):
     """KVzip's options (AdaKV's safeguard, KVzip+ weights, the assistant turn) keep the global budget, and the
@@ -365,6 +371,7 @@ def test_kvzip_options_change_the_selection(smol):
         "kvzip(assistant_turn=True)",
         "kvzip(safeguard=0.5)",
         "kvzip(kernel_size=5)",
+        "kvzip(keep_system_prompt=True)",
     ):
         picked: dict = {}
         comp = recording(get_compressor(spec, ratio=0.7), picked)
@@ -424,6 +431,37 @@ def test_kvzip_scores_from_the_layers_own_normalisers_equal_recomputed_ones(smol
     }
     for got, want in zip(scores["recorded"], scores["recomputed"], strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_kvzip_keep_system_prompt_keeps_it_everywhere_and_repeats_the_passages_only(smol):
+    """keep_system_prompt: every head of every layer keeps the tokens before the first passage, and the
+    reconstruction repeats the prompt from the first passage on (the system prompt is not part of it)."""
+    from ragcore.prompt import build_prompt
+
+    prompt = build_prompt(smol.tokenizer, QUESTION, PASSAGES)
+    t = prompt.question_start
+    system = prompt.passage_spans()[0][0]
+    assert 10 < system < get_compressor("kvzip", ratio=0.4).n_keep(t)  # the system prompt fits the budget
+    kept = {}
+    for spec in ("kvzip", "kvzip(keep_system_prompt=True)"):
+        picked: dict = {}
+        comp = recording(get_compressor(spec, ratio=0.4), picked)
+        cache = kvcache.new_cache(smol.model.config)
+        with torch.inference_mode(), comp.apply(smol.model, cache, prompt):
+            kvcache.call(smol.model, cache, input_ids=prompt.input_ids[:, :t], use_cache=True)
+        kept[spec] = [
+            [set(i[m].tolist()) for i, m in zip(idx[0], mask[0])] for idx, mask in (picked[x] for x in sorted(picked))
+        ]
+        call = SimpleNamespace(prompt=prompt, inputs={"input_ids": prompt.input_ids}, model=smol.model)
+        pieces = comp.repeat_ids(call, t)
+        start = system if "keep" in spec else 0
+        assert torch.equal(
+            torch.cat([p[:, -min(comp.chunk, t - start) :] for p in pieces], 1)[0], prompt.input_ids[0, start:t]
+        )
+    assert all(set(range(system)) <= head for layer in kept["kvzip(keep_system_prompt=True)"] for head in layer)
+    assert not all(set(range(system)) <= head for layer in kept["kvzip"] for head in layer)  # the option matters
+    bare = get_compressor("kvzip(keep_system_prompt=True)")  # no prompt: nothing kept beyond the sinks
+    assert bare.system_end(SimpleNamespace(prompt=None), t) == 0
 
 
 def test_kvzip_assistant_header_is_the_templates_turn_change(smol):
