@@ -189,6 +189,40 @@ _FLASH_KERNELS = {
 }
 
 
+def keys_before(what: str, rows: int, n_keys: int) -> int:
+    """How many keys come before ``rows`` query rows that are the last of ``n_keys`` keys (rows fed after cached
+    keys). Raises ``ConfigError``, naming ``what``, when there are more rows than keys."""
+    if rows > n_keys:
+        raise ConfigError(f"{what}: {rows} rows are more than the {n_keys} keys they are the last of")
+    return n_keys - rows
+
+
+def _flash_with_lse(
+    query: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Torch's flash kernel on rows that are the last ``R`` of the keys (``k``/``v`` already repeated per query
+    head): one call for the rows' own keys (causal, a square), one for the keys before them (all visible), joined
+    by their normalisers. (output (B, H, R, D) in the query's dtype, lse (B, H, R) float32), or None where the
+    kernel does not run (no kernel for the device, dtype or head size)."""
+    kernel = _FLASH_KERNELS.get(query.device.type)
+    if kernel is None:
+        return None
+    r, offset = query.shape[2], k.shape[2] - query.shape[2]
+    try:
+        own = kernel(query, k[:, :, offset:], v[:, :, offset:], dropout_p=0.0, is_causal=True, scale=scale)
+        out, lse = own[0], own[1][..., :r].float()
+        if offset:
+            past = kernel(query, k[:, :, :offset], v[:, :, :offset], dropout_p=0.0, is_causal=False, scale=scale)
+            lse_past = past[1][..., :r].float()
+            total = torch.logaddexp(lse, lse_past)
+            out = out.float() * (lse - total).exp()[..., None] + past[0].float() * (lse_past - total).exp()[..., None]
+            out, lse = out.to(query.dtype), total
+        return out, lse
+    except (RuntimeError, NotImplementedError) as e:  # no flash kernel for this dtype or head size here
+        logger.debug("flash attention refused (%s); computed in blocks instead", e)
+        return None
+
+
 @dataclass
 class RowSoftmax:
     """Query rows as an attention function read them, and each row's softmax normaliser: ``queries`` (B, H, R, D),
@@ -216,30 +250,15 @@ def attention_with_lse(
     float32 blocks. Raises ``ConfigError`` for more rows than keys."""
     b, n_h, r, d = query.shape
     n_kv, t_k = key.shape[1], key.shape[2]
-    offset = t_k - r
-    if offset < 0:
-        raise ConfigError(f"attention_with_lse: {r} rows are more than the {t_k} keys they are the last of")
+    keys_before("attention_with_lse", r, t_k)
     if r == 0:
         return query.new_zeros(b, n_h, 0, value.shape[-1]), query.new_zeros(b, n_h, 0, dtype=torch.float32)
     scale = d**-0.5 if scale is None else scale
     g = n_h // n_kv
     k, v = (x.repeat_interleave(g, dim=1) if g > 1 else x for x in (key, value))
-    kernel = _FLASH_KERNELS.get(query.device.type)
-    if kernel is not None:
-        try:
-            own = kernel(query, k[:, :, offset:], v[:, :, offset:], dropout_p=0.0, is_causal=True, scale=scale)
-            out, lse = own[0], own[1][..., :r].float()
-            if offset:
-                past = kernel(query, k[:, :, :offset], v[:, :, :offset], dropout_p=0.0, is_causal=False, scale=scale)
-                lse_past = past[1][..., :r].float()
-                total = torch.logaddexp(lse, lse_past)
-                out = (
-                    out.float() * (lse - total).exp()[..., None] + past[0].float() * (lse_past - total).exp()[..., None]
-                )
-                out, lse = out.to(query.dtype), total
-            return out, lse
-        except (RuntimeError, NotImplementedError) as e:  # no flash kernel for this dtype or head size here
-            logger.debug("attention_with_lse: flash attention refused (%s); SDPA and scores in blocks", e)
+    flash = _flash_with_lse(query, k, v, scale)
+    if flash is not None:
+        return flash
     from torch.nn.attention.bias import causal_lower_right
 
     out = torch.nn.functional.scaled_dot_product_attention(
@@ -260,22 +279,13 @@ def row_logsumexp(queries: torch.Tensor, keys: torch.Tensor, flash: bool = True)
     rows instead. Raises ``ConfigError`` for more rows than keys."""
     b, n_h, r, d = queries.shape
     n_kv, t_k = keys.shape[1], keys.shape[2]
-    offset = t_k - r
-    if offset < 0:
-        raise ConfigError(f"row_logsumexp: {r} rows are more than the {t_k} keys they are the last of")
+    offset = keys_before("row_logsumexp", r, t_k)
     if r == 0:  # torch's CPU kernel divides by the row count
         return queries.new_zeros(b, n_h, 0, dtype=torch.float32)
     k = keys.to(queries.dtype).repeat_interleave(n_h // n_kv, dim=1)
-    kernel = _FLASH_KERNELS.get(queries.device.type)
-    if flash and kernel is not None:
-        try:
-            out = kernel(queries, k[:, :, offset:], k[:, :, offset:], dropout_p=0.0, is_causal=True, scale=1.0)[1]
-            if offset:
-                past = kernel(queries, k[:, :, :offset], k[:, :, :offset], dropout_p=0.0, is_causal=False, scale=1.0)
-                out = torch.logaddexp(out, past[1])
-            return out[..., :r].float()
-        except (RuntimeError, NotImplementedError) as e:  # no flash kernel for this dtype or head size here
-            logger.debug("row_logsumexp: flash attention refused (%s); scores in blocks", e)
+    got = _flash_with_lse(queries, k, k, 1.0) if flash else None
+    if got is not None:
+        return got[1]
     out = torch.empty(b, n_h, r, dtype=torch.float32, device=queries.device)
     step = max(1, (1 << 22) // max(1, n_h * t_k))
     rows = torch.arange(r, device=queries.device)
