@@ -12,7 +12,10 @@ Rerankers, context compressors, KV-cache compressors and AttnTrace all call this
 * ``attention_to_spans(model, input_ids, spans, rows)``: a whole forward pass, every (chosen) layer, with
   the attention mass per named span;
 * ``layer_input(model, input_ids, layer)``: the decoder run only up to one layer's input, whose normed input and
-  rotary embedding ``rows_attention`` then reads (InfiniRetri reads one layer per window).
+  rotary embedding ``rows_attention`` then reads (InfiniRetri reads one layer per window);
+* ``attention_with_lse(query, key, value)`` and ``max_attention(...)``: rows fed after cached keys (KVzip's
+  reconstruction): their output with each row's softmax normaliser, from the flash kernel, and the largest
+  probability any of them pays each cached key, without writing the probabilities out.
 """
 
 from __future__ import annotations
