@@ -192,12 +192,26 @@ _FLASH_KERNELS = {
 }
 
 
-def keys_before(what: str, rows: int, n_keys: int) -> int:
-    """How many keys come before ``rows`` query rows that are the last of ``n_keys`` keys (rows fed after cached
-    keys). Raises ``ConfigError``, naming ``what``, when there are more rows than keys."""
-    if rows > n_keys:
-        raise ConfigError(f"{what}: {rows} rows are more than the {n_keys} keys they are the last of")
-    return n_keys - rows
+def keys_before(what: str, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor | None = None) -> int:
+    """How many keys come before the rows of ``query`` (B, H, R, D) that are the last ``R`` of ``key``'s
+    (B, H_kv, T_k, D) (rows fed after cached keys), checking that the shapes fit: the same batch and head size,
+    ``H`` a multiple of ``H_kv``, ``value`` as long as ``key``, ``R <= T_k``. Raises ``ConfigError`` naming
+    ``what`` and the shapes."""
+    shapes = f"query {tuple(query.shape)}, key {tuple(key.shape)}" + (
+        "" if value is None else f", value {tuple(value.shape)}"
+    )
+    if query.dim() != 4 or key.dim() != 4 or (value is not None and value.dim() != 4):
+        raise ConfigError(f"{what}: (B, H, T, D) tensors expected, got {shapes}")
+    (b, n_h, r, d), (bk, n_kv, t_k, dk) = query.shape, key.shape
+    if b != bk or d != dk or n_kv < 1 or n_h % n_kv:
+        raise ConfigError(
+            f"{what}: {shapes} do not fit (same batch and head size, query heads a multiple of key heads)"
+        )
+    if value is not None and (value.shape[:3] != key.shape[:3]):
+        raise ConfigError(f"{what}: {shapes} do not fit (values as many as keys)")
+    if r > t_k:
+        raise ConfigError(f"{what}: {r} rows are more than the {t_k} keys they are the last of")
+    return t_k - r
 
 
 def _flash_with_lse(
@@ -211,6 +225,7 @@ def _flash_with_lse(
     if kernel is None:
         return None
     r, offset = query.shape[2], k.shape[2] - query.shape[2]
+    query, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (query, k, v))  # the kernel reads rows whole
     try:
         own = kernel(query, k[:, :, offset:], v[:, :, offset:], dropout_p=0.0, is_causal=True, scale=scale)
         out, lse = own[0], own[1][..., :r].float()
@@ -251,9 +266,9 @@ def attention_with_lse(
     CUDA): one call for the rows' own keys (causal, a square), one for the keys before them (all visible),
     joined by their normalisers. Elsewhere, SDPA under torch's ``causal_lower_right`` and :func:`row_logsumexp`'s
     float32 blocks. Raises ``ConfigError`` for more rows than keys."""
+    keys_before("attention_with_lse", query, key, value)
     b, n_h, r, d = query.shape
     n_kv, t_k = key.shape[1], key.shape[2]
-    keys_before("attention_with_lse", r, t_k)
     if r == 0:
         return query.new_zeros(b, n_h, 0, value.shape[-1]), query.new_zeros(b, n_h, 0, dtype=torch.float32)
     scale = d**-0.5 if scale is None else scale
@@ -280,9 +295,9 @@ def row_logsumexp(queries: torch.Tensor, keys: torch.Tensor, flash: bool = True)
     square) and one for the keys before them (all visible), joined with ``logaddexp``. Where that kernel does not
     run (float32 on CUDA, other devices) or with ``flash=False``, the scores are computed in float32 in blocks of
     rows instead. Raises ``ConfigError`` for more rows than keys."""
+    offset = keys_before("row_logsumexp", queries, keys)
     b, n_h, r, d = queries.shape
     n_kv, t_k = keys.shape[1], keys.shape[2]
-    offset = keys_before("row_logsumexp", r, t_k)
     if r == 0:  # torch's CPU kernel divides by the row count
         return queries.new_zeros(b, n_h, 0, dtype=torch.float32)
     k = keys.to(queries.dtype).repeat_interleave(n_h // n_kv, dim=1)

@@ -256,7 +256,7 @@ class KVzap(KVzip):
     surrogate:
         Path of a surrogate file (see the module docstring); None: the bundled one for the model, else KVzip+'s
         own scores.
-    scope, safeguard, kernel_size, n_sink:
+    scope, safeguard, kernel_size, keep_system_prompt, n_sink:
         As in :class:`KVzip` (``safeguard=0.2`` by default, as the KVzip setting the development slice chose).
     chunk, instruction, assistant_turn, plus:
         The reconstruction's, as in :class:`KVzip`, used only without a surrogate; by default the layout that the

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from ragcore.stages import option
 
 if TYPE_CHECKING:
     from ragcore.prompt import Prompt
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -78,7 +81,9 @@ class KVzip(KVCompressor):
         Keep the prompt's tokens before its first passage (the chat template's system turn with the instruction,
         and the user turn's opening) in every head, and reconstruct the passages on only: the layout of the
         paper's code (its ``evict_range`` starts after the system prompt, and its reconstruction repeats the
-        context alone). Needs a ``Prompt`` with passages (``Generator`` gives it); no effect otherwise. Measured
+        context alone). The system prompt counts in the budget, as ``n_sink`` does, and is kept only while it
+        takes at most half of each head's tokens (a warning otherwise, and it is scored like the passages); the
+        sinks come first. Needs a ``Prompt`` with passages (``Generator`` gives it); no effect otherwise. Measured
         question-agnostic with qwen2.5-0.5b: 2 questions of 300 ahead on the development slice, 0.5 points behind
         pooled over 1283 unseen questions (docs/RESULTS.md, kvzip-system-dev-gpu and kvzip-system-head-gpu), so
         off in ``compress.kv.DEFAULT_AGNOSTIC``.
@@ -169,6 +174,14 @@ class KVzip(KVCompressor):
             prot = prot.clone()
             prot[:system] = True
             floor = priority_floor(prot)
+            floor[: self.n_sink] = 3e30  # above every other protected position (<= 2e30): the sinks first
+        elif self.keep_system_prompt and self.system_span(call, t):
+            logger.warning(
+                "kvzip: keep_system_prompt: the %d tokens before the first passage are over half of the %d kept per "
+                "head, so they are scored like the passages (lower the ratio to keep them)",
+                self.system_span(call, t),
+                self.n_keep(t),
+            )
         if self.scope == "layer":
             for layer, s in enumerate(scores):
                 idx, _ = self.select(torch.maximum(s, floor), k)
@@ -185,13 +198,21 @@ class KVzip(KVCompressor):
             return scores
         return F.max_pool1d(scores, self.kernel_size, stride=1, padding=self.kernel_size // 2)
 
-    def system_end(self, call: KVCall, t: int) -> int:
-        """With ``keep_system_prompt``, where the prompt's first passage starts (the tokens before it are the system
-        prompt); 0 otherwise, or without a prompt with passages."""
+    @staticmethod
+    def system_span(call: KVCall, t: int) -> int:
+        """Where the prompt's first passage starts, within the ``t`` cached tokens (the tokens before it are the
+        system prompt); 0 without a prompt with passages."""
         prompt = call.prompt
-        if not self.keep_system_prompt or prompt is None or not prompt.passages:
+        if prompt is None or not prompt.passages:
             return 0
         return min(prompt.passage_spans()[0][0], t)
+
+    def system_end(self, call: KVCall, t: int) -> int:
+        """With ``keep_system_prompt``, the tokens kept and not reconstructed: the system prompt
+        (:meth:`system_span`) when it takes at most half of the ``n_keep(t)`` tokens kept per head, so that the
+        passages keep the other half at least; 0 otherwise."""
+        span = self.system_span(call, t) if self.keep_system_prompt else 0
+        return span if 2 * span <= self.n_keep(t) else 0
 
     def repeat_ids(self, call: KVCall, t: int) -> list[torch.Tensor]:
         """The reconstruction inputs: per chunk of the context, the instruction then the chunk's tokens."""
@@ -243,6 +264,9 @@ class KVzip(KVCompressor):
             for layer in range(call.n_layers):  # crop the reconstruction off again
                 k, v = kvcache.get_kv(call.cache, layer)
                 kvcache.set_kv(call.cache, layer, k[:, :, :t], v[:, :, :t])
+        if not best:  # nothing to reconstruct (every cached token kept as the system prompt): no scores
+            keys = kvcache.get_kv(call.cache, 0)[0]
+            return [keys.new_zeros(*keys.shape[:2], t, dtype=torch.float32) for _ in range(call.n_layers)]
         return [best[layer] for layer in range(call.n_layers)]
 
 

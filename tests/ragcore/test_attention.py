@@ -1,5 +1,7 @@
 """The attention module against eager attention, on the bundled models and tiny random-init ones."""
 
+import re
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
@@ -317,3 +319,38 @@ def test_recorded_row_softmax_gives_the_same_outputs_and_max_attention():
     with torch.no_grad():  # outside the block nothing is recorded
         kvcache.call(model, rec_cache, input_ids=ids[:, 20:21], use_cache=True)
     assert recorded == {}
+
+
+def test_attention_with_lse_refuses_shapes_that_do_not_fit_and_reads_strided_inputs():
+    """Shapes the flash kernel would read out of bounds are refused with the shapes quoted; a query or keys
+    whose last dimension is strided give the same result as contiguous copies."""
+    from ragcore.attention import attention_with_lse, row_logsumexp
+
+    g = torch.Generator().manual_seed(6)
+    q, k, v = (
+        torch.randn(2, 4, 5, 8, generator=g),
+        torch.randn(2, 2, 9, 8, generator=g),
+        torch.randn(2, 2, 9, 8, generator=g),
+    )
+    bad = {
+        "query heads a multiple": (torch.randn(2, 3, 5, 8), k, v),
+        "query heads a multiple ": (q[:, :1], k, v),  # fewer query heads than key heads
+        "same batch": (q[:1], k, v),
+        "values as many": (q, k, v[:, :, :8]),
+        "(B, H, T, D)": (q[0], k, v),
+    }
+    for what, args in bad.items():
+        with pytest.raises(ConfigError, match=re.escape(what.strip())):
+            attention_with_lse(*args)
+    with pytest.raises(ConfigError, match="query heads a multiple"):
+        row_logsumexp(q[:, :1], k)
+    want_out, want_lse = attention_with_lse(q, k, v)
+    strided_q = torch.randn(2, 4, 5, 16, generator=g)[..., ::2]
+    strided_q.copy_(q)
+    strided_k = k.transpose(-1, -2).contiguous().transpose(-1, -2)
+    got_out, got_lse = attention_with_lse(strided_q, strided_k, v)
+    torch.testing.assert_close(got_out, want_out)
+    torch.testing.assert_close(got_lse, want_lse)
+    same_heads = attention_with_lse(q[:, :2], strided_k, v)  # H == H_kv: the keys reach the kernel as they are
+    torch.testing.assert_close(same_heads[1], attention_with_lse(q[:, :2], k, v)[1])
+    torch.testing.assert_close(row_logsumexp(strided_q * 0.5, k), row_logsumexp(q * 0.5, k))

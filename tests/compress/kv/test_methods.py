@@ -371,8 +371,7 @@ def test_kvzip_options_change_the_selection(smol):
         "kvzip(assistant_turn=True)",
         "kvzip(safeguard=0.5)",
         "kvzip(kernel_size=5)",
-        "kvzip(keep_system_prompt=True)",
-    ):
+    ):  # keep_system_prompt: its own test (this prompt's system part is over half of the budget)
         picked: dict = {}
         comp = recording(get_compressor(spec, ratio=0.7), picked)
         cache = kvcache.new_cache(smol.model.config)
@@ -433,15 +432,21 @@ def test_kvzip_scores_from_the_layers_own_normalisers_equal_recomputed_ones(smol
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
 
 
-def test_kvzip_keep_system_prompt_keeps_it_everywhere_and_repeats_the_passages_only(smol):
+def test_kvzip_keep_system_prompt_keeps_it_everywhere_and_repeats_the_passages_only(smol, caplog):
     """keep_system_prompt: every head of every layer keeps the tokens before the first passage, and the
-    reconstruction repeats the prompt from the first passage on (the system prompt is not part of it)."""
+    reconstruction repeats the prompt from the first passage on (the system prompt is not part of it); a system
+    prompt over half of each head's budget is scored like the passages instead, with a warning."""
     from ragcore.prompt import build_prompt
+    from ragcore.types import Chunk
 
-    prompt = build_prompt(smol.tokenizer, QUESTION, PASSAGES)
+    passages = [
+        *PASSAGES,
+        *(Chunk(f"Filler sentence number {i} about nothing much at all.", f"f{i}") for i in range(6)),
+    ]
+    prompt = build_prompt(smol.tokenizer, QUESTION, passages)
     t = prompt.question_start
     system = prompt.passage_spans()[0][0]
-    assert 10 < system < get_compressor("kvzip", ratio=0.4).n_keep(t)  # the system prompt fits the budget
+    assert system > 10 and 2 * system <= get_compressor("kvzip", ratio=0.4).n_keep(t)  # it fits half the budget
     kept = {}
     for spec in ("kvzip", "kvzip(keep_system_prompt=True)"):
         picked: dict = {}
@@ -462,6 +467,16 @@ def test_kvzip_keep_system_prompt_keeps_it_everywhere_and_repeats_the_passages_o
     assert not all(set(range(system)) <= head for layer in kept["kvzip"] for head in layer)  # the option matters
     bare = get_compressor("kvzip(keep_system_prompt=True)")  # no prompt: nothing kept beyond the sinks
     assert bare.system_end(SimpleNamespace(prompt=None), t) == 0
+    # a budget the system prompt would take over half of: scored like the passages, and said so
+    tight = get_compressor("kvzip(keep_system_prompt=True)", ratio=0.8)
+    assert 2 * system > tight.n_keep(t) and tight.system_end(call, t) == 0
+    picked = {}
+    cache = kvcache.new_cache(smol.model.config)
+    with torch.inference_mode(), recording(tight, picked).apply(smol.model, cache, prompt):
+        kvcache.call(smol.model, cache, input_ids=prompt.input_ids[:, :t], use_cache=True)
+    assert "keep_system_prompt" in caplog.text and len(picked) == smol.model.config.num_hidden_layers
+    heads = [set(i[m].tolist()) for idx, mask in picked.values() for i, m in zip(idx[0], mask[0])]
+    assert all(head - set(range(system)) for head in heads)  # every head keeps passage tokens
 
 
 def test_kvzip_assistant_header_is_the_templates_turn_change(smol):
