@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from bench.decode_step import QWEN25_05B, environment, model
-from bench.results import check_outputs, finish, output_args, render_files
+from bench.results import check_outputs, finish, median_ratio, output_args, render_files
 from compress.kv import DEFAULT_AGNOSTIC
 from ragcore import cache as kvcache
 from ragcore.errors import ConfigError
@@ -105,10 +105,7 @@ def render(results: list[dict[str, Any]]) -> str:
         for row in r["rows"]:
             plain = row["seconds"].get("none")
             for spec, secs in row["seconds"].items():
-                cost = "-"
-                if plain:
-                    q = sorted(a / b for a, b in zip(secs, plain))
-                    cost = f"{median(secs) / median(plain):.2f} ({q[0]:.2f}-{q[-1]:.2f})"
+                cost = median_ratio(secs, plain) if plain else "-"
                 lines.append(
                     f"| {r.get('run', '-')} | {r['device']} | {r['dtype']} | {r['layers']} | {row['tokens']} "
                     f"| `{spec}` | {len(secs)} | {median(secs):.3f} | {cost} |"

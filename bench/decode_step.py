@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from bench.results import check_outputs, finish, output_args, render_files
+from bench.results import check_outputs, finish, median_ratio, output_args, render_files
 from ragcore import cache as kvcache
 from ragcore.generator import GenerationConfig, Generator
 from ragcore.prompt import Prompt
@@ -184,17 +184,13 @@ def render(results: list[dict[str, Any]]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
-    def speedup(a: list[float], b: list[float]) -> str:  # median ratio, and its range over the runs
-        r = sorted(x / y for x, y in zip(a, b))
-        return f"{median(a) / median(b):.2f}x ({r[0]:.2f}-{r[-1]:.2f})"
-
     for r in results:
         for row in r["rows"]:
             a, b, c = row["sdpa_s"], row["grouped_s"], row["grouped_graph_s"]
             lines.append(
                 f"| {r['device']} | {r['dtype']} | {r['batch']} | {row['tokens']} | {row['masks']} | {len(a)} "
-                f"| {1e3 * median(a):.1f} | {1e3 * median(b):.1f} | {1e3 * median(c):.1f} | {speedup(a, b)} "
-                f"| {speedup(a, c)} | {row['grouped_logits_max_abs_diff']:.2g}, "
+                f"| {1e3 * median(a):.1f} | {1e3 * median(b):.1f} | {1e3 * median(c):.1f} | {median_ratio(a, b, 'x')} "
+                f"| {median_ratio(a, c, 'x')} | {row['grouped_logits_max_abs_diff']:.2g}, "
                 f"{row['grouped_graph_logits_max_abs_diff']:.2g} |"
             )
     return "\n".join(lines)

@@ -13,8 +13,9 @@ import re
 import shlex
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "RESULTS.md"
@@ -57,6 +58,13 @@ def _write_section(name: str, title: str, body: str, command: str | None, path: 
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def median_ratio(a: Sequence[float], b: Sequence[float], unit: str = "") -> str:
+    """``a`` over ``b``, runs paired: the ratio of their medians, then the range of the per-run ratios, as
+    ``"2.41x (2.30-2.56)"`` (``unit`` after the ratio)."""
+    r = sorted(x / y for x, y in zip(a, b, strict=True))
+    return f"{median(a) / median(b):.2f}{unit} ({r[0]:.2f}-{r[-1]:.2f})"
 
 
 def output_args(ap: Any) -> None:
