@@ -177,11 +177,15 @@ class CompressedContext:
         or a saved context (replaced); anything else there is refused with ``ContextCacheError`` and left as it
         is. Returns the folder."""
         from filelock import FileLock, Timeout
+        from safetensors import SafetensorError
         from safetensors.torch import save_file
 
-        folder = Path(folder)
+        folder = Path(os.path.abspath(folder))
         check_target(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ContextCacheError(f"cannot make {str(folder.parent)!r} for a saved context: {e}") from None
         tensors = {"context_ids": self.context_ids.cpu().contiguous()}
         for i, (k, v) in enumerate(self.layers):
             tensors[f"keys.{i}"] = k.cpu().contiguous()
@@ -195,6 +199,8 @@ class CompressedContext:
             raise ContextCacheError(
                 f"{str(folder)!r} is being written by another process (waited {lock_timeout:g} s)"
             ) from None
+        except OSError as e:
+            raise ContextCacheError(f"cannot lock {str(folder)!r} for writing: {e}") from None
         try:
             check_target(folder)  # again, under the lock
             tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
@@ -221,12 +227,21 @@ class CompressedContext:
                 if folder.exists():
                     old = folder.with_name(f".{folder.name}.old.{os.getpid()}")
                     os.replace(folder, old)
-                os.replace(tmp, folder)
+                try:
+                    os.replace(tmp, folder)
+                except BaseException:
+                    if old is not None:  # the saved context back in place
+                        os.replace(old, folder)
+                    raise
                 if old is not None:
                     shutil.rmtree(old, ignore_errors=True)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
+        except (OSError, SafetensorError) as e:  # a full disk, a folder taken away: what was there is left as it was
+            raise ContextCacheError(
+                f"could not write the context to {str(folder)!r}: {e} (nothing there changed)"
+            ) from None
         finally:
             lock.release()
         return folder
@@ -404,12 +419,27 @@ def is_saved_context(folder: Path) -> bool:
 
 
 def check_target(folder: Path) -> None:
-    """Refuse a path that :meth:`CompressedContext.save` must not replace: a file, a folder holding anything but
-    a saved context, or a path under a file. Raises ``ContextCacheError`` quoting the path."""
+    """Refuse a path that :meth:`CompressedContext.save` must not replace or cannot write: a file, a folder holding
+    anything but a saved context, a path under a file, the current folder (or one holding it) and a filesystem
+    root (the save renames a new folder into place), or a place where no folder can be made (tried: a temporary
+    folder is made there and removed). Raises ``ContextCacheError`` quoting the path."""
+    folder = Path(os.path.abspath(folder))
+    if folder == Path(folder.anchor):
+        raise ContextCacheError(f"{str(folder)!r} is a filesystem root: give a folder for the saved context")
+    if folder.exists() and folder.is_dir() and (Path.cwd() == folder or folder in Path.cwd().parents):
+        raise ContextCacheError(
+            f"{str(folder)!r} is the current folder or holds it, which saving would replace: give a folder inside it"
+        )
     for parent in folder.parents:
         if parent.exists():
             if not parent.is_dir():
                 raise ContextCacheError(f"cannot save a context under {str(parent)!r}: it is a file, not a folder")
+            try:  # where the save's temporary folder (or the missing parents) will go
+                os.rmdir(tempfile.mkdtemp(prefix=f".{folder.name}.probe.", dir=parent))
+            except OSError as e:
+                raise ContextCacheError(
+                    f"cannot save a context at {str(folder)!r}: {str(parent)!r} is not writable ({e.strerror or e})"
+                ) from None
             break
     if not folder.exists():
         return

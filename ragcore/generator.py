@@ -21,6 +21,7 @@ from ragcore import cache as kvcache
 from ragcore.errors import ConfigError, PromptTooLongError
 from ragcore.models import DEFAULT_GENERATOR, load_generator
 from ragcore.prompt import Prompt, build_prompt, build_prompts
+from ragcore.registry import registry
 from ragcore.types import Chunk, ScoredChunk
 
 if TYPE_CHECKING:
@@ -206,12 +207,13 @@ class Generator:
         question: str | Prompt,
         passages: Sequence[Chunk | ScoredChunk] | None = None,
         config: GenerationConfig | None = None,
-        compressor: KVCompressor | None = None,
+        compressor: KVCompressor | str | None = None,
         query_aware: bool = False,
     ) -> Generation:
         """Generate an answer; ``question`` may be a ready ``Prompt``.
 
-        ``compressor`` compresses the KV cache after prefill. By default (question-agnostic) only the prompt
+        ``compressor`` (a KV compressor or its spec string, e.g. ``"kvzip(ratio=0.5)"``) compresses the KV cache
+        after prefill. By default (question-agnostic) only the prompt
         before the ``question`` span is prefilled under compression, so the compressed context does not depend
         on the question; the question tokens are then fed on the compressed cache. ``query_aware=True``
         prefills the whole prompt under compression. ``Generation.stats`` gets ``kv_bytes`` (held after
@@ -252,7 +254,7 @@ class Generator:
         self,
         prompts: Sequence[Prompt],
         config: GenerationConfig | None = None,
-        compressor: KVCompressor | None = None,
+        compressor: KVCompressor | str | None = None,
         query_aware: bool = False,
     ) -> list[Generation]:
         """Generate for several ready prompts: each is prefilled (and compressed) on its own, as
@@ -523,10 +525,11 @@ class Generator:
         return out, "max_new_tokens"
 
     def _prefill(
-        self, prompt: Prompt, compressor: KVCompressor | None, query_aware: bool, hooks: contextlib.ExitStack
+        self, prompt: Prompt, compressor: KVCompressor | str | None, query_aware: bool, hooks: contextlib.ExitStack
     ) -> tuple[Any, torch.Tensor, dict[str, Any], Any]:
         """Prefill ``prompt`` (compressing with ``compressor``, whose hooks join ``hooks``): the cache, the
         next-token logits (1, V), the cache statistics and the compressor's call (None without one)."""
+        compressor = kv_compressor(compressor)
         model = self.model
         dev = model.device
         ids = prompt.input_ids.to(dev)
@@ -596,6 +599,20 @@ class Generator:
         t2 = time.perf_counter()
         text = self.tokenizer.decode(out, skip_special_tokens=True).strip() if self.tokenizer else ""
         return Generation(text, out, n, t1 - t0, t2 - t1, stopped, stats)
+
+
+def kv_compressor(compressor: Any) -> Any:
+    """A KV compressor as :meth:`Generator.generate` takes it: an instance as it is, a spec string built by the
+    ``kv_compressor`` registry (``"kvzip(ratio=0.5)"``; without a ratio nothing is removed), None for none.
+    Raises ``ConfigError`` for a bad spec or anything else."""
+    if isinstance(compressor, str):
+        return registry("kv_compressor").build(compressor)
+    if compressor is None or hasattr(compressor, "apply"):
+        return compressor
+    raise ConfigError(
+        f"compressor must be a KV compressor or its spec string, got {type(compressor).__name__} {compressor!r}",
+        param="compressor",
+    )
 
 
 def _drain(steps: Generator_[int, None, R]) -> R:

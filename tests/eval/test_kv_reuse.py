@@ -95,6 +95,10 @@ def test_ask_with_a_context_cache(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith("ragcore: error: --context-cache:") and "a file, not a folder" in err
     assert afile.read_text() == "x"
+    for bad, why in (("/proc/ragcore-ctx", "'/proc' is not writable"), ("/", "holds no saved context")):
+        assert main([*base[:-2], bad, "--json"]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("ragcore: error: --context-cache:") and why in err and "Traceback" not in err
     (cc / "kv.safetensors").write_bytes((cc / "kv.safetensors").read_bytes()[:100])
     assert main(base) == 1
     assert "truncated" in capsys.readouterr().err

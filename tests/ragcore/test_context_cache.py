@@ -128,6 +128,46 @@ def test_save_replaces_only_an_empty_folder_or_a_saved_context(smol, tmp_path):
     assert CompressedContext.load(ctx.save(tmp_path / "empty"), smol).compressor == ctx.compressor
 
 
+def test_save_refuses_places_it_cannot_write_and_a_failed_write_keeps_the_saved_context(smol, tmp_path, monkeypatch):
+    """The current folder, a filesystem root and a place where no folder can be made are refused before any
+    writing; a write that fails (a full disk) is a ContextCacheError and leaves the saved context as it was."""
+    import safetensors.torch
+
+    ctx = smol.prefill_context(PASSAGES, "knorm", ratio=0.5)
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    for target, match in (
+        (".", "current folder"),
+        (str(tmp_path), "current folder or holds it"),
+        ("/", "filesystem root"),
+        ("/proc/ragcore-ctx", "'/proc' is not writable"),
+    ):
+        with pytest.raises(ContextCacheError, match=match):
+            ctx.save(target)
+    assert not any(here.iterdir())
+    saved = ctx.save(tmp_path / "ctx")
+    before = {p.name: p.read_bytes() for p in saved.iterdir()}
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    with pytest.raises(ContextCacheError, match="No space left on device.*nothing there changed"):
+        ctx.save(saved)
+    assert {p.name: p.read_bytes() for p in saved.iterdir()} == before
+    assert {p.name for p in tmp_path.iterdir()} - {".ctx.lock"} == {"ctx", "here"}  # no temporary folder left
+    assert CompressedContext.load(saved, smol).ask(QUESTION, CFG).text == ctx.ask(QUESTION, CFG).text
+
+
+def test_generator_takes_a_compressor_spec_string_and_refuses_anything_else(smol):
+    want = smol.generate(QUESTION, PASSAGES, CFG, compressor=get_compressor("knorm", ratio=0.5))
+    got = smol.generate(QUESTION, PASSAGES, CFG, compressor="knorm(ratio=0.5)")
+    assert got.token_ids == want.token_ids and got.stats["kv_bytes"] == want.stats["kv_bytes"]
+    with pytest.raises(ConfigError, match="compressor must be a KV compressor or its spec string, got int 5"):
+        smol.generate(QUESTION, PASSAGES, CFG, compressor=5)
+
+
 def test_a_question_that_leaves_no_room_for_the_answer_is_refused(smol):
     ctx = smol.prefill_context(PASSAGES, "knorm", ratio=0.5)
     long = "why " * smol.context_window
