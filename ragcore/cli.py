@@ -230,9 +230,17 @@ def _cmd_ask(a: argparse.Namespace) -> int:
                 "its own in its spec (e.g. --compress-context 'crag(ratio=0.5)')",
                 param="ratio",
             )
-        use = a.compressor not in (None, "none") and not a.context_cache
-        # a ratio or budget in the spec is used as given (the registry refuses one given both ways); neither: 0.5
-        comp = context_compressor(a.compressor, a.ratio) if use else None
+        # a ratio or budget in the spec is used as given (the registry refuses one given both ways); neither: 0.5.
+        # Built here also for --context-cache (which builds its own later), so a bad spec fails before any loading
+        comp = None
+        if a.compressor not in (None, "none"):
+            for flag, ratio in (("compressor", None), ("ratio", a.ratio)):  # the spec alone, then with --ratio
+                try:
+                    comp = context_compressor(a.compressor, ratio)
+                except ConfigError as e:
+                    e.param = flag
+                    raise
+        comp = None if a.context_cache else comp
         retriever = HybridRetriever.load(a.index, version=a.index_version, min_score=a.min_score)
         p = Pipeline(
             retriever,

@@ -106,12 +106,22 @@ def test_ask_compressor_spec_and_ratio(tmp_path, corpus, capsys):
     assert main([*base, "--compressor", "knorm(budget=8)"]) == 0
     assert "(knorm, ratio 0.0)" in capsys.readouterr().out
     assert main([*base, "--compressor", "snapkv(ratio=0.9)", "--ratio", "0.5"]) == 1
-    assert "ratio is set twice" in capsys.readouterr().err
+    assert capsys.readouterr().err.startswith("ragcore: error: --ratio: ratio is set twice")
     assert main([*base, "--compressor", "chunk(chunk_size=5:snapkv"]) == 1
     assert "unbalanced brackets" in capsys.readouterr().err
     assert main([*base, "--compressor", "snapkv(windw=4)"]) == 1
     err = capsys.readouterr().err
     assert "unknown option 'windw'" in err and "window, kernel_size" in err
+    # each error names the flag whose value is at fault, also with --context-cache (before any loading)
+    for args, flag, what in (
+        (["--compressor", "kvzip(chunk=0)"], "--compressor", "chunk must be a positive integer, got 0"),
+        (["--compressor", "kvzip", "--ratio", "1.5"], "--ratio", "got 1.5"),
+        (["--compressor", "kvzip(chunk=0)", "--context-cache", str(tmp_path / "cc")], "--compressor", "got 0"),
+    ):
+        assert main([*base, *args]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"ragcore: error: {flag}: ") and what in err, err
+    assert not (tmp_path / "cc").exists()
     assert main([*base, "--compress-context", "crag", "--ratio", "0.7"]) == 1  # --ratio would be ignored
     assert "--ratio 0.7 is the KV compressor's and needs --compressor NAME" in capsys.readouterr().err
 
