@@ -15,7 +15,7 @@ from torch import nn
 from compress.kv.adaptive import adaptive_budgets
 from compress.kv.base import KVBudget, KVCall, KVCompressor, LayerPrefill, priority_floor
 from ragcore import cache as kvcache
-from ragcore.attention import max_attention
+from ragcore.attention import RowSoftmax, max_attention
 from ragcore.errors import ConfigError
 from ragcore.stages import option
 
@@ -175,11 +175,11 @@ class KVzip(KVCompressor):
             prot[:system] = True
             floor = priority_floor(prot)
             floor[: self.n_sink] = 3e30  # above every other protected position (<= 2e30): the sinks first
-        elif self.keep_system_prompt and self.system_span(call, t):
+        elif self.keep_system_prompt and (span := self.system_span(call, t)):
             logger.warning(
                 "kvzip: keep_system_prompt: the %d tokens before the first passage are over half of the %d kept per "
                 "head, so they are scored like the passages (lower the ratio to keep them)",
-                self.system_span(call, t),
+                span,
                 self.n_keep(t),
             )
         if self.scope == "layer":
@@ -239,7 +239,7 @@ class KVzip(KVCompressor):
         base = getattr(model, model.base_model_prefix, model)
         best: dict[int, torch.Tensor] = {}
         norms: dict[int, torch.Tensor] = {}  # KVzip+: per layer, the context values' output norms
-        recorded: dict[int, Any] = {}  # per layer, the chunk's RowSoftmax from the layer's attention
+        recorded: dict[int, RowSoftmax] = {}  # per layer, the chunk's queries and normalisers from its attention
 
         def capture(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
             if kvcache.from_call(kwargs) is not call.cache:
