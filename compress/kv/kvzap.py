@@ -258,7 +258,7 @@ class KVzap(KVzip):
         own scores.
     scope, safeguard, kernel_size, keep_system_prompt, n_sink:
         As in :class:`KVzip` (``safeguard=0.2`` by default, as the KVzip setting the development slice chose).
-    chunk, instruction, assistant_turn, plus:
+    chunk, instruction, assistant_turn, plus, score_dtype:
         The reconstruction's, as in :class:`KVzip`, used only without a surrogate; by default the layout that the
         bundled surrogates predict (``assistant_turn=True, plus=True``: KVzip+ in the paper's chat layout).
     ratio, budget, protect_last:

@@ -15,7 +15,7 @@ from torch import nn
 from compress.kv.adaptive import adaptive_budgets
 from compress.kv.base import KVBudget, KVCall, KVCompressor, LayerPrefill, priority_floor
 from ragcore import cache as kvcache
-from ragcore.attention import RowSoftmax, max_attention
+from ragcore.attention import RowSoftmax, bfloat16_products, max_attention
 from ragcore.errors import ConfigError
 from ragcore.stages import option
 
@@ -53,8 +53,9 @@ class KVzip(KVCompressor):
     ----------
     scope:
         ``"global"`` (the paper and kvpress's default): one threshold over every layer and head, so budgets move
-        between layers and heads (uneven budgets enforced by masks, ``masks_only``); ``"layer"``: ``k`` tokens in
-        every head of every layer (a physically smaller cache).
+        between layers and heads (uneven budgets enforced by masks, ``masks_only``); ``"heads"`` (kvpress's
+        ``layerwise=True``): every layer keeps ``k x H_kv`` tokens, spread over its heads by one threshold per
+        layer (masks too); ``"layer"``: ``k`` tokens in every head of every layer (a physically smaller cache).
     chunk:
         Context tokens reconstructed per forward pass (memory O(chunk x T) per layer).
     instruction:
@@ -70,7 +71,7 @@ class KVzip(KVCompressor):
         normed hidden state, before the maximum.
     safeguard:
         Share of the uniform budget ``k`` that every head keeps at least (AdaKV's safeguard) with
-        ``scope="global"``; 0 leaves one token per head (the paper's pure global threshold).
+        ``scope="global"`` or ``"heads"``; 0 leaves one token per head (the paper's pure threshold).
     kernel_size:
         Width (odd) of a max-pool over each head's scores along the tokens (1: none), so that a token the
         reconstruction needs keeps its neighbours' scores up too: a phrase is kept or dropped together (ChunkKV's
@@ -87,13 +88,18 @@ class KVzip(KVCompressor):
         question-agnostic with qwen2.5-0.5b: 2 questions of 300 ahead on the development slice, 0.5 points behind
         pooled over 1283 unseen questions (docs/RESULTS.md, kvzip-system-dev-gpu and kvzip-system-head-gpu), so
         off in ``compress.kv.DEFAULT_AGNOSTIC``.
+    score_dtype:
+        The dtype of the reconstruction's score product: ``"model"`` (the model's), ``"bfloat16"``, or ``"auto"``
+        (bfloat16 for a float32 model on a CPU with bfloat16 dot products, :func:`ragcore.attention.bfloat16_products`,
+        else the model's): the scores' product in about a third of float32's time there, rounded as a bfloat16 model
+        on a GPU rounds them anyway (docs/RESULTS.md, compress-cost-cpu-bf16).
     n_sink:
         Leading tokens always kept.
     ratio, budget, protect_last:
         As in :class:`KVCompressor`.
     """
 
-    scope: str = option("global", choices=("global", "layer"))
+    scope: str = option("global", choices=("global", "heads", "layer"))
     chunk: int = option(2048, minimum=1)
     instruction: str = option("\n\nRepeat the previous context exactly.")
     assistant_turn: bool = option(False)
@@ -101,6 +107,7 @@ class KVzip(KVCompressor):
     safeguard: float = option(0.0, low=0, high=1)
     kernel_size: int = option(1, minimum=1)
     keep_system_prompt: bool = option(False)
+    score_dtype: str = option("auto", choices=("auto", "model", "bfloat16"))
     n_sink: int = option(4, minimum=0)
     name: ClassVar[str] = "kvzip"
     attention_based: ClassVar[bool] = True
@@ -114,7 +121,7 @@ class KVzip(KVCompressor):
             )
         if self.scope == "layer" and self.safeguard > 0:
             raise ConfigError(
-                f"kvzip: safeguard={self.safeguard!r} applies to scope='global' only (scope='layer' keeps k tokens "
+                f"kvzip: safeguard={self.safeguard!r} applies to scope='global' or 'heads' (scope='layer' keeps k tokens "
                 "in every head)",
                 param="safeguard",
             )
@@ -127,7 +134,7 @@ class KVzip(KVCompressor):
         return KVBudget(t if k >= t else self.floor(k), n_layers * n_kv * k)
 
     def floor(self, k: int) -> int:
-        """Tokens every head keeps at least, of a uniform budget ``k`` (``scope="global"``)."""
+        """Tokens every head keeps at least, of a uniform budget ``k`` (``scope="global"`` or ``"heads"``)."""
         return min(k, max(1, int(self.safeguard * k)))
 
     # ---- the reconstruction --------------------------------------------------------------------------------
@@ -165,8 +172,9 @@ class KVzip(KVCompressor):
 
     def prune_all(self, call: KVCall, scores: list[torch.Tensor], k: int) -> None:
         """Prune every layer by its scores (B, H_kv, T), attention-like (comparable across layers and heads, <= 1
-        where they matter): ``k`` tokens per head (``scope="layer"``), or the top ``L x H_kv x k`` (layer, head,
-        token) entries of the whole cache, every head keeping ``floor(k)`` at least (``scope="global"``)."""
+        where they matter): ``k`` tokens per head (``scope="layer"``), the top ``H_kv x k`` (head, token) entries of
+        each layer (``scope="heads"``) or the top ``L x H_kv x k`` (layer, head, token) entries of the whole cache
+        (``scope="global"``), every head keeping ``floor(k)`` at least in the last two."""
         t, h = scores[0].shape[-1], scores[0].shape[1]
         prot, floor = call.protected_floor(t, scores[0].device)
         system = self.system_end(call, t)
@@ -187,10 +195,21 @@ class KVzip(KVCompressor):
                 idx, _ = self.select(torch.maximum(s, floor), k)
                 self.prune_layer(call, layer, idx, None)
             return
-        budgets = adaptive_budgets(torch.cat(scores, 1), prot, k, self.floor(k), normalise=False)  # (B, L x H_kv)
+        if self.scope == "heads":  # one pool per layer
+            budgets = torch.cat([adaptive_budgets(s, prot, k, self.floor(k), normalise=False) for s in scores], 1)
+        else:  # one pool over the whole cache
+            budgets = adaptive_budgets(torch.cat(scores, 1), prot, k, self.floor(k), normalise=False)  # (B, L x H_kv)
         for layer, s in enumerate(scores):
             idx, mask = self.select(torch.maximum(s, floor), k, budgets[:, layer * h : (layer + 1) * h])
             self.prune_layer(call, layer, idx, torch.ones_like(idx, dtype=torch.bool) if mask is None else mask)
+
+    def product_dtype(self, keys: torch.Tensor) -> torch.dtype | None:
+        """The dtype of the score product for a model whose cache holds ``keys`` (None: the model's)."""
+        if self.score_dtype == "bfloat16":
+            return torch.bfloat16
+        if self.score_dtype == "auto" and keys.dtype == torch.float32 and keys.device.type == "cpu":
+            return torch.bfloat16 if bfloat16_products("cpu") else None
+        return None
 
     def pool(self, scores: torch.Tensor) -> torch.Tensor:
         """Scores (B, H_kv, T) max-pooled over ``kernel_size`` neighbouring tokens (same shape)."""
@@ -253,7 +272,10 @@ class KVzip(KVCompressor):
                 rows = hidden.float().norm(dim=-1).clamp_min(1e-6).reciprocal()
                 weights = {"row_scale": rows, "col_scale": norms[module.layer_idx]}
             soft = recorded.pop(module.layer_idx, None)  # the layer's own queries and normalisers, if it left them
-            a = max_attention(module, hidden, kwargs["position_embeddings"], keys, t, softmax=soft, **weights)
+            dtype = self.product_dtype(keys)
+            a = max_attention(
+                module, hidden, kwargs["position_embeddings"], keys, t, softmax=soft, dtype=dtype, **weights
+            )
             lay = module.layer_idx
             best[lay] = a if lay not in best else torch.maximum(best[lay], a)
 

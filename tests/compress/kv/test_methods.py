@@ -358,6 +358,55 @@ def test_kvzip_options_keep_the_budget(smol, spec):
         assert comp.floor(k) == int(0.5 * k) > 1
 
 
+def test_kvzip_scope_heads_keeps_each_layers_budget_spread_over_its_heads(smol):
+    """scope='heads' (kvpress's layerwise=True): every layer keeps H_kv x k pairs, its heads unevenly, each at
+    least the safeguard's floor; scope='global' moves pairs between layers."""
+    from ragcore.prompt import build_prompt
+
+    prompt = build_prompt(smol.tokenizer, QUESTION, PASSAGES)
+    t = prompt.question_start
+    kept = {}
+    for spec in ("kvzip(scope='heads', safeguard=0.2)", "kvzip(safeguard=0.2)"):
+        comp = get_compressor(spec, ratio=0.7)
+        cache = kvcache.new_cache(smol.model.config)
+        with torch.inference_mode(), comp.apply(smol.model, cache, prompt) as call:
+            kvcache.call(smol.model, cache, input_ids=prompt.input_ids[:, :t], use_cache=True)
+        kept[spec] = call.report.tokens_kept  # per layer, per head
+        k = comp.n_keep(t)
+        assert min(min(v) for v in kept[spec].values()) >= comp.floor(k) > 1
+    heads, pooled = kept["kvzip(scope='heads', safeguard=0.2)"], kept["kvzip(safeguard=0.2)"]
+    n_kv = smol.model.config.num_key_value_heads
+    assert {sum(v) for v in heads.values()} == {n_kv * k}
+    assert any(len(set(v)) > 1 for v in heads.values())  # the heads of a layer differ
+    assert len({sum(v) for v in pooled.values()}) > 1  # global: the layers differ
+
+
+def test_kvzip_bfloat16_products_keep_nearly_the_same_pairs(smol):
+    """score_dtype='bfloat16' rounds the reconstruction's scores as a bfloat16 model would: the kept pairs are
+    nearly those of float32 products, not all of them; 'auto' is one of the two, by the processor."""
+    from ragcore.attention import bfloat16_products
+    from ragcore.prompt import build_prompt
+
+    prompt = build_prompt(smol.tokenizer, QUESTION, PASSAGES)
+    t = prompt.question_start
+    kept = {}
+    for dtype in ("model", "bfloat16", "auto"):
+        picked: dict = {}
+        comp = recording(get_compressor("kvzip", ratio=0.5, score_dtype=dtype), picked)
+        cache = kvcache.new_cache(smol.model.config)
+        with torch.inference_mode(), comp.apply(smol.model, cache, prompt):
+            kvcache.call(smol.model, cache, input_ids=prompt.input_ids[:, :t], use_cache=True)
+        kept[dtype] = {
+            (layer, h, i)
+            for layer in sorted(picked)
+            for h, (idx, mask) in enumerate(zip(picked[layer][0][0], picked[layer][1][0]))
+            for i in idx[mask].tolist()
+        }
+    same = len(kept["model"] & kept["bfloat16"]) / len(kept["model"])
+    assert 0.95 < same < 1.0, same
+    assert kept["auto"] == kept["bfloat16" if bfloat16_products("cpu") else "model"]
+
+
 def test_kvzip_options_change_the_selection(smol):
     """Each option changes which pairs KVzip keeps (a test that could fail if an option were ignored)."""
     from ragcore.prompt import build_prompt
@@ -419,7 +468,7 @@ def test_kvzip_scores_from_the_layers_own_normalisers_equal_recomputed_ones(smol
     monkeypatch.setattr(kvcache, "record_row_softmax", counted)
     for mode in ("recorded", "recomputed"):
         now["mode"] = mode
-        comp = get_compressor(spec, ratio=0.5, chunk=40)  # several chunks
+        comp = get_compressor(spec, ratio=0.5, chunk=40, score_dtype="model")  # several chunks, float32 products
         cache = kvcache.new_cache(smol.model.config)
         with torch.inference_mode(), comp.apply(smol.model, cache, prompt):
             kvcache.call(smol.model, cache, input_ids=prompt.input_ids[:, :t], use_cache=True)
@@ -491,7 +540,7 @@ def test_kvzip_assistant_header_is_the_templates_turn_change(smol):
 
     with pytest.raises(ConfigError, match="refuses a lone user message.*assistant_turn=False"):
         assistant_header(SimpleNamespace(chat_template="x", apply_chat_template=refuse))
-    with pytest.raises(ConfigError, match="safeguard=0.3 applies to scope='global' only"):
+    with pytest.raises(ConfigError, match="safeguard=0.3 applies to scope='global' or 'heads'"):
         get_compressor("kvzip(scope='layer', safeguard=0.3)")
 
 
