@@ -318,16 +318,17 @@ def row_logsumexp(queries: torch.Tensor, keys: torch.Tensor, flash: bool = True)
 
 @functools.cache
 def bfloat16_products(device_type: str = "cpu") -> bool:
-    """Whether matrix products in bfloat16 are fast on ``device_type``: on CUDA, and on a CPU whose oneDNN has
-    bfloat16 dot products (avx512_bf16 or AMX), where they take about a third of float32's time; elsewhere torch
-    emulates them, slower than float32."""
+    """Whether matrix products in bfloat16 are fast on ``device_type``: on a CUDA device with native bfloat16
+    (compute capability 8 and later), and on an x86 CPU with bfloat16 dot products (avx512_bf16 or AMX), where they
+    take about a third of float32's time. Elsewhere torch emulates them, slower than float32."""
     if device_type == "cuda":
-        return True
-    if device_type != "cpu" or not torch.backends.mkldnn.is_available():
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+    if device_type != "cpu":
         return False
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's feature queries (x86)
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a torch build without the query
+        return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+    except RuntimeError:  # a torch build without the queries
         return False
 
 
@@ -372,9 +373,13 @@ def max_attention(
     are not projected again, no normaliser is computed, and the fused way runs on every device (blocks of 2M
     scores off CUDA): the scores are one product over the first ``n_keys`` keys and a maximum.
 
-    ``dtype``: the dtype of the score product (default: the queries'). ``torch.bfloat16`` for a float32 model on
-    a processor with bfloat16 dot products (:func:`bfloat16_products`) halves the scores' time, with the
-    rounding a bfloat16 model has anyway: about 3 significant digits per probability.
+    ``dtype``: the dtype of the score product, fused way only (default: the queries'; a dtype given makes the
+    way fused). The normalisers come first, from the queries as they are (recorded, or :func:`row_logsumexp`);
+    then queries and keys are cast for the product, which accumulates in float32 and rounds ``q . k - lse``
+    once. ``torch.bfloat16`` for a float32 model on a processor with bfloat16 dot products
+    (:func:`bfloat16_products`) takes about half the time of float32 scores there (the product a third), with
+    the rounding a bfloat16 model's scores have anyway on a GPU (inputs of 8 significant bits: a probability's
+    relative error grows with the size of ``|q| |k|``, a few percent for large logits).
 
     KVzip's reconstruction scores (``compress.kv.kvzip``) are this, over every reconstruction row; measured by
     ``python -m bench.compress_cost``. Raises ``ConfigError`` when the rows or ``n_keys`` do not fit the keys.
@@ -396,15 +401,17 @@ def max_attention(
             )
         fused = True
     elif fused is None:
-        fused = hidden.device.type == "cuda"
+        fused = hidden.device.type == "cuda" or dtype is not None
+    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point or not fused):
+        raise ConfigError(
+            f"max_attention: dtype must be a floating torch.dtype, with the fused way, got {dtype!r} (fused={fused})"
+        )
     if cells is None:
         cells = 1 << 28 if fused and hidden.device.type == "cuda" else 1 << 21
     if softmax is not None:
         q = softmax.queries
     else:
         q = project_queries(attn, hidden, position_embeddings) * getattr(attn, "scaling", d**-0.5)  # (B, H, R, D)
-    if dtype is not None:
-        q = q.to(dtype)
     shift = torch.zeros(b, r, dtype=torch.float32, device=hidden.device)  # log of each row's relative scale
     top = None
     if row_scale is not None:
@@ -416,6 +423,7 @@ def max_attention(
     rows = torch.arange(r, device=hidden.device)
     if fused:
         lse = (row_logsumexp(q, keys) if softmax is None else softmax.lse) - shift[:, None]  # (B, H, R); +inf: scale 0
+        q = q if dtype is None else q.to(dtype)  # the normalisers above from the queries as they came
         hi = lse.to(q.dtype)
         lo = torch.where(lse.isfinite(), lse - hi.float(), 0.0).to(q.dtype)
         pad = -(d + 2) % 8  # cuBLAS is fastest on sizes that are multiples of 8

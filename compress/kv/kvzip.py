@@ -90,9 +90,11 @@ class KVzip(KVCompressor):
         off in ``compress.kv.DEFAULT_AGNOSTIC``.
     score_dtype:
         The dtype of the reconstruction's score product: ``"model"`` (the model's), ``"bfloat16"``, or ``"auto"``
-        (bfloat16 for a float32 model on a CPU with bfloat16 dot products, :func:`ragcore.attention.bfloat16_products`,
-        else the model's): the scores' product in about a third of float32's time there, rounded as a bfloat16 model
-        on a GPU rounds them anyway (docs/RESULTS.md, compress-cost-cpu-bf16).
+        (bfloat16 for a float32 model on a CPU with bfloat16 dot products,
+        :func:`ragcore.attention.bfloat16_products`, else the model's). In bfloat16 the scores take about half of
+        float32's time on such a CPU, rounded as a bfloat16 model's are on a GPU (see
+        :func:`ragcore.attention.max_attention`); measured by ``python -m bench.compress_cost``
+        (docs/RESULTS.md, compress-cost-cpu-bf16).
     n_sink:
         Leading tokens always kept.
     ratio, budget, protect_last:
@@ -272,10 +274,8 @@ class KVzip(KVCompressor):
                 rows = hidden.float().norm(dim=-1).clamp_min(1e-6).reciprocal()
                 weights = {"row_scale": rows, "col_scale": norms[module.layer_idx]}
             soft = recorded.pop(module.layer_idx, None)  # the layer's own queries and normalisers, if it left them
-            dtype = self.product_dtype(keys)
-            a = max_attention(
-                module, hidden, kwargs["position_embeddings"], keys, t, softmax=soft, dtype=dtype, **weights
-            )
+            pe, dtype = kwargs["position_embeddings"], self.product_dtype(keys)
+            a = max_attention(module, hidden, pe, keys, t, softmax=soft, dtype=dtype, **weights)
             lay = module.layer_idx
             best[lay] = a if lay not in best else torch.maximum(best[lay], a)
 

@@ -147,11 +147,17 @@ def test_max_attention_equals_the_max_of_rows_attention(cells, fused):
     assert torch.allclose(got, ref, rtol=1e-5, atol=1e-7)
     none = max_attention(attn, h[:, :0], pe, keys[:, :, :20], 20, fused=fused)
     assert torch.equal(none, torch.zeros(1, 2, 20))
-    # bfloat16 products: bfloat16's rounding (8 bits of mantissa), not float32's
+    # bfloat16 products (the fused way, normalisers from the float32 queries): bfloat16's rounding, not float32's
     ref = max_attention(attn, h, pe, keys, 24, cells=cells, fused=fused)
-    got = max_attention(attn, h, pe, keys, 24, cells=cells, fused=fused, dtype=torch.bfloat16)
+    if not fused:
+        with pytest.raises(ConfigError, match="with the fused way, got torch.bfloat16"):
+            max_attention(attn, h, pe, keys, 24, cells=cells, fused=fused, dtype=torch.bfloat16)
+        return
+    got = max_attention(attn, h, pe, keys, 24, cells=cells, dtype=torch.bfloat16)
     assert got.dtype == torch.float32 and not torch.equal(got, ref)
     torch.testing.assert_close(got, ref, rtol=0.05, atol=1e-3)
+    with pytest.raises(ConfigError, match="floating torch.dtype, with the fused way, got 'bfloat16'"):
+        max_attention(attn, h, pe, keys, 24, dtype="bfloat16")
 
 
 @torch.inference_mode()  # layer_input's tensors are inference tensors

@@ -117,7 +117,7 @@ def ours_kwargs(method: str, press: Any, ratio: float, n_ctx: int, match_kept: b
             n_recent=max(1, n_ctx - press.n_sink),
         )
     elif method == "kvzip":
-        kw.update(n_sink=press.n_sink, scope="layer" if press.layerwise else "global")
+        kw.update(n_sink=press.n_sink, scope="heads" if press.layerwise else "global")  # layerwise: a pool per layer
     elif method != "knorm":
         raise ConfigError(f"no ragcore counterpart mapped for {method!r}")
     if match_kept:
