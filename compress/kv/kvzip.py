@@ -92,9 +92,9 @@ class KVzip(KVCompressor):
         The dtype of the reconstruction's score product: ``"model"`` (the model's), ``"bfloat16"``, or ``"auto"``
         (bfloat16 for a float32 model on a CPU with bfloat16 dot products,
         :func:`ragcore.attention.bfloat16_products`, else the model's). In bfloat16 the scores take about half of
-        float32's time on such a CPU, rounded as a bfloat16 model's are on a GPU (see
-        :func:`ragcore.attention.max_attention`); measured by ``python -m bench.compress_cost``
-        (docs/RESULTS.md, compress-cost-cpu-bf16).
+        float32's time on such a CPU, with about twice the rounding a bfloat16 model's scores have on a GPU (see
+        :func:`ragcore.attention.max_attention`): measured by ``python -m bench.compress_cost`` (docs/RESULTS.md,
+        compress-cost-cpu-bf16), and on key-value retrieval in kv-reuse-batch-5k-cpu-bf16.
     n_sink:
         Leading tokens always kept.
     ratio, budget, protect_last:
