@@ -382,8 +382,8 @@ def test_kvzip_scope_heads_keeps_each_layers_budget_spread_over_its_heads(smol):
 
 
 def test_kvzip_bfloat16_products_keep_nearly_the_same_pairs(smol):
-    """score_dtype='bfloat16' rounds the reconstruction's scores as a bfloat16 model would: the kept pairs are
-    nearly those of float32 products, not all of them; 'auto' is one of the two, by the processor."""
+    """score_dtype='bfloat16' rounds the reconstruction's score product to bfloat16: the kept pairs are nearly those
+    of float32 products, not all of them; 'auto' is one of the two, by the processor."""
     from ragcore.attention import bfloat16_products
     from ragcore.prompt import build_prompt
 
