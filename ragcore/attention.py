@@ -316,11 +316,20 @@ def row_logsumexp(queries: torch.Tensor, keys: torch.Tensor, flash: bool = True)
     return out
 
 
+def bfloat16_products(device: str | torch.device = "cpu") -> bool:
+    """Whether matrix products in bfloat16 are fast on ``device`` (a device or its name: ``"cpu"``, ``"cuda:0"``,
+    ...): on a CUDA device with native bfloat16 (compute capability 8 and later), and on an x86 CPU with bfloat16
+    dot products (avx512_bf16 or AMX), where they take about a third of float32's time. Elsewhere torch emulates
+    them, slower than float32. Raises ``ConfigError`` for a string that names no device."""
+    try:
+        dev = torch.device(device.lower() if isinstance(device, str) else device)
+    except (RuntimeError, TypeError) as e:
+        raise ConfigError(f"bfloat16_products: not a device: {device!r}") from e
+    return _bfloat16_products(dev.type)
+
+
 @functools.cache
-def bfloat16_products(device_type: str = "cpu") -> bool:
-    """Whether matrix products in bfloat16 are fast on ``device_type``: on a CUDA device with native bfloat16
-    (compute capability 8 and later), and on an x86 CPU with bfloat16 dot products (avx512_bf16 or AMX), where they
-    take about a third of float32's time. Elsewhere torch emulates them, slower than float32."""
+def _bfloat16_products(device_type: str) -> bool:
     if device_type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
     if device_type != "cpu":
@@ -330,6 +339,9 @@ def bfloat16_products(device_type: str = "cpu") -> bool:
         return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
     except RuntimeError:  # a torch build without the queries
         return False
+
+
+_PRODUCT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def max_attention(
@@ -404,10 +416,11 @@ def max_attention(
         fused = True
     elif fused is None:
         fused = hidden.device.type == "cuda" or dtype is not None
-    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point or not fused):
-        raise ConfigError(
-            f"max_attention: dtype must be a floating torch.dtype, with the fused way, got {dtype!r} (fused={fused})"
-        )
+    if dtype is not None and dtype not in _PRODUCT_DTYPES:
+        names = ", ".join(map(str, _PRODUCT_DTYPES))
+        raise ConfigError(f"max_attention: dtype must be one of {names}, got {dtype!r}")
+    if dtype is not None and not fused:
+        raise ConfigError(f"max_attention: dtype={dtype} needs the fused way, got fused={fused!r}")
     if cells is None:
         cells = 1 << 28 if fused and hidden.device.type == "cuda" else 1 << 21
     if softmax is not None:

@@ -100,7 +100,9 @@ class KVzip(KVCompressor):
         :func:`ragcore.attention.bfloat16_products`, else the model's). In bfloat16 the scores take about half of
         float32's time on such a CPU, with about twice the rounding a bfloat16 model's scores have on a GPU (see
         :func:`ragcore.attention.max_attention`): measured by ``python -m bench.compress_cost`` (docs/RESULTS.md,
-        compress-cost-cpu-bf16), and on key-value retrieval in kv-reuse-batch-5k-cpu-bf16.
+        compress-cost-cpu-bf16), and on key-value retrieval in kv-reuse-batch-5k-cpu-bf16. ``"auto"`` is resolved
+        on the machine that compresses: a saved context keeps the pairs chosen there, and its label (which
+        ``ragcore ask --context-cache`` matches) names the option, not the dtype it became.
     n_sink:
         Leading tokens always kept.
     ratio, budget, protect_last:

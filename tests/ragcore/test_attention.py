@@ -150,14 +150,27 @@ def test_max_attention_equals_the_max_of_rows_attention(cells, fused):
     # bfloat16 products (the fused way, normalisers from the float32 queries): bfloat16's rounding, not float32's
     ref = max_attention(attn, h, pe, keys, 24, cells=cells, fused=fused)
     if not fused:
-        with pytest.raises(ConfigError, match="with the fused way, got torch.bfloat16"):
+        with pytest.raises(ConfigError, match="dtype=torch.bfloat16 needs the fused way, got fused=False"):
             max_attention(attn, h, pe, keys, 24, cells=cells, fused=fused, dtype=torch.bfloat16)
         return
     got = max_attention(attn, h, pe, keys, 24, cells=cells, dtype=torch.bfloat16)
     assert got.dtype == torch.float32 and not torch.equal(got, ref)
     torch.testing.assert_close(got, ref, rtol=0.05, atol=1e-3)
-    with pytest.raises(ConfigError, match="floating torch.dtype, with the fused way, got 'bfloat16'"):
-        max_attention(attn, h, pe, keys, 24, dtype="bfloat16")
+    for bad in ("bfloat16", torch.int8, torch.float8_e4m3fn):
+        with pytest.raises(ConfigError, match=rf"dtype must be one of torch.float16, .*, got {bad!r}"):
+            max_attention(attn, h, pe, keys, 24, dtype=bad)
+
+
+def test_bfloat16_products_reads_any_device_name():
+    """bfloat16_products takes a device or its name, in any case and with an index; a name of no device is refused."""
+    from ragcore.attention import bfloat16_products
+
+    cpu = bfloat16_products("cpu")
+    assert bfloat16_products(torch.device("cpu")) == bfloat16_products("CPU") == cpu
+    assert bfloat16_products("cuda:0") == bfloat16_products("cuda")
+    assert bfloat16_products("meta") is False
+    with pytest.raises(ConfigError, match="not a device: 'gpu0'"):
+        bfloat16_products("gpu0")
 
 
 @torch.inference_mode()  # layer_input's tensors are inference tensors
