@@ -218,7 +218,7 @@ class KVzip(KVCompressor):
         if self.score_dtype == "bfloat16":
             return torch.bfloat16
         if self.score_dtype == "auto" and keys.dtype == torch.float32 and keys.device.type == "cpu":
-            return torch.bfloat16 if bfloat16_products("cpu") else None
+            return torch.bfloat16 if bfloat16_products(keys.device) else None
         return None
 
     def pool(self, scores: torch.Tensor) -> torch.Tensor:
