@@ -370,7 +370,10 @@ def max_attention(
     How: a probability is ``exp(q . k - lse(q))``, with ``lse`` the row's softmax normaliser, so its maximum over
     rows is ``exp`` of the maximum of ``q . k - lse(q)`` (minus ``log`` of the row's scale, taken relative to the
     largest scale, which multiplies the result back). Rows go in blocks of about ``cells`` scores, and a key's
-    maximum runs over contiguous memory (keys are the rows of each block's product). Two ways to get there:
+    maximum runs over contiguous memory (keys are the rows of each block's product). On CPU the default blocks
+    hold a multiple of 32 rows and a bfloat16 block is cast to float32 before its maximum: a maximum over 29
+    rows, or over bfloat16, does not vectorise there and costs several times the block's product. Two ways to
+    get there:
 
     - ``fused`` (the default on CUDA): ``lse`` from the flash kernel (:func:`row_logsumexp`, which never writes
       the scores out), then ``q . k - lse`` out of one matrix product, the queries extended by ``-lse`` (in two
@@ -421,6 +424,8 @@ def max_attention(
         raise ConfigError(f"max_attention: dtype must be one of {names}, got {dtype!r}")
     if dtype is not None and not fused:
         raise ConfigError(f"max_attention: dtype={dtype} needs the fused way, got fused={fused!r}")
+    cpu = hidden.device.type == "cpu"
+    whole = cells is None and cpu  # default blocks on CPU: a multiple of 32 rows
     if cells is None:
         cells = 1 << 28 if fused and hidden.device.type == "cuda" else 1 << 21
     if softmax is not None:
@@ -435,6 +440,8 @@ def max_attention(
         shift = (rs / top).log()  # <= 0; -inf for a row of scale 0
     best = torch.full((b, n_kv, n_keys, g), float("-inf"), dtype=torch.float32, device=hidden.device)
     step = max(1, cells // max(1, n_h * (n_keys if fused else t_k)))
+    if whole:  # a key's maximum over 32 rows (or a multiple) vectorises; over 29, say, it runs 5x slower
+        step = max(32, step - step % 32)
     rows = torch.arange(r, device=hidden.device)
     if fused:
         lse = (row_logsumexp(q, keys) if softmax is None else softmax.lse) - shift[:, None]  # (B, H, R); +inf: scale 0
@@ -460,7 +467,8 @@ def max_attention(
         elif offset + s + 1 < n_keys:  # keys past the block's first row's own: later rows only
             grid = scores[:, :, offset + s + 1 :]
             grid.masked_fill_((rows[s + 1 : n_keys - offset, None] > rows[None, s:e])[:, None], float("-inf"))
-        best = torch.maximum(best, scores.amax(-1).float())
+        # on CPU a bfloat16 maximum runs element by element: float32 first
+        best = torch.maximum(best, (scores.float() if cpu else scores).amax(-1).float())
     probs = best.transpose(-1, -2).exp()  # (B, H_kv, g, n_keys)
     if top is not None:
         probs = probs * top[:, :, None, None]

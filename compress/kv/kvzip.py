@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -95,12 +95,16 @@ class KVzip(KVCompressor):
         pooled over 1283 unseen questions (docs/RESULTS.md, kvzip-system-dev-gpu and kvzip-system-head-gpu), so
         off in ``compress.kv.DEFAULT_AGNOSTIC``.
     score_dtype:
-        The dtype of the reconstruction's score product: ``"model"`` (the model's), ``"bfloat16"``, or ``"auto"``
+        The dtype of the reconstruction's matrix products: ``"model"`` (the model's), ``"bfloat16"``, or ``"auto"``
         (bfloat16 for a float32 model on a CPU with bfloat16 dot products,
-        :func:`ragcore.attention.bfloat16_products`, else the model's). In bfloat16 the scores take about half of
-        float32's time on such a CPU, with about twice the rounding a bfloat16 model's scores have on a GPU (see
-        :func:`ragcore.attention.max_attention`): measured by ``python -m bench.compress_cost`` (docs/RESULTS.md,
-        compress-cost-cpu-bf16), and on key-value retrieval in kv-reuse-batch-5k-cpu-bf16. ``"auto"`` is resolved
+        :func:`ragcore.attention.bfloat16_products`, else the model's). In bfloat16 the score product runs in
+        bfloat16 (float32 accumulation; about twice the rounding a bfloat16 model's scores have on a GPU, see
+        :func:`ragcore.attention.max_attention`), and so do the reconstruction pass's linear layers, under
+        ``torch.autocast`` (their outputs only feed the scores; the kept pairs are the prefill's, untouched). On
+        such a CPU a bfloat16 linear layer takes about a third of float32's time, and the flash attention stays
+        in float32 (no faster in bfloat16 there). Measured by ``python -m bench.compress_cost`` (docs/RESULTS.md,
+        compress-cost-cpu-bf16 for the product alone), and on key-value retrieval in kv-reuse-batch-5k-cpu-bf16
+        (the product alone). ``"auto"`` is resolved
         on the machine that compresses: a saved context keeps the pairs chosen there, and its label (which
         ``ragcore ask --context-cache`` matches) names the option, not the dtype it became.
     n_sink:
@@ -270,9 +274,20 @@ class KVzip(KVCompressor):
         norms: dict[int, torch.Tensor] = {}  # KVzip+: per layer, the context values' output norms
         recorded: dict[int, RowSoftmax] = {}  # per layer, the chunk's queries and normalisers from its attention
 
+        first_keys = kvcache.get_kv(call.cache, 0)[0]
+        dtype = self.product_dtype(first_keys)
+        device = first_keys.device.type
+        # the reconstruction's linear layers in the product's dtype (their outputs only feed the scores); the cached
+        # pairs are the prefill's, and the scores below run as written (autocast off in the hook)
+        cast = dtype is not None and dtype != first_keys.dtype
+
         def capture(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
             if kvcache.from_call(kwargs) is not call.cache:
                 return
+            with torch.autocast(device, enabled=False) if cast else nullcontext():
+                score(module, args, kwargs)
+
+        def score(module: nn.Module, args: tuple, kwargs: dict) -> None:
             hidden = kwargs.get("hidden_states", args[0] if args else None)
             keys, values = kvcache.get_kv(call.cache, module.layer_idx)
             weights = {}
@@ -282,14 +297,15 @@ class KVzip(KVCompressor):
                 rows = hidden.float().norm(dim=-1).clamp_min(1e-6).reciprocal()
                 weights = {"row_scale": rows, "col_scale": norms[module.layer_idx]}
             soft = recorded.pop(module.layer_idx, None)  # the layer's own queries and normalisers, if it left them
-            pe, dtype = kwargs["position_embeddings"], self.product_dtype(keys)
+            pe = kwargs["position_embeddings"]
             a = max_attention(module, hidden, pe, keys, t, softmax=soft, dtype=dtype, **weights)
             lay = module.layer_idx
             best[lay] = a if lay not in best else torch.maximum(best[lay], a)
 
         for piece in self.repeat_ids(call, t):
             pos = torch.arange(t, t + piece.shape[1], device=piece.device)[None]
-            with kvcache.attention_hooks(model, post=capture), kvcache.record_row_softmax(recorded):
+            lowered = torch.autocast(device, dtype=dtype) if cast else nullcontext()
+            with kvcache.attention_hooks(model, post=capture), kvcache.record_row_softmax(recorded), lowered:
                 kvcache.call(base, call.cache, input_ids=piece, position_ids=pos, use_cache=True)
             for layer in range(call.n_layers):  # crop the reconstruction off again
                 k, v = kvcache.get_kv(call.cache, layer)

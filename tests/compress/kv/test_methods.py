@@ -382,8 +382,8 @@ def test_kvzip_scope_heads_keeps_each_layers_budget_spread_over_its_heads(smol):
 
 
 def test_kvzip_bfloat16_products_keep_nearly_the_same_pairs(smol):
-    """score_dtype='bfloat16' rounds the reconstruction's score product to bfloat16: the kept pairs are nearly those
-    of float32 products, not all of them; 'auto' is one of the two, by the processor."""
+    """score_dtype='bfloat16' runs the reconstruction's linear layers and score product in bfloat16: the kept pairs
+    are nearly those of float32, not all of them; 'auto' is one of the two, by the processor."""
     from ragcore.attention import bfloat16_products
     from ragcore.prompt import build_prompt
 
@@ -405,6 +405,31 @@ def test_kvzip_bfloat16_products_keep_nearly_the_same_pairs(smol):
     same = len(kept["model"] & kept["bfloat16"]) / len(kept["model"])
     assert 0.95 < same < 1.0, same
     assert kept["auto"] == kept["bfloat16" if bfloat16_products("cpu") else "model"]
+
+
+def test_kvzip_bfloat16_reconstruction_only(smol):
+    """In bfloat16 the reconstruction pass's linear layers run under autocast, the prefill's do not: the cache
+    keeps float32 pairs, and no autocast is left on."""
+    from ragcore.prompt import build_prompt
+
+    prompt = build_prompt(smol.tokenizer, QUESTION, PASSAGES)
+    t = prompt.question_start
+    proj = smol.model.model.layers[0].mlp.down_proj
+    for dtype, want in (("bfloat16", {torch.float32, torch.bfloat16}), ("model", {torch.float32})):
+        seen: list = []
+        handle = proj.register_forward_hook(lambda _m, _a, out: seen.append((out.shape[1], out.dtype)))
+        cache = kvcache.new_cache(smol.model.config)
+        try:
+            with torch.inference_mode(), get_compressor("kvzip", ratio=0.5, score_dtype=dtype).apply(
+                smol.model, cache, prompt
+            ):
+                kvcache.call(smol.model, cache, input_ids=prompt.input_ids[:, :t], use_cache=True)
+        finally:
+            handle.remove()
+        assert seen[0] == (t, torch.float32)  # the prefill first, in the model's dtype
+        assert {d for _, d in seen} == want, (dtype, seen)
+        assert {kvcache.get_kv(cache, layer)[i].dtype for layer in range(2) for i in (0, 1)} == {torch.float32}
+        assert not torch.is_autocast_enabled("cpu")
 
 
 def test_kvzip_options_change_the_selection(smol):
