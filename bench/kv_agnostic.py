@@ -7,7 +7,7 @@
   cache alone) are one table (``eval.kv_compression.merge_matrices``). ``--pool FILE ...`` (repeatable): the same
   compressors on other questions (another slice, its own full-cache run); a second table gives, per compressor run
   on every slice, the change over all their questions together (each question paired with its own slice's full
-  cache).
+  cache); ``--against LABEL`` adds the same table against that compressor's runs instead of the full cache.
 * ``--reuse FILE ...``: ``ragcore eval kv --reuse Q`` results: accuracy of one compressed context answering Q
   questions against Q full prefills (paired), accuracy per question index, the seconds of both and their ratio
   (wall clock, and processor time of the run's process where measured), the KV bytes held. ``--merge OUT``
@@ -82,15 +82,23 @@ def matrix_table(
     return "\n".join(lines), best
 
 
-def pooled_table(slices: list[dict[str, Any]]) -> str:
+def pooled_table(slices: list[dict[str, Any]], reference: str = "none") -> str:
     """Per compressor run on every slice (matrices of different questions), its change against each slice's own
-    full cache on each slice and over all the slices' questions together, as a Markdown table."""
-    fulls = [next(r for r in m["runs"] if r["compressor"] == "none") for m in slices]
-    names = [r["compressor"] for r in slices[0]["runs"] if r["compressor"] != "none" and not r.get("shared_baseline")]
+    full cache (or run of the ``reference`` compressor) on each slice and over all the slices' questions together,
+    as a Markdown table. Raises ``ConfigError`` when a slice has no ``reference`` run."""
+    fulls = [next((r for r in m["runs"] if r["compressor"] == reference), None) for m in slices]
+    if any(f is None for f in fulls):
+        raise ConfigError(f"no run of {reference!r} in every slice, to compare against", param="against")
+    names = [
+        r["compressor"]
+        for r in slices[0]["runs"]
+        if r["compressor"] not in ("none", reference) and not r.get("shared_baseline")
+    ]
     spans = [f"{m['offset'] + 1}-{m['offset'] + m['n']}" for m in slices]
+    against = "full cache" if reference == "none" else f"run of `{reference}`"
     lines = [
         f"Pooled over questions {', '.join(spans)} ({sum(f['n'] for f in fulls)} questions), each paired with its "
-        "slice's full cache (full cache per slice: " + ", ".join(f"{f['accuracy']:.3f}" for f in fulls) + "):",
+        f"slice's {against} ({against} per slice: " + ", ".join(f"{f['accuracy']:.3f}" for f in fulls) + "):",
         "",
         "| compressor | ratio | " + " | ".join(f"change on {x}" for x in spans) + " | questions | change, pooled |",
         "|---|---|" + "---|" * len(spans) + "---|---|",
@@ -175,6 +183,13 @@ def main(argv: list[str] | None = None) -> int:
         "there can be the best",
     )
     ap.add_argument("--guard-max-loss", type=float, default=GUARD_MAX_LOSS, help="points (default: %(default)s)")
+    ap.add_argument(
+        "--against",
+        default=None,
+        metavar="LABEL",
+        help="with --pool: a second pooled table, each compressor paired with this compressor's run instead of the "
+        "full cache (two versions of one method side by side)",
+    )
     ap.add_argument("--best", action="store_true", help="print the label with the best change and stop")
     ap.add_argument("--reuse", nargs="*", default=[], help="`eval kv --reuse` JSON files")
     ap.add_argument(
@@ -189,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if not a.matrix and not a.reuse:
         ap.error("give --matrix or --reuse")
+    if a.against and not a.pool:
+        ap.error("--against goes with --pool")
     parts = [a.note.strip()] if a.note.strip() else []
     if a.matrix:
         try:
@@ -226,6 +243,11 @@ def main(argv: list[str] | None = None) -> int:
             except ConfigError as e:
                 ap.error(str(e))
             parts.append(pooled_table(slices))
+            if a.against:
+                try:
+                    parts.append(pooled_table(slices, a.against))
+                except ConfigError as e:
+                    ap.error(str(e))
     reuse = [read_json(f) for f in a.reuse]
     if a.merge:
         if not reuse:

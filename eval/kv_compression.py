@@ -277,6 +277,9 @@ class KVSuite:
         The generator: a registered name, a Hugging Face folder or a ``.gguf`` path.
     device : str, optional
         Where it runs (default: CUDA when available).
+    dtype : str, optional
+        The generator's dtype, ``"float32"``, ``"bfloat16"`` or ``"float16"`` (default: float32 on CPU, bfloat16 on
+        CUDA); a run records it when given.
     limit : int, optional
         Items evaluated (default: every item after ``offset``).
     offset : int
@@ -313,12 +316,13 @@ class KVSuite:
     batch_size: int = 1
     retrieved: str | Path | None = None
     progress: bool = True
+    dtype: str | None = None
 
     def __post_init__(self) -> None:
         _check_batch_size(self.batch_size)
 
     def _load(self, data: str | Path | None) -> tuple[Generator, str, list[EvalItem]]:
-        gen = Generator(self.model, device=self.device)
+        gen = Generator(self.model, device=self.device, dtype=self.dtype)
         fmt, items = load_items(
             gen,
             data,
@@ -378,6 +382,7 @@ class KVSuite:
             "k": self.k,
             "max_tokens": self.max_tokens,
             "max_new_tokens": self.max_new_tokens,
+            **({"dtype": self.dtype} if self.dtype else {}),
         }
 
     def matrix(

@@ -145,6 +145,7 @@ def run_reuse(
     progress: bool = True,
     batch_size: int = 1,
     rows_per_context: int = 1,
+    dtype: str | None = None,
 ) -> dict[str, Any]:
     """Ask ``reuse`` questions of each of ``limit`` contexts, from one compressed context and from full prefills.
 
@@ -185,6 +186,8 @@ def run_reuse(
         ``limit x rows_per_context`` rows), for contexts longer than one row's (75 records, about 5k tokens).
         A prefill's cost grows with the context's length faster than an answer's decoding does, so this is the
         knob that shows where reuse pays.
+    dtype:
+        The generator's dtype (as for :class:`eval.kv_compression.KVSuite`), recorded when given.
 
     Returns
     -------
@@ -219,7 +222,7 @@ def run_reuse(
         raise FileNotFoundError(f"no data file at {str(path)!r}")
     rows = read_jsonl(path)
     fmt = detect_format(rows, path)
-    gen = model if isinstance(model, Generator) else Generator(model, device=device)
+    gen = model if isinstance(model, Generator) else Generator(model, device=device, dtype=dtype)
     gen.warm_up()
     new = max_new_tokens or DEFAULT_NEW_TOKENS[fmt]
     budget = window_limit(gen, max_tokens, new)
@@ -272,7 +275,8 @@ def run_reuse(
                           "accuracy_reuse": score_answer(fmt, a.text, gold)})  # fmt: skip
     head = {"suite": "kv-reuse", "data": str(path), "format": fmt, "model": gen.model_name, "compressor": label,
             "ratio": float(ratio), "query_aware": False, "reuse": reuse, "offset": offset,
-            "batch_size": batch_size, "rows_per_context": rows_per_context}  # fmt: skip
+            "batch_size": batch_size, "rows_per_context": rows_per_context,
+            **({"dtype": dtype} if dtype else {})}  # fmt: skip
     return {**head, **summarise(preds, timings, reuse), "max_new_tokens": new, "predictions": preds}
 
 

@@ -39,6 +39,7 @@ FLAGS = {
     "k": "-k",
     "min_score": "--min-score",
     "device": "--device",
+    "dtype": "--dtype",
     "model": "--model",
     "out": "--out",
     "context_cache": "--context-cache",
@@ -455,6 +456,7 @@ def _eval_kv_reuse(a: argparse.Namespace) -> dict:
         a.model, a.data, a.compressor, ratio, a.reuse, 5 if a.limit is None else a.limit, a.offset or 0, a.device,
         a.max_tokens,
         a.max_new_tokens, progress=_progress(a), batch_size=a.batch_size, rows_per_context=a.rows_per_context,
+        dtype=a.dtype,
     )  # fmt: skip
 
 
@@ -496,7 +498,15 @@ def _eval_kv(a: argparse.Namespace) -> dict:
     )
     if a.offset:
         sizes["offset"] = a.offset
-    suite = KVSuite(a.model, a.device, query_aware=a.query_aware, retrieved=a.retrieved, progress=_progress(a), **sizes)
+    suite = KVSuite(
+        a.model,
+        a.device,
+        query_aware=a.query_aware,
+        retrieved=a.retrieved,
+        progress=_progress(a),
+        dtype=a.dtype,
+        **sizes,
+    )
     if len(names) == 1 and len(ratios) == 1:
         return suite.run(a.data, names[0], ratios[0])
     save = (lambda part: write_json(a.out, {**part, "complete": False})) if a.out else None
@@ -822,6 +832,12 @@ def build_parser() -> argparse.ArgumentParser:
     k_opt(sp, 5, "kv: passages retrieved per NQ question")
     sp.add_argument("--max-tokens", type=int, default=None, help="kv: prompt + answer token limit (cuts records)")
     sp.add_argument("--query-aware", action="store_true", help="kv: compress after reading the question too")
+    sp.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "bfloat16", "float16"],
+        help="kv: the generator's dtype (default: float32 on CPU, bfloat16 on CUDA)",
+    )
     sp.add_argument(
         "--batch-size", type=int, default=1, help="kv: questions decoded together (the same greedy answers in float32)"
     )

@@ -218,7 +218,8 @@ class KVzip(KVCompressor):
             self.prune_layer(call, layer, idx, torch.ones_like(idx, dtype=torch.bool) if mask is None else mask)
 
     def product_dtype(self, keys: torch.Tensor) -> torch.dtype | None:
-        """The dtype of the score product for a model whose cache holds ``keys`` (None: the model's)."""
+        """The dtype of the reconstruction's linear layers and score product for a model whose cache holds ``keys``
+        (None: the model's)."""
         if self.score_dtype == "bfloat16":
             return torch.bfloat16
         if self.score_dtype == "auto" and keys.dtype == torch.float32 and keys.device.type == "cpu":

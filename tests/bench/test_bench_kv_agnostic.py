@@ -45,6 +45,17 @@ def test_pooled_table_pairs_each_slice_with_its_own_full_cache():
     assert "| x | 0.5 | -25.0 ± " in t and " | +50.0 ± " in t and "| 8 | +12.5 ± " in t
 
 
+def test_pooled_table_against_another_compressor():
+    """--against pairs each compressor with another's run on the same questions instead of the full cache."""
+    a = {"offset": 0, "n": 2, "runs": [run("none", [1, 1]), run("x", [1, 0]), run("y", [1, 1])]}
+    b = {"offset": 10, "n": 2, "runs": [run("none", [0, 0]), run("x", [0, 0]), run("y", [1, 0])]}
+    t = pooled_table([a, b], "x")
+    assert "each paired with its slice's run of `x` (run of `x` per slice: 0.500, 0.000)" in t
+    assert "| y | 0.5 | +50.0 ± " in t and "| 4 | +50.0 ± " in t and "| x |" not in t and "| none |" not in t
+    with pytest.raises(ConfigError, match="'z'"):
+        pooled_table([a, b], "z")
+
+
 def test_matrices_and_single_runs_merge_and_name_the_best(tmp_path, capsys):
     """Candidates split over processes, and single runs (the full cache alone), are one table; other settings or
     other questions are refused naming the file."""

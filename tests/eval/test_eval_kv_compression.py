@@ -39,6 +39,11 @@ def test_cli_eval_kv(tmp_path, monkeypatch, data, fmt, compressor):
     assert main([*args[:-1], str(tmp_path / "kv2.json"), "--device", "cpu", "--batch-size", "2"]) == 0
     batched = json.loads((tmp_path / "kv2.json").read_text())
     assert batched["predictions"] == res["predictions"] and batched["batch_size"] == 2
+    assert "dtype" not in res  # the device's default, not recorded
+    if compressor == "none":  # --dtype loads the generator so and records it
+        assert main([*args[:-1], str(tmp_path / "kv3.json"), "--device", "cpu", "--dtype", "bfloat16"]) == 0
+        low = json.loads((tmp_path / "kv3.json").read_text())
+        assert low["dtype"] == "bfloat16" and low["n"] == 2 and low["prefill_s"] > 0
 
 
 def test_cli_eval_kv_errors(tmp_path, capsys):
@@ -48,6 +53,9 @@ def test_cli_eval_kv_errors(tmp_path, capsys):
     assert main([*base, "--compressor", "snapkv", "--ratio", "1.5"]) == 1
     assert "1.5" in capsys.readouterr().err
     assert main([*base, "--compressor", "snapkv", "--batch-size", "0"]) == 1
+    with pytest.raises(SystemExit) as e:  # a usage error, before anything loads
+        main([*base, "--dtype", "float8"])
+    assert e.value.code == 2 and "'float8'" in capsys.readouterr().err
     assert "batch size must be a positive integer, got 0" in capsys.readouterr().err
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"foo": 1}\n')

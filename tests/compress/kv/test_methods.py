@@ -417,11 +417,12 @@ def test_kvzip_bfloat16_reconstruction_only(smol):
     proj = smol.model.model.layers[0].mlp.down_proj
     for dtype, want in (("bfloat16", {torch.float32, torch.bfloat16}), ("model", {torch.float32})):
         seen: list = []
-        handle = proj.register_forward_hook(lambda _m, _a, out: seen.append((out.shape[1], out.dtype)))
+        handle = proj.register_forward_hook(lambda _m, _a, out, seen=seen: seen.append((out.shape[1], out.dtype)))
         cache = kvcache.new_cache(smol.model.config)
         try:
-            with torch.inference_mode(), get_compressor("kvzip", ratio=0.5, score_dtype=dtype).apply(
-                smol.model, cache, prompt
+            with (
+                torch.inference_mode(),
+                get_compressor("kvzip", ratio=0.5, score_dtype=dtype).apply(smol.model, cache, prompt),
             ):
                 kvcache.call(smol.model, cache, input_ids=prompt.input_ids[:, :t], use_cache=True)
         finally:
