@@ -102,9 +102,10 @@ class KVzip(KVCompressor):
         :func:`ragcore.attention.max_attention`), and so do the reconstruction pass's linear layers, under
         ``torch.autocast`` (their outputs only feed the scores; the kept pairs are the prefill's, untouched). On
         such a CPU a bfloat16 linear layer takes about a third of float32's time, and the flash attention stays
-        in float32 (no faster in bfloat16 there). Measured by ``python -m bench.compress_cost`` (docs/RESULTS.md,
-        compress-cost-cpu-bf16 for the product alone), and on key-value retrieval in kv-reuse-batch-5k-cpu-bf16
-        (the product alone). ``"auto"`` is resolved
+        in float32 (no faster in bfloat16 there). Accuracy: with a float32 model, bfloat16 against float32
+        changed NQ-open's answers by +0.1 ± 0.4 points over 1283 questions (docs/RESULTS.md,
+        kvzip-dtype-f32-gpu). Seconds: ``python -m bench.compress_cost`` (compress-cost-cpu-autocast: KVzip+ from
+        2.7-2.8 to 2.0 plain prefills on such a CPU). ``"auto"`` is resolved
         on the machine that compresses: a saved context keeps the pairs chosen there, and its label (which
         ``ragcore ask --context-cache`` matches) names the option, not the dtype it became.
     n_sink:

@@ -53,10 +53,10 @@ def test_cli_eval_kv_errors(tmp_path, capsys):
     assert main([*base, "--compressor", "snapkv", "--ratio", "1.5"]) == 1
     assert "1.5" in capsys.readouterr().err
     assert main([*base, "--compressor", "snapkv", "--batch-size", "0"]) == 1
+    assert "batch size must be a positive integer, got 0" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:  # a usage error, before anything loads
         main([*base, "--dtype", "float8"])
     assert e.value.code == 2 and "'float8'" in capsys.readouterr().err
-    assert "batch size must be a positive integer, got 0" in capsys.readouterr().err
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"foo": 1}\n')
     assert main([*base[:2], "--data", str(bad), "--model", "smollm2-135m"]) == 1
