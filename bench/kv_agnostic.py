@@ -86,7 +86,10 @@ def pooled_table(slices: list[dict[str, Any]], reference: str = "none") -> str:
     """Per compressor run on every slice (matrices of different questions), its change against each slice's own
     full cache (or run of the ``reference`` compressor) on each slice and over all the slices' questions together,
     as a Markdown table. Raises ``ConfigError`` when a slice has no ``reference`` run."""
-    fulls = [next((r for r in m["runs"] if r["compressor"] == reference), None) for m in slices]
+    fulls = [
+        next((r for r in m["runs"] if r["compressor"] == reference and not r.get("shared_baseline")), None)
+        for m in slices
+    ]
     if any(f is None for f in fulls):
         raise ConfigError(f"no run of {reference!r} in every slice, to compare against", param="against")
     names = [
@@ -204,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if not a.matrix and not a.reuse:
         ap.error("give --matrix or --reuse")
+    if a.pool and not a.matrix:
+        ap.error("--pool goes with --matrix")
     if a.against and not a.pool:
         ap.error("--against goes with --pool")
     parts = [a.note.strip()] if a.note.strip() else []

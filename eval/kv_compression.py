@@ -262,6 +262,11 @@ def _generations(
         yield from out
 
 
+def dtype_name(gen: Generator) -> str:
+    """The loaded generator's dtype as ``eval kv`` records it (``"float32"``, ``"bfloat16"``, ...)."""
+    return str(gen.model.dtype).removeprefix("torch.")
+
+
 def _check_batch_size(batch_size: int) -> None:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch size must be a positive integer, got {batch_size!r}")
@@ -279,7 +284,7 @@ class KVSuite:
         Where it runs (default: CUDA when available).
     dtype : str, optional
         The generator's dtype, ``"float32"``, ``"bfloat16"`` or ``"float16"`` (default: float32 on CPU, bfloat16 on
-        CUDA); a run records it when given.
+        CUDA); a run records the one it ran in (``dtype``), and matrices of different dtypes do not merge.
     limit : int, optional
         Items evaluated (default: every item after ``offset``).
     offset : int
@@ -371,10 +376,11 @@ class KVSuite:
             from compress.kv import get_compressor
 
             get_compressor(compressor, ratio=ratio)
-        res = self._run(*self._load(data), compressor, ratio)
-        return {**res, **self._settings(data)}
+        gen, fmt, items = self._load(data)
+        res = self._run(gen, fmt, items, compressor, ratio)
+        return {**res, **self._settings(data, gen)}
 
-    def _settings(self, data: str | Path | None) -> dict[str, Any]:
+    def _settings(self, data: str | Path | None, gen: Generator) -> dict[str, Any]:
         """What a run's answers depend on besides the compressor: a matrix merges only runs that agree on them."""
         return {
             "data": str(data or NQ_OPEN),
@@ -382,7 +388,7 @@ class KVSuite:
             "k": self.k,
             "max_tokens": self.max_tokens,
             "max_new_tokens": self.max_new_tokens,
-            **({"dtype": self.dtype} if self.dtype else {}),
+            "dtype": dtype_name(gen),
         }
 
     def matrix(
@@ -443,7 +449,7 @@ class KVSuite:
 
         def result() -> dict[str, Any]:
             return {
-                **self._settings(data),
+                **self._settings(data, gen),
                 "format": fmt,
                 "model": self.model,
                 "n": len(items),
@@ -504,7 +510,7 @@ def merge_matrices(paths: Sequence[str | Path]) -> dict[str, Any]:
         if not all(isinstance(p, dict) and "id" in p for r in runs for p in r["predictions"]) or "format" not in d:
             raise ConfigError(f"{str(f)!r} is not an `eval kv` run or matrix (predictions without ids, or no format)")
         parts.append(d)
-    key = ("data", "format", "model", "n", "offset", "query_aware", "k", "max_tokens", "max_new_tokens")
+    key = ("data", "format", "model", "n", "offset", "query_aware", "k", "max_tokens", "max_new_tokens", "dtype")
     for i, d in enumerate(parts):
         if "runs" not in d:  # one run (e.g. the full cache alone): its settings, and itself as the only run
             parts[i] = d = {**{k: d[k] for k in key if k in d}, "runs": [d], "complete": True}

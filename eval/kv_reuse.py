@@ -29,7 +29,14 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from eval.datasets import NQ_OPEN, load_nq_open, read_jsonl
-from eval.kv_compression import DEFAULT_NEW_TOKENS, KV_RETRIEVAL_SYSTEM, detect_format, score_answer, window_limit
+from eval.kv_compression import (
+    DEFAULT_NEW_TOKENS,
+    KV_RETRIEVAL_SYSTEM,
+    detect_format,
+    dtype_name,
+    score_answer,
+    window_limit,
+)
 from eval.stats import mean_ci
 from ragcore.errors import ConfigError
 from ragcore.generator import GenerationConfig, Generator
@@ -187,7 +194,8 @@ def run_reuse(
         A prefill's cost grows with the context's length faster than an answer's decoding does, so this is the
         knob that shows where reuse pays.
     dtype:
-        The generator's dtype (as for :class:`eval.kv_compression.KVSuite`), recorded when given.
+        The generator's dtype, for a model given by name (as for :class:`eval.kv_compression.KVSuite`); the
+        result records the one it ran in (``dtype``).
 
     Returns
     -------
@@ -275,8 +283,7 @@ def run_reuse(
                           "accuracy_reuse": score_answer(fmt, a.text, gold)})  # fmt: skip
     head = {"suite": "kv-reuse", "data": str(path), "format": fmt, "model": gen.model_name, "compressor": label,
             "ratio": float(ratio), "query_aware": False, "reuse": reuse, "offset": offset,
-            "batch_size": batch_size, "rows_per_context": rows_per_context,
-            **({"dtype": dtype} if dtype else {})}  # fmt: skip
+            "batch_size": batch_size, "rows_per_context": rows_per_context, "dtype": dtype_name(gen)}  # fmt: skip
     return {**head, **summarise(preds, timings, reuse), "max_new_tokens": new, "predictions": preds}
 
 
@@ -346,7 +353,9 @@ def merge_reuse(results: list[dict[str, Any]]) -> dict[str, Any]:
         return r.get(key, 1 if key in ("batch_size", "rows_per_context") else None)
 
     for r in results:
-        for key in same:
+        for key in (*same, "dtype"):  # dtype: results from before it was recorded are not compared
+            if key == "dtype" and (key not in r or key not in first):
+                continue
             if setting(r, key) != setting(first, key):
                 raise ConfigError(
                     f"cannot merge reuse results with {key} {setting(r, key)!r} and {setting(first, key)!r}"
@@ -361,4 +370,6 @@ def merge_reuse(results: list[dict[str, Any]]) -> dict[str, Any]:
     timings = [t for r in results for t in r["timings"]]
     head = {k: setting(first, k) for k in (*same, "query_aware")}
     head["offset"] = min(r["offset"] for r in results)
+    if any("dtype" in r for r in results):
+        head["dtype"] = next(r["dtype"] for r in results if "dtype" in r)
     return {**head, **summarise(preds, timings, first["reuse"]), "predictions": preds}

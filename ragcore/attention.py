@@ -371,7 +371,8 @@ def max_attention(
     rows is ``exp`` of the maximum of ``q . k - lse(q)`` (minus ``log`` of the row's scale, taken relative to the
     largest scale, which multiplies the result back). Rows go in blocks of about ``cells`` scores, and a key's
     maximum runs over contiguous memory (keys are the rows of each block's product). On CPU the default blocks
-    hold a multiple of 32 rows and a bfloat16 block is cast to float32 before its maximum: a maximum over 29
+    of 16 rows or more hold a multiple of 32 rows (up to twice the cells) and a bfloat16 block is cast to
+    float32 before its maximum: a maximum over 29
     rows, or over bfloat16, does not vectorise there and costs several times the block's product. Two ways to
     get there:
 
@@ -440,8 +441,8 @@ def max_attention(
         shift = (rs / top).log()  # <= 0; -inf for a row of scale 0
     best = torch.full((b, n_kv, n_keys, g), float("-inf"), dtype=torch.float32, device=hidden.device)
     step = max(1, cells // max(1, n_h * (n_keys if fused else t_k)))
-    if whole:  # a key's maximum over 32 rows (or a multiple) vectorises; over 29, say, it runs 5x slower
-        step = max(32, step - step % 32)
+    if whole and step >= 16:  # a key's maximum over 32 rows (or a multiple) vectorises; over 29, say, it runs 5x slower
+        step = max(32, step - step % 32)  # at most twice the cells
     rows = torch.arange(r, device=hidden.device)
     if fused:
         lse = (row_logsumexp(q, keys) if softmax is None else softmax.lse) - shift[:, None]  # (B, H, R); +inf: scale 0

@@ -403,6 +403,8 @@ def _cmd_eval(a: argparse.Namespace) -> int:
             f"--max-new-tokens {a.max_new_tokens} has nothing to limit with --no-generate (no answers)",
             param="max_new_tokens",
         )
+    if a.dtype and a.suite != "kv":
+        raise ConfigError(f"--dtype applies to eval kv only, not {a.suite}", param="dtype")
     if a.out:  # outputs are checked before the work, not after it
         check_out(a.out)
     if a.dump_retrieved:

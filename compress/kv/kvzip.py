@@ -99,10 +99,12 @@ class KVzip(KVCompressor):
         (bfloat16 for a float32 model on a CPU with bfloat16 dot products,
         :func:`ragcore.attention.bfloat16_products`, else the model's). In bfloat16 the score product runs in
         bfloat16 (float32 accumulation; about twice the rounding a bfloat16 model's scores have on a GPU, see
-        :func:`ragcore.attention.max_attention`), and so do the reconstruction pass's linear layers, under
-        ``torch.autocast`` (their outputs only feed the scores; the kept pairs are the prefill's, untouched). On
-        such a CPU a bfloat16 linear layer takes about a third of float32's time, and the flash attention stays
-        in float32 (no faster in bfloat16 there). Accuracy: with a float32 model, bfloat16 against float32
+        :func:`ragcore.attention.max_attention`), and for a float32 model so does the reconstruction pass, under
+        ``torch.autocast`` (its outputs only feed the scores; the kept pairs are the prefill's, untouched). On
+        such a CPU a bfloat16 linear layer takes about a third of float32's time; the reconstruction's attention
+        stays float32 where it runs as the recorded flash pass (:func:`ragcore.cache.record_row_softmax`, its
+        usual path; no faster in bfloat16 there), and elsewhere (a padded batch, another attention
+        implementation) autocast runs it in bfloat16. Accuracy: with a float32 model, bfloat16 against float32
         changed NQ-open's answers by +0.1 ± 0.4 points over 1283 questions (docs/RESULTS.md,
         kvzip-dtype-f32-gpu). Seconds: ``python -m bench.compress_cost`` (compress-cost-cpu-autocast: KVzip+ from
         2.7-2.8 to 2.0 plain prefills on such a CPU). ``"auto"`` is resolved
@@ -279,9 +281,10 @@ class KVzip(KVCompressor):
         first_keys = kvcache.get_kv(call.cache, 0)[0]
         dtype = self.product_dtype(first_keys)
         device = first_keys.device.type
-        # the reconstruction's linear layers in the product's dtype (their outputs only feed the scores); the cached
-        # pairs are the prefill's, and the scores below run as written (autocast off in the hook)
-        cast = dtype is not None and dtype != first_keys.dtype
+        # a float32 model's reconstruction under autocast to the product's dtype (its outputs only feed the scores;
+        # the cached pairs stay the prefill's; the scores below run as written, autocast off in the hook). Not a
+        # half-precision model's: autocast refuses to join float16 with other dtypes
+        cast = dtype is not None and first_keys.dtype == torch.float32 and dtype != torch.float32
 
         def capture(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
             if kvcache.from_call(kwargs) is not call.cache:

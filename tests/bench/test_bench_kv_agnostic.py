@@ -54,6 +54,8 @@ def test_pooled_table_against_another_compressor():
     assert "| y | 0.5 | +50.0 ± " in t and "| 4 | +50.0 ± " in t and "| x |" not in t and "| none |" not in t
     with pytest.raises(ConfigError, match="'z'"):
         pooled_table([a, b], "z")
+    shared = {**run("x", [1, 1]), "ratio": 0.0, "shared_baseline": True}  # a matrix's ratio-0 copy of the full cache
+    assert pooled_table([{**a, "runs": [a["runs"][0], shared, *a["runs"][1:]]}, b], "x") == t
 
 
 def test_matrices_and_single_runs_merge_and_name_the_best(tmp_path, capsys):
@@ -78,6 +80,11 @@ def test_matrices_and_single_runs_merge_and_name_the_best(tmp_path, capsys):
         merge_matrices([str(paths[0]), str(paths[2])])
     with pytest.raises(ConfigError, match="4.json' holds other questions"):
         merge_matrices([str(paths[0]), str(paths[4])])
+    (tmp_path / "bf16.json").write_text(json.dumps({**single, "dtype": "bfloat16"}))
+    (tmp_path / "f32.json").write_text(json.dumps({**a, "dtype": "float32"}))
+    with pytest.raises(ConfigError, match="dtype='bfloat16' \\(not 'float32'\\)"):
+        merge_matrices([str(tmp_path / "f32.json"), str(tmp_path / "bf16.json")])
+    assert merge_matrices([str(paths[3]), str(tmp_path / "f32.json")])["dtype"] == "float32"  # kept from either
     # settings the answers depend on, bad files, a file twice, nothing to pick: refused in one line
     absolute = tmp_path / "abs.json"  # the same data file named by its absolute path
     absolute.write_text(json.dumps({**single, "data": str(Path("nq.jsonl").resolve()), "compressor": "h2o"}))

@@ -39,7 +39,7 @@ def test_cli_eval_kv(tmp_path, monkeypatch, data, fmt, compressor):
     assert main([*args[:-1], str(tmp_path / "kv2.json"), "--device", "cpu", "--batch-size", "2"]) == 0
     batched = json.loads((tmp_path / "kv2.json").read_text())
     assert batched["predictions"] == res["predictions"] and batched["batch_size"] == 2
-    assert "dtype" not in res  # the device's default, not recorded
+    assert res["dtype"] == "float32"  # the device's default, recorded
     if compressor == "none":  # --dtype loads the generator so and records it
         assert main([*args[:-1], str(tmp_path / "kv3.json"), "--device", "cpu", "--dtype", "bfloat16"]) == 0
         low = json.loads((tmp_path / "kv3.json").read_text())
@@ -57,6 +57,8 @@ def test_cli_eval_kv_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:  # a usage error, before anything loads
         main([*base, "--dtype", "float8"])
     assert e.value.code == 2 and "'float8'" in capsys.readouterr().err
+    assert main(["eval", "qa", "--dtype", "bfloat16", "--limit", "1"]) == 1  # kv only, refused before loading
+    assert "--dtype applies to eval kv only, not qa" in capsys.readouterr().err
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"foo": 1}\n')
     assert main([*base[:2], "--data", str(bad), "--model", "smollm2-135m"]) == 1
@@ -101,7 +103,7 @@ def test_cli_matrix_holds_every_run_and_each_equals_its_single_run(tmp_path, cap
     )
     one = json.loads(single.read_text())
     cell = m["runs"][2]
-    settings = {"data", "offset", "k", "max_tokens", "max_new_tokens"}  # a single run also names its questions
+    settings = {"data", "offset", "k", "max_tokens", "max_new_tokens", "dtype"}  # a single run also names its questions
     assert set(one) - set(cell) == settings and all(one[k] == m[k] for k in settings)
     assert cell["predictions"] == one["predictions"] and cell["kv_bytes"] == one["kv_bytes"]
 

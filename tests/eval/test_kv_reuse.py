@@ -131,6 +131,10 @@ def test_merge_joins_contexts_and_refuses_other_settings():
         merge_reuse([a, a])
     with pytest.raises(ConfigError, match="without per-context timings"):
         merge_reuse([a, {k: v for k, v in b.items() if k != "timings"}])
+    # the dtype: compared where both recorded it, kept in the merge
+    assert merge_reuse([a, {**b, "dtype": "float32"}])["dtype"] == "float32" and "dtype" not in m
+    with pytest.raises(ConfigError, match="dtype 'bfloat16' and 'float32'"):
+        merge_reuse([{**a, "dtype": "float32"}, {**b, "dtype": "bfloat16"}])
 
 
 def test_key_value_contexts_are_named_by_their_row_in_the_file(smol):

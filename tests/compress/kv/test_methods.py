@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -431,6 +432,12 @@ def test_kvzip_bfloat16_reconstruction_only(smol):
         assert {d for _, d in seen} == want, (dtype, seen)
         assert {kvcache.get_kv(cache, layer)[i].dtype for layer in range(2) for i in (0, 1)} == {torch.float32}
         assert not torch.is_autocast_enabled("cpu")
+    half = copy.deepcopy(smol.model).half()  # a half-precision model: the bfloat16 product only, no autocast
+    cache = kvcache.new_cache(half.config)
+    with torch.inference_mode(), get_compressor("kvzip", ratio=0.5, score_dtype="bfloat16").apply(half, cache, prompt):
+        kvcache.call(half, cache, input_ids=prompt.input_ids[:, :t], use_cache=True)
+    keys = kvcache.get_kv(cache, 0)[0]
+    assert keys.dtype == torch.float16 and keys.shape[-2] < t
 
 
 def test_kvzip_options_change_the_selection(smol):
