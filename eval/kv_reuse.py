@@ -353,9 +353,9 @@ def merge_reuse(results: list[dict[str, Any]]) -> dict[str, Any]:
         return r.get(key, 1 if key in ("batch_size", "rows_per_context") else None)
 
     for r in results:
-        for key in (*same, "dtype"):  # dtype: results from before it was recorded are not compared
-            if key == "dtype" and (key not in r or key not in first):
-                continue
+        # the dtype: compared where both recorded it (results from before it was recorded are not)
+        keys = (*same, "dtype") if "dtype" in r and "dtype" in first else same
+        for key in keys:
             if setting(r, key) != setting(first, key):
                 raise ConfigError(
                     f"cannot merge reuse results with {key} {setting(r, key)!r} and {setting(first, key)!r}"

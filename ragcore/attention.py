@@ -372,9 +372,8 @@ def max_attention(
     largest scale, which multiplies the result back). Rows go in blocks of about ``cells`` scores, and a key's
     maximum runs over contiguous memory (keys are the rows of each block's product). On CPU the default blocks
     of 16 rows or more hold a multiple of 32 rows (up to twice the cells) and a bfloat16 block is cast to
-    float32 before its maximum: a maximum over 29
-    rows, or over bfloat16, does not vectorise there and costs several times the block's product. Two ways to
-    get there:
+    float32 before its maximum: a maximum over 29 rows, or over bfloat16, does not vectorise there and costs
+    several times the block's product. Two ways to get there:
 
     - ``fused`` (the default on CUDA): ``lse`` from the flash kernel (:func:`row_logsumexp`, which never writes
       the scores out), then ``q . k - lse`` out of one matrix product, the queries extended by ``-lse`` (in two
