@@ -58,7 +58,8 @@ def matrix_table(
         g_full = next(r for r in guard["runs"] if r["compressor"] == "none")
         held = {r["compressor"]: paired_difference(r, g_full) for r in guard["runs"] if r["compressor"] != "none"}
     ok = [x for x in rows if guard is None or held.get(x[0]["compressor"], (-1.0, 0))[0] >= -max_loss / 100]
-    best = max(ok, key=lambda x: x[1])[0]["compressor"] if ok else ""
+    top = max(ok, key=lambda x: x[1])[0] if ok else None  # one run: a compressor may run at several ratios
+    best = top["compressor"] if top else ""
     head = "| compressor | ratio | accuracy | change vs full (points) | kv bytes / full | masks |"
     if guard is not None:
         head += f" change on {guard['format']} (guard: >= -{max_loss:g}) |"
@@ -70,7 +71,7 @@ def matrix_table(
     ]
     for r, d, ci in rows:
         kv = r["kv_bytes"] / r["kv_bytes_full"] if r["kv_bytes_full"] else 0.0
-        mark = "**best**" if r["compressor"] == best else ""
+        mark = "**best**" if r is top else ""
         cell = ""
         if guard is not None:
             gd = held.get(r["compressor"])
@@ -80,6 +81,29 @@ def matrix_table(
             f"{kv:.3f} | {'yes' if r.get('masks_only') else 'no'} |{cell} {mark} |"
         )
     return "\n".join(lines), best
+
+
+# what pooled slices must share (where both recorded it): everything but their questions
+SLICE_SETTINGS = ("format", "model", "query_aware", "k", "max_tokens", "max_new_tokens", "dtype")
+
+
+def check_slices(slices: list[dict[str, Any]], names: list[str]) -> None:
+    """Refuse (``ConfigError``, naming the slice) matrices that cannot be pooled: other settings than the first
+    one's, questions another slice holds too, or several ratios (a pooled row is one compressor at one ratio)."""
+    seen: dict[str, str] = {}
+    for m, name in zip(slices, names):
+        diff = [k for k in SLICE_SETTINGS if k in m and k in slices[0] and m[k] != slices[0][k]]
+        if diff:
+            got = ", ".join(f"{k}={m[k]!r} (not {slices[0][k]!r})" for k in diff)
+            raise ConfigError(f"{name} cannot be pooled with {names[0]}: {got}", param="pool")
+        ratios = sorted({r["ratio"] for r in m["runs"] if r["compressor"] != "none" and not r.get("shared_baseline")})
+        if len(ratios) > 1:
+            raise ConfigError(f"{name} holds several ratios {ratios}: pool matrices of one ratio", param="pool")
+        full = next(r for r in m["runs"] if r["compressor"] == "none")
+        for p in full["predictions"]:
+            if p["id"] in seen:
+                raise ConfigError(f"{name} holds question {p['id']!r}, which {seen[p['id']]} holds too", param="pool")
+            seen[p["id"]] = name
 
 
 def pooled_table(slices: list[dict[str, Any]], reference: str = "none") -> str:
@@ -245,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.pool:
             try:
                 slices = [m] + [merge_matrices(files) for files in a.pool]
+                check_slices(slices, [f"--matrix {a.matrix}"] + [f"--pool {files}" for files in a.pool])
             except ConfigError as e:
                 ap.error(str(e))
             parts.append(pooled_table(slices))
@@ -253,11 +278,20 @@ def main(argv: list[str] | None = None) -> int:
                     parts.append(pooled_table(slices, a.against))
                 except ConfigError as e:
                     ap.error(str(e))
-    reuse = [read_json(f) for f in a.reuse]
+    try:
+        reuse = [read_json(f) for f in a.reuse]
+    except (OSError, ValueError) as e:
+        ap.error(f"--reuse: {e}")
+    for f, r in zip(a.reuse, reuse):
+        if not isinstance(r, dict) or r.get("suite") != "kv-reuse":
+            ap.error(f"--reuse: {f} is not an `eval kv --reuse` result")
     if a.merge:
         if not reuse:
             ap.error("--merge needs --reuse files")
-        reuse = [merge_reuse(reuse)]
+        try:
+            reuse = [merge_reuse(reuse)]
+        except ConfigError as e:
+            ap.error(f"--merge: {e}")
         write_json(a.merge, reuse[0])
     if a.reuse:
         parts.append(

@@ -335,7 +335,10 @@ def prefill_context(
     :class:`CompressedContext`.
 
     ``compressor`` and ``ratio``: as :func:`context_compressor`. Raises ``ConfigError`` for a bad compressor or
-    ratio, or no passages."""
+    ratio, or no passages, and ``PromptTooLongError`` (before any prefill) when the context with a short question
+    leaves no room for a default answer in the model's window."""
+    from ragcore.generator import GenerationConfig
+
     chunks = [p.chunk if isinstance(p, ScoredChunk) else p for p in passages]
     if not chunks:
         raise ConfigError("prefill_context needs at least one passage", param="passages")
@@ -343,6 +346,12 @@ def prefill_context(
     generator.warm_up()
     prompt = generator.prompt(PLACEHOLDER, chunks, system)
     n = prompt.question_start
+    new, window = GenerationConfig().max_new_tokens, generator.context_window
+    if len(prompt) + new > window:  # no question could be asked of it: refuse before the (long) prefill
+        raise PromptTooLongError(
+            f"the context's {n} tokens leave no room for a question in {generator.model_name!r}'s window of "
+            f"{window} tokens ({new} of them kept for the answer); give fewer or shorter passages"
+        )
     model = generator.model
     ids = prompt.input_ids[:, :n].to(model.device)
     cache = kvcache.new_cache(model.config)

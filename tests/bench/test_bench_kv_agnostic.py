@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.kv_agnostic import main, matrix_table, pooled_table, reuse_table
+from bench.kv_agnostic import check_slices, main, matrix_table, pooled_table, reuse_table
 from eval.kv_compression import merge_matrices
 from ragcore.errors import ConfigError
 
@@ -43,6 +43,27 @@ def test_pooled_table_pairs_each_slice_with_its_own_full_cache():
     t = pooled_table([a, b])
     assert "questions 1-4, 101-104 (8 questions)" in t and "only-a" not in t
     assert "| x | 0.5 | -25.0 ± " in t and " | +50.0 ± " in t and "| 8 | +12.5 ± " in t
+
+
+def test_slices_that_cannot_be_pooled_are_refused():
+    """Pooled slices share their settings, not their questions, and hold one ratio each."""
+    a = {"offset": 0, "n": 2, "dtype": "float32", "runs": [run("none", [1, 1]), run("x", [1, 0])]}
+    moved = [{**p, "id": str(10 + i)} for i, p in enumerate(a["runs"][0]["predictions"])]
+    b = {**a, "offset": 10, "runs": [{**r, "predictions": moved} for r in a["runs"]]}
+    check_slices([a, b], ["a", "b"])
+    with pytest.raises(ConfigError, match="b cannot be pooled with a: dtype='bfloat16' \\(not 'float32'\\)"):
+        check_slices([a, {**b, "dtype": "bfloat16"}], ["a", "b"])
+    with pytest.raises(ConfigError, match="b holds question '0', which a holds too"):
+        check_slices([a, a], ["a", "b"])
+    two = {**b, "runs": [*b["runs"], {**b["runs"][1], "ratio": 0.75}]}
+    with pytest.raises(ConfigError, match="several ratios \\[0.5, 0.75\\]"):
+        check_slices([a, two], ["a", "b"])
+
+
+def test_the_best_mark_is_one_run_when_a_compressor_runs_at_several_ratios():
+    m = {"runs": [run("none", [1, 0, 1, 0]), run("x", [1, 1, 1, 0]), {**run("x", [1, 0, 0, 0]), "ratio": 0.75}]}
+    table, best = matrix_table(m)
+    assert best == "x" and table.count("**best**") == 1
 
 
 def test_pooled_table_against_another_compressor():
@@ -123,3 +144,19 @@ def test_reuse_table_has_the_speedup_and_every_index():
                      "cpu_seconds_full": 36.0}]  # fmt: skip
     assert "| 7 | 900 | 6.0 | 2.0 | 20.0 | 10.0 | 40.0 | 4.00x | 4.50x |" in reuse_table([r])
     assert "| reuse | 1.00 | 0.50 |" in table
+
+
+def test_reuse_files_that_are_not_reuse_results_or_do_not_merge_are_usage_errors(tmp_path, capsys):
+    matrix = tmp_path / "m.json"
+    matrix.write_text(json.dumps({"format": "nq", "runs": [run("none", [1, 0])]}))
+    with pytest.raises(SystemExit) as e:
+        main(["--reuse", str(matrix)])
+    assert e.value.code == 2 and "is not an `eval kv --reuse` result" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["--reuse", str(tmp_path / "missing.json")])
+    assert e.value.code == 2 and "--reuse:" in capsys.readouterr().err
+    one = tmp_path / "r.json"
+    one.write_text(json.dumps({"suite": "kv-reuse", "compressor": "kvzip"}))  # no per-context timings
+    with pytest.raises(SystemExit) as e:
+        main(["--reuse", str(one), "--merge", str(tmp_path / "out.json")])
+    assert e.value.code == 2 and "--merge: a reuse result without per-context timings" in capsys.readouterr().err

@@ -14,6 +14,7 @@ from ragcore.context_cache import MANIFEST, TENSORS, CompressedContext, manifest
 from ragcore.errors import ConfigError, ContextCacheError, PromptTooLongError
 from ragcore.generator import GenerationConfig
 from ragcore.pipeline import Pipeline
+from ragcore.types import Chunk
 from tests.helpers import PASSAGES, QUESTION
 
 CFG = GenerationConfig(max_new_tokens=4)
@@ -175,6 +176,18 @@ def test_a_question_that_leaves_no_room_for_the_answer_is_refused(smol):
         ctx.ask(long, CFG)
     with pytest.raises(PromptTooLongError):
         ctx.ask_batch([QUESTION, long], CFG)
+
+
+def test_a_context_longer_than_the_window_is_refused_before_its_prefill(smol):
+    calls = []
+    handle = smol.model.register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        big = [Chunk("word " * smol.context_window, source_id="big")]
+        with pytest.raises(PromptTooLongError, match=f"window of {smol.context_window} tokens"):
+            smol.prefill_context(big, "knorm", ratio=0.5)
+    finally:
+        handle.remove()
+    assert calls == []
 
 
 def test_pipeline_defaults(retriever, smol):
