@@ -17,6 +17,7 @@ _LAZY = {
     "Pipeline": "ragcore.pipeline",
     "Generator": "ragcore.generator",
     "GenerationConfig": "ragcore.generator",
+    "CompressedContext": "ragcore.context_cache",
     "chunk_file": "ragcore.chunking",
     "chunk_text": "ragcore.chunking",
     "Chunk": "ragcore.types",

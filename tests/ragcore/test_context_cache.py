@@ -318,3 +318,11 @@ def test_max_time_counts_from_the_call_in_every_path(smol):
     assert ctx.ask_batch([QUESTION], GenerationConfig(max_new_tokens=20))[0].stopped != "max_time"
     for g in (smol.generate(prompt, config=cfg), *smol.generate_batch([prompt], cfg)):
         assert g.stopped == "max_time" and len(g.token_ids) <= 1
+
+
+def test_the_package_exports_every_public_name():
+    """README's `CompressedContext.load(...)` works after `from ragcore import CompressedContext`."""
+    import ragcore
+
+    assert ragcore.CompressedContext is CompressedContext
+    assert all(getattr(ragcore, name) is not None for name in ragcore.__all__)
