@@ -27,7 +27,7 @@ import argparse
 from typing import Any
 
 from bench.results import write_section
-from eval.kv_compression import merge_matrices
+from eval.kv_compression import merge_matrices, settings_differ
 from eval.kv_reuse import merge_reuse
 from eval.report import read_json, write_json
 from eval.stats import matched_diffs, mean_ci, paired_difference
@@ -92,9 +92,7 @@ def check_slices(slices: list[dict[str, Any]], names: list[str]) -> None:
     one's, questions another slice holds too, or several ratios (a pooled row is one compressor at one ratio)."""
     seen: dict[str, str] = {}
     for m, name in zip(slices, names):
-        diff = [k for k in SLICE_SETTINGS if k in m and k in slices[0] and m[k] != slices[0][k]]
-        if diff:
-            got = ", ".join(f"{k}={m[k]!r} (not {slices[0][k]!r})" for k in diff)
+        if got := settings_differ(m, slices[0], SLICE_SETTINGS):
             raise ConfigError(f"{name} cannot be pooled with {names[0]}: {got}", param="pool")
         ratios = sorted({r["ratio"] for r in m["runs"] if r["compressor"] != "none" and not r.get("shared_baseline")})
         if len(ratios) > 1:

@@ -481,6 +481,17 @@ class KVSuite:
         return result()
 
 
+def settings_differ(d: dict[str, Any], ref: dict[str, Any], keys: Sequence[str]) -> str:
+    """The ``keys`` that ``d`` and ``ref`` both recorded with different values, as ``"k=v (not w), ..."`` (empty
+    when they agree; one data file named two ways, relative and absolute, is the same)."""
+
+    def same(a: Any, b: Any, k: str) -> bool:
+        return str(Path(a).resolve()) == str(Path(b).resolve()) if k == "data" and a and b else a == b
+
+    diff = [k for k in keys if k in d and k in ref and not same(d[k], ref[k], k)]
+    return ", ".join(f"{k}={d[k]!r} (not {ref[k]!r})" for k in diff)
+
+
 def merge_matrices(paths: Sequence[str | Path]) -> dict[str, Any]:
     """One matrix from several of the same data, model, items and mode (e.g. compressors split over processes).
 
@@ -518,13 +529,8 @@ def merge_matrices(paths: Sequence[str | Path]) -> dict[str, Any]:
             d.setdefault("offset", 0)  # matrices from before offsets existed start at the first item
         d["format"] = format_name(d["format"])
 
-    def same(a: Any, b: Any, k: str) -> bool:  # one data file named two ways (relative, absolute) is the same
-        return str(Path(a).resolve()) == str(Path(b).resolve()) if k == "data" and a and b else a == b
-
     for f, d in zip(paths, parts):  # settings a file did not record (written before it did) are not compared
-        diff = [k for k in key if k in d and k in parts[0] and not same(d[k], parts[0][k], k)]
-        if diff:
-            got = ", ".join(f"{k}={d[k]!r} (not {parts[0][k]!r})" for k in diff)
+        if got := settings_differ(d, parts[0], key):
             raise ConfigError(f"{str(f)!r} is not the same matrix as {str(paths[0])!r}: {got}")
     ids = [[[p["id"] for p in r.get("predictions", [])] for r in d["runs"]] for d in parts]
     first = next((x for run_ids in ids for x in run_ids if x), None)
